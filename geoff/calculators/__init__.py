@@ -1,0 +1,4 @@
+"""ASE calculators."""
+from .ase import GeoffCalculator
+
+__all__ = ["GeoffCalculator"]

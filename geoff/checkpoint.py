@@ -1,0 +1,94 @@
+"""Checkpoints: ``geoff.save(model, path)`` / ``geoff.load(path)``.
+
+A checkpoint holds the registry name, hyper-parameters, species, cutoff, force head,
+normalisation buffers and weights: plain tensors and JSON text, read back with
+``torch.load(weights_only=True)`` so opening one cannot run code. Writes are atomic
+(temporary file in the same folder, then ``os.replace``): a crash mid-write leaves the
+previous file intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+FORMAT = "geoff-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def model_state(model) -> Dict[str, Any]:
+    """The checkpoint dictionary of an EnergyModel (tensors and a JSON string only)."""
+    from . import __version__
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "geoff_version": __version__,
+            "config": model.config_json, "state_dict": state}
+
+
+def save(model, path, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write ``model`` (an EnergyModel) to ``path`` atomically.
+
+    ``extra`` may hold more tensors/JSON-able values (the trainer stores its state there).
+    """
+    payload = model_state(model)
+    if extra:
+        payload["extra"] = extra
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read(path) -> Dict[str, Any]:
+    """The raw checkpoint dictionary, checked; errors say what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        hint = ""
+        if path.suffix == ".pt":
+            hint = " (a TorchScript export for LAMMPS is loaded with torch.jit.load, not geoff.load)"
+        raise ValueError(f"{path} is not a readable geoff checkpoint{hint}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a geoff checkpoint (no '{FORMAT}' marker)")
+    return payload
+
+
+def load(path, device="cpu", dtype: Optional[torch.dtype] = None):
+    """Rebuild the EnergyModel saved at ``path`` (in eval mode)."""
+    from .potentials.registry import build_model
+
+    payload = read(path)
+    config = json.loads(payload["config"])
+    model = build_model(config["name"], species=config["species"], cutoff=config["cutoff"],
+                        force_head=config["force_head"], **config["hparams"])
+    state = payload["state_dict"]
+    model = model.to(dtype=next(iter(state.values())).dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the {config['name']!r} architecture of this geoff version "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); re-export or retrain it"
+        )
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.to(device).eval()

@@ -1,0 +1,192 @@
+"""The Graph: one input format for every consumer (ASE, training, LAMMPS).
+
+A Graph is a ``Dict[str, Tensor]`` (TorchScript-friendly) with these keys:
+
+=============  ===========  ==============================================================
+key            shape/dtype  meaning
+=============  ===========  ==============================================================
+positions      (N, 3) f     Cartesian positions, Å
+species        (N,) int64   index into the model's ``species`` list
+edge_index     (2, E) int64 (receiver i, sender j); the edge vector is
+                            ``r_ij = x_j - x_i + shift_ij``
+shifts         (E, 3) f     Cartesian periodic-image offset of each edge, Å
+cell           (B, 3, 3) f  cell vectors as rows, Å (zeros for a non-periodic structure)
+pbc            (B, 3) bool  periodicity of each structure
+batch          (N,) int64   structure index of each atom
+n_local        (1,) int64   optional: atoms at index >= n_local are ghosts (LAMMPS) whose
+                            energies are not summed
+=============  ===========  ==============================================================
+
+Neighbour lists are built here, outside the model (matscipy); a model never builds its own.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+POSITIONS = "positions"
+SPECIES = "species"
+EDGE_INDEX = "edge_index"
+SHIFTS = "shifts"
+CELL = "cell"
+PBC = "pbc"
+BATCH = "batch"
+N_LOCAL = "n_local"
+
+Graph = Dict[str, Tensor]
+
+# Above this many neighbours per atom a neighbour list is almost certainly a unit mistake
+# (a cutoff in bohr, nm, ...) and would exhaust memory.
+MAX_NEIGHBOURS_PER_ATOM = 2000
+
+
+def species_indices(symbols: Sequence[str], species: Sequence[str]) -> np.ndarray:
+    """Map chemical symbols to indices into ``species``; unknown ones raise ``ValueError``."""
+    lookup = {s: k for k, s in enumerate(species)}
+    unknown = sorted({s for s in symbols if s not in lookup})
+    if unknown:
+        names = ", ".join(repr(s) for s in unknown)
+        raise ValueError(
+            f"species {names} not in model species {list(species)}; "
+            "train or load a model that covers every element of the structure"
+        )
+    return np.fromiter((lookup[s] for s in symbols), dtype=np.int64, count=len(symbols))
+
+
+def _neighbour_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """A non-singular cell for the neighbour search.
+
+    Periodic vectors are kept; non-periodic ones are replaced by orthogonal vectors that span
+    the structure, so molecules and slabs need no cell from the user.
+    """
+    cell = np.array(cell, dtype=np.float64)
+    if pbc.any():
+        periodic = cell[pbc]
+        rank = np.linalg.matrix_rank(periodic, tol=1e-8) if len(periodic) else 0
+        volume_ok = rank == len(periodic)
+        if not volume_ok:
+            raise ValueError(
+                f"the periodic cell vectors {periodic.tolist()} are linearly dependent "
+                "(singular cell with pbc); give the structure a proper cell or set pbc=False"
+            )
+    if np.all(pbc):
+        return cell
+    extent = np.ptp(positions, axis=0).max() if len(positions) else 0.0
+    length = extent + 2.0 * cutoff + 1.0
+    out = cell.copy()
+    periodic = [cell[k] for k in range(3) if pbc[k]]
+    # Orthonormal basis of the complement of the periodic vectors.
+    if periodic:
+        q, _ = np.linalg.qr(np.array(periodic).T, mode="complete")
+        complement = q[:, len(periodic):].T
+    else:
+        complement = np.eye(3)
+    for k, vec in zip([k for k in range(3) if not pbc[k]], complement):
+        out[k] = vec * length
+    return out
+
+
+def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """Edges within ``cutoff`` (Å) of every atom, including periodic images of itself.
+
+    Returns ``(i, j, shifts)`` with ``r_ij = x_j - x_i + shifts`` (shifts in Å).
+    Works for any pbc combination, triclinic cells and cells smaller than the cutoff.
+    """
+    from matscipy.neighbours import neighbour_list as _matscipy_nl
+
+    if not np.isfinite(cutoff) or cutoff <= 0:
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+    positions = np.asarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if len(positions) == 0:
+        raise ValueError("the structure has no atoms; a graph needs at least one atom")
+    if not np.isfinite(positions).all():
+        raise ValueError("the structure has non-finite (NaN or inf) positions")
+    nl_cell = _neighbour_cell(positions, cell, pbc, cutoff)
+    if pbc.any():
+        volume = abs(np.linalg.det(nl_cell))
+        density = len(positions) / volume if np.all(pbc) else None
+        if density is not None:
+            expected = density * 4.0 / 3.0 * np.pi * cutoff**3
+            if expected > MAX_NEIGHBOURS_PER_ATOM:
+                raise ValueError(
+                    f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom "
+                    f"(limit {MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?"
+                )
+    i, j, S = _matscipy_nl("ijS", positions=positions, cell=nl_cell, pbc=pbc, cutoff=float(cutoff))
+    shifts = S.astype(np.float64) @ nl_cell
+    return i.astype(np.int64), j.astype(np.int64), shifts
+
+
+def atoms_to_graph(
+    atoms,
+    model=None,
+    *,
+    species: Optional[Sequence[str]] = None,
+    cutoff: Optional[float] = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> Graph:
+    """Build the Graph of one ``ase.Atoms`` (neighbours within ``model.cutoff``).
+
+    Give either ``model`` (anything with ``species`` and ``cutoff``) or both ``species`` and
+    ``cutoff``.
+    """
+    if model is not None:
+        species = list(model.species)
+        cutoff = float(model.cutoff)
+    if species is None or cutoff is None:
+        raise ValueError("atoms_to_graph needs a model, or both species= and cutoff=")
+    if len(atoms) == 0:
+        raise ValueError("the structure has no atoms; a graph needs at least one atom")
+    z = species_indices(atoms.get_chemical_symbols(), species)
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    i, j, shifts = neighbour_list(atoms.positions, cell, pbc, cutoff)
+    return {
+        POSITIONS: torch.as_tensor(atoms.positions, dtype=dtype, device=device),
+        SPECIES: torch.as_tensor(z, device=device),
+        EDGE_INDEX: torch.as_tensor(np.stack([i, j]), device=device),
+        SHIFTS: torch.as_tensor(shifts, dtype=dtype, device=device),
+        CELL: torch.as_tensor(cell, dtype=dtype, device=device).unsqueeze(0),
+        PBC: torch.as_tensor(pbc, device=device).unsqueeze(0),
+        BATCH: torch.zeros(len(atoms), dtype=torch.long, device=device),
+    }
+
+
+def batch_graphs(graphs: List[Graph]) -> Graph:
+    """Concatenate graphs into one batch: atom indices offset, ``batch`` renumbered.
+
+    Keys other than the structural ones (targets such as ``energy``, ``forces``) are
+    concatenated along their first dimension.
+    """
+    if not graphs:
+        raise ValueError("batch_graphs needs at least one graph")
+    out: Graph = {}
+    offsets = np.cumsum([0] + [int(g[POSITIONS].shape[0]) for g in graphs[:-1]])
+    out[EDGE_INDEX] = torch.cat([g[EDGE_INDEX] + int(o) for g, o in zip(graphs, offsets)], dim=1)
+    out[BATCH] = torch.cat(
+        [torch.full_like(g[BATCH], k) for k, g in enumerate(graphs)]
+    )
+    for key in graphs[0]:
+        if key in (EDGE_INDEX, BATCH, N_LOCAL):
+            continue
+        out[key] = torch.cat([g[key] for g in graphs], dim=0)
+    return out
+
+
+def to(graph: Graph, device=None, dtype: Optional[torch.dtype] = None) -> Graph:
+    """Move a graph to a device and cast its floating-point tensors to ``dtype``."""
+    out = {}
+    for k, v in graph.items():
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype=dtype)
+        out[k] = v.to(device) if device is not None else v
+    return out
+
+
+def num_graphs(graph: Graph) -> int:
+    return int(graph[CELL].shape[0])

@@ -1,0 +1,230 @@
+"""EnergyModel: the one place where energies, forces, stress and the direct head live.
+
+Every architecture in ``geoff.potentials`` is a *representation*: a module mapping a graph and
+its edge vectors to per-atom features::
+
+    representation(graph, edge_vec) -> {"scalars": (N, F), optionally "vectors": (N, 3, C)}
+
+with attributes ``n_scalars`` (F), ``n_vectors`` (C, 0 if none) and ``n_layers``.
+``EnergyModel`` adds the rest, identically for all of them:
+
+* per-atom energy ``e_i = scale[z_i] * head(h_i) + shift[z_i]`` (eV), summed per structure
+  over atoms below ``n_local`` when the graph has it (LAMMPS ghosts are not counted);
+* conservative forces ``F = -dE/dx`` and stress ``sigma = (1/V) dE/d(eps)`` from one backward
+  pass through a symmetric strain ``eps`` applied to positions, shifts and cell;
+* an optional direct force head (an equivariant per-atom vector): from the representation's
+  vector channels when it has them, otherwise a sum over edges of learned scalars times unit
+  edge vectors.
+
+``force_head``: ``"conservative"`` (forces = -dE/dx), ``"direct"`` (forces from the vector
+head; no backward pass unless stress is asked for) or ``"both"`` (``forces`` conservative and
+``direct_forces`` from the head, on the same features).
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+
+FORCE_HEADS = ("conservative", "direct", "both")
+
+
+class EdgeVectorHead(nn.Module):
+    """Direct forces for representations without vector features.
+
+    F_i = sum_j w(h_i, h_j, r_ij) * u(r_ij) * r_ij / |r_ij|: equivariant because the weights
+    are invariant and the unit vectors rotate with the structure. Output (N, 3), eV/Å.
+    """
+
+    def __init__(self, n_scalars: int, cutoff: float, n_rbf: int = 8):
+        super().__init__()
+        self.rbf = BesselBasis(cutoff, n_rbf)
+        self.envelope = PolynomialCutoff(cutoff)
+        self.weight = mlp([2 * n_scalars + n_rbf, n_scalars, 1])
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+        i, j = edge_index[0], edge_index[1]
+        r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
+        x = torch.cat([h[i], h[j], self.rbf(r)], dim=-1)  # (E, 2F + n_rbf)
+        w = self.weight(x).squeeze(-1) * self.envelope(r)  # (E,)
+        return scatter_sum((w / r).unsqueeze(-1) * edge_vec, i, h.shape[0])  # (N, 3)
+
+
+class VectorChannelHead(nn.Module):
+    """Direct forces as a learned linear combination of vector channels (N, 3, C) -> (N, 3)."""
+
+    def __init__(self, n_vectors: int):
+        super().__init__()
+        self.linear = nn.Linear(n_vectors, 1, bias=False)  # a bias would break equivariance
+
+    def forward(self, v: Tensor) -> Tensor:
+        return self.linear(v).squeeze(-1)
+
+
+class EnergyModel(nn.Module):
+    __jit_unused_properties__ = ["config"]
+
+    """Energy, forces, stress (and direct forces) from any representation.
+
+    Args:
+        representation: the architecture (see module docstring).
+        species: element symbols; ``graph["species"]`` indexes into this list.
+        cutoff: neighbour cutoff in Å (the graph must contain all pairs within it).
+        force_head: ``"conservative"``, ``"direct"`` or ``"both"``.
+        name, hparams: the registry name and hyper-parameters, kept for checkpoints.
+    """
+
+    def __init__(
+        self,
+        representation: nn.Module,
+        species: List[str],
+        cutoff: float,
+        force_head: str = "conservative",
+        name: str = "",
+        hparams: Optional[dict] = None,
+    ):
+        super().__init__()
+        if force_head not in FORCE_HEADS:
+            raise ValueError(f"force_head must be one of {FORCE_HEADS}, got {force_head!r}")
+        if len(set(species)) != len(species) or not species:
+            raise ValueError(f"species must be a non-empty list of distinct symbols, got {species}")
+        self.representation = representation
+        self.species: List[str] = list(species)
+        self.cutoff = float(cutoff)
+        self.n_layers = int(representation.n_layers)
+        self.force_head = force_head
+        self.conservative = force_head in ("conservative", "both")
+        self.direct = force_head in ("direct", "both")
+        self.model_name = name
+        self.config_json = json.dumps(
+            {"name": name, "species": self.species, "cutoff": self.cutoff,
+             "force_head": force_head, "hparams": hparams or {}},
+            sort_keys=True,
+        )
+        n_scalars = int(representation.n_scalars)
+        n_vectors = int(getattr(representation, "n_vectors", 0))
+        self.energy_head = mlp([n_scalars, max(n_scalars // 2, 1), 1])
+        # Unused heads are None: TorchScript prunes the branches (as in torchvision's ResNet).
+        self.edge_vector_head = None
+        self.vector_channel_head = None
+        if self.direct and n_vectors > 0:
+            self.vector_channel_head = VectorChannelHead(n_vectors)
+        elif self.direct:
+            self.edge_vector_head = EdgeVectorHead(n_scalars, cutoff)
+        # Per-element energy shift (eV) and scale (eV): set from data by the trainer.
+        self.register_buffer("atomic_energies", torch.zeros(len(species)))
+        self.register_buffer("scale", torch.ones(len(species)))
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.config_json)
+
+    @torch.jit.unused
+    def set_normalisation(self, atomic_energies, scale) -> None:
+        """Per-element energy shift and scale (eV), e.g. from ``fit_atomic_energies``."""
+        ae = torch.as_tensor(atomic_energies, dtype=self.atomic_energies.dtype).reshape(-1)
+        sc = torch.as_tensor(scale, dtype=self.scale.dtype).reshape(-1)
+        if sc.numel() == 1:
+            sc = sc.expand(len(self.species))
+        if ae.numel() != len(self.species) or sc.numel() != len(self.species):
+            raise ValueError(f"need one shift and one scale per species {self.species}")
+        self.atomic_energies.copy_(ae)
+        self.scale.copy_(sc)
+
+    def forward(
+        self, data: Dict[str, Tensor], compute_forces: bool = True, compute_stress: bool = False
+    ) -> Dict[str, Tensor]:
+        """Graph -> {"energy": (B,), "energies": (N,), "forces": (N, 3), "stress": (B, 3, 3),
+        "virial": (B, 3, 3), "direct_forces": (N, 3) for force_head="both"}.
+
+        Units eV, eV/Å, eV/Å^3; stress in ASE's sign (positive = tensile), zero for a
+        structure with zero cell volume. ``virial`` = -dE/d(eps) in eV (what LAMMPS sums).
+        If ``positions`` already requires grad, forces keep their graph (for Jacobians).
+        """
+        positions = data["positions"]
+        species = data["species"]
+        edge_index = data["edge_index"]
+        shifts = data["shifts"]
+        cell = data["cell"]
+        batch = data["batch"]
+        n_graphs = cell.shape[0]
+
+        want_forces = compute_forces and self.conservative
+        keep_graph = self.training or positions.requires_grad
+        if want_forces and not positions.requires_grad:
+            positions = positions.detach().requires_grad_(True)
+        strain = torch.zeros((n_graphs, 3, 3), dtype=positions.dtype, device=positions.device)
+        if compute_stress:
+            strain.requires_grad_(True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))  # (B, 3, 3)
+            pos = positions + torch.bmm(positions.unsqueeze(1), sym[batch]).squeeze(1)
+            edge_sym = sym[batch[edge_index[0]]]  # (E, 3, 3)
+            shifts = shifts + torch.bmm(shifts.unsqueeze(1), edge_sym).squeeze(1)
+            cell = cell + torch.bmm(cell, sym)
+        else:
+            pos = positions
+        edge_vec = pos[edge_index[1]] - pos[edge_index[0]] + shifts  # (E, 3)
+
+        inputs: Dict[str, Tensor] = {}
+        for key, value in data.items():
+            inputs[key] = value
+        inputs["positions"] = pos
+        inputs["shifts"] = shifts
+        inputs["cell"] = cell
+        features = self.representation(inputs, edge_vec)
+        h = features["scalars"]  # (N, F)
+
+        scale = self.scale[species]  # (N,)
+        energies = self.energy_head(h).squeeze(-1) * scale + self.atomic_energies[species]  # (N,)
+        if "n_local" in data:
+            n_local = int(data["n_local"].reshape(-1)[0])
+            energy = scatter_sum(energies[:n_local], batch[:n_local], n_graphs)  # (B,)
+        else:
+            energy = scatter_sum(energies, batch, n_graphs)  # (B,)
+        out: Dict[str, Tensor] = {"energy": energy, "energies": energies}
+
+        direct: Optional[Tensor] = None
+        vector_channel_head = self.vector_channel_head
+        edge_vector_head = self.edge_vector_head
+        if vector_channel_head is not None:
+            direct = vector_channel_head(features["vectors"])  # (N, 3)
+        elif edge_vector_head is not None:
+            direct = edge_vector_head(h, edge_index, edge_vec)  # (N, 3)
+        if direct is not None:
+            direct = direct * scale.unsqueeze(-1)
+            if self.conservative:
+                out["direct_forces"] = direct
+            else:
+                out["forces"] = direct
+
+        if want_forces or compute_stress:
+            wrt: List[Tensor] = []
+            if want_forces:
+                wrt.append(positions)
+            if compute_stress:
+                wrt.append(strain)
+            grad_outputs: List[Optional[Tensor]] = [torch.ones_like(energy)]
+            grads = torch.autograd.grad(
+                [energy], wrt, grad_outputs=grad_outputs,
+                retain_graph=keep_graph, create_graph=keep_graph, allow_unused=True,
+            )
+            k = 0
+            if want_forces:
+                g = grads[0]
+                out["forces"] = -g if g is not None else torch.zeros_like(positions)
+                k = 1
+            if compute_stress:
+                g = grads[k]
+                dE_deps = g if g is not None else torch.zeros_like(strain)
+                volume = torch.abs(torch.linalg.det(data["cell"]))  # (B,)
+                safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+                stress = dE_deps / safe.view(-1, 1, 1)
+                out["stress"] = torch.where(volume.view(-1, 1, 1) > 0, stress,
+                                            torch.zeros_like(stress))
+                out["virial"] = -dE_deps
+        return out
+

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+torch.set_default_dtype(torch.float64)
+
+# Small, fast hyper-parameters per registered model for the tests (defaults are bigger).
+SMALL = {
+    "schnet": dict(n_features=16, n_layers=2, n_rbf=12),
+}
+
+
+def small_model(name, species=("Cu", "Zr"), cutoff=4.0, force_head="conservative", **extra):
+    from geoff.potentials import build_model
+
+    torch.manual_seed(0)
+    hp = dict(SMALL.get(name, {}))
+    hp.update(extra)
+    model = build_model(name, species=list(species), cutoff=cutoff, force_head=force_head, **hp)
+    model = model.double().eval()
+    # Non-trivial normalisation so that tests see the shift and scale at work.
+    model.set_normalisation(torch.linspace(-3.0, -1.0, len(species)), torch.linspace(0.5, 1.5, len(species)))
+    return model
+
+
+def rattled_triclinic(seed=0, n=(2, 2, 2)):
+    """A rattled, sheared Cu/Zr cell (periodic, triclinic)."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.7) * n
+    cell = atoms.cell.array.copy()
+    cell[2] += [0.4, -0.3, 0.0]
+    atoms.set_cell(cell, scale_atoms=True)
+    atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+    symbols = atoms.get_chemical_symbols()
+    symbols[1] = "Zr"
+    symbols[3] = "Zr"
+    atoms.set_chemical_symbols(symbols)
+    return atoms
+
+
+def cluster(seed=0, n=10):
+    """A non-periodic cluster of Cu/Zr atoms at physical distances."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True) * (2, 2, 2)
+    atoms = atoms[:n]
+    atoms.pbc = False
+    atoms.cell = np.zeros((3, 3))
+    atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+    atoms.symbols[0] = "Zr"
+    return atoms
+
+
+@pytest.fixture
+def triclinic():
+    return rattled_triclinic()
