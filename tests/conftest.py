@@ -9,6 +9,13 @@ torch.set_default_dtype(torch.float64)
 # Small, fast hyper-parameters per registered model for the tests (defaults are bigger).
 SMALL = {
     "schnet": dict(n_features=16, n_layers=2, n_rbf=12),
+    # "dimenet": dict(),
+    # "painn": dict(),
+    # "egnn": dict(),
+    # "nequip": dict(),
+    # "mace": dict(),
+    # "faenet": dict(),
+    # "symgnn": dict(),
 }
 
 

@@ -1,0 +1,58 @@
+"""Datasets are extxyz files read and written by ``ase.io``.
+
+Labels travel as ASE calculator results (extxyz's standard columns): ``energy`` (eV),
+``forces`` (eV/Å), ``stress`` (eV/Å^3, Voigt), ``energies`` (eV per atom). Any may be absent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ..checkpoint import atomic_write
+
+LABELS = ("energy", "forces", "stress", "energies")
+
+
+def label(atoms: Atoms, **results) -> Atoms:
+    """Attach reference results (energy, forces, stress, energies) to a copy of ``atoms``."""
+    out = atoms.copy()
+    results = {k: np.asarray(v) if k != "energy" else float(v)
+               for k, v in results.items() if v is not None}
+    out.calc = SinglePointCalculator(out, **results)
+    return out
+
+
+def reference(atoms: Atoms) -> Dict[str, np.ndarray]:
+    """The labels stored with ``atoms`` (only those present)."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    out = {k: results[k] for k in LABELS if k in results}
+    # Some writers put the energy in info instead of the calculator.
+    for key in ("energy", "REF_energy"):
+        if "energy" not in out and key in atoms.info:
+            out["energy"] = atoms.info[key]
+    return out
+
+
+def read_dataset(path) -> List[Atoms]:
+    """All frames of an extxyz (or any ASE-readable) file, with their labels."""
+    import ase.io
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset at {path}; generate one with `geoff data ...`")
+    frames = ase.io.read(path, index=":")
+    if not frames:
+        raise ValueError(f"{path} holds no structures")
+    return frames
+
+
+def write_dataset(frames: Iterable[Atoms], path) -> None:
+    """Write labelled frames to extxyz atomically."""
+    import ase.io
+
+    frames = list(frames)
+    atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
