@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and exc.name.startswith("geoff"):
                 continue  # command not available in this build
             raise
+        if not hasattr(mod, "add_arguments"):
+            continue
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
