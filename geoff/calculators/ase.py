@@ -1,6 +1,8 @@
 """GeoffCalculator: an ASE calculator around an EnergyModel (or a saved checkpoint)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -41,7 +43,8 @@ class GeoffCalculator(Calculator):
             model = load(model)
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # A private copy: converting or freezing must not touch a model the user still trains.
+        self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.force_key = "direct_forces" if (forces == "direct" and model.force_head == "both") \

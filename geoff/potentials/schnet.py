@@ -32,7 +32,7 @@ class CFConv(nn.Module):
 class SchNet(nn.Module):
     """Per-atom invariant features (N, n_features) from species and interatomic distances."""
 
-    def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 64,
+    def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 32, activation: str = "ssp"):
         super().__init__()
         self.n_scalars = n_features
