@@ -9,9 +9,10 @@ torch.set_default_dtype(torch.float64)
 # Small, fast hyper-parameters per registered model for the tests (defaults are bigger).
 SMALL = {
     "schnet": dict(n_features=16, n_layers=2, n_rbf=12),
-    # "dimenet": dict(),
-    # "painn": dict(),
-    # "egnn": dict(),
+    "dimenet": dict(n_features=16, n_layers=2, n_rbf=6, l_max=3, n_triplet_features=8,
+                    n_basis_features=4, n_output_features=16, n_output_layers=1),
+    "painn": dict(n_features=16, n_layers=2, n_rbf=8),
+    "egnn": dict(n_features=16, n_layers=2, n_rbf=16, n_vector_channels=2),
     # "nequip": dict(),
     # "mace": dict(),
     # "faenet": dict(),

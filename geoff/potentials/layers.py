@@ -110,3 +110,17 @@ def mlp(sizes: List[int], act: str = "silu", bias_last: bool = True) -> nn.Seque
         if not last:
             layers.append(activation(act))
     return nn.Sequential(*layers)
+
+
+def legendre_polynomials(x: Tensor, l_max: int) -> Tensor:
+    """P_0(x) .. P_lmax(x) by Bonnet's recursion (stable for |x| <= 1): (T,) -> (T, l_max + 1).
+
+    Polynomials of cos(theta) are angular bases without arccos, whose derivative is singular at
+    theta = 0 and pi; sqrt((2l + 1) / 4 pi) P_l(cos theta) is the spherical harmonic Y_l^0.
+    """
+    p = [torch.ones_like(x)]
+    if l_max >= 1:
+        p.append(x)
+    for l in range(2, l_max + 1):
+        p.append(((2 * l - 1) * x * p[l - 1] - (l - 1) * p[l - 2]) / l)
+    return torch.stack(p, dim=-1)  # (T, l_max + 1)

@@ -13,9 +13,9 @@ from .energy_model import EnergyModel
 # name -> (module, class). Imported lazily so that e3nn loads only for the models that use it.
 _REGISTRY: Dict[str, Tuple[str, str]] = {
     "schnet": ("geoff.potentials.schnet", "SchNet"),
-    # "dimenet": ("geoff.potentials.dimenet", "DimeNetPP"),
-    # "painn": ("geoff.potentials.painn", "PaiNN"),
-    # "egnn": ("geoff.potentials.egnn", "EGNN"),
+    "dimenet": ("geoff.potentials.dimenet", "DimeNetPP"),
+    "painn": ("geoff.potentials.painn", "PaiNN"),
+    "egnn": ("geoff.potentials.egnn", "EGNN"),
     # "nequip": ("geoff.potentials.nequip", "NequIP"),
     # "mace": ("geoff.potentials.mace", "MACE"),
     # "faenet": ("geoff.potentials.faenet", "FAENet"),

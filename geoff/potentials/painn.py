@@ -1,0 +1,128 @@
+"""PaiNN (Schütt, Unke & Gastegger, 2021): equivariant message passing with scalar and vector
+features.
+
+Every atom carries scalars s (N, F) and vectors v (N, 3, F). A message block mixes in the
+neighbours' scalars and vectors through radial filters and the unit edge vectors; an update
+block couples each atom's scalars and vectors through the norms and scalar products of two
+linear mixes of its vector channels. Vectors only ever get multiplied by invariants, summed and
+linearly mixed over channels, so they rotate (and reflect) with the structure and scalars stay
+invariant.
+
+Departures from the paper:
+* The polynomial cutoff envelope of ``layers.PolynomialCutoff`` (smooth to higher order, so
+  MD sees no force kinks) multiplies the filters instead of the cosine cutoff.
+* Vector norms are ``sqrt(|v|^2 + eps)``: the initial vectors are zero, where the plain norm
+  has no derivative (NaN forces).
+* The representation returns the final features; the energy read-out (and the direct force
+  head, a linear combination of the F vector channels) live in ``EnergyModel``.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor, nn
+
+from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+
+
+class PaiNNMessage(nn.Module):
+    """Neighbours' scalars and vectors -> residual updates of the receiver's s and v."""
+
+    def __init__(self, n_features: int, n_rbf: int, act: str):
+        super().__init__()
+        self.n_features = n_features
+        self.phi = mlp([n_features, n_features, 3 * n_features], act=act)
+        self.filter = nn.Linear(n_rbf, 3 * n_features)
+
+    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
+                unit: Tensor):
+        i, j = edge_index[0], edge_index[1]
+        # The envelope on every message makes energies and forces vanish smoothly at the cutoff.
+        x = self.phi(s)[j] * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
+        ds, dv_v, dv_r = torch.split(x, self.n_features, dim=-1)
+        # Vector message: gated neighbour vectors plus a gated edge direction (both equivariant).
+        dv = v[j] * dv_v.unsqueeze(1) + unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
+        n = s.shape[0]
+        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)  # (N, F), (N, 3, F)
+
+
+class PaiNNUpdate(nn.Module):
+    """Per-atom coupling of scalars and vectors through ||V v|| and <U v, V v>."""
+
+    def __init__(self, n_features: int, act: str, eps: float):
+        super().__init__()
+        self.n_features = n_features
+        self.eps = eps
+        # No bias: a constant added to a vector channel would not rotate with the structure.
+        self.U = nn.Linear(n_features, n_features, bias=False)
+        self.V = nn.Linear(n_features, n_features, bias=False)
+        self.mlp = mlp([2 * n_features, n_features, 3 * n_features], act=act)
+
+    def forward(self, s: Tensor, v: Tensor):
+        uv = self.U(v)  # (N, 3, F)
+        vv = self.V(v)  # (N, 3, F)
+        # eps keeps the derivative of the norm finite where vv = 0 (always so in layer one).
+        norm = torch.sqrt(torch.sum(vv * vv, dim=1) + self.eps)  # (N, F)
+        a = self.mlp(torch.cat([s, norm], dim=-1))  # (N, 3F)
+        a_vv, a_sv, a_ss = torch.split(a, self.n_features, dim=-1)
+        ds = a_sv * torch.sum(uv * vv, dim=1) + a_ss  # (N, F)
+        dv = a_vv.unsqueeze(1) * uv  # (N, 3, F)
+        return s + ds, v + dv  # (N, F), (N, 3, F)
+
+
+class PaiNNLayer(nn.Module):
+    """One message block followed by one update block."""
+
+    def __init__(self, n_features: int, n_rbf: int, act: str, eps: float):
+        super().__init__()
+        self.message = PaiNNMessage(n_features, n_rbf, act)
+        self.update = PaiNNUpdate(n_features, act, eps)
+
+    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
+                unit: Tensor):
+        s, v = self.message(s, v, edge_index, rbf, envelope, unit)
+        return self.update(s, v)  # (N, F), (N, 3, F)
+
+
+class PaiNN(nn.Module):
+    """Per-atom scalars (N, F) and vectors (N, 3, F) from species and edge vectors.
+
+    Args:
+        n_species: number of elements.
+        cutoff: neighbour cutoff (Å).
+        n_features: F, width of the scalar and of the vector channels.
+        n_layers: message + update blocks (each one hop of the receptive field).
+        n_rbf: sin(n pi r / c) / r radial functions.
+        activation: a smooth activation name from ``layers.activation``.
+        eps: added to squared vector norms (in squared feature units) before the square root.
+    """
+
+    def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
+                 n_layers: int = 3, n_rbf: int = 20, activation: str = "silu",
+                 eps: float = 1e-8):
+        super().__init__()
+        self.n_scalars = n_features
+        self.n_vectors = n_features
+        self.n_layers = n_layers
+        self.n_features = n_features
+        self.embedding = nn.Embedding(n_species, n_features)
+        self.rbf = BesselBasis(cutoff, n_rbf)
+        self.envelope = PolynomialCutoff(cutoff)
+        self.layers = nn.ModuleList(
+            [PaiNNLayer(n_features, n_rbf, activation, eps) for _ in range(n_layers)]
+        )
+
+    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
+        edge_index = data["edge_index"]
+        # Edges join distinct points (periodic self-images included), so r > 0 in any valid
+        # graph; the clamp only guards the division against a duplicate atom.
+        r = torch.linalg.norm(edge_vec, dim=-1).clamp(min=1e-12)  # (E,)
+        unit = edge_vec / r.unsqueeze(-1)  # (E, 3)
+        rbf = self.rbf(r)  # (E, n_rbf)
+        envelope = self.envelope(r)  # (E,)
+        s = self.embedding(data["species"])  # (N, F)
+        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
+        for layer in self.layers:
+            s, v = layer(s, v, edge_index, rbf, envelope, unit)
+        return {"scalars": s, "vectors": v}  # (N, F), (N, 3, F)
