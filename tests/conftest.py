@@ -13,10 +13,12 @@ SMALL = {
                     n_basis_features=4, n_output_features=16, n_output_layers=1),
     "painn": dict(n_features=16, n_layers=2, n_rbf=8),
     "egnn": dict(n_features=16, n_layers=2, n_rbf=16, n_vector_channels=2),
-    # "nequip": dict(),
-    # "mace": dict(),
-    # "faenet": dict(),
-    # "symgnn": dict(),
+    "nequip": dict(n_features=8, n_layers=2, l_max=2, n_rbf=6, radial_hidden=16),
+    "mace": dict(n_features=8, n_layers=2, l_max=2, correlation=3, n_rbf=6, radial_hidden=16,
+                 radial_layers=2),
+    # faenet: local frames (the class default), degeneracy gates on (default gap_scale).
+    "faenet": dict(n_features=16, n_layers=2, n_rbf=8, n_vectors=2),
+    "symgnn": dict(n_features=16, n_layers=2, n_rbf=8, n_vectors=2, n_samples=4),
 }
 
 

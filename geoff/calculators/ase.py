@@ -69,7 +69,9 @@ class GeoffCalculator(Calculator):
                 f"stress needs a 3D-periodic cell, but pbc = {atoms.pbc.tolist()}; "
                 "set pbc=True with a cell, or ask only for energy and forces"
             )
-        out = self.model(self.graph(atoms), compute_forces=True, compute_stress=want_stress)
+        # direct forces of a "both" model need no backward pass (compute_forces=False)
+        out = self.model(self.graph(atoms), compute_forces=self.force_key == "forces",
+                         compute_stress=want_stress)
         energy = float(out["energy"].detach().sum())
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -56,3 +56,41 @@ def write_dataset(frames: Iterable[Atoms], path) -> None:
 
     frames = list(frames)
     atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+
+
+def provenance_path(path) -> Path:
+    """The provenance JSON written next to a generated data set (``cu.extxyz`` ->
+    ``cu.provenance.json``)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".provenance.json")
+
+
+def write_provenance(path, provenance: Dict) -> Path:
+    """Write ``provenance`` (JSON-able) next to the data set at ``path``, atomically."""
+    import json
+
+    target = provenance_path(path)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(provenance, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+
+    atomic_write(target, write)
+    return target
+
+
+def read_provenance(path) -> Dict:
+    """The provenance of the data set at ``path`` (see :func:`provenance_path`)."""
+    import json
+
+    with open(provenance_path(path), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

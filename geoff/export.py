@@ -1,0 +1,236 @@
+"""Export a model to TorchScript for LAMMPS: ``geoff export model.ckpt -o model.pt``.
+
+The exported file is a ``torch.jit.script`` of the ``EnergyModel`` with its metadata stored
+inside the file itself (TorchScript "extra file" ``geoff_metadata.json``), so one file is all
+that a LAMMPS deck needs::
+
+    pair_style geoff
+    pair_coeff * * model.pt Cu Zr
+
+Metadata keys: ``format`` (``"geoff-torchscript"``), ``format_version``, ``geoff_version``,
+``torch_version``, ``model`` (registry name), ``species``, ``cutoff`` (Å), ``n_layers``,
+``dtype`` (``float32``/``float64``), ``device`` (``cpu``/``cuda``), ``force_head``,
+``needs_global_frames`` (true for models that are not local, e.g. FAENet with global PCA
+frames: they cannot be split over MPI ranks) and ``config`` (the checkpoint's JSON config).
+
+Contract with the LAMMPS pair style (``lammps_plugin/pair_geoff.cpp``): the module's
+``forward(graph, compute_forces, compute_stress)`` takes the Graph of ``geoff.graph`` with
+``n_local`` set (atoms past it are ghosts), sums energies over local atoms only, and returns
+``energy``, ``energies``, ``forces`` and, with ``compute_stress``, ``virial`` (eV).
+``n_layers`` must be the number of cutoff spheres in the model's receptive field: the energy
+of an atom may depend on edges whose receiver lies at most ``n_layers - 1`` hops away. The
+pair style builds its ghost shell (and prunes edges) from that number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import torch
+
+FORMAT = "geoff-torchscript"
+FORMAT_VERSION = 1
+METADATA_FILE = "geoff_metadata.json"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+REQUIRED_KEYS = ("format", "format_version", "species", "cutoff", "n_layers", "dtype",
+                 "model", "geoff_version", "needs_global_frames", "force_head")
+
+
+def needs_global_frames(model) -> bool:
+    """Whether ``model`` sees the whole structure at once (not local: no MPI domains).
+
+    A representation says so with a ``needs_global_frames`` attribute; otherwise the
+    ``frames`` hyper-parameter decides (``"global"`` PCA frames are not local).
+    """
+    rep = getattr(model, "representation", model)
+    for attr in ("needs_global_frames", "is_global"):
+        if hasattr(rep, attr):
+            return bool(getattr(rep, attr))
+    if hasattr(rep, "is_local"):
+        return not bool(rep.is_local)
+    try:
+        hparams = json.loads(model.config_json).get("hparams", {})
+    except (AttributeError, ValueError):
+        hparams = {}
+    frames = hparams.get("frames", getattr(rep, "frames", None))
+    return isinstance(frames, str) and frames not in ("local", "none")
+
+
+def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
+    """The metadata dictionary stored in an exported file."""
+    from . import __version__
+
+    for attr in ("species", "cutoff", "n_layers"):
+        if not hasattr(model, attr):
+            raise ValueError(f"cannot export {type(model).__name__}: it has no '{attr}' "
+                             "attribute (export geoff EnergyModels or checkpoints)")
+    try:
+        config = json.loads(getattr(model, "config_json", "{}"))
+    except ValueError:
+        config = {}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "geoff_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "model": str(getattr(model, "model_name", "") or config.get("name", "") or
+                     type(model).__name__),
+        "species": list(model.species),
+        "cutoff": float(model.cutoff),
+        "n_layers": int(model.n_layers),
+        "dtype": dtype,
+        "device": "cuda" if str(device).startswith("cuda") else "cpu",
+        "force_head": str(getattr(model, "force_head", "conservative")),
+        "needs_global_frames": needs_global_frames(model),
+        "config": config,
+    }
+
+
+def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> Path:
+    """Script ``model_or_ckpt`` (an EnergyModel or a checkpoint path) and save it to ``path``.
+
+    ``dtype``: ``"float32"`` or ``"float64"``; ``device``: ``"cpu"`` or ``"cuda"`` (the
+    device the model's weights live on; LAMMPS then copies positions there). The file is
+    written atomically. Returns the path.
+    """
+    from .checkpoint import atomic_write
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}); export on a GPU machine or use cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if isinstance(model_or_ckpt, torch.nn.Module):
+        import copy
+
+        model = copy.deepcopy(model_or_ckpt)
+    else:
+        from .checkpoint import load
+
+        model = load(model_or_ckpt)
+    model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    meta = metadata(model, dtype, device)
+    try:
+        scripted = torch.jit.script(model)
+    except Exception as exc:  # noqa: BLE001 - TorchScript errors come in many types
+        raise ValueError(f"cannot compile the {meta['model']!r} model to TorchScript: {exc}") \
+            from exc
+    extra = {METADATA_FILE: json.dumps(meta, indent=1, sort_keys=True)}
+    path = Path(path)
+    atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+    return path
+
+
+def read_metadata(path) -> Dict[str, Any]:
+    """The metadata of an exported file, checked; errors name the problem and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no exported model at {path}")
+    extra = {METADATA_FILE: ""}
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}); "
+                         "make one with `geoff export model.ckpt -o model.pt`") from None
+    return _check_metadata(path, extra[METADATA_FILE])
+
+
+def _check_metadata(path, text) -> Dict[str, Any]:
+    if isinstance(text, bytes):
+        text = text.decode()
+    if not text:
+        raise ValueError(f"{path} is a TorchScript file but not a geoff export (no "
+                         f"{METADATA_FILE}); make one with `geoff export model.ckpt -o {path}`")
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: its {METADATA_FILE} is not valid JSON ({exc}); "
+                         "re-export the model") from None
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if meta.get("format") != FORMAT or missing:
+        raise ValueError(f"{path}: metadata is not a {FORMAT} record (missing {missing}); "
+                         "re-export the model with `geoff export`")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer geoff ({meta['geoff_version']}, "
+                         f"format {meta['format_version']}); upgrade geoff to read it")
+    if meta["dtype"] not in _DTYPES:
+        raise ValueError(f"{path}: metadata dtype {meta['dtype']!r} is not float32/float64")
+    species = meta["species"]
+    if not isinstance(species, list) or not species or len(set(species)) != len(species):
+        raise ValueError(f"{path}: metadata species {species!r} is not a list of distinct "
+                         "element symbols; re-export the model")
+    if not float(meta["cutoff"]) > 0 or int(meta["n_layers"]) < 1:
+        raise ValueError(f"{path}: metadata cutoff {meta['cutoff']} / n_layers "
+                         f"{meta['n_layers']} must be positive; re-export the model")
+    return meta
+
+
+def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """``(module, metadata)`` of an exported file, metadata checked against the module.
+
+    ``device`` defaults to the device the file was exported for.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no exported model at {path}")
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); make one with "
+                         "`geoff export model.ckpt -o model.pt`") from None
+    meta = _check_metadata(path, extra[METADATA_FILE])
+    # The metadata must describe the module it travels with.
+    checks = {"species": list(getattr(module, "species", meta["species"])),
+              "cutoff": float(getattr(module, "cutoff", meta["cutoff"])),
+              "n_layers": int(getattr(module, "n_layers", meta["n_layers"]))}
+    for key, value in checks.items():
+        if value != meta[key]:
+            raise ValueError(f"{path}: metadata {key}={meta[key]!r} disagrees with the model's "
+                             f"{key}={value!r}; the file was edited or is corrupt, re-export it")
+    dtypes = {p.dtype for p in module.parameters()}
+    if dtypes and dtypes != {_DTYPES[meta["dtype"]]}:
+        raise ValueError(f"{path}: metadata dtype {meta['dtype']} disagrees with the weights "
+                         f"({sorted(str(d) for d in dtypes)}); re-export the model")
+    if device is None:
+        device = meta["device"]
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{path} was exported for CUDA but torch sees no GPU here; re-export "
+                         "with `geoff export --device cpu` or run on a GPU machine")
+    return module.to(device), meta
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint written by `geoff train` / geoff.save")
+    parser.add_argument("-o", "--output", required=True, help="TorchScript file to write (.pt)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float64",
+                        help="precision of the exported model (default: float64)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda: where LAMMPS runs the model (default: cpu)")
+
+
+def run(args) -> int:
+    path = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
+    meta = read_metadata(path)
+    species = " ".join(meta["species"])
+    shell = meta["n_layers"] * meta["cutoff"]
+    print(f"wrote {path}: {meta['model']} ({meta['dtype']}, {meta['device']}), species "
+          f"{species}, cutoff {meta['cutoff']} Å, {meta['n_layers']} layers")
+    print("LAMMPS:\n  pair_style geoff\n"
+          f"  pair_coeff * * {path} {species}\n"
+          f"  comm_modify cutoff {shell + 2.0:g}   # >= n_layers x cutoff + skin "
+          "(skin 2.0 Å, metal units default)")
+    if meta["needs_global_frames"]:
+        print("note: this model uses global frames (not local): run it on one MPI rank")
+    return 0

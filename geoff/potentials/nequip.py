@@ -1,0 +1,436 @@
+"""NequIP-style representation (Batzner et al., 2022): tensor-product convolutions and gates.
+
+Node features are e3nn irreps ``n_features x (0e + 1o + 2e + ...)`` up to ``l_max``. One
+interaction block (one "ConvNetLayer" of NequIP) is
+
+    x_i  = Linear_2( 1/sqrt(avg_num_neighbors) * sum_j TP(Linear_1(h_j), u(r_ij) Y(r_ij); R(r_ij)) )
+           + SelfConnection(h_i, z_i)                           (element-dependent linear)
+    h_i <- h_i + Gate(x_i)           (residual only where the irreps of h do not change)
+
+with ``Y`` the spherical harmonics of the edge direction (``l <= l_max``), ``TP`` an e3nn
+"uvu" (channel-wise) tensor product whose per-edge path weights come from a radial MLP on a
+Bessel basis, and ``u`` the smooth ``PolynomialCutoff`` envelope. The first block maps the
+scalar species embedding to the full irreps, so it has no residual (as in NequIP).
+
+Outputs: ``scalars`` = the ``0e`` channels of the last layer (N, n_features); ``vectors`` =
+its ``1o`` channels in Cartesian (x, y, z) order (N, 3, n_features) for the direct force head.
+
+Departures from the published NequIP, and why:
+
+* ``Gate`` below is e3nn's gated non-linearity re-written in ~30 lines, because
+  ``e3nn.nn.Gate`` cannot be compiled by ``torch.jit.script`` in e3nn 0.6.0 (its
+  ``Activation`` is a ``compile_mode("trace")`` module whose ``paths`` attribute is an
+  untyped Python list). Same maths: scalars through SiLU (even) / tanh (odd), every gated
+  irrep multiplied by SiLU of its own ``0e`` gate, activations rescaled to unit second
+  moment like e3nn's ``normalize2mom`` (the constant is computed by quadrature instead of
+  Monte Carlo, so building a model consumes no random numbers beyond its initialisation).
+* The cutoff envelope multiplies the spherical harmonics (equivalently the messages)
+  instead of the radial-MLP input: the tensor product is linear in ``Y``, so this is the
+  same envelope on every message, but it makes energies go to zero at the cutoff for any
+  radial MLP (ours has biases; NequIP relies on a bias-free MLP for the same property).
+* The per-atom energy is the shared ``EnergyModel`` head (an MLP on the ``0e`` channels)
+  instead of NequIP's two linear layers.
+* ``avg_num_neighbors`` is a fixed hyper-parameter (default: estimated from the cutoff for
+  a condensed phase) rather than computed from the training set.
+* ``full_parity=False`` (default) keeps only the irreps with the parity of the spherical
+  harmonics (0e, 1o, 2e, ...): cheaper, and the energy stays an O(3) invariant.
+  ``full_parity=True`` adds the other parity (0o, 1e, 2o, ...) like NequIP's
+  ``parity: true``; pseudo-scalars never reach the energy.
+
+e3nn basis convention (checked, not assumed): in e3nn 0.6.0 the ``l = 1`` components and
+``Y^1(r)`` are ordered (x, y, z) and ``D^1(R) = R``; older e3nn (<= 0.4) used (y, z, x).
+``cartesian_l1_order`` reads the order off e3nn at build time, so both are handled.
+
+The helpers here (``Convolution``, ``Gate``, ``cartesian_l1_order``, ...) are also used by
+``mace.py``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+from e3nn import o3
+
+from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+
+# Atoms per Å^3 of a typical condensed phase (Cu: 0.085, Si: 0.050, water: 0.100), used
+# only to set the default message normalisation from the cutoff.
+_TYPICAL_DENSITY = 0.07
+
+
+def default_avg_num_neighbors(cutoff: float) -> float:
+    """Expected neighbours within ``cutoff`` (Å) at a typical condensed-phase density."""
+    return max(4.0 / 3.0 * math.pi * cutoff**3 * _TYPICAL_DENSITY, 1.0)
+
+
+def irreps_up_to(n_features: int, l_max: int, full_parity: bool = False) -> o3.Irreps:
+    """``n x 0e + n x 1o + n x 2e + ...`` (and the other parities if ``full_parity``)."""
+    out = []
+    for l in range(l_max + 1):
+        natural = (-1) ** l
+        out.append((n_features, (l, natural)))
+        if full_parity:
+            out.append((n_features, (l, -natural)))
+    return o3.Irreps(out)
+
+
+def cartesian_l1_order() -> List[int]:
+    """Indices ``perm`` with ``v_xyz[..., a] = v_e3nn[..., perm[a]]`` for an e3nn ``1o`` irrep.
+
+    Read off e3nn's own spherical harmonics: ``Y^1`` of the unit vector along axis ``a`` is
+    non-zero (and positive) only in the component that stores that axis.
+    """
+    y = o3.spherical_harmonics(1, torch.eye(3, dtype=torch.float64), normalize=True,
+                               normalization="component")  # (3 axes, 3 components)
+    perm = [int(torch.argmax(y[a].abs())) for a in range(3)]
+    expected = torch.zeros(3, 3, dtype=torch.float64)
+    for a in range(3):
+        expected[a, perm[a]] = math.sqrt(3.0)
+    if sorted(perm) != [0, 1, 2] or not torch.allclose(y, expected):
+        raise RuntimeError(f"unexpected e3nn l=1 basis (Y^1 of the unit vectors: {y.tolist()})")
+    return perm
+
+
+def block_offset(irreps: o3.Irreps, ir: str) -> int:
+    """Start (in the flat irreps layout) of the first block of irrep ``ir``, -1 if absent."""
+    target = o3.Irrep(ir)
+    offset = 0
+    for mul, irrep in irreps:
+        if irrep == target:
+            return offset
+        offset += mul * irrep.dim
+    return -1
+
+
+def _second_moment_scale(f: Callable[[Tensor], Tensor]) -> float:
+    """1 / sqrt(E[f(z)^2]) for z ~ N(0, 1), by quadrature (what e3nn's normalize2mom estimates)."""
+    z = torch.linspace(-12.0, 12.0, 200001, dtype=torch.float64)
+    density = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return float(torch.trapezoid(f(z) ** 2 * density, z).rsqrt())
+
+
+class Gate(nn.Module):
+    """Gated non-linearity: [s_even | s_odd | gates | gated] -> [act(s) | gated * act(gates)].
+
+    ``irreps_scalars`` are ``0e``/``0o`` blocks (SiLU / tanh), ``irreps_gated`` the ``l > 0``
+    blocks, each component of which is multiplied by the SiLU of its own ``0e`` gate. Input
+    layout ``irreps_in = irreps_scalars + irreps_gates + irreps_gated``; output
+    ``irreps_out = irreps_scalars + irreps_gated``. Equivariant: only invariant (``0e``)
+    gates scale the ``l > 0`` blocks, and odd scalars go through an odd function.
+    """
+
+    def __init__(self, irreps_scalars: o3.Irreps, irreps_gated: o3.Irreps):
+        super().__init__()
+        irreps_scalars, irreps_gated = o3.Irreps(irreps_scalars), o3.Irreps(irreps_gated)
+        if any(ir.l != 0 for _, ir in irreps_scalars) or any(ir.l == 0 for _, ir in irreps_gated):
+            raise ValueError("Gate: scalars must be l=0 and gated irreps l>0")
+        self.n_even = sum(mul for mul, ir in irreps_scalars if ir.p == 1)
+        self.n_odd = sum(mul for mul, ir in irreps_scalars if ir.p == -1)
+        if [ir.p for _, ir in irreps_scalars] != sorted([ir.p for _, ir in irreps_scalars], reverse=True):
+            raise ValueError("Gate: put the even scalars before the odd ones")
+        self.n_gates = irreps_gated.num_irreps
+        self.irreps_gates = o3.Irreps(f"{self.n_gates}x0e") if self.n_gates else o3.Irreps("")
+        self.irreps_in = irreps_scalars + self.irreps_gates + irreps_gated
+        self.irreps_out = irreps_scalars + irreps_gated
+        # Component c of the gated part is scaled by gate gate_index[c].
+        index: List[int] = []
+        gate = 0
+        for mul, ir in irreps_gated:
+            for _ in range(mul):
+                index.extend([gate] * ir.dim)
+                gate += 1
+        self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
+        self.silu_scale = _second_moment_scale(nn.functional.silu)
+        self.tanh_scale = _second_moment_scale(torch.tanh)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, irreps_in.dim) -> (N, irreps_out.dim)
+        n_s = self.n_even + self.n_odd
+        even = nn.functional.silu(x[:, : self.n_even]) * self.silu_scale  # (N, n_even)
+        odd = torch.tanh(x[:, self.n_even : n_s]) * self.tanh_scale  # (N, n_odd)
+        if self.n_gates == 0:
+            return torch.cat([even, odd], dim=-1)  # (N, n_s)
+        gates = nn.functional.silu(x[:, n_s : n_s + self.n_gates]) * self.silu_scale  # (N, n_gates)
+        gated = x[:, n_s + self.n_gates :] * gates[:, self.gate_index]  # (N, irreps_gated.dim)
+        return torch.cat([even, odd, gated], dim=-1)  # (N, irreps_out.dim)
+
+
+class _CouplingBlock(nn.Module):
+    """All paths of one input block ``mul x ir1``, grouped by output dimension ``d``.
+
+    ``coupling`` (sh_dim, R, 2 l1 + 1) stacks, group after group, sqrt(d) * w3j(l1, l2, l3)
+    of the group's P paths as rows ``(d, P)`` (zero outside each path's own ``l2`` entries):
+    ``R = sum_g d_g P_g``. One batched matrix product per input block, then the weights per
+    group. Output layout per edge: groups side by side, each ``(d, P, mul)`` with the
+    channels innermost so that the weight product vectorises.
+    """
+
+    def __init__(self, mul: int, dim_in: int, groups: List[Tensor]):
+        super().__init__()
+        self.mul = mul
+        self.dim_in = dim_in
+        self.dims = [int(g.shape[1]) for g in groups]  # d of each group
+        self.n_paths = [int(g.shape[2]) for g in groups]  # P of each group
+        self.rows = [d * p for d, p in zip(self.dims, self.n_paths)]
+        coupling = torch.cat([g.reshape(g.shape[0], -1, dim_in) for g in groups], dim=1)
+        self.total_rows = int(coupling.shape[1])
+        self.register_buffer("coupling", coupling.reshape(coupling.shape[0], -1))
+
+    def forward(self, x: Tensor, sh: Tensor, weight: Tensor) -> List[Tensor]:
+        """x (E, mul * (2 l1 + 1)) this block, sh (E, sh_dim), weight (E, sum P * mul)."""
+        n_edges = x.shape[0]
+        xb = x.reshape(n_edges, self.mul, self.dim_in).transpose(1, 2)  # (E, 2 l1 + 1, mul)
+        t = (sh @ self.coupling).reshape(n_edges, self.total_rows, self.dim_in)  # (E, R, 2 l1 + 1)
+        if self.dim_in == 1:
+            out = t * xb  # (E, R, mul); a broadcast beats a batch of rank-1 matmuls
+        else:
+            out = torch.bmm(t, xb)  # (E, R, mul)
+        outs = torch.split(out, self.rows, dim=1)
+        ws = torch.split(weight, [p * self.mul for p in self.n_paths], dim=1)
+        pieces: List[Tensor] = []
+        for g in range(len(self.rows)):
+            d, n_p = self.dims[g], self.n_paths[g]
+            w = ws[g].reshape(n_edges, 1, n_p, self.mul)  # (E, 1, P, mul)
+            piece = outs[g].reshape(n_edges, d, n_p, self.mul) * w  # (E, d, P, mul)
+            pieces.append(piece.reshape(n_edges, d * n_p * self.mul))  # (E, d P mul)
+        return pieces
+
+
+class EdgeTensorProduct(nn.Module):
+    """Channel-wise ("uvu") tensor product of edge-gathered node features with Y(r_ij).
+
+    Numerically e3nn's ``TensorProduct(irreps_in, irreps_sh, ..., "uvu", shared_weights=False)``
+    with one output block per path (component normalisation; checked against e3nn to 1e-15),
+    but computed in the order that suits a convolution: first ``T = Y . w3j`` per edge
+    (independent of the channels), then one batched matrix product per input block
+    ``T (R, 2 l1 + 1) @ x (2 l1 + 1, mul)``, then the per-edge, per-channel path weights.
+    That costs ``E * mul * (2 l1 + 1) * (2 l3 + 1)`` per path instead of e3nn's
+    ``E * mul * (2 l1 + 1) * (2 l2 + 1) * (2 l3 + 1)``, needs no code generation at build
+    time, and is plain TorchScript.
+
+    Paths are numbered by (input block, output dimension); that is the order of
+    ``irreps_out`` and of the weights (E, n_paths * mul), laid out like e3nn's ([path][channel]).
+    The output (E, D) is in an internal layout; ``to_irreps`` is the index that puts it into
+    e3nn's ``irreps_out`` layout (one ``mul x ir3`` block per path).
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, wanted: List[o3.Irrep]):
+        super().__init__()
+        irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
+        muls = {mul for mul, _ in irreps_in}
+        if len(muls) != 1:
+            raise ValueError(f"EdgeTensorProduct needs one channel count, got {irreps_in}")
+        mul = muls.pop()
+        sh_slices = irreps_sh.slices()
+        blocks = []
+        inputs: List[int] = []  # input block of each coupling block
+        paths: List[o3.Irrep] = []  # output irrep of each path
+        to_irreps: List[List[int]] = []  # internal positions of each path's (u, k) entries
+        position = 0
+        for b, (_, ir1) in enumerate(irreps_in):
+            by_dim: Dict[int, List[Tensor]] = {}
+            by_dim_irreps: Dict[int, List[o3.Irrep]] = {}
+            for s, (_, ir2) in enumerate(irreps_sh):
+                for ir3 in ir1 * ir2:
+                    if ir3 not in wanted:
+                        continue
+                    w3j = o3.wigner_3j(ir1.l, ir2.l, ir3.l, dtype=torch.float64)  # (i, j, k)
+                    c = torch.zeros(irreps_sh.dim, ir3.dim, ir1.dim, dtype=torch.float64)
+                    c[sh_slices[s]] = math.sqrt(ir3.dim) * w3j.permute(1, 2, 0)
+                    by_dim.setdefault(ir3.dim, []).append(c)
+                    by_dim_irreps.setdefault(ir3.dim, []).append(ir3)
+            if not by_dim:
+                continue
+            groups = []
+            for d in sorted(by_dim):
+                coupling = torch.stack(by_dim[d], dim=2).to(torch.get_default_dtype())  # (J, d, P, i)
+                groups.append(coupling)
+                n_p = coupling.shape[2]
+                for p in range(n_p):
+                    to_irreps.append([position + (k * n_p + p) * mul + u
+                                      for u in range(mul) for k in range(d)])
+                paths.extend(by_dim_irreps[d])
+                position += d * n_p * mul
+            blocks.append(_CouplingBlock(mul, ir1.dim, groups))
+            inputs.append(b)
+        if not paths:
+            raise ValueError(f"no path from {irreps_in} x {irreps_sh} to {wanted}")
+        self.blocks = nn.ModuleList(blocks)
+        self.inputs = inputs
+        self.mul = mul
+        self.n_paths = len(paths)
+        self.weight_numel = mul * len(paths)
+        self.dim = position
+        self.irreps_out = o3.Irreps([(mul, ir3) for ir3 in paths])
+        # torch.split (whose backward is one cat) instead of slices (one zero-filled
+        # full-size gradient per slice).
+        self.x_sizes = [mul * ir.dim for _, ir in irreps_in]
+        self.w_sizes = [sum(block.n_paths) * mul for block in blocks]
+        index = [i for block in to_irreps for i in block]
+        self.register_buffer("to_irreps", torch.tensor(index, dtype=torch.long), persistent=False)
+
+    def forward(self, x: Tensor, sh: Tensor, weight: Tensor) -> List[Tensor]:
+        """x (E, irreps_in.dim), sh (E, irreps_sh.dim), weight (E, n_paths * mul).
+
+        Returns the output in pieces (E, D_k) whose concatenation along dim 1 is the internal
+        layout (E, dim): callers that sum over edges first concatenate only the node rows.
+        """
+        xs = torch.split(x, self.x_sizes, dim=1)  # per input block (E, mul * (2 l1 + 1))
+        ws = torch.split(weight, self.w_sizes, dim=1)  # per coupling block (E, P * mul)
+        pieces: List[Tensor] = []
+        for k, block in enumerate(self.blocks):
+            pieces.extend(block(xs[self.inputs[k]], sh, ws[k]))  # [(E, d P mul)]
+        return pieces
+
+
+class Convolution(nn.Module):
+    """m_i = norm * Linear_out( sum_j TP(Linear_in(h_j), Y_ij; R(r_ij)) ): an equivariant message.
+
+    ``TP`` is the channel-wise ("uvu") tensor product of every input block with every
+    spherical harmonic, keeping only the output irreps that ``irreps_out`` contains, one
+    output block per path (``EdgeTensorProduct``); its per-edge path weights ``R(r_ij)``
+    come from an MLP on the radial basis. ``Y_ij`` is expected to carry the cutoff envelope
+    already. This is NequIP's interaction and MACE's atomic basis ``A_i`` (``norm =
+    1/sqrt(avg)`` in NequIP, ``1/avg`` in MACE). ``Linear_out`` mixes the paths that lead to
+    the same irrep.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps,
+                 n_rbf: int, radial_hidden: int, radial_layers: int, norm: float):
+        super().__init__()
+        irreps_in, irreps_sh, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_sh), o3.Irreps(irreps_out)
+        self.linear_in = o3.Linear(irreps_in, irreps_in)
+        self.tp = EdgeTensorProduct(irreps_in, irreps_sh, [ir for _, ir in irreps_out])
+        self.radial = mlp([n_rbf] + [radial_hidden] * radial_layers + [self.tp.weight_numel])
+        self.linear_out = o3.Linear(self.tp.irreps_out, irreps_out)
+        self.norm = float(norm)
+        self.irreps_out = irreps_out
+
+    def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor) -> Tensor:
+        i, j = edge_index[0], edge_index[1]
+        x = self.linear_in(h)[j]  # (E, irreps_in.dim)
+        pieces = self.tp(x, sh, self.radial(rbf))  # [(E, D_k)]
+        summed = torch.cat([scatter_sum(p, i, h.shape[0]) for p in pieces], dim=1)  # (N, tp.dim)
+        summed = summed.index_select(1, self.tp.to_irreps) * self.norm  # (N, tp.irreps_out.dim)
+        return self.linear_out(summed)  # (N, irreps_out.dim)
+
+
+class EdgeEmbedding(nn.Module):
+    """Edge vectors -> (u(r) Y(r_hat) (E, irreps_sh.dim), Bessel basis (E, n_rbf))."""
+
+    def __init__(self, cutoff: float, l_max: int, n_rbf: int):
+        super().__init__()
+        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.rbf = BesselBasis(cutoff, n_rbf)
+        self.envelope = PolynomialCutoff(cutoff)
+
+    def forward(self, edge_vec: Tensor):
+        r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
+        sh = self.sh(edge_vec) * self.envelope(r).unsqueeze(-1)  # (E, irreps_sh.dim)
+        return sh, self.rbf(r)  # (E, irreps_sh.dim), (E, n_rbf)
+
+
+def to_cartesian(x: Tensor, offset: int, mul: int, xyz: Tensor) -> Tensor:
+    """The ``mul x 1o`` block of ``x`` starting at ``offset`` as (N, 3, mul) in (x, y, z) order."""
+    v = x[:, offset : offset + 3 * mul].reshape(x.shape[0], mul, 3)  # (N, mul, 3), e3nn order
+    return v.index_select(2, xyz).transpose(1, 2)  # (N, 3, mul)
+
+
+class InteractionBlock(nn.Module):
+    """One NequIP layer: convolution + element-dependent self-connection, gate, residual."""
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_hidden: o3.Irreps, irreps_sh: o3.Irreps,
+                 n_species: int, n_rbf: int, radial_hidden: int, radial_layers: int, norm: float):
+        super().__init__()
+        scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_hidden if ir.l == 0])
+        gated = o3.Irreps([(mul, ir) for mul, ir in irreps_hidden if ir.l > 0])
+        # Only irreps that a tensor product of the input with Y can reach are gated.
+        reachable = {ir for _, ir1 in irreps_in for _, ir2 in irreps_sh for ir in ir1 * ir2}
+        gated = o3.Irreps([(mul, ir) for mul, ir in gated if ir in reachable])
+        scalars = o3.Irreps([(mul, ir) for mul, ir in scalars if ir in reachable])
+        self.gate = Gate(scalars, gated)
+        self.conv = Convolution(irreps_in, irreps_sh, self.gate.irreps_in, n_rbf, radial_hidden,
+                                radial_layers, norm)
+        self.self_connection = o3.FullyConnectedTensorProduct(
+            irreps_in, o3.Irreps(f"{n_species}x0e"), self.gate.irreps_in)
+        self.irreps_out = self.gate.irreps_out
+        self.residual = self.irreps_out == o3.Irreps(irreps_in)
+
+    def forward(self, h: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor,
+                edge_index: Tensor) -> Tensor:
+        x = self.conv(h, sh, rbf, edge_index) + self.self_connection(h, one_hot)  # (N, gate_in.dim)
+        x = self.gate(x)  # (N, irreps_out.dim)
+        if self.residual:
+            return h + x  # (N, irreps_out.dim)
+        return x  # (N, irreps_out.dim)
+
+
+class NequIP(nn.Module):
+    """NequIP-style representation (see the module docstring).
+
+    Args:
+        n_species: number of elements.
+        cutoff: Å; Bessel basis and polynomial envelope span [0, cutoff].
+        n_features: channels per irrep.
+        n_layers: interaction blocks.
+        l_max: highest degree of the spherical harmonics and of the node features.
+        correlation: accepted for a uniform config, must be 2 (a tensor-product convolution
+            is two-body per layer; body order grows with depth only).
+        n_rbf: Bessel functions.
+        radial_hidden, radial_layers: width and depth of the radial MLP.
+        full_parity: also carry the irreps of the other parity (0o, 1e, 2o, ...).
+        avg_num_neighbors: messages are divided by its square root (default from the cutoff).
+    """
+
+    def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 32,
+                 n_layers: int = 3, l_max: int = 2, n_rbf: int = 8, radial_hidden: int = 64,
+                 radial_layers: int = 2, full_parity: bool = False,
+                 avg_num_neighbors: Optional[float] = None, correlation: int = 2):
+        super().__init__()
+        if l_max < 1:
+            raise ValueError(f"NequIP needs l_max >= 1 for vector features, got {l_max}")
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if correlation != 2:
+            raise ValueError("NequIP messages are two-body (correlation=2); use 'mace' for "
+                             f"higher body order, got correlation={correlation}")
+        if avg_num_neighbors is None:
+            avg_num_neighbors = default_avg_num_neighbors(cutoff)
+        self.n_layers = n_layers
+        self.n_scalars = n_features
+        self.n_vectors = n_features
+        self.n_species = n_species
+        self.embedding = nn.Embedding(n_species, n_features)
+        self.edges = EdgeEmbedding(cutoff, l_max, n_rbf)
+        hidden = irreps_up_to(n_features, l_max, full_parity)
+        norm = 1.0 / math.sqrt(avg_num_neighbors)
+        irreps = o3.Irreps(f"{n_features}x0e")
+        blocks = []
+        for _ in range(n_layers):
+            block = InteractionBlock(irreps, hidden, self.edges.irreps_sh, n_species, n_rbf,
+                                     radial_hidden, radial_layers, norm)
+            blocks.append(block)
+            irreps = block.irreps_out
+        self.blocks = nn.ModuleList(blocks)
+        self.irreps_out = irreps
+        # Scalars: the 0e block; it comes first in the gate output.
+        if block_offset(irreps, "0e") != 0:
+            raise RuntimeError(f"expected the 0e block first in {irreps}")
+        self.vector_offset = block_offset(irreps, "1o")
+        self.register_buffer("xyz", torch.tensor(cartesian_l1_order(), dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
+        species = data["species"]
+        edge_index = data["edge_index"]
+        sh, rbf = self.edges(edge_vec)  # (E, sh.dim), (E, n_rbf)
+        one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
+        h = self.embedding(species)  # (N, F), irreps F x 0e
+        for block in self.blocks:
+            h = block(h, one_hot, sh, rbf, edge_index)  # (N, irreps.dim)
+        return {
+            "scalars": h[:, : self.n_scalars],  # (N, F)
+            "vectors": to_cartesian(h, self.vector_offset, self.n_vectors, self.xyz),  # (N, 3, F)
+        }

@@ -1,0 +1,783 @@
+/* ----------------------------------------------------------------------
+   pair_style geoff: geoff TorchScript models (exported by `geoff export`) in LAMMPS.
+
+   Each step this rank builds one graph (the Graph of geoff.graph):
+     positions (N,3), species (N,), edge_index (2,E) as (receiver i, sender j) for every pair
+     closer than the cutoff, shifts (E,3) with r_ij = x_j - x_i + shift_ij, cell (1,3,3),
+     pbc (1,3), batch (N,), n_local (1,)
+   and calls model.forward(graph, compute_forces=True, compute_stress=vflag_global). The
+   model sums energies over the first n_local atoms only and returns forces on all graph
+   atoms and its "virial" (-dE/d strain), this rank's share of the global virial.
+
+   Two graphs (pair_style geoff graph ...):
+   - periodic (one MPI rank, the default there): the local atoms only. An edge to a ghost
+     becomes an edge to the ghost's owner plus a shift (x_ghost - x_owner), exactly the graph
+     that ASE builds, so any number of layers needs no ghost shell beyond the cutoff.
+   - ghosts (domain decomposition, the default on several ranks): local atoms, then ghosts,
+     shifts zero (LAMMPS ghosts are periodic images already). An L-layer model needs the
+     neighbours of ghosts up to L-1 hops from a local atom, so the ghost shell must reach
+     L x cutoff + skin. Ghosts more than L hops away, and the edges into ghosts L hops away,
+     cannot change the local energies: a breadth-first search over the cutoff graph leaves
+     them out. Forces on ghosts are reverse-communicated by LAMMPS (newton on).
+   Per-atom virials (compute stress/atom) split -r_e (x) dE/dr_e of every edge e between its
+   two atoms, from the gradient with respect to the shifts (dE/dshift_e = dE/dr_e).
+------------------------------------------------------------------------- */
+
+// LAMMPS headers first: they bring LAMMPS' own fmt, which must win over torch's.
+#include "pair_geoff.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "json.h"
+#include "lammps.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "timer.h"
+#include "update.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <thread>
+#include <unordered_map>
+
+using namespace LAMMPS_NS;
+
+namespace LAMMPS_NS {
+struct GeoffTorch {
+  torch::jit::Module module;
+  torch::Device device{torch::kCPU};
+  torch::ScalarType dtype{torch::kFloat64};
+};
+}    // namespace LAMMPS_NS
+
+namespace {
+const char *METADATA_FILE = "geoff_metadata.json";
+const char *EXPORT_HINT = "export a geoff checkpoint with `geoff export model.ckpt -o model.pt`";
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0)
+{
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string join(const std::vector<std::string> &items)
+{
+  std::string out = "[";
+  for (size_t k = 0; k < items.size(); ++k) out += (k ? ", '" : "'") + items[k] + "'";
+  return out + "]";
+}
+
+// First line of a (possibly long) torch error message.
+std::string first_line(const std::string &text)
+{
+  auto end = text.find('\n');
+  return end == std::string::npos ? text : text.substr(0, end);
+}
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairGeoff::PairGeoff(LAMMPS *lmp) :
+    Pair(lmp), torch_(new GeoffTorch), cutoff(0.0), n_layers(1), global_frames(false),
+    conservative(true), device_request("auto"), graph_request("auto"), periodic_graph(true),
+    t_graph(0.0), t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0),
+    reset_timers(true)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  ghostneigh = 1;                 // graph ghosts: needs the neighbours of ghost atoms
+  no_virial_fdotr_compute = 1;    // the virial comes from the model (strain derivative)
+  centroidstressflag = CENTROID_NOTAVAIL;
+  // compute pair geoff: [1] model seconds, [2] other pair seconds, [3] model calls,
+  // [4] mean graph atoms, [5] mean graph edges (this run)
+  nextra = 5;
+  pvector = new double[nextra]();
+}
+
+PairGeoff::~PairGeoff()
+{
+  delete[] pvector;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+  }
+}
+
+void PairGeoff::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  memory->create(cutghost, n, n, "pair:cutghost");
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) setflag[i][j] = 0;
+}
+
+/* ----------------------------------------------------------------------
+   pair_style geoff [device auto|cpu|cuda] [graph auto|periodic|ghosts]
+------------------------------------------------------------------------- */
+
+void PairGeoff::settings(int narg, char **arg)
+{
+  int iarg = 0;
+  while (iarg < narg) {
+    std::string key = arg[iarg];
+    if (key == "device" && iarg + 1 < narg) {
+      device_request = arg[iarg + 1];
+      if (device_request != "auto" && device_request != "cpu" && device_request != "cuda")
+        error->all(FLERR, "pair_style geoff device must be auto, cpu or cuda, got '{}'",
+                   device_request);
+      iarg += 2;
+    } else if (key == "graph" && iarg + 1 < narg) {
+      graph_request = arg[iarg + 1];
+      if (graph_request != "auto" && graph_request != "periodic" && graph_request != "ghosts")
+        error->all(FLERR, "pair_style geoff graph must be auto, periodic or ghosts, got '{}'",
+                   graph_request);
+      iarg += 2;
+    } else {
+      error->all(FLERR,
+                 "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
+                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts]`",
+                 key);
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * model.pt El1 El2 ...   (one element per atom type)
+------------------------------------------------------------------------- */
+
+void PairGeoff::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg < 3 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR,
+               "pair_style geoff needs `pair_coeff * * model.pt El1 El2 ...` with one "
+               "element per atom type");
+  model_file = arg[2];
+  std::vector<std::string> elements(arg + 3, arg + narg);
+  if ((int) elements.size() != ntypes)
+    error->all(FLERR,
+               "pair_coeff * * {} lists {} element(s) but the box has {} atom type(s): give "
+               "one element per type, e.g. `pair_coeff * * {}{}`",
+               model_file, elements.size(), ntypes, model_file,
+               std::string(ntypes == 1 ? " Cu" : " Cu Zr ..."));
+
+  if (!platform::file_is_readable(model_file))
+    error->all(FLERR, "pair_style geoff: cannot open model file '{}' (no such file or not "
+               "readable); {}", model_file, EXPORT_HINT);
+
+  // TorchScript's profiling executor re-specialises the graph when shapes change, and the
+  // graph's shape changes every step: plain execution is as fast and starts at once.
+  // GEOFF_JIT_OPTIMIZE=1 turns the optimiser back on.
+  const char *jit_opt = getenv("GEOFF_JIT_OPTIMIZE");
+  torch::jit::setGraphExecutorOptimize(jit_opt && strcmp(jit_opt, "0") != 0);
+
+  // Load on the CPU first: the metadata decides where the model runs.
+  std::unordered_map<std::string, std::string> extra{{METADATA_FILE, ""}};
+  try {
+    torch_->module = torch::jit::load(model_file, torch::Device(torch::kCPU), extra);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style geoff: '{}' is not a TorchScript file ({}); {}", model_file,
+               first_line(e.what()), EXPORT_HINT);
+  }
+  if (extra[METADATA_FILE].empty())
+    error->all(FLERR,
+               "pair_style geoff: '{}' is a TorchScript file but not a geoff model (it has no "
+               "{}); {}",
+               model_file, METADATA_FILE, EXPORT_HINT);
+
+  try {
+    auto meta = json::parse(extra[METADATA_FILE]);
+    if (meta.value("format", "") != "geoff-torchscript")
+      error->all(FLERR, "pair_style geoff: '{}' has metadata of an unknown format; {}",
+                 model_file, EXPORT_HINT);
+    if (meta.value("format_version", 0) > 1)
+      error->all(FLERR,
+                 "pair_style geoff: '{}' was exported by a newer geoff ({}); rebuild this "
+                 "plugin with `geoff lammps build` after upgrading geoff",
+                 model_file, meta.value("geoff_version", "?"));
+    species = meta.at("species").get<std::vector<std::string>>();
+    cutoff = meta.at("cutoff").get<double>();
+    n_layers = meta.at("n_layers").get<int>();
+    model_dtype = meta.at("dtype").get<std::string>();
+    model_device = meta.value("device", "cpu");
+    model_name = meta.value("model", "?");
+    global_frames = meta.value("needs_global_frames", false);
+    conservative = meta.value("force_head", "conservative") != "direct";
+  } catch (const json::exception &e) {
+    error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
+               model_file, e.what(), EXPORT_HINT);
+  }
+  if (species.empty() || !(cutoff > 0.0) || n_layers < 1)
+    error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
+               model_file, EXPORT_HINT);
+  if (model_dtype == "float64")
+    torch_->dtype = torch::kFloat64;
+  else if (model_dtype == "float32")
+    torch_->dtype = torch::kFloat32;
+  else
+    error->all(FLERR, "pair_style geoff: '{}' has dtype '{}' (float32 or float64 expected)",
+               model_file, model_dtype);
+
+  // Elements of the atom types.
+  type2species.assign(ntypes + 1, -1);
+  for (int t = 1; t <= ntypes; ++t) {
+    const std::string &el = elements[t - 1];
+    auto it = std::find(species.begin(), species.end(), el);
+    if (it == species.end())
+      error->all(FLERR,
+                 "pair_coeff: element '{}' (atom type {}) is not in the species {} of model "
+                 "'{}'; use a model trained on it or map type {} to one of these elements",
+                 el, t, join(species), model_file, t);
+    type2species[t] = it - species.begin();
+  }
+
+  if (global_frames && comm->nprocs > 1)
+    error->all(FLERR,
+               "pair_style geoff: the {} model in '{}' uses global frames (it sees the whole "
+               "structure at once), so it cannot be split over {} MPI ranks: run it on one "
+               "rank, or export a local model (e.g. faenet with frames=\"local\")",
+               model_name, model_file, comm->nprocs);
+
+  // Device: the exported one, unless pair_style says otherwise.
+  std::string want = device_request == "auto" ? model_device : device_request;
+  if (want == "cuda") {
+    if (!torch::cuda::is_available())
+      error->all(FLERR,
+                 "pair_style geoff: model '{}' is for CUDA but torch sees no GPU here; run on a "
+                 "GPU node, use `pair_style geoff device cpu`, or re-export with `geoff export "
+                 "--device cpu`",
+                 model_file);
+    // One GPU per rank of a node, round robin.
+    MPI_Comm node;
+    int node_rank = 0;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &node_rank);
+    MPI_Comm_free(&node);
+    int ndev = (int) torch::cuda::device_count();
+    torch_->device = torch::Device(torch::kCUDA, node_rank % std::max(ndev, 1));
+  } else {
+    torch_->device = torch::Device(torch::kCPU);
+  }
+
+  // CPU threads: torch's own choice (OMP_NUM_THREADS, or torch.set_num_threads in a Python
+  // host), except that several ranks on one node share its cores instead of each taking all.
+  if (torch_->device.is_cpu() && !getenv("OMP_NUM_THREADS")) {
+    MPI_Comm node;
+    int node_size = 1;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &node_size);
+    MPI_Comm_free(&node);
+    if (node_size > 1) {
+      int cores = std::max(1u, std::thread::hardware_concurrency());
+      at::set_num_threads(std::max(1, cores / node_size));
+    }
+  }
+
+  try {
+    torch_->module.to(torch_->device);
+    torch_->module.eval();
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair_style geoff: cannot move model '{}' to {}: {}", model_file,
+               torch_->device.str(), first_line(e.what()));
+  }
+
+  for (int i = 1; i <= ntypes; ++i)
+    for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
+                   "layer(s), {} torch thread(s)\n",
+                   model_name, model_file, model_dtype, torch_->device.str(), join(species),
+                   cutoff, n_layers, at::get_num_threads());
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairGeoff::init_style()
+{
+  if (type2species.empty())
+    error->all(FLERR, "pair_style geoff needs `pair_coeff * * model.pt El1 El2 ...` before a run");
+  if (force->newton_pair == 0)
+    error->all(FLERR, "pair_style geoff needs `newton on` (the default): forces on ghost atoms "
+               "are sent back to their owners");
+  if (global_frames && comm->nprocs > 1)
+    error->all(FLERR, "pair_style geoff: model '{}' uses global frames: run it on one MPI rank",
+               model_file);
+  if (graph_request == "periodic" && comm->nprocs > 1)
+    error->all(FLERR, "pair_style geoff graph periodic works on one MPI rank only ({} here); "
+               "use graph ghosts (the default on several ranks)", comm->nprocs);
+  if (graph_request == "ghosts" && global_frames)
+    error->all(FLERR, "pair_style geoff: model '{}' uses global frames, which see the whole "
+               "structure: use graph periodic (the default on one rank)", model_file);
+  periodic_graph = graph_request == "periodic" || (graph_request == "auto" && comm->nprocs == 1);
+  if (periodic_graph && atom->tag_enable == 0)
+    error->all(FLERR, "pair_style geoff graph periodic needs atom IDs (atom_modify id yes)");
+
+  if (periodic_graph) {
+    ghostneigh = 0;
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+    return;
+  }
+  ghostneigh = 1;
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+
+  // Ghost shell: neighbours of ghosts up to n_layers - 1 hops from a local atom, and atoms
+  // move up to skin/2 each between neighbour-list builds.
+  const double skin = neighbor->skin;
+  const double need = n_layers * cutoff + skin;
+  const double have = std::max(comm->cutghostuser, cutoff + skin);
+  if (have < need - 1e-9) {
+    error->all(FLERR,
+               "pair_style geoff: model '{}' has {} message-passing layer(s) with cutoff {} A: "
+               "on {} MPI rank(s) (graph ghosts) ghost atoms are needed out to {} x {} + skin {} "
+               "= {} A, but the ghost cutoff is {} A. Add this line to the input before the "
+               "run:\n\n    comm_modify cutoff {}\n\n",
+               model_file, n_layers, cutoff, comm->nprocs, n_layers, cutoff, skin, need, have,
+               std::ceil(need * 1000.0 - 1e-6) / 1000.0);
+  }
+}
+
+double PairGeoff::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0 && setflag[j][i] == 0)
+    error->all(FLERR, "pair_style geoff: pair_coeff not set for types {} {}", i, j);
+  cutghost[i][j] = cutghost[j][i] = cutoff;
+  return cutoff;
+}
+
+// The timers cover the run's loop, as LAMMPS' "Loop time" does: the setup call is not counted.
+void PairGeoff::setup()
+{
+  reset_timers = true;
+}
+
+/* ----------------------------------------------------------------------
+   Neighbours within the model's cutoff of the atoms in the list (locals, and ghosts for
+   graph ghosts), as CSR over atom indices: adj_start, adj_count, adj.
+------------------------------------------------------------------------- */
+
+void PairGeoff::neighbours_within_cutoff(int nlist)
+{
+  double **x = atom->x;
+  const int nall = atom->nlocal + atom->nghost;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double cutsq_model = cutoff * cutoff;
+
+  adj_start.assign(nall, 0);
+  adj_count.assign(nall, 0);
+  adj.clear();
+  for (int ii = 0; ii < nlist; ++ii) {
+    const int i = ilist[ii];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    adj_start[i] = (int) adj.size();
+    for (int jj = 0; jj < jnum; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz < cutsq_model) adj.push_back(j);
+    }
+    adj_count[i] = (int) adj.size() - adj_start[i];
+  }
+}
+
+/* ----------------------------------------------------------------------
+   graph periodic: local atoms only; the sender of an edge to a ghost is the ghost's owner
+   (found through the atom IDs) and its shift is x_ghost - x_owner.
+------------------------------------------------------------------------- */
+
+int PairGeoff::build_graph_periodic()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  tagint *tag = atom->tag;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+
+  neighbours_within_cutoff(list->inum);
+
+  // Owner of every atom: locals own themselves, a ghost is an image of the local atom with
+  // its ID (one rank holds every atom).
+  tagint max_tag = 0;
+  for (int i = 0; i < nlocal; ++i) max_tag = std::max(max_tag, tag[i]);
+  tag2local.assign((size_t) max_tag + 1, -1);
+  for (int i = 0; i < nlocal; ++i) tag2local[tag[i]] = i;
+  owner.resize(nall);
+  for (int i = 0; i < nlocal; ++i) owner[i] = i;
+  for (int i = nlocal; i < nall; ++i) {
+    const tagint t = tag[i];
+    owner[i] = (t >= 0 && t <= max_tag) ? tag2local[t] : -1;
+  }
+
+  graph_atoms.resize(nlocal);
+  pos_buf.resize(3 * (size_t) nlocal + 3);
+  species_buf.resize(nlocal + 1);
+  for (int i = 0; i < nlocal; ++i) {
+    graph_atoms[i] = i;
+    pos_buf[3 * i] = x[i][0];
+    pos_buf[3 * i + 1] = x[i][1];
+    pos_buf[3 * i + 2] = x[i][2];
+    species_buf[i] = type2species[type[i]];
+  }
+
+  const size_t n_edges = adj.size();
+  edge_buf.resize(2 * n_edges + 2);
+  shift_buf.resize(3 * n_edges + 3);
+  edge_j.resize(n_edges + 1);
+  int64_t *recv = edge_buf.data();
+  int64_t *send = edge_buf.data() + n_edges;
+  size_t e = 0;
+  for (int i = 0; i < nlocal; ++i) {
+    const int *nb = adj.data() + adj_start[i];
+    for (int c = 0; c < adj_count[i]; ++c, ++e) {
+      const int j = nb[c];
+      const int o = owner[j];
+      if (o < 0)
+        error->one(FLERR, "pair_style geoff graph periodic: ghost atom ID {} has no owner on "
+                   "this rank; use graph ghosts", (long) tag[j]);
+      recv[e] = i;
+      send[e] = o;
+      edge_j[e] = j;
+      shift_buf[3 * e] = x[j][0] - x[o][0];
+      shift_buf[3 * e + 1] = x[j][1] - x[o][1];
+      shift_buf[3 * e + 2] = x[j][2] - x[o][2];
+    }
+  }
+  return (int) n_edges;
+}
+
+/* ----------------------------------------------------------------------
+   graph ghosts: hop distance from the local atoms (breadth-first over the cutoff graph), then
+   the atoms and edges that the local energies depend on.
+------------------------------------------------------------------------- */
+
+int PairGeoff::build_graph_ghosts()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+
+  neighbours_within_cutoff(list->inum + list->gnum);
+
+  const int far = INT_MAX / 2;
+  depth.assign(nall, far);
+  frontier.clear();
+  for (int i = 0; i < nlocal; ++i) {
+    depth[i] = 0;
+    frontier.push_back(i);
+  }
+  for (int k = 0; k < n_layers && !frontier.empty(); ++k) {
+    next_frontier.clear();
+    for (int i : frontier) {
+      const int *nb = adj.data() + adj_start[i];
+      for (int c = 0; c < adj_count[i]; ++c) {
+        const int j = nb[c];
+        if (depth[j] > k + 1) {
+          depth[j] = k + 1;
+          next_frontier.push_back(j);
+        }
+      }
+    }
+    frontier.swap(next_frontier);
+  }
+  const int max_receiver_depth = n_layers - 1;
+
+  // Graph atoms: local atoms keep their index, needed ghosts follow in index order.
+  gidx.assign(nall, -1);
+  graph_atoms.clear();
+  for (int i = 0; i < nlocal; ++i) {
+    gidx[i] = i;
+    graph_atoms.push_back(i);
+  }
+  for (int i = nlocal; i < nall; ++i)
+    if (depth[i] <= n_layers) {
+      gidx[i] = (int) graph_atoms.size();
+      graph_atoms.push_back(i);
+    }
+  const int n = (int) graph_atoms.size();
+
+  pos_buf.resize(3 * (size_t) n + 3);
+  species_buf.resize(n + 1);
+  for (int k = 0; k < n; ++k) {
+    const int i = graph_atoms[k];
+    pos_buf[3 * k] = x[i][0];
+    pos_buf[3 * k + 1] = x[i][1];
+    pos_buf[3 * k + 2] = x[i][2];
+    species_buf[k] = type2species[type[i]];
+  }
+
+  // Edges into atoms less than n_layers hops away.
+  size_t n_edges = 0;
+  for (int k = 0; k < n; ++k) {
+    const int i = graph_atoms[k];
+    if (depth[i] <= max_receiver_depth) n_edges += adj_count[i];
+  }
+  edge_buf.resize(2 * n_edges + 2);
+  edge_j.resize(n_edges + 1);
+  int64_t *recv = edge_buf.data();
+  int64_t *send = edge_buf.data() + n_edges;
+  size_t e = 0;
+  for (int k = 0; k < n; ++k) {
+    const int i = graph_atoms[k];
+    if (depth[i] > max_receiver_depth) continue;
+    const int *nb = adj.data() + adj_start[i];
+    for (int c = 0; c < adj_count[i]; ++c, ++e) {
+      recv[e] = k;
+      send[e] = gidx[nb[c]];
+      edge_j[e] = nb[c];
+    }
+  }
+  return (int) n_edges;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairGeoff::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  if (list->inum == 0) return;    // no local atoms: no energy, no forces
+
+  auto t0 = Clock::now();
+  const int n_edges = periodic_graph ? build_graph_periodic() : build_graph_ghosts();
+  const int n = (int) graph_atoms.size();
+  const int nlocal = atom->nlocal;
+  const auto dev = torch_->device;
+  const auto dtype = torch_->dtype;
+  const bool per_atom_virial = vflag_atom != 0;
+
+  if (per_atom_virial && !conservative)
+    error->all(FLERR, "pair_style geoff: per-atom virial (compute stress/atom) needs a "
+               "conservative model; model '{}' has a direct force head", model_file);
+  if (per_atom_virial && global_frames)
+    error->all(FLERR, "pair_style geoff: per-atom virial is not available for the "
+               "global-frame model '{}'", model_file);
+
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto fopt = torch::TensorOptions().dtype(dtype).device(dev);
+  torch::Tensor positions = torch::from_blob(pos_buf.data(), {n, 3}, f64).to(dev, dtype);
+  torch::Tensor edge_index =
+      torch::from_blob(edge_buf.data(), {2, (int64_t) n_edges}, i64).to(dev);
+  torch::Tensor species_t = torch::from_blob(species_buf.data(), {n}, i64).to(dev);
+  torch::Tensor shifts = periodic_graph
+      ? torch::from_blob(shift_buf.data(), {(int64_t) n_edges, 3}, f64).to(dev, dtype)
+      : torch::zeros({(int64_t) n_edges, 3}, fopt);
+  const double *h = domain->h;    // xprd yprd zprd yz xz xy
+  torch::Tensor cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, f64)
+                           .reshape({1, 3, 3})
+                           .to(dev, dtype);
+  torch::Tensor pbc = torch::tensor({domain->xperiodic != 0, domain->yperiodic != 0,
+                                     domain->zperiodic != 0},
+                                    torch::kBool)
+                          .reshape({1, 3})
+                          .to(dev);
+  torch::Tensor batch = torch::zeros({n}, i64.device(dev));
+  torch::Tensor n_local = torch::full({1}, (int64_t) nlocal, i64.device(dev));
+  if (per_atom_virial) {
+    // Leaves of our own backward pass (from_blob memory stays ours: copy first).
+    if (positions.data_ptr() == (void *) pos_buf.data()) positions = positions.clone();
+    if (shifts.data_ptr() == (void *) shift_buf.data()) shifts = shifts.clone();
+    positions.requires_grad_(true);
+    shifts.requires_grad_(true);
+  }
+
+  c10::Dict<std::string, torch::Tensor> graph;
+  graph.insert("positions", positions);
+  graph.insert("species", species_t);
+  graph.insert("edge_index", edge_index);
+  graph.insert("shifts", shifts);
+  graph.insert("cell", cell);
+  graph.insert("pbc", pbc);
+  graph.insert("batch", batch);
+  graph.insert("n_local", n_local);
+  auto t1 = Clock::now();
+  t_graph += std::chrono::duration<double>(t1 - t0).count();
+
+  // Model: energies, forces and (global) virial in one forward/backward pass. For per-atom
+  // virials our own backward pass also takes the gradient with respect to the shifts.
+  torch::Tensor energy, energies, forces, virial, edge_grad;
+  try {
+    std::vector<torch::jit::IValue> inputs{graph, !per_atom_virial,
+                                           vflag_global != 0 && !per_atom_virial};
+    auto out = torch_->module.forward(inputs).toGenericDict();
+    energy = out.at("energy").toTensor();
+    energies = out.at("energies").toTensor();
+    if (per_atom_virial) {
+      auto grads = torch::autograd::grad({energy.sum()}, {positions, shifts}, {},
+                                         /*retain_graph=*/false, /*create_graph=*/false,
+                                         /*allow_unused=*/true);
+      forces = grads[0].defined() ? -grads[0] : torch::zeros_like(positions);
+      edge_grad = grads[1].defined() ? grads[1] : torch::zeros_like(shifts);
+    } else {
+      forces = out.at("forces").toTensor();
+      if (vflag_global) virial = out.at("virial").toTensor();
+    }
+    // Results to the host in double precision.
+    energy = energy.detach().to(torch::kCPU, torch::kFloat64);
+    energies = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    forces = forces.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (virial.defined()) virial = virial.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (edge_grad.defined())
+      edge_grad = edge_grad.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style geoff: model '{}' failed on {} atoms / {} edges: {}",
+               model_file, n, n_edges, first_line(e.what()));
+  }
+  auto t2 = Clock::now();
+  t_model += std::chrono::duration<double>(t2 - t1).count();
+
+  // Forces on graph atoms (in graph ghosts, ghosts go back to their owners by reverse comm).
+  double **f = atom->f;
+  double **x = atom->x;
+  const double *fd = forces.data_ptr<double>();
+  for (int k = 0; k < n; ++k) {
+    const int i = graph_atoms[k];
+    f[i][0] += fd[3 * k];
+    f[i][1] += fd[3 * k + 1];
+    f[i][2] += fd[3 * k + 2];
+  }
+
+  if (eflag_global) eng_vdwl += energy.sum().item<double>();
+  if (eflag_atom) {
+    const double *ed = energies.data_ptr<double>();
+    for (int i = 0; i < nlocal; ++i) eatom[i] += ed[i];
+  }
+
+  if (per_atom_virial) {
+    // Pair split: W_e = -sym(r_e (x) dE/dr_e), half to each atom of the edge (the sender's
+    // half on its LAMMPS copy, a ghost or not: reverse comm brings it home).
+    const double *g = edge_grad.data_ptr<double>();
+    const int64_t *recv = edge_buf.data();
+    double total[6] = {0, 0, 0, 0, 0, 0};
+    for (int e = 0; e < n_edges; ++e) {
+      const int i = graph_atoms[recv[e]];
+      const int j = edge_j[e];
+      const double r[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      const double *ge = g + 3 * e;
+      double w[6];
+      w[0] = -r[0] * ge[0];
+      w[1] = -r[1] * ge[1];
+      w[2] = -r[2] * ge[2];
+      w[3] = -0.5 * (r[0] * ge[1] + r[1] * ge[0]);
+      w[4] = -0.5 * (r[0] * ge[2] + r[2] * ge[0]);
+      w[5] = -0.5 * (r[1] * ge[2] + r[2] * ge[1]);
+      double *vi = vatom[i];
+      double *vj = vatom[j];
+      for (int c = 0; c < 6; ++c) {
+        vi[c] += 0.5 * w[c];
+        vj[c] += 0.5 * w[c];
+        total[c] += w[c];
+      }
+    }
+    if (vflag_global)
+      for (int c = 0; c < 6; ++c) this->virial[c] += total[c];
+  } else if (vflag_global) {
+    const double *v = virial.data_ptr<double>();    // (1,3,3), symmetric
+    this->virial[0] += v[0];
+    this->virial[1] += v[4];
+    this->virial[2] += v[8];
+    this->virial[3] += 0.5 * (v[1] + v[3]);
+    this->virial[4] += 0.5 * (v[2] + v[6]);
+    this->virial[5] += 0.5 * (v[5] + v[7]);
+  }
+
+  t_scatter += seconds_since(t2);
+  sum_atoms += n;
+  sum_edges += n_edges;
+  ++n_calls;
+  if (reset_timers) {
+    t_graph = t_model = t_scatter = sum_atoms = sum_edges = 0.0;
+    n_calls = 0;
+    reset_timers = false;
+  }
+  pvector[0] = t_model;
+  pvector[1] = t_graph + t_scatter;
+  pvector[2] = (double) n_calls;
+  pvector[3] = n_calls ? sum_atoms / n_calls : (double) n;
+  pvector[4] = n_calls ? sum_edges / n_calls : (double) n_edges;
+}
+
+/* ----------------------------------------------------------------------
+   End of a run: where the pair style's time went (mean over ranks).
+------------------------------------------------------------------------- */
+
+void PairGeoff::finish()
+{
+  double mine[6] = {t_graph, t_model, t_scatter, (double) n_calls, sum_atoms, sum_edges};
+  double sum[6];
+  MPI_Allreduce(mine, sum, 6, MPI_DOUBLE, MPI_SUM, world);
+  if (comm->me != 0 || sum[3] <= 0) return;
+  const double p = comm->nprocs;
+  const double calls = sum[3] / p;
+  const double loop = timer->get_wall(Timer::TOTAL);
+  std::string mesg = fmt::format(
+      "pair geoff ({} graph, mean over {} rank(s), {} calls): {:.0f} atoms and {:.0f} edges "
+      "per graph; time in graph {:.4g} s, model forward+backward {:.4g} s, results {:.4g} s",
+      periodic_graph ? "periodic" : "ghosts", (int) p, (long) calls, sum[4] / sum[3],
+      sum[5] / sum[3], sum[0] / p, sum[1] / p, sum[2] / p);
+  if (loop > 0)
+    mesg += fmt::format("; model = {:.1f}% of the loop time {:.4g} s", 100.0 * sum[1] / p / loop,
+                        loop);
+  utils::logmesg(lmp, mesg + "\n");
+}
+
+double PairGeoff::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += sizeof(int) * (adj.capacity() + 5.0 * depth.capacity());
+  bytes += sizeof(int) * (owner.capacity() + tag2local.capacity() + edge_j.capacity());
+  bytes += sizeof(double) * (pos_buf.capacity() + shift_buf.capacity());
+  bytes += sizeof(int64_t) * (species_buf.capacity() + edge_buf.capacity());
+  return bytes;
+}
+
+/* ----------------------------------------------------------------------
+   Registration, called by the loader geoffplugin.so (geoff_plugin.cpp).
+------------------------------------------------------------------------- */
+
+#include "lammpsplugin_geoff.h"
+
+static Pair *geoff_creator(LAMMPS *lmp)
+{
+  return new PairGeoff(lmp);
+}
+
+extern "C" void geoff_register(void *lmp, void *handle, void *regfunc)
+{
+  auto register_plugin = (lammpsplugin_regfunc) regfunc;
+  lammpsplugin_t plugin;
+  plugin.version = static_cast<LAMMPS *>(lmp)->version;    // the running LAMMPS' own
+  plugin.style = "pair";
+  plugin.name = "geoff";
+  plugin.info = "geoff geometric GNN potentials (TorchScript) pair style";
+  plugin.author = "the geoff developers";
+  plugin.creator.v1 = (lammpsplugin_factory1 *) &geoff_creator;
+  plugin.handle = handle;
+  (*register_plugin)(&plugin, lmp);
+}

@@ -1,0 +1,179 @@
+"""The stability study end to end (CLI, config, outputs) and `geoff md`."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import geoff
+from conftest import small_model
+from geoff.cli import main
+from geoff.md.stability import build_structure, load_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = {"cons": folder / "cons.ckpt", "both": folder / "both.ckpt"}
+    geoff.save(small_model("schnet"), paths["cons"])
+    geoff.save(small_model("schnet", force_head="both"), paths["both"])
+    return paths
+
+
+TINY = {
+    "name": "tiny",
+    "models": [
+        {"name": "conservative", "checkpoint": "${GEOFF_TEST_CONS}", "forces": "conservative"},
+        {"name": "direct", "checkpoint": "missing.ckpt", "forces": "direct"},
+        {"name": "mts", "checkpoint": "missing.ckpt", "forces": "mts", "mts_steps": 2},
+        {"name": "mts-lammps", "checkpoint": "missing.ckpt", "forces": "mts",
+         "engine": "lammps"},
+    ],
+    "systems": [{"name": "cu8", "reference": "emt",
+                 "structure": {"bulk": "Cu", "crystalstructure": "fcc", "a": 3.61,
+                               "cubic": True, "repeat": [1, 1, 2]}}],
+    "ensembles": [{"name": "nve", "ensemble": "nve", "temperature_K": 300, "time_ps": 0.02},
+                  {"name": "nvt", "ensemble": "bussi", "temperature_K": 300, "tau_fs": 10,
+                   "time_ps": 0.02}],
+    "timesteps_fs": [1.0, 2.0],
+    "seeds": [0, 1],
+    "md": {"log_every": 2, "traj_every": 2},
+    "failure": {"min_distance_factor": None},
+    "analysis": {"rdf_r_max": 4.0, "rdf_bins": 40, "jacobian_structures": 1},
+}
+
+
+def test_tiny_study_end_to_end(tmp_path, checkpoints, monkeypatch, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setenv("GEOFF_TEST_CONS", str(checkpoints["cons"]))
+    out = tmp_path / "out"
+    code = main(["stability", str(config), "--out", str(out), "--no-progress", "--threads", "1",
+                 "--checkpoint", f"direct={checkpoints['both']}",
+                 "--checkpoint", f"mts={checkpoints['both']}",
+                 "--checkpoint", f"mts-lammps={checkpoints['both']}"])
+    assert code == 0
+    assert str(out / "report.md") in capsys.readouterr().out
+
+    rows = _read_csv(out / "results.csv")
+    # 2 reference runs + 4 models x 1 system x 2 ensembles x 2 dt x 2 seeds
+    assert len(rows) == 2 + 4 * 2 * 2 * 2
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    assert {r["status"] for r in by_model["mts-lammps"]} == {"skipped"}
+    assert "ASE engine" in by_model["mts-lammps"][0]["message"]
+    for name in ("ref:emt", "conservative", "direct", "mts"):
+        assert {r["status"] for r in by_model[name]} == {"ok"}, by_model[name]
+    for r in by_model["conservative"] + by_model["direct"] + by_model["mts"]:
+        assert float(r["rdf_error"]) > 0
+        assert float(r["steps_per_s"]) > 0
+        assert r["drift_meV_atom_ps"] != ""
+    for r in by_model["conservative"]:
+        assert float(r["speedup"]) == pytest.approx(1.0)
+    nvt = [r for r in by_model["conservative"] if r["ensemble"] == "nvt"]
+    assert all(r["T_mean"] and r["ke_ks"] for r in nvt)
+
+    summary = _read_csv(out / "summary.csv")
+    assert len(summary) == 2 + 4 * 2 * 2
+
+    models = {r["model"]: r for r in _read_csv(out / "models.csv")}
+    assert float(models["conservative"]["jacobian_asymmetry"]) < 1e-10
+    assert float(models["direct"]["jacobian_asymmetry"]) > 1e-4
+    assert float(models["direct"]["direct_speedup_same_model"]) > 0
+
+    run_dir = out / "runs" / "direct" / "cu8" / "nvt" / "dt2fs" / "seed1"
+    for name in ("trajectory.extxyz", "thermo.csv", "metrics.json"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["rdf_reference"] == "ref:emt" and metrics["steps_done"] == 10
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    for kind in ("energy", "temperature", "rdf"):
+        for ens in ("nve", "nvt"):
+            assert f"{kind}_cu8_{ens}.png" in pngs
+    assert "drift_cu8.png" in pngs
+    report = (out / "report.md").read_text()
+    for png in pngs:
+        assert f"]({png})" in report
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "## Not run" in report and "λ" in report
+
+
+def test_config_paths_env_and_overrides(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    config = tmp_path / "sub" / "c.yaml"
+    cfg = dict(TINY, models=[{"name": "a", "checkpoint": "a.ckpt"},
+                             {"name": "b", "checkpoint": "${NOT_SET_ANYWHERE_42}"}])
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="NOT_SET_ANYWHERE_42"):
+        load_config(config)
+    c = load_config(config, checkpoints={"b": "/abs/b.ckpt"})
+    assert c.models[0].checkpoint == str(tmp_path / "sub" / "a.ckpt")
+    assert c.models[1].checkpoint == "/abs/b.ckpt"
+    with pytest.raises(ValueError, match="unknown models"):
+        load_config(config, checkpoints={"zzz": "x"})
+    monkeypatch.setenv("NOT_SET_ANYWHERE_42", "b.ckpt")
+    assert load_config(config).models[1].checkpoint == str(tmp_path / "sub" / "b.ckpt")
+    with pytest.raises(FileNotFoundError, match="--checkpoint a="):
+        c.models[0].potential("float64")
+
+
+def test_demo_config_loads_with_checkpoints():
+    demo = Path(geoff.__file__).parent / "md" / "configs" / "demo.yaml"
+    cfg = load_config(demo, checkpoints={"conservative": "/m/c.ckpt", "direct": "/m/d.ckpt",
+                                         "mts": "/m/b.ckpt"})
+    assert [m.forces for m in cfg.models] == ["conservative", "direct", "mts"]
+    assert len(build_structure(cfg.systems[0]["structure"], cfg.base_dir)) == 32
+    assert cfg.systems[0]["reference"]["name"] == "emt"
+
+
+def test_benchmark_config_loads(monkeypatch):
+    path = Path(geoff.__file__).parents[1] / "benchmarks" / "stability" / "cu_emt.yaml"
+    if not path.exists():
+        pytest.skip("benchmarks/ not in this checkout")
+    monkeypatch.setenv("GEOFF_CKPT_DIR", "/ckpt")
+    cfg = load_config(path)
+    assert {m.checkpoint for m in cfg.models} >= {"/ckpt/schnet-both.ckpt",
+                                                  "/ckpt/nequip-conservative.ckpt"}
+    assert cfg.device == "cpu" and cfg.ensembles[0]["timesteps_fs"] == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_geoff_md_cli(tmp_path, checkpoints):
+    from ase.build import bulk
+
+    structure = tmp_path / "cu.extxyz"
+    (bulk("Cu", "fcc", a=3.61, cubic=True) * (1, 1, 2)).write(structure)
+    out = tmp_path / "md"
+    code = main(["md", str(checkpoints["both"]), str(structure), "--forces", "mts",
+                 "--mts-steps", "2", "--steps", "8", "--dt", "1", "-T", "300", "--out", str(out),
+                 "--log-every", "2", "--traj-every", "4", "--threads", "1"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["steps_done"] == 8
+    assert (out / "trajectory.extxyz").exists() and (out / "thermo.csv").exists()
+
+    bad = small_model("schnet")
+    bad.set_normalisation(torch.zeros(2), torch.tensor([float("nan")] * 2))
+    geoff.save(bad, tmp_path / "nan.ckpt")
+    code = main(["md", str(tmp_path / "nan.ckpt"), str(structure), "--steps", "5",
+                 "--out", str(tmp_path / "nan")])
+    assert code == 3
+    metrics = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    assert metrics["failure_reason"] == "nan" and metrics["failure_step"] == 0
