@@ -12,7 +12,8 @@ Then symgnn as a function of K (``--ks``, its evaluation set of K transforms), f
 variants (global, stochastic in training mode, plain PCA frames without the degeneracy gates),
 and the same errors on a *perfect* FCC lattice, where PCA frames are degenerate.
 
-    python benchmarks/symmetry.py [--models schnet faenet ...] [--transforms 100] [--threads 2]
+    python benchmarks/symmetry.py [--models schnet faenet ...] [--transforms 100]
+        [--ks 1 4 16 64] [--k-transforms 20] [--device cpu|cuda] [--threads 2]
 
 Writes ``benchmarks/results/symmetry.md``. A model that fails is reported, not fatal.
 """
@@ -66,8 +67,10 @@ def random_orthogonal(rng, reflect):
 def transformed_graph(graph, rot, shift):
     """x -> R x + t on positions; shifts and cell rotate (rows are vectors: v -> v R^T)."""
     out = dict(graph)
-    r = torch.as_tensor(rot, dtype=torch.float64)
-    out["positions"] = graph["positions"] @ r.T + torch.as_tensor(shift, dtype=torch.float64)
+    device = graph["positions"].device
+    r = torch.as_tensor(rot, dtype=torch.float64, device=device)
+    out["positions"] = (graph["positions"] @ r.T
+                        + torch.as_tensor(shift, dtype=torch.float64, device=device))
     out["shifts"] = graph["shifts"] @ r.T
     out["cell"] = graph["cell"] @ r.T
     return out
@@ -77,13 +80,13 @@ def cast(graph, dtype):
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in graph.items()}
 
 
-def measure(model, atoms, dtype, n_transforms, seed=0, train=False):
+def measure(model, atoms, dtype, n_transforms, seed=0, train=False, device="cpu"):
     """Symmetry errors of ``model`` on ``atoms`` in ``dtype`` (graph built in float64)."""
     from geoff.graph import atoms_to_graph
 
-    model = model.to(dtype)
+    model = model.to(device=device, dtype=dtype)
     model.train(train)
-    graph = atoms_to_graph(atoms, model, dtype=torch.float64)
+    graph = atoms_to_graph(atoms, model, dtype=torch.float64, device=device)
 
     def run(g):
         out = model(cast(g, dtype))
@@ -98,12 +101,20 @@ def measure(model, atoms, dtype, n_transforms, seed=0, train=False):
         rot = random_orthogonal(rng, reflect=bool(k % 2))
         e, f = run(transformed_graph(graph, rot, rng.normal(size=3) * 2.0))
         de.append(abs(float(e[0] - e0[0])))
-        df.append(float((f - f0 @ torch.as_tensor(rot).T).abs().max()))
+        df.append(float((f - f0 @ torch.as_tensor(rot, device=f0.device).T).abs().max()))
     fmax = float(f0.abs().max())
     return {"de_atom": max(de) / n, "de_rel": max(de) / abs(float(e0[0])),
             "de_rms_atom": float(np.sqrt(np.mean(np.square(de)))) / n,
             "df": max(df), "df_rel": max(df) / max(fmax, 1e-300), "fmax": fmax,
+            "df_rms": float(np.sqrt(np.mean(np.square(df)))), "n_atoms": n,
+            "de_list": de, "df_list": df,
             "finite": bool(torch.isfinite(f0).all())}
+
+
+def device_name(device):
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def build(name, **hparams):
@@ -113,14 +124,19 @@ def build(name, **hparams):
     return build_model(name, species=SPECIES, cutoff=CUTOFF, **hparams).eval()
 
 
-def row(label, res32, res64):
+def row(label, res32, res64, keys=("de_atom", "de_rel", "df", "df_rel")):
     def cells(r):
         if isinstance(r, str):
-            return [r] * 4
-        return [f"{r['de_atom']:.1e}", f"{r['de_rel']:.1e}", f"{r['df']:.1e}",
-                f"{r['df_rel']:.1e}"]
+            return [r] * len(keys)
+        return [f"{r[k]:.1e}" for k in keys]
 
     return "| " + " | ".join([label] + cells(res32) + cells(res64)) + " |"
+
+
+K_KEYS = ("de_rms_atom", "de_atom", "df_rms", "df")
+K_HEADER = ("| model | f32 rms dE/atom (eV) | f32 max dE/atom (eV) | f32 rms dF (eV/Å) | "
+            "f32 max dF (eV/Å) | f64 rms dE/atom (eV) | f64 max dE/atom (eV) | "
+            "f64 rms dF (eV/Å) | f64 max dF (eV/Å) |\n|---|---|---|---|---|---|---|---|---|")
 
 
 HEADER = ("| model | f32 max dE/atom (eV) | f32 dE/E | f32 max dF (eV/Å) | f32 dF/max F | "
@@ -137,12 +153,39 @@ def safe(fn, label):
         return f"failed ({type(exc).__name__})"
 
 
-def both_dtypes(label, make, atoms, n_transforms, train=False):
+DEVICE = "cpu"
+
+
+def pooled(results):
+    """Pool the per-transform errors of several measurements (e.g. several seeds)."""
+    if any(isinstance(r, str) for r in results):
+        return next(r for r in results if isinstance(r, str))
+    de = [x for r in results for x in r["de_list"]]
+    df = [x for r in results for x in r["df_list"]]
+    n = results[0]["n_atoms"]
+    return {"de_atom": max(de) / n, "de_rms_atom": float(np.sqrt(np.mean(np.square(de)))) / n,
+            "df": max(df), "df_rms": float(np.sqrt(np.mean(np.square(df))))}
+
+
+def k_row(label, k, n_seeds, atoms, n_transforms, train=False):
+    """symgnn with K samples; evaluation sets of seeds 0..n_seeds-1 pooled."""
     t0 = time.perf_counter()
-    res = [safe(lambda d=d: measure(make(), atoms, d, n_transforms, train=train), label)
+    res = []
+    for d in (torch.float32, torch.float64):
+        res.append(pooled([safe(lambda s=s, d=d: measure(
+            build("symgnn", n_samples=k, seed=s), atoms, d, n_transforms, seed=s, train=train,
+            device=DEVICE), label) for s in range(n_seeds)]))
+    print(f"{label}: {res} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return row(label, *res, keys=K_KEYS)
+
+
+def both_dtypes(label, make, atoms, n_transforms, train=False, keys=None):
+    t0 = time.perf_counter()
+    res = [safe(lambda d=d: measure(make(), atoms, d, n_transforms, train=train,
+                                    device=DEVICE), label)
            for d in (torch.float32, torch.float64)]
     print(f"{label}: {res} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return row(label, *res)
+    return row(label, *res) if keys is None else row(label, *res, keys=keys)
 
 
 def main(argv=None) -> int:
@@ -151,12 +194,22 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--transforms", type=int, default=100)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--k-transforms", type=int, default=20,
-                        help="transforms per K in the symgnn sweep (K=64 costs 64 networks)")
+    parser.add_argument("--k-transforms", type=int, default=100,
+                        help="transforms per K in the symgnn sweep (K=64 costs 64 networks "
+                        "per call: slow on a CPU, fine on a GPU)")
+    parser.add_argument("--k-seeds", type=int, default=4,
+                        help="evaluation sets (seeds) per K in the symgnn sweep, pooled")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (symmetry errors, not "
+                        "timings: any device will do; float32 matmuls run without TF32)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "symmetry.md"))
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
+    if DEVICE.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # full float32 precision
+        torch.backends.cudnn.allow_tf32 = False
     from geoff.potentials import available_models
 
     models = args.models or available_models()
@@ -182,13 +235,11 @@ def main(argv=None) -> int:
     k_rows = []
     if "symgnn" in available_models():
         for k in args.ks:
-            k_rows.append(both_dtypes(f"symgnn K={k}, eval (fixed set)",
-                                      lambda k=k: build("symgnn", n_samples=k), atoms,
-                                      args.k_transforms))
+            k_rows.append(k_row(f"symgnn K={k}, eval (fixed set)", k, args.k_seeds, atoms,
+                                args.k_transforms))
         k_train = 4 if 4 in args.ks else args.ks[0]
-        k_rows.append(both_dtypes(f"symgnn K={k_train}, train (fresh each call)",
-                                  lambda: build("symgnn", n_samples=k_train), atoms,
-                                  args.k_transforms, train=True))
+        k_rows.append(k_row(f"symgnn K={k_train}, train (fresh each call)", k_train,
+                            args.k_seeds, atoms, args.k_transforms, train=True))
     perfect_rows = []
     for label, name, hp in [("schnet (reference)", "schnet", {}),
                             ("faenet local (gated)", "faenet", {}),
@@ -210,8 +261,8 @@ def main(argv=None) -> int:
         "dE: |E(gx) - E(x)|, max over transforms, per atom and relative to |E(x)|; "
         "dF: max |F(gx) - R F(x)| over atoms, components and transforms, absolute and relative "
         "to max |F(x)|. Forces conservative (-dE/dx).\n"
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} threads. Generated by `python benchmarks/symmetry.py`.\n\n"
+        f"Device: {device_name(DEVICE)}, torch {torch.__version__}. "
+        "Generated by `python benchmarks/symmetry.py` (see its docstring for the options).\n\n"
         "## Every registered model\n\n" + HEADER + "\n" + "\n".join(main_rows) + "\n")
     if variant_rows:
         text += ("\n## faenet frame variants\n\n"
@@ -225,10 +276,12 @@ def main(argv=None) -> int:
                  "deterministic and conservative but only approximately invariant; the error "
                  "falls like 1/sqrt(K) (Monte Carlo estimate of the group average). In training "
                  "mode every call draws fresh transforms (also the reference call). "
-                 f"{args.k_transforms} transforms per row (K = 64 runs 64 networks per call); "
-                 "the symgnn row of the first table is the registry default, K = 8, with "
-                 f"{n}.\n\n"
-                 + HEADER + "\n" + "\n".join(k_rows) + "\n")
+                 f"{args.k_transforms} transforms for each of {args.k_seeds} evaluation sets "
+                 "(seeds) per row, pooled: the error of one fixed set fluctuates from set to "
+                 "set; rms and max over transforms and sets (dF: the max over atoms and "
+                 "components of each transform's error). The symgnn row "
+                 "of the first table is the registry default, K = 8.\n\n"
+                 + K_HEADER + "\n" + "\n".join(k_rows) + "\n")
     if perfect_rows:
         text += ("\n## Perfect FCC lattice (degenerate PCA frames)\n\n"
                  "Perfect FCC Cu, cubic 2x2x2 cell (32 atoms, a = 3.61 Å): every local "

@@ -422,16 +422,28 @@ int PairGeoff::build_graph_periodic()
   neighbours_within_cutoff(list->inum);
 
   // Owner of every atom: locals own themselves, a ghost is an image of the local atom with
-  // its ID (one rank holds every atom).
+  // its ID (one rank holds every atom). IDs index a vector when they are dense enough.
   tagint max_tag = 0;
   for (int i = 0; i < nlocal; ++i) max_tag = std::max(max_tag, tag[i]);
-  tag2local.assign((size_t) max_tag + 1, -1);
-  for (int i = 0; i < nlocal; ++i) tag2local[tag[i]] = i;
+  const bool dense = max_tag <= 4 * (tagint) nlocal + 1024;
+  std::unordered_map<tagint, int> sparse;
+  if (dense) {
+    tag2local.assign((size_t) max_tag + 1, -1);
+    for (int i = 0; i < nlocal; ++i) tag2local[tag[i]] = i;
+  } else {
+    sparse.reserve(2 * nlocal);
+    for (int i = 0; i < nlocal; ++i) sparse[tag[i]] = i;
+  }
   owner.resize(nall);
   for (int i = 0; i < nlocal; ++i) owner[i] = i;
   for (int i = nlocal; i < nall; ++i) {
     const tagint t = tag[i];
-    owner[i] = (t >= 0 && t <= max_tag) ? tag2local[t] : -1;
+    if (dense) {
+      owner[i] = (t >= 0 && t <= max_tag) ? tag2local[t] : -1;
+    } else {
+      auto it = sparse.find(t);
+      owner[i] = it == sparse.end() ? -1 : it->second;
+    }
   }
 
   graph_atoms.resize(nlocal);

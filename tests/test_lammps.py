@@ -418,3 +418,10 @@ def test_error_global_frames_under_mpi(schnet, workdir):
     assert out.returncode != 0
     assert "uses global frames" in out.stdout + out.stderr
     assert "cannot be split over 2 MPI ranks" in out.stdout + out.stderr
+
+
+def test_cli_lammps_path(capsys):
+    from geoff.cli import main
+
+    assert main(["lammps", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(plugin_path())

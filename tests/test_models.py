@@ -157,3 +157,10 @@ def test_build_model_errors():
         build_model("schnet", species=["Cu"], force_head="sideways")
     with pytest.raises(ValueError, match="bad hyper-parameters"):
         build_model("schnet", species=["Cu"], n_wheels=3)
+
+
+def test_edge_direct_head_has_no_net_force():
+    """The edge-based direct head is antisymmetric per pair: forces sum to zero."""
+    model = small_model("schnet", force_head="direct")
+    out = evaluate(model, rattled_triclinic())
+    assert np.abs(out["forces"].sum(axis=0)).max() < 1e-12 * np.abs(out["forces"]).max() * len(out["forces"])

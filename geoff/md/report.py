@@ -29,7 +29,8 @@ DEFINITIONS = """\
   rescalings'; Nosé–Hoover: plus the chain's energy). Multiple time stepping: sampled at
   synchronised (outer) steps.
 - **fluct**: RMS deviation of the same quantity from the fit (meV/atom). For velocity Verlet
-  it scales as dt².
+  it scales as dt². `results.csv` also has `max_dev_meV_atom`, the largest |E(t) − E(0)| per
+  atom (a direct head often jumps at the start and then oscillates: an offset, not a slope).
 - **T error**: mean temperature after equilibration minus the target (K), T = 2K/(n_dof k_B)
   with n_dof = 3N − 3 for momentum-conserving integrators, 3N for Langevin.
 - **KS**: Kolmogorov–Smirnov distance between the sampled kinetic energies and the canonical

@@ -69,7 +69,8 @@ from .runners import EngineUnavailable, MDSettings, Reference, RunResult, get_ru
 RESULT_COLUMNS = [
     "model", "forces", "system", "ensemble", "integrator", "dt_fs", "seed", "engine", "status",
     "n_atoms", "steps_requested", "steps_done", "simulated_ps", "failure_step",
-    "failure_time_ps", "failure_reason", "drift_meV_atom_ps", "fluct_meV_atom", "T_target",
+    "failure_time_ps", "failure_reason", "drift_meV_atom_ps", "fluct_meV_atom",
+    "max_dev_meV_atom", "T_target",
     "T_mean", "T_std", "T_error", "ke_ks", "rdf_error", "steps_per_s", "speedup", "message",
 ]
 
@@ -328,6 +329,7 @@ def analyse_run(result: RunResult, settings: MDSettings, analysis: dict) -> dict
     t, cons = th["time_ps"], th["conserved"]
     out["drift_meV_atom_ps"] = M.energy_drift(t, cons, n) if len(t) >= 3 else float("nan")
     out["fluct_meV_atom"] = M.energy_fluctuation(t, cons, n) if len(t) >= 3 else float("nan")
+    out["max_dev_meV_atom"] = M.max_deviation(cons, n) if len(t) else float("nan")
     start = int(len(t) * eq)
     temps = th["temperature"][start:]
     target = settings.temperature_K if settings.ensemble != "nve" else None
@@ -678,7 +680,8 @@ def summarise(rows: List[dict]) -> List[dict]:
     for r in rows:
         groups.setdefault((r["model"], r["system"], r["ensemble"], r["dt_fs"]), []).append(r)
     out = []
-    numeric = ["drift_meV_atom_ps", "fluct_meV_atom", "T_mean", "T_error", "ke_ks",
+    numeric = ["drift_meV_atom_ps", "fluct_meV_atom", "max_dev_meV_atom", "T_mean", "T_error",
+               "ke_ks",
                "rdf_error", "steps_per_s", "speedup"]
     for (model, system, ensemble, dt), rs in groups.items():
         s = {"model": model, "forces": rs[0]["forces"], "system": system, "ensemble": ensemble,

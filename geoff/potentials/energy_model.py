@@ -36,8 +36,10 @@ FORCE_HEADS = ("conservative", "direct", "both")
 class EdgeVectorHead(nn.Module):
     """Direct forces for representations without vector features.
 
-    F_i = sum_j w(h_i, h_j, r_ij) * u(r_ij) * r_ij / |r_ij|: equivariant because the weights
-    are invariant and the unit vectors rotate with the structure. Output (N, 3), eV/Å.
+    F_i = sum_j w_ij * u(r_ij) * r_ij / |r_ij| with w_ij = w(h_i, h_j, r) + w(h_j, h_i, r):
+    equivariant because the weights are invariant and the unit vectors rotate with the
+    structure, and the weights are symmetric in i, j so that pair contributions cancel
+    (sum_i F_i = 0: no net force, no centre-of-mass drift). Output (N, 3), eV/Å.
     """
 
     def __init__(self, n_scalars: int, cutoff: float, n_rbf: int = 8):
@@ -46,11 +48,14 @@ class EdgeVectorHead(nn.Module):
         self.envelope = PolynomialCutoff(cutoff)
         self.weight = mlp([2 * n_scalars + n_rbf, n_scalars, 1])
 
-    def forward(self, h: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+    def forward(self, h: Tensor, edge_index: Tensor, edge_vec: Tensor, scale: Tensor) -> Tensor:
+        """``scale`` (N,): per-atom energy scale, applied symmetrically to each pair."""
         i, j = edge_index[0], edge_index[1]
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
-        x = torch.cat([h[i], h[j], self.rbf(r)], dim=-1)  # (E, 2F + n_rbf)
-        w = self.weight(x).squeeze(-1) * self.envelope(r)  # (E,)
+        rbf = self.rbf(r)  # (E, n_rbf)
+        w = self.weight(torch.cat([h[i], h[j], rbf], dim=-1)) \
+            + self.weight(torch.cat([h[j], h[i], rbf], dim=-1))  # (E, 1)
+        w = w.squeeze(-1) * self.envelope(r) * 0.5 * (scale[i] + scale[j])  # (E,)
         return scatter_sum((w / r).unsqueeze(-1) * edge_vec, i, h.shape[0])  # (N, 3)
 
 
@@ -191,11 +196,10 @@ class EnergyModel(nn.Module):
         vector_channel_head = self.vector_channel_head
         edge_vector_head = self.edge_vector_head
         if vector_channel_head is not None:
-            direct = vector_channel_head(features["vectors"])  # (N, 3)
+            direct = vector_channel_head(features["vectors"]) * scale.unsqueeze(-1)  # (N, 3)
         elif edge_vector_head is not None:
-            direct = edge_vector_head(h, edge_index, edge_vec)  # (N, 3)
+            direct = edge_vector_head(h, edge_index, edge_vec, scale)  # (N, 3)
         if direct is not None:
-            direct = direct * scale.unsqueeze(-1)
             if self.conservative:
                 out["direct_forces"] = direct
             else:

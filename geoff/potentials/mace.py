@@ -17,23 +17,30 @@ One layer ``t`` maps node features ``h_i`` (irreps) to new ones:
 
 What ``SymmetricContraction`` builds, and how it departs from MACE: MACE contracts ``A``
 with precomputed generalised Clebsch-Gordan "U matrices" that couple ``nu`` copies of ``A``
-symmetrically, with one weight per *independent* coupling. Here the same products are built
-from e3nn tensor products: the factor list is ``[1 | A]`` (a constant channel prepended, so
-that products of ``correlation`` factors contain every lower order too), and the level-``k``
-products are all coupling chains ``((f_1 ⊗ f_2)_L2 ⊗ f_3)_L3 ...`` over the factors taken in
-non-decreasing order (every multiset of irreps once), all intermediate ``L`` (both parities)
-kept up to what can still couple down to a hidden irrep. Channel-wise ("uuu") e3nn
-``TensorProduct``\\ s without weights build levels ``2 .. correlation-1``; the last level is a
-"uuu" product whose per-path, per-channel weights are looked up per atom from a table
-``(n_species, paths * n_features)``: exactly MACE's element-dependent channel-wise weights.
-A left-to-right chain of couplings with all intermediates spans every equivariant map
-from ``f_1 ⊗ ... ⊗ f_nu`` to the output irrep, so evaluated on ``A ⊗ ... ⊗ A`` it spans
-the same symmetric body-ordered features as MACE's U-matrix basis. The difference is
-redundancy: for equal factors some chains are linearly dependent (e.g. three copies of one
-``1o`` vector give ``|a|^2 a`` along two chains), so there are more weights than MACE's
-count of independent couplings (same function space, some weights degenerate). Only the
-couplings that vanish identically at the first product (``(A_l ⊗ A_l)_L`` with ``2l + L``
-odd) and the constant (order-0) path are pruned.
+symmetrically, with one weight per *independent* coupling. Here the products are coupling
+chains of e3nn irreps instead. The factor list is ``[1 | A]`` (a constant prepended, so that
+products of ``correlation`` factors contain every lower order too). Level ``k`` holds all
+chains ``((f_1 ⊗ f_2)_L2 ⊗ f_3)_L3 ... ⊗ f_k`` with the factors taken in non-decreasing order
+(each multiset of irreps once) and every intermediate irrep (both parities) that can still
+couple down to a hidden irrep; the last level keeps the chains that end in a hidden irrep,
+each multiplied by its own weight ``w[path, z_i, k]`` (element of the centre atom, channel
+``k``: MACE's element-dependent channel-wise weights) and summed per irrep. Each coupling
+is e3nn's ``wigner_3j`` with e3nn's "component" normalisation and ``1/sqrt(paths)`` path
+normalisation, i.e. the numbers of a chain of channel-wise ("uuu") e3nn tensor
+products, which it reproduces to 1e-15; it is evaluated as a sparse table of
+the non-zero coefficients (gathers and one ``index_add`` per level over (N, channels)
+slabs): a few percent of the dense products, no code generation, plain TorchScript.
+
+A left-to-right chain with all intermediates spans every equivariant map from
+``f_1 ⊗ ... ⊗ f_nu`` to the output irrep, so evaluated on ``A ⊗ ... ⊗ A`` the chains span the
+same symmetric body-ordered features as MACE's U-matrix basis (checked numerically: for
+``l_max`` 2-3 and correlation 2-3 the rank of our features equals the rank of all ordered
+chains of all factors). The difference is redundancy: for equal factors some chains are
+linearly dependent (three copies of one ``1o`` vector give ``|a|^2 a`` along two chains), so
+there are a few more weights than independent couplings (correlation 3, ``l_max`` 2: 9
+paths for ``0e``, all independent; 10 for ``1o``, of which 8 are independent). Only
+couplings that vanish identically (``(A_l ⊗ A_l)_L`` with ``2l + L`` odd) and the constant
+(order-0) path are pruned.
 
 Other departures from the published MACE, and why:
 
@@ -47,8 +54,14 @@ Other departures from the published MACE, and why:
 * The cutoff envelope multiplies ``Y`` instead of the radial-MLP input (same envelope on
   every message since the product is linear in ``Y``; keeps the MLP's biases harmless).
 * ``avg_num_neighbors`` is a hyper-parameter (default from the cutoff), not fitted to data.
-* No "agnostic/non-agnostic" block classes: the first layer differs from the others only by
-  its input irreps and ``skip=False``, both constructor arguments of ``MACELayer``.
+* First layer: MACE applies an element-dependent linear map to ``A`` there (its
+  ``skip_tp`` on the message); here ``A``'s linear map is shared by all elements in every
+  layer, element dependence entering through the contraction weights and the skip.
+* No "agnostic/non-agnostic" or "residual/non-residual" block classes: the first layer
+  differs from the others only by its input irreps and ``skip=False``, both constructor
+  arguments of ``MACELayer``.
+* The atomic basis uses the same tensor-product implementation as ``nequip.py``
+  (``EdgeTensorProduct``: e3nn's "uvu" product, evaluated in a cheaper order).
 """
 from __future__ import annotations
 
@@ -59,29 +72,37 @@ import torch
 from torch import Tensor, nn
 from e3nn import o3
 
-from .nequip import (Convolution, EdgeEmbedding, block_offset, cartesian_l1_order,
-                     default_avg_num_neighbors, irreps_up_to, to_cartesian)
+from .nequip import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstants, block_offset,
+                     cartesian_l1_order, default_avg_num_neighbors, irreps_up_to, to_cartesian)
 
 # (irrep, index of the last factor used, body order = number of non-constant factors)
 _Block = Tuple[o3.Irrep, int, int]
 
 
-class _Coupling(nn.Module):
-    """One product level, channel by channel: p (N, n, D_in) x a (N, n, D_A) -> (N, n, D_out).
+class _Coupling(ExactConstants):
+    """One product level, channel by channel, as a sparse Clebsch-Gordan contraction.
 
-    ``coupling`` (D_in * D_A, D_out) holds the Clebsch-Gordan coefficients of every
-    instruction of the level (dense; one GEMM on the outer products).
+    ``p`` (D_in, N, n) and the factors ``a`` (D_A, N, n) give (D_out, N, n) with
+    ``out[g] = sum c * p[i] * a[j]`` over the level's non-zero coefficients ``(i, j, g, c)``
+    (a few percent of the dense (D_in, D_A, D_out) tensor). Components lead the layout, so
+    every gather and scatter moves whole contiguous (N, n) slabs.
     """
 
     def __init__(self, coupling: Tensor):
         super().__init__()
-        self.d_in, self.d_a, self.d_out = (int(k) for k in coupling.shape)
-        self.register_buffer("coupling", coupling.reshape(self.d_in * self.d_a, self.d_out))
+        self.d_out = int(coupling.shape[2])
+        nonzero = (coupling.abs() > 1e-12).nonzero()  # (nnz, 3)
+        self.register_buffer("i_in", nonzero[:, 0].contiguous(), persistent=False)
+        self.register_buffer("i_factor", nonzero[:, 1].contiguous(), persistent=False)
+        self.register_buffer("i_out", nonzero[:, 2].contiguous(), persistent=False)
+        coefficients = coupling[nonzero[:, 0], nonzero[:, 1], nonzero[:, 2]]
+        self.register_constant("coefficients", coefficients.reshape(-1, 1, 1))
 
     def forward(self, p: Tensor, a: Tensor) -> Tensor:
-        n_atoms, n = p.shape[0], p.shape[1]
-        outer = (p.unsqueeze(-1) * a.unsqueeze(-2)).reshape(n_atoms * n, self.d_in * self.d_a)  # (N n, D_in D_A)
-        return (outer @ self.coupling).reshape(n_atoms, n, self.d_out)  # (N, n, D_out)
+        products = p.index_select(0, self.i_in) * a.index_select(0, self.i_factor)  # (nnz, N, n)
+        products = products * self.coefficients  # (nnz, N, n)
+        out = torch.zeros((self.d_out, p.shape[1], p.shape[2]), dtype=p.dtype, device=p.device)
+        return out.index_add(0, self.i_out, products)  # (D_out, N, n)
 
 
 class SymmetricContraction(nn.Module):
@@ -109,9 +130,6 @@ class SymmetricContraction(nn.Module):
         factor_start = [sum(f.dim for f in factors[:k]) for k in range(len(factors))]
         d_a = sum(f.dim for f in factors)
 
-        def starts(blocks: List[_Block]) -> List[int]:
-            return [sum(b[0].dim for b in blocks[:k]) for k in range(len(blocks))]
-
         def instructions(blocks: List[_Block], level: int):
             """(block, factor, output irrep, new body order) of the products at ``level``."""
             out = []
@@ -125,19 +143,21 @@ class SymmetricContraction(nn.Module):
                         out.append((b, k, ir, order + int(k > 0)))
             return out
 
-        def coupling(blocks: List[_Block], paths) -> Tensor:
-            """Dense CG tensor (D_in, D_A, D_out) for ``paths``, outputs side by side."""
+        def coupling(blocks: List[_Block], paths, scale: List[float]) -> Tensor:
+            """Dense CG tensor (D_in, D_A, D_out) of ``paths``, outputs side by side."""
+            b_start = [sum(b[0].dim for b in blocks[:k]) for k in range(len(blocks))]
             d_in = sum(b[0].dim for b in blocks)
             d_out = sum(ir.dim for _, _, ir, _ in paths)
             c = torch.zeros(d_in, d_a, d_out, dtype=torch.float64)
-            b_start, col = starts(blocks), 0
-            for b, k, ir, _ in paths:
+            col = 0
+            for (b, k, ir, _), factor in zip(paths, scale):
                 ir_b, ir_k = blocks[b][0], factors[k]
                 w3j = o3.wigner_3j(ir_b.l, ir_k.l, ir.l, dtype=torch.float64)  # (i, j, m)
+                # e3nn "component" normalisation, times the path normalisation ``factor``
                 c[b_start[b] : b_start[b] + ir_b.dim, factor_start[k] : factor_start[k] + ir_k.dim,
-                  col : col + ir.dim] = math.sqrt(ir.dim) * w3j  # e3nn "component" normalisation
+                  col : col + ir.dim] = math.sqrt(ir.dim) * factor * w3j
                 col += ir.dim
-            return c.to(torch.get_default_dtype())
+            return c
 
         if correlation == 1:
             blocks: List[_Block] = [(o3.Irrep("0e"), 0, 0)]  # just the constant
@@ -149,49 +169,56 @@ class SymmetricContraction(nn.Module):
             # Keep intermediate irreps that the remaining factors can still couple to a target.
             bound = irreps_out.lmax + (correlation - level) * irreps_A.lmax
             paths = [p for p in instructions(blocks, level) if p[2].l <= bound]
-            levels.append(_Coupling(coupling(blocks, paths)))
+            levels.append(_Coupling(coupling(blocks, paths, [1.0] * len(paths))))
             blocks = [(ir, k, order) for _, k, ir, order in paths]
         self.levels = nn.ModuleList(levels)
-        # Last level: every path into a target irrep (except the constant one), grouped by
-        # target, each with its own element-dependent weight per channel.
+        # Last level: every path into a target irrep (except the constant one), each with its
+        # own element-dependent weight per channel, summed per target.
         final = [p for p in instructions(blocks, max(correlation, 2))
                  if p[2] in targets and p[3] > 0]
-        final.sort(key=lambda p: targets.index(p[2]))
-        self.contract = _Coupling(coupling(blocks, final))
-        self.paths_per_target = [sum(1 for p in final if p[2] == ir) for ir in targets]
-        if min(self.paths_per_target) == 0:
+        per_target = [sum(1 for p in final if p[2] == ir) for ir in targets]
+        if min(per_target) == 0:
             raise ValueError(f"no product of {irreps_A} reaches every irrep of {irreps_out}")
-        self.target_dims = [ir.dim for ir in targets]
-        self.columns = [k * ir.dim for k, ir in zip(self.paths_per_target, targets)]
-        self.weight_rows = [k * n for k in self.paths_per_target]
         # Path normalisation as in e3nn: a sum of P unit-variance paths is divided by sqrt(P).
-        self.path_norm = [1.0 / math.sqrt(k) for k in self.paths_per_target]
+        scale = [1.0 / math.sqrt(per_target[targets.index(p[2])]) for p in final]
+        self.contract = _Coupling(coupling(blocks, final, scale))
+        # Row r of the last level (path p, component m) is weighted by weight[p] and added to
+        # row target_row[r] of the output (target irrep of p, component m).
+        target_start = [sum(ir.dim for ir in targets[:t]) for t in range(len(targets))]
+        path_of_row: List[int] = []
+        target_row: List[int] = []
+        for p, (_, _, ir, _) in enumerate(final):
+            path_of_row.extend([p] * ir.dim)
+            target_row.extend(target_start[targets.index(ir)] + m for m in range(ir.dim))
+        self.register_buffer("path_of_row", torch.tensor(path_of_row), persistent=False)
+        self.register_buffer("target_row", torch.tensor(target_row), persistent=False)
+        self.d_targets = sum(ir.dim for ir in targets)
+        self.target_dims = [ir.dim for ir in targets]
         self.A_sizes = [ir.dim * n for _, ir in irreps_A]
         self.A_dims = [ir.dim for _, ir in irreps_A]
         self.n_paths = len(final)
-        # Element-dependent, channel-wise weight of every coupling path: (Z, paths, n).
-        self.weight = nn.Parameter(torch.randn(n_species, self.n_paths, n))
+        # Element-dependent, channel-wise weight of every coupling path: (paths, Z, n).
+        self.weight = nn.Parameter(torch.randn(self.n_paths, n_species, n))
         self.irreps_out = irreps_out
 
     def forward(self, A: Tensor, species: Tensor) -> Tensor:
         n_atoms, n = A.shape[0], self.n_features
-        ones = torch.ones((n_atoms, n, 1), dtype=A.dtype, device=A.device)  # (N, n, 1)
+        ones = torch.ones((1, n_atoms, n), dtype=A.dtype, device=A.device)  # (1, N, n)
         parts = [ones]
         for k, block in enumerate(torch.split(A, self.A_sizes, dim=1)):
-            parts.append(block.reshape(n_atoms, n, self.A_dims[k]))  # e3nn [u][m] -> (N, n, 2l+1)
-        factors = torch.cat(parts, dim=2)  # (N, n, D_A)
-        p = ones if self.start_with_ones else factors  # (N, n, D_1)
+            parts.append(block.reshape(n_atoms, n, self.A_dims[k]).permute(2, 0, 1))  # (2l+1, N, n)
+        factors = torch.cat(parts, dim=0)  # (D_A, N, n): [1 | A] component by component
+        p = ones if self.start_with_ones else factors  # (D_1, N, n)
         for level in self.levels:
-            p = level(p, factors)  # (N, n, D_k)
-        q = self.contract(p, factors)  # (N, n, sum_L P_L (2L+1))
-        weights = torch.split(self.weight[species], self.paths_per_target, dim=1)  # [(N, P_L, n)]
-        outs: List[Tensor] = []
-        for t, q_t in enumerate(torch.split(q, self.columns, dim=2)):
-            n_paths, dim = self.paths_per_target[t], self.target_dims[t]
-            w = weights[t].transpose(1, 2).unsqueeze(-1)  # (N, n, P_L, 1)
-            b = (q_t.reshape(n_atoms, n, n_paths, dim) * w).sum(2) * self.path_norm[t]  # (N, n, 2L+1)
-            outs.append(b.reshape(n_atoms, n * dim))  # e3nn layout of n x L
-        return torch.cat(outs, dim=1)  # (N, irreps_out.dim)
+            p = level(p, factors)  # (D_k, N, n)
+        q = self.contract(p, factors)  # (rows, N, n): every path's output
+        w = self.weight.index_select(0, self.path_of_row)[:, species]  # (rows, N, n)
+        out = torch.zeros((self.d_targets, n_atoms, n), dtype=A.dtype, device=A.device)
+        out = out.index_add(0, self.target_row, q * w)  # (sum_L (2L+1), N, n)
+        blocks: List[Tensor] = []
+        for b in torch.split(out, self.target_dims, dim=0):
+            blocks.append(b.permute(1, 2, 0).reshape(n_atoms, -1))  # e3nn layout of n x L: (N, n (2L+1))
+        return torch.cat(blocks, dim=1)  # (N, irreps_out.dim)
 
 
 class MACELayer(nn.Module):
@@ -204,11 +231,11 @@ class MACELayer(nn.Module):
         self.conv = Convolution(irreps_in, irreps_sh, irreps_A, n_rbf, radial_hidden,
                                 radial_layers, norm)
         self.product = SymmetricContraction(irreps_A, irreps_out, correlation, n_species)
-        self.linear = o3.Linear(irreps_out, irreps_out)
+        self.linear = o3.Linear(irreps_out, irreps_out, **E3NN_OPTIONS)
         self.skip = None
         if skip:
             self.skip = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{n_species}x0e"),
-                                                       irreps_out)
+                                                       irreps_out, **E3NN_OPTIONS)
         self.irreps_out = o3.Irreps(irreps_out)
 
     def forward(self, h: Tensor, species: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor,
@@ -229,17 +256,18 @@ class MACE(nn.Module):
         cutoff: Å; Bessel basis and polynomial envelope span [0, cutoff].
         n_features: channels per irrep.
         n_layers: message-passing layers.
-        l_max: degree of the spherical harmonics and of the atomic basis ``A`` (>= 2).
+        l_max: degree of the spherical harmonics and of the atomic basis ``A`` (MACE's
+            ``max_ell``; default 2).
         hidden_l_max: degree of the features passed between layers (MACE's ``max_L``);
             0 gives an invariant model without vector features.
-        correlation: number of ``A`` factors in the product basis (body order
-            ``correlation + 1``), >= 2.
+        correlation: number of ``A`` factors in the product basis, body order
+            ``correlation + 1`` (default 3; 1 leaves a two-body model).
         n_rbf: Bessel functions.
         radial_hidden, radial_layers: width and depth of the radial MLP.
         avg_num_neighbors: messages are divided by it (default from the cutoff).
     """
 
-    def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 32,
+    def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 64,
                  n_layers: int = 2, l_max: int = 2, hidden_l_max: int = 1, correlation: int = 3,
                  n_rbf: int = 8, radial_hidden: int = 64, radial_layers: int = 3,
                  avg_num_neighbors: Optional[float] = None):

@@ -25,7 +25,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..data.io import reference
 from ..graph import Graph, atoms_to_graph, batch_graphs

@@ -553,19 +553,21 @@ class Trainer:
                 for batch, counts in self.loader.batches(self.epoch, self.batch_in_epoch):
                     loss = self._train_step(batch, counts)
                     self.batch_in_epoch += 1
-                    if bar is not None:
-                        bar.update(1)
-                        if self.step % 10 == 1 or self.device.type == "cpu":
-                            self.last_loss = float(loss)
-                            if not math.isfinite(self.last_loss):
-                                raise FloatingPointError(
-                                    f"the loss became {self.last_loss} at step {self.step}; "
-                                    "lower --lr or --grad-clip, or check the data")
+                    # Reading the loss syncs a GPU: every 10th step there, every step on CPU.
+                    if self.step % 10 == 1 or self.device.type == "cpu":
+                        self.last_loss = float(loss)
+                        if not math.isfinite(self.last_loss):
+                            raise FloatingPointError(
+                                f"the loss became {self.last_loss} at step {self.step}; lower "
+                                "--lr or --grad-clip, or check the data (last.ckpt is intact)")
+                        if bar is not None:
                             bar.set_description(f"epoch {self.epoch + 1}/{cfg['epochs']}",
                                                 refresh=False)
                             bar.set_postfix(loss=f"{self.last_loss:.3e}",
                                             lr=f"{self.optimizer.param_groups[0]['lr']:.1e}",
                                             refresh=False)
+                    if bar is not None:
+                        bar.update(1)
                     if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
                         self.train_time += time.time() - t_run
                         t_run = time.time()
@@ -579,6 +581,8 @@ class Trainer:
                         stopped = stopped or "max_steps"
                     if cfg["max_time"] and time.time() - self._t_start > 60.0 * cfg["max_time"]:
                         stopped = stopped or "max_time"
+                    if self.world > 1 and (cfg["max_time"] or self.callbacks):
+                        stopped = self._agree(stopped)  # clocks and callbacks may differ by rank
                     if stopped:
                         break
                 self.train_time += time.time() - t_run
@@ -604,6 +608,12 @@ class Trainer:
             self.save(self.out / "best.ckpt", with_state=False)
         self.plot()
         return reason
+
+    def _agree(self, stopped: Optional[str]) -> Optional[str]:
+        """Stop on every rank when any rank wants to (else the others would wait forever)."""
+        flag = torch.tensor([1.0 if stopped else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return (stopped or "another rank") if flag.item() > 0 else None
 
     # ------------------------------------------------------------------ test
     def test(self) -> Dict[str, Any]:
