@@ -65,12 +65,11 @@ def run(args) -> int:
     _line("2/4 training SchNet (conservative + direct heads on shared features)")
     result = train(
         data=str(data_path), model="schnet", force_head="both", cutoff=4.5,
-        hparams={"n_features": 16 if quick else 64, "n_layers": 2 if quick else 3, "n_rbf": 20},
-        epochs=2 if quick else 1000, max_time=0.0 if quick else args.train_minutes,
-        batch_size=4, lr=2e-3 if not quick else 1e-3, forces_weight=50.0,
-        direct_forces_weight=50.0, energy_weight=1.0, stress_weight=0.0,
-        warmup_steps=20, scheduler="plateau", plateau_patience=4, early_stopping=0,
-        out=str(out / "train"), seed=args.seed, overwrite=True,
+        hparams={"n_features": 16 if quick else 32, "n_layers": 2 if quick else 3,
+                 "n_rbf": 24},
+        epochs=2 if quick else 15, max_time=0.0 if quick else args.train_minutes,
+        scheduler="cosine", min_lr=1e-4, out=str(out / "train"), seed=args.seed,
+        overwrite=True,
     )
     timings["train_s"] = time.perf_counter() - t0
     checkpoint = result["best_checkpoint"]
