@@ -246,7 +246,9 @@ against eager PyTorch, and ASE's per-step neighbour list and Python integrator. 
 rank also runs the model on its ghost atoms out to n_layers x cutoff ("graph atoms / edges per
 rank"): for a multi-layer model that is several times the rank's own atoms until each rank's
 domain is much larger than n_layers x cutoff, so extra ranks pay off only for large systems
-(or a strictly local, 1-layer model). Little of any step is spent outside the model.
+(or a strictly local, 1-layer model). On a CPU little of any step is spent outside the
+model; on a GPU the model is fast enough for the rest to matter (10-35% at these sizes on an
+H100: benchmarks/results/gpu_lammps_check.md).
 
 Command: `python benchmarks/lammps_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}`
 

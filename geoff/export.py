@@ -224,12 +224,13 @@ def run(args) -> int:
     path = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
     meta = read_metadata(path)
     species = " ".join(meta["species"])
-    shell = meta["n_layers"] * meta["cutoff"]
+    hops = meta["n_layers"] + (meta["force_head"] == "direct")  # a direct head reads neighbours
+    shell = hops * meta["cutoff"]
     print(f"wrote {path}: {meta['model']} ({meta['dtype']}, {meta['device']}), species "
           f"{species}, cutoff {meta['cutoff']} Å, {meta['n_layers']} layers")
     print("LAMMPS:\n  pair_style geoff\n"
           f"  pair_coeff * * {path} {species}\n"
-          f"  comm_modify cutoff {shell + 2.0:g}   # >= n_layers x cutoff + skin "
+          f"  comm_modify cutoff {shell + 2.0:g}   # MPI runs: >= {hops} x cutoff + skin "
           "(skin 2.0 Å, metal units default)")
     if meta["needs_global_frames"]:
         print("note: this model uses global frames (not local): run it on one MPI rank")

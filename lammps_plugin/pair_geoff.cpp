@@ -14,7 +14,8 @@
      becomes an edge to the ghost's owner plus a shift (x_ghost - x_owner), exactly the graph
      that ASE builds, so any number of layers needs no ghost shell beyond the cutoff.
    - ghosts (domain decomposition, the default on several ranks): local atoms, then ghosts,
-     shifts zero (LAMMPS ghosts are periodic images already). An L-layer model needs the
+     shifts zero (LAMMPS ghosts are periodic images already). An L-layer model (L = n_layers,
+     plus one for a direct force head, which reads its neighbours' final features) needs the
      neighbours of ghosts up to L-1 hops from a local atom, so the ghost shell must reach
      L x cutoff + skin. Ghosts more than L hops away, and the edges into ghosts L hops away,
      cannot change the local energies: a breadth-first search over the cutoff graph leaves
@@ -93,7 +94,7 @@ std::string first_line(const std::string &text)
 /* ---------------------------------------------------------------------- */
 
 PairGeoff::PairGeoff(LAMMPS *lmp) :
-    Pair(lmp), torch_(new GeoffTorch), cutoff(0.0), n_layers(1), global_frames(false),
+    Pair(lmp), torch_(new GeoffTorch), cutoff(0.0), n_layers(1), hops(1), global_frames(false),
     conservative(true), device_request("auto"), graph_request("auto"), periodic_graph(true),
     t_graph(0.0), t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0),
     reset_timers(true)
@@ -225,6 +226,7 @@ void PairGeoff::coeff(int narg, char **arg)
     model_name = meta.value("model", "?");
     global_frames = meta.value("needs_global_frames", false);
     conservative = meta.value("force_head", "conservative") != "direct";
+    hops = n_layers + (conservative ? 0 : 1);
   } catch (const json::exception &e) {
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
@@ -344,18 +346,20 @@ void PairGeoff::init_style()
   ghostneigh = 1;
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
-  // Ghost shell: neighbours of ghosts up to n_layers - 1 hops from a local atom, and atoms
-  // move up to skin/2 each between neighbour-list builds.
+  // Ghost shell: neighbours of ghosts up to hops - 1 from a local atom, and atoms move up to
+  // skin/2 each between neighbour-list builds. hops = n_layers, plus one for a direct force
+  // head (it reads the final features of each atom's neighbours).
   const double skin = neighbor->skin;
-  const double need = n_layers * cutoff + skin;
+  const double need = hops * cutoff + skin;
   const double have = std::max(comm->cutghostuser, cutoff + skin);
   if (have < need - 1e-9) {
     error->all(FLERR,
-               "pair_style geoff: model '{}' has {} message-passing layer(s) with cutoff {} A: "
+               "pair_style geoff: model '{}' has {} message-passing layer(s){} with cutoff {} A: "
                "on {} MPI rank(s) (graph ghosts) ghost atoms are needed out to {} x {} + skin {} "
                "= {} A, but the ghost cutoff is {} A. Add this line to the input before the "
                "run:\n\n    comm_modify cutoff {}\n\n",
-               model_file, n_layers, cutoff, comm->nprocs, n_layers, cutoff, skin, need, have,
+               model_file, n_layers, conservative ? "" : " and a direct force head", cutoff,
+               comm->nprocs, hops, cutoff, skin, need, have,
                std::ceil(need * 1000.0 - 1e-6) / 1000.0);
   }
 }
@@ -504,7 +508,7 @@ int PairGeoff::build_graph_ghosts()
     depth[i] = 0;
     frontier.push_back(i);
   }
-  for (int k = 0; k < n_layers && !frontier.empty(); ++k) {
+  for (int k = 0; k < hops && !frontier.empty(); ++k) {
     next_frontier.clear();
     for (int i : frontier) {
       const int *nb = adj.data() + adj_start[i];
@@ -518,7 +522,7 @@ int PairGeoff::build_graph_ghosts()
     }
     frontier.swap(next_frontier);
   }
-  const int max_receiver_depth = n_layers - 1;
+  const int max_receiver_depth = hops - 1;
 
   // Graph atoms: local atoms keep their index, needed ghosts follow in index order.
   gidx.assign(nall, -1);
@@ -528,7 +532,7 @@ int PairGeoff::build_graph_ghosts()
     graph_atoms.push_back(i);
   }
   for (int i = nlocal; i < nall; ++i)
-    if (depth[i] <= n_layers) {
+    if (depth[i] <= hops) {
       gidx[i] = (int) graph_atoms.size();
       graph_atoms.push_back(i);
     }
@@ -544,7 +548,7 @@ int PairGeoff::build_graph_ghosts()
     species_buf[k] = type2species[type[i]];
   }
 
-  // Edges into atoms less than n_layers hops away.
+  // Edges into atoms less than `hops` hops away.
   size_t n_edges = 0;
   for (int k = 0; k < n; ++k) {
     const int i = graph_atoms[k];
@@ -665,10 +669,12 @@ void PairGeoff::compute(int eflag, int vflag)
   t_model += std::chrono::duration<double>(t2 - t1).count();
 
   // Forces on graph atoms (in graph ghosts, ghosts go back to their owners by reverse comm).
+  // A direct force head predicts each atom's own force: only the local atoms' count.
   double **f = atom->f;
   double **x = atom->x;
   const double *fd = forces.data_ptr<double>();
-  for (int k = 0; k < n; ++k) {
+  const int n_force = conservative ? n : nlocal;
+  for (int k = 0; k < n_force; ++k) {
     const int i = graph_atoms[k];
     f[i][0] += fd[3 * k];
     f[i][1] += fd[3 * k + 1];

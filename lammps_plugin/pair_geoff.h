@@ -56,9 +56,11 @@ class PairGeoff : public Pair {
   std::string model_file, model_name, model_dtype, model_device;
   std::vector<std::string> species;    // element symbols of the model
   double cutoff;                        // Å
-  int n_layers;                         // message-passing layers (ghost shell n_layers x cutoff)
+  int n_layers;                         // message-passing layers
+  int hops;                             // receptive field in cutoff spheres: n_layers (+1 for a
+                                        // direct force head); graph ghosts needs hops x cutoff
   bool global_frames;                   // model is not local: one MPI rank only
-  bool conservative;                    // forces are -dE/dx (per-atom virial available)
+  bool conservative;                    // forces are -dE/dx, not a direct force head
 
   // Settings.
   std::string device_request;    // auto | cpu | cuda

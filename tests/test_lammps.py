@@ -36,9 +36,10 @@ if not plugin_path().exists():
 SPECIES = ["Cu", "Zr"]
 CUTOFF = 4.0
 SKIN = 1.0
-# Models compared with ASE: schnet always, the others once they are registered.
+# Models compared with ASE: schnet always, the others once they are registered (every local
+# model: global frames see the whole structure and are not what a domain sees).
 LOCAL_MODELS = {"schnet": {}, "painn": {}, "nequip": {}, "mace": {},
-                "faenet": {"frames": "local"}}
+                "faenet": {"frames": "local"}, "dimenet": {}, "egnn": {}, "symgnn": {}}
 MODELS = [m for m in LOCAL_MODELS if m in available_models()]
 BIN = Path(sys.executable).parent
 
@@ -218,6 +219,73 @@ def test_run0_matches_ase(name, workdir):
             lmp.close()
 
 
+@pytest.mark.skipif("faenet" not in available_models(), reason="faenet not registered yet")
+def test_global_frames_serial_matches_ase(workdir):
+    """A global-frame model runs on one rank (graph periodic sees what ASE sees); graph ghosts
+    is refused with a message."""
+    model = small_model("faenet", cutoff=CUTOFF, frames="global")
+    path = export(model, workdir / "faenet_global.pt")
+    atoms = lammps_frame(structures()["triclinic"])
+    lmp = lammps_instance()
+    try:
+        setup_box(lmp, atoms)
+        ref = ase_reference(atoms, model, lmp.extract_global("nktv2p"))
+        geoff_pair(lmp, path)
+        assert_agree(run0(lmp), ref, "faenet global frames")
+        geoff_pair(lmp, path, "ghosts")
+        with pytest.raises(Exception, match="uses global frames.*use graph periodic"):
+            lmp.command("run 0")
+    finally:
+        lmp.close()
+
+
+def test_direct_force_head(workdir):
+    """A direct force head: forces of local atoms only (ghost copies do not add), one more
+    cutoff sphere of ghosts; per-atom virials are refused with a message."""
+    model = small_model("schnet", cutoff=CUTOFF, force_head="direct")
+    path = export(model, workdir / "schnet_direct.pt")
+    atoms = lammps_frame(structures()["cubic"])
+    lmp = lammps_instance()
+    try:
+        setup_box(lmp, atoms)
+        ref = ase_reference(atoms, model, lmp.extract_global("nktv2p"))
+        for graph in ("periodic", "ghosts"):
+            geoff_pair(lmp, path, graph, comm=(model.n_layers + 1) * CUTOFF + SKIN)
+            assert_agree(run0(lmp), ref, f"schnet direct graph {graph}")
+        with pytest.raises(Exception, match="per-atom virial .* needs a conservative model"):
+            run0(lmp, stress_atom=True)
+    finally:
+        lmp.close()
+
+
+def test_cluster_matches_ase(schnet):
+    """A non-periodic cluster (boundary f f f): energy and forces as in ASE, both graphs."""
+    from conftest import cluster
+
+    model, path = schnet
+    atoms = cluster()
+    ref = atoms.copy()
+    ref.calc = GeoffCalculator(model, dtype="float64")
+    lmp = lammps_instance()
+    try:
+        lo, hi = atoms.positions.min(axis=0) - 5.0, atoms.positions.max(axis=0) + 5.0
+        for c in ["units metal", "atom_modify map array", "boundary f f f",
+                  f"region box block {lo[0]} {hi[0]} {lo[1]} {hi[1]} {lo[2]} {hi[2]} units box",
+                  "create_box 2 box", "mass * 63.5", f"neighbor {SKIN} bin"]:
+            lmp.command(c)
+        types = [SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()]
+        lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types,
+                         [float(v) for v in atoms.positions.ravel()])
+        for graph in ("periodic", "ghosts"):
+            geoff_pair(lmp, path, graph, comm=ghost_cutoff(model))
+            e, f, _, pe_atom, _ = run0(lmp)
+            assert abs(e - ref.get_potential_energy()) < 1e-8, graph
+            assert np.abs(f - ref.get_forces()).max() < 1e-8, graph
+            assert np.abs(pe_atom - ref.get_potential_energies()).max() < 1e-8, graph
+    finally:
+        lmp.close()
+
+
 def test_float32_export(workdir):
     model = small_model("schnet", cutoff=CUTOFF)
     path = export(model, workdir / "schnet32.pt", dtype="float32")
@@ -386,6 +454,11 @@ def test_error_cuda_model_without_gpu(schnet, workdir):
     cuda = with_metadata(schnet[1], workdir / "cuda.pt", device="cuda")
     msg = lammps_error(["pair_style geoff", f"pair_coeff * * {cuda} Cu Zr"])
     assert "is for CUDA but torch sees no GPU" in msg and "device cpu" in msg
+
+
+def test_error_newton_off(schnet):
+    msg = lammps_error(["newton off on", "pair_style geoff", f"pair_coeff * * {schnet[1]} Cu Zr"])
+    assert "needs `newton on`" in msg
 
 
 def test_error_ghost_shell_too_thin(schnet):

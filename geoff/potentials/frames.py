@@ -58,11 +58,19 @@ FCC Cu, cutoff 5 Å), and symmetric molecules have two equal eigenvalues. We do 
    (nearly) isotropic the network sees (almost) only distances. ``gap_scale=0`` switches the
    gates off (plain PCA frames, as in FAENet): still no NaN (item 1), but the energy is then
    discontinuous at degeneracies and crossings, and on a perfect lattice the frame is
-   whatever LAPACK returns for an isotropic matrix, so invariance is lost there (measured in
-   ``tests/test_frames.py`` and ``benchmarks/symmetry.py``).
+   whatever the eigensolver returns for an isotropic matrix, so invariance is lost there
+   (measured in ``tests/test_frames.py`` and ``benchmarks/symmetry.py``).
 3. The sign average of a vector predicted in the frame and rotated back cancels its
    frame-independent part (``sum_s diag(s) = 0`` for both sign sets), so direct-force vectors
    are continuous too.
+
+Measured (``benchmarks/results/symmetry.md``, untrained default-size faenet, perfect FCC Cu
+32-atom cell): gated local and global frames give energies invariant to 1e-16 (float64) and
+forces of 1e-15 eV/Å (zero by symmetry). Plain PCA frames (``gap_scale=0``) give finite but
+spurious forces (up to 2e-4 eV/Å in float64, 3e-3 to 8e-3 in float32, where rounding picks the
+frame), a rotation changes the energy by ~1e-7 relative, and the energy jumps at the lattice
+point (``tests/test_frames.py``). On a rattled cell the gates also protect float32: the force
+equivariance error of local frames is 2e-5 relative with gates, 2e-3 without.
 
 Sampled transforms
 ------------------

@@ -32,8 +32,8 @@ the non-zero coefficients (gathers and one ``index_add`` per level over (N, chan
 slabs): a few percent of the dense products, no code generation, plain TorchScript.
 
 A left-to-right chain with all intermediates spans every equivariant map from
-``f_1 ⊗ ... ⊗ f_nu`` to the output irrep, so evaluated on ``A ⊗ ... ⊗ A`` the chains span the
-same symmetric body-ordered features as MACE's U-matrix basis (checked numerically: for
+``f_1 ⊗ ... ⊗ f_nu`` to the output irrep, so evaluated on ``A ⊗ ... ⊗ A`` the chains span
+the same symmetric body-ordered features as MACE's U-matrix basis (checked numerically: for
 ``l_max`` 2-3 and correlation 2-3 the rank of our features equals the rank of all ordered
 chains of all factors). The difference is redundancy: for equal factors some chains are
 linearly dependent (three copies of one ``1o`` vector give ``|a|^2 a`` along two chains), so
@@ -118,7 +118,8 @@ class SymmetricContraction(nn.Module):
         irreps_A, irreps_out = o3.Irreps(irreps_A), o3.Irreps(irreps_out)
         muls = {mul for mul, _ in irreps_A + irreps_out}
         if len(muls) != 1:
-            raise ValueError(f"SymmetricContraction needs one channel count, got {irreps_A} -> {irreps_out}")
+            raise ValueError("SymmetricContraction needs one channel count, got "
+                             f"{irreps_A} -> {irreps_out}")
         if correlation < 1:
             raise ValueError(f"correlation must be >= 1, got {correlation}")
         targets = [ir for _, ir in irreps_out]
@@ -217,7 +218,8 @@ class SymmetricContraction(nn.Module):
         out = out.index_add(0, self.target_row, q * w)  # (sum_L (2L+1), N, n)
         blocks: List[Tensor] = []
         for b in torch.split(out, self.target_dims, dim=0):
-            blocks.append(b.permute(1, 2, 0).reshape(n_atoms, -1))  # e3nn layout of n x L: (N, n (2L+1))
+            # e3nn layout of the block n x L: (N, n (2L+1))
+            blocks.append(b.permute(1, 2, 0).reshape(n_atoms, n * b.shape[0]))
         return torch.cat(blocks, dim=1)  # (N, irreps_out.dim)
 
 
@@ -312,5 +314,6 @@ class MACE(nn.Module):
             scalars.append(h[:, : self.n_features])  # 0e block first: (N, F)
         out = {"scalars": torch.cat(scalars, dim=-1)}  # (N, n_layers * F)
         if self.n_vectors > 0:
-            out["vectors"] = to_cartesian(h, self.vector_offset, self.n_vectors, self.xyz)  # (N, 3, F)
+            vectors = to_cartesian(h, self.vector_offset, self.n_vectors, self.xyz)  # (N, 3, F)
+            out["vectors"] = vectors
         return out

@@ -143,7 +143,8 @@ class Gate(nn.Module):
             raise ValueError("Gate: scalars must be l=0 and gated irreps l>0")
         self.n_even = sum(mul for mul, ir in irreps_scalars if ir.p == 1)
         self.n_odd = sum(mul for mul, ir in irreps_scalars if ir.p == -1)
-        if [ir.p for _, ir in irreps_scalars] != sorted([ir.p for _, ir in irreps_scalars], reverse=True):
+        parities = [ir.p for _, ir in irreps_scalars]
+        if parities != sorted(parities, reverse=True):
             raise ValueError("Gate: put the even scalars before the odd ones")
         self.n_gates = irreps_gated.num_irreps
         self.irreps_gates = o3.Irreps(f"{self.n_gates}x0e") if self.n_gates else o3.Irreps("")
@@ -184,13 +185,15 @@ class ExactConstants(nn.Module):
     def register_constant(self, name: str, value: Tensor) -> None:
         self.register_buffer(name, value.to(torch.get_default_dtype()), persistent=False)
         # numpy, not a tensor attribute: TorchScript skips it, and Module._apply cannot touch it
-        self.__dict__.setdefault("_masters", {})[name] = value.detach().to(torch.float64).cpu().numpy()
+        master = value.detach().to(torch.float64).cpu().numpy()
+        self.__dict__.setdefault("_masters", {})[name] = master
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
         for name, master in self.__dict__.get("_masters", {}).items():
             current = getattr(self, name)
-            setattr(self, name, torch.from_numpy(master).to(dtype=current.dtype, device=current.device))
+            exact = torch.from_numpy(master).to(dtype=current.dtype, device=current.device)
+            setattr(self, name, exact)
         return out
 
 
@@ -337,7 +340,7 @@ class Convolution(nn.Module):
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps,
                  n_rbf: int, radial_hidden: int, radial_layers: int, norm: float):
         super().__init__()
-        irreps_in, irreps_sh, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_sh), o3.Irreps(irreps_out)
+        irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.linear_in = o3.Linear(irreps_in, irreps_in, **E3NN_OPTIONS)
         self.tp = EdgeTensorProduct(irreps_in, irreps_sh, [ir for _, ir in irreps_out])
         self.radial = mlp([n_rbf] + [radial_hidden] * radial_layers + [self.tp.weight_numel])
