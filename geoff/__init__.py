@@ -1,6 +1,15 @@
-"""geoff: geometric graph neural network potentials for molecular dynamics."""
+"""geoff: geometric graph neural network potentials for molecular dynamics.
+
+``geoff.save(model, path)`` / ``geoff.load(path)``: see ``geoff.checkpoint``. They load lazily
+so that importing ``geoff`` (as LAMMPS' plugin entry point does) does not import torch.
+"""
 __version__ = "0.1.0"
-
-from .checkpoint import load, save  # noqa: E402
-
 __all__ = ["save", "load", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("save", "load"):
+        from . import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'geoff' has no attribute {name!r}")
