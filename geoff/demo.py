@@ -72,7 +72,7 @@ def run(args) -> int:
         overwrite=True,
     )
     timings["train_s"] = time.perf_counter() - t0
-    checkpoint = result["best_checkpoint"]
+    checkpoint = str(Path(result["best_checkpoint"]).resolve())
     test = result["test_metrics"] or {}
     _line("test set (held out, float64): "
           + ", ".join(f"{k} = {v:.2f}" for k, v in test.items() if "mae" in k))
@@ -91,7 +91,7 @@ def run(args) -> int:
     drift = energy_drift(nve.thermo["time_ps"], nve.thermo["etot"], nve.n_atoms)
     timings["nve_s"] = time.perf_counter() - t0
     status = f"failed at step {nve.failure.step}: {nve.failure.reason}" if nve.failed else "ok"
-    _line(f"NVE {status}; energy drift {drift:+.4f} meV/atom/ps, "
+    _line(f"NVE {status}; energy drift {drift:+.2e} meV/atom/ps, "
           f"{nve.steps_per_s:.0f} steps/s")
 
     # 4. stability study -------------------------------------------------------------------
@@ -141,7 +141,7 @@ SchNet (conservative + direct heads) trained on Cu EMT data in
 
 ## NVE, 64 atoms, dt = 1 fs
 
-{summary['nve']['steps']} steps, energy drift **{summary['nve']['drift_meV_atom_ps']:+.4f} meV/atom/ps**,
+{summary['nve']['steps']} steps, energy drift **{summary['nve']['drift_meV_atom_ps']:+.2e} meV/atom/ps**,
 {summary['nve']['steps_per_s']:.0f} steps/s{'' if not summary['nve']['failure'] else ', FAILED: ' + summary['nve']['failure']}.
 
 ## Stability study

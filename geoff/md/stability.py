@@ -212,7 +212,9 @@ def load_config(config, checkpoints: Optional[Dict[str, str]] = None,
         if "name" not in m:
             raise ValueError(f"every model needs a name: {m}")
         if m["name"] in checkpoints:
-            m["checkpoint"] = str(checkpoints[m["name"]])
+            # given on the command line / in Python: relative to where the user is, not
+            # to the config file
+            m["checkpoint"] = str(Path(checkpoints[m["name"]]).expanduser().resolve())
             m.pop("build", None)
         m = _expand(m)
         if m.get("checkpoint"):
