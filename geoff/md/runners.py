@@ -385,25 +385,10 @@ def _failure_from_exception(step, atoms, exc) -> Failure:
 # --------------------------------------------------------------------------------------------
 
 def locate_plugin() -> Optional[Path]:
-    """The ``pair_style geoff`` plugin, if built: ``geoff.lammps``'s locator, then the
-    ``GEOFF_LAMMPS_PLUGIN`` environment variable."""
-    try:
-        import geoff.lammps as gl
-    except ImportError:  # pragma: no cover
-        gl = None
-    for name in ("plugin_path", "find_plugin", "locate_plugin", "locate"):
-        fn = getattr(gl, name, None) if gl is not None else None
-        if callable(fn):
-            try:
-                path = fn()
-            except Exception:  # noqa: BLE001 - a locator that cannot find it may raise
-                path = None
-            if path and Path(path).exists():
-                return Path(path)
-    env = os.environ.get("GEOFF_LAMMPS_PLUGIN")
-    if env and Path(env).exists():
-        return Path(env)
-    return None
+    """The built ``pair_style geoff`` plugin (``geoff lammps build``), or None."""
+    from ..lammps.build import is_built, plugin_path
+
+    return plugin_path() if is_built() else None
 
 
 def export_for_lammps(model, path: Path, forces: str = "conservative",
@@ -411,25 +396,16 @@ def export_for_lammps(model, path: Path, forces: str = "conservative",
     """TorchScript export through ``geoff.export`` (the plugin's model format).
 
     The pair style integrates the exported ``forces``: conservative for ``"conservative"`` and
-    ``"both"`` models, the head's for ``"direct"`` models. Direct forces of a ``"both"`` model
-    need an exporter that can select them (``export(..., forces="direct")``).
+    ``"both"`` models, the head's for ``"direct"`` models. The exporter cannot select the
+    direct head of a ``"both"`` model, so that case runs with the ASE engine only.
     """
-    import inspect
+    from ..export import export
 
-    try:
-        from ..export import export
-    except ImportError:
-        raise EngineUnavailable("geoff.export is not available; cannot make a model for "
-                                "pair_style geoff") from None
-    kwargs = {}
-    if "dtype" in inspect.signature(export).parameters:
-        kwargs["dtype"] = dtype
     if forces == "direct" and model.force_head == "both":
-        if "forces" not in inspect.signature(export).parameters:
-            raise EngineUnavailable("geoff.export cannot select the direct head of a "
-                                    "force_head='both' model; run it with the ASE engine")
-        kwargs["forces"] = "direct"
-    export(model, str(path), **kwargs)
+        raise EngineUnavailable("pair_style geoff integrates the conservative forces of a "
+                                "force_head='both' model; run its direct head with the ASE "
+                                "engine")
+    export(model, str(path), dtype=dtype)
     return path
 
 
