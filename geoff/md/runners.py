@@ -267,6 +267,15 @@ class Runner(ABC):
         if reason:
             raise EngineUnavailable(reason)
 
+    def _result(self, atoms, n_dof, s, step, failure, rec, wall) -> "RunResult":
+        """The RunResult of a finished (or failed) run from its recorder."""
+        return RunResult(
+            engine=self.engine, n_atoms=len(atoms), n_dof=n_dof, steps_requested=s.steps,
+            steps_done=step, failure=failure, thermo=rec.thermo(), frames=rec.frames,
+            wall_s=wall, trajectory=str(rec.trajectory) if rec.trajectory else None,
+            thermo_path=str(rec.thermo_path) if rec.thermo_path else None,
+            settings=s.to_dict())
+
 
 def _model_from(potential, dtype: str):
     """(model, None) for an EnergyModel/checkpoint, (None, calculator) otherwise."""
@@ -348,12 +357,7 @@ class ASERunner(Runner):
                 failure = self._observe(dyn, atoms, monitor, rec, step, s, n_dof, sync, energy)
         finally:
             rec.close()
-        return RunResult(
-            engine=self.engine, n_atoms=len(atoms), n_dof=n_dof, steps_requested=s.steps,
-            steps_done=step, failure=failure, thermo=rec.thermo(), frames=rec.frames,
-            wall_s=wall, trajectory=str(rec.trajectory) if rec.trajectory else None,
-            thermo_path=str(rec.thermo_path) if rec.thermo_path else None,
-            settings=s.to_dict())
+        return self._result(atoms, n_dof, s, step, failure, rec, wall)
 
     @staticmethod
     def _observe(dyn, atoms, monitor, rec, step, s, n_dof, sync, energy=None):
@@ -539,12 +543,7 @@ class LAMMPSRunner(Runner):
         finally:
             rec.close()
             lmp.close()
-        return RunResult(
-            engine=self.engine, n_atoms=len(atoms), n_dof=n_dof, steps_requested=s.steps,
-            steps_done=step, failure=failure, thermo=rec.thermo(), frames=rec.frames,
-            wall_s=wall, trajectory=str(rec.trajectory) if rec.trajectory else None,
-            thermo_path=str(rec.thermo_path) if rec.thermo_path else None,
-            settings=s.to_dict())
+        return self._result(atoms, n_dof, s, step, failure, rec, wall)
 
     @staticmethod
     def _observe(lmp, atoms, prism, monitor, rec, step, s, n_dof, ecouple):
