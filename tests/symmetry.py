@@ -77,3 +77,13 @@ def fd_stress_error(model, atoms, h=1e-5):
             fd[a, b] = fd[b, a] = deriv / volume / (1 if a == b else 2)
     scale = max(np.abs(stress).max(), 1e-12)
     return np.abs(fd - stress).max() / scale
+
+
+def assert_float32_close_to_float64(model, atoms):
+    """The float32 copy of a float64 ``model`` gives float32 outputs close to float64 ones."""
+    ref = evaluate(model, atoms)
+    model32 = model.float()
+    out = model32(atoms_to_graph(atoms, model32, dtype=torch.float32))
+    assert out["energy"].dtype == torch.float32
+    np.testing.assert_allclose(out["energy"].detach().numpy(), ref["energy"], rtol=1e-5)
+    np.testing.assert_allclose(out["forces"].detach().numpy(), ref["forces"], atol=1e-4)

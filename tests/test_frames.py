@@ -23,8 +23,8 @@ from ase.build import bulk
 
 from conftest import cluster, rattled_triclinic, small_model
 from geoff.graph import atoms_to_graph, batch_graphs
-from symmetry import (energy, evaluate, fd_force_error, fd_stress_error, random_orthogonal,
-                      transformed)
+from symmetry import (assert_float32_close_to_float64, energy, evaluate, fd_force_error,
+                      fd_stress_error, random_orthogonal, transformed)
 
 # faenet variants whose average runs over a whole finite set of frames: exact.
 EXACT_VARIANTS = {
@@ -421,14 +421,7 @@ def test_faenet_symgnn_variants_script(name, hparams):
 
 @pytest.mark.parametrize("variant", ["global", "local-ungated"])
 def test_faenet_float32_agrees_with_float64(variant):
-    model = faenet(variant)
-    atoms = rattled_triclinic()
-    ref = evaluate(model, atoms)
-    model32 = model.float()
-    out = model32(atoms_to_graph(atoms, model32, dtype=torch.float32))
-    assert out["energy"].dtype == torch.float32
-    np.testing.assert_allclose(out["energy"].detach().numpy(), ref["energy"], rtol=1e-5)
-    np.testing.assert_allclose(out["forces"].detach().numpy(), ref["forces"], atol=1e-4)
+    assert_float32_close_to_float64(faenet(variant), rattled_triclinic())
 
 
 def test_faenet_symgnn_bad_hyperparameters():

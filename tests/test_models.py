@@ -8,7 +8,8 @@ from ase.build import bulk
 from conftest import cluster, rattled_triclinic, small_model
 from geoff.graph import atoms_to_graph
 from geoff.potentials import available_models
-from symmetry import evaluate, fd_force_error, fd_stress_error, random_orthogonal, transformed
+from symmetry import (assert_float32_close_to_float64, evaluate, fd_force_error, fd_stress_error,
+                      random_orthogonal, transformed)
 
 MODELS = available_models()
 # Models whose symmetry is only approximate (sampled transforms, one stochastic frame):
@@ -112,14 +113,7 @@ def test_torchscript_matches_eager(name, force_head):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_float32_runs_and_agrees_with_float64(name):
-    model = small_model(name)
-    atoms = rattled_triclinic()
-    ref = evaluate(model, atoms)
-    model32 = model.float()
-    out = model32(atoms_to_graph(atoms, model32, dtype=torch.float32))
-    assert out["energy"].dtype == torch.float32
-    np.testing.assert_allclose(out["energy"].detach().numpy(), ref["energy"], rtol=1e-5)
-    np.testing.assert_allclose(out["forces"].detach().numpy(), ref["forces"], atol=1e-4)
+    assert_float32_close_to_float64(small_model(name), rattled_triclinic())
 
 
 def test_batched_equals_separate():
