@@ -116,6 +116,35 @@ def test_tiny_study_end_to_end(tmp_path, checkpoints, monkeypatch, capsys):
     assert "## Not run" in report and "λ" in report
 
 
+def test_study_split_over_processes_then_collected(tmp_path, checkpoints, monkeypatch, capsys):
+    """--only runs a slice and writes no report; a --resume pass over the whole study reuses
+    every run and still writes the per-model table (Jacobian asymmetry, timings)."""
+    cfg = dict(TINY, models=TINY["models"][:2], ensembles=TINY["ensembles"][:1],
+               timesteps_fs=[1.0], seeds=[0])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("GEOFF_TEST_CONS", str(checkpoints["cons"]))
+    out = tmp_path / "out"
+    common = ["stability", str(config), "--out", str(out), "--no-progress", "--threads", "1",
+              "--checkpoint", f"direct={checkpoints['both']}", "--resume"]
+    for only in ("conservative", "direct", "ref:emt"):
+        assert main(common + ["--only", only]) == 0
+        assert "collect the report with --resume" in capsys.readouterr().out
+        assert not (out / "report.md").exists()
+    assert main(common + ["--only", "nonexistent"]) != 0
+    assert "no model ['nonexistent']" in capsys.readouterr().err
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/metrics.json")}
+    assert len(mtimes) == 3
+    assert main(common) == 0
+    assert (out / "report.md").exists()
+    rows = _read_csv(out / "results.csv")
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 3
+    assert all(float(r["rdf_error"]) > 0 for r in rows if r["model"] != "ref:emt")
+    models = {r["model"]: r for r in _read_csv(out / "models.csv")}
+    assert float(models["conservative"]["jacobian_asymmetry"]) < 1e-10
+    assert float(models["direct"]["jacobian_asymmetry"]) > 1e-4
+
+
 def test_config_paths_env_and_overrides(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     config = tmp_path / "sub" / "c.yaml"

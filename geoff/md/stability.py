@@ -138,6 +138,7 @@ class StudyConfig:
     progress: bool = True
     resume: bool = False
     threads: Optional[int] = None  # torch intra-op threads (1 is fastest for small cells)
+    only: Optional[List[str]] = None  # run only these models (names; "ref:emt" for a reference)
 
     def analysis_option(self, key, default):
         return self.analysis.get(key, default)
@@ -264,7 +265,8 @@ def load_config(config, checkpoints: Optional[Dict[str, str]] = None,
         failure=dict(raw.get("failure") or {}), analysis=dict(raw.get("analysis") or {}),
         output=output, base_dir=base_dir, progress=bool(raw.get("progress", True)),
         resume=bool(raw.get("resume", False)),
-        threads=int(raw["threads"]) if raw.get("threads") else None)
+        threads=int(raw["threads"]) if raw.get("threads") else None,
+        only=[str(x) for x in raw["only"]] if raw.get("only") else None)
 
 
 def build_structure(spec: dict, base_dir: Path = Path(".")):
@@ -490,6 +492,12 @@ def run_study(config, output=None, checkpoints: Optional[Dict[str, str]] = None,
 
 def _run_study(cfg: StudyConfig, root: Path, progress: Optional[bool]) -> dict:
     runs = plan(cfg)
+    if cfg.only:
+        known = {r.model.name for r in runs}
+        unknown = sorted(set(cfg.only) - known)
+        if unknown:
+            raise ValueError(f"--only: no model {unknown} in the study; it has {sorted(known)}")
+        runs = [r for r in runs if r.model.name in cfg.only]
     bar = _progress(len(runs), cfg.progress if progress is None else progress)
     rows: List[dict] = []
     records: Dict[tuple, dict] = {}  # run key -> {"metrics", "thermo", "dir", "run"}
@@ -503,6 +511,10 @@ def _run_study(cfg: StudyConfig, root: Path, progress: Optional[bool]) -> dict:
             bar.update(1)
     finally:
         bar.close()
+    if cfg.only:
+        # A slice of the study (e.g. one model per process or GPU): its runs are on disk; the
+        # tables, plots and report come from a later pass over the whole study with --resume.
+        return {"report": None, "output": str(root), "rows": rows, "summary": [], "models": []}
     _rdf_errors(cfg, rows, records, root)
     _speedups(cfg, rows)
     model_rows = _model_table(cfg, records, potentials, root)
@@ -531,7 +543,8 @@ def _execute(cfg: StudyConfig, run: Run, root: Path, potentials, records, bar) -
         if cfg.resume and metrics_path.exists():
             metrics = json.loads(metrics_path.read_text())
             records[run.key] = {"metrics": metrics, "thermo": read_thermo(
-                directory / "thermo.csv"), "dir": directory, "run": run}
+                directory / "thermo.csv"), "dir": directory, "run": run,
+                "frames": _read_frames(directory) if run.is_reference else []}
             return _row(run, settings, metrics, metrics.get("engine", engine))
         if run.model.name not in potentials:
             potentials[run.model.name] = run.model.potential(cfg.dtype)
@@ -562,6 +575,19 @@ def _execute(cfg: StudyConfig, run: Run, root: Path, potentials, records, bar) -
                         else read_thermo(directory / "thermo.csv"), "dir": directory, "run": run,
                         "frames": result.frames if result is not None else []}
     return _row(run, settings, metrics, engine)
+
+
+def _read_frames(directory: Path) -> list:
+    """The saved trajectory of a finished run (for the Jacobian samples of a resumed study)."""
+    import ase.io
+
+    for name in ("trajectory.extxyz", "trajectory.traj"):
+        if (directory / name).exists():
+            try:
+                return ase.io.read(directory / name, ":")
+            except Exception:  # an unreadable trajectory only costs Jacobian samples
+                return []
+    return []
 
 
 def _reference_record(records, system: str, ensemble: str) -> Optional[dict]:
@@ -628,9 +654,17 @@ def _model_table(cfg: StudyConfig, records, potentials, root) -> List[dict]:
     out = []
     times: Dict[tuple, float] = {}
     for model in cfg.models:
-        pot = potentials.get(model.name)
-        if pot is None or model.reference is not None:
+        if model.reference is not None or not any(
+                rec["run"].model.name == model.name and rec["metrics"].get("status") != "skipped"
+                for rec in records.values()):
             continue
+        pot = potentials.get(model.name)
+        if pot is None:  # every run of it was resumed from disk
+            try:
+                pot = potentials[model.name] = model.potential(cfg.dtype)
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"geoff stability: no model table row for {model.name}: {exc}")
+                continue
         net = pot if isinstance(pot, torch.nn.Module) else None
         if net is None:
             from ..checkpoint import load

@@ -10,6 +10,10 @@ at the same conditions, steps/s); per model: the Jacobian asymmetry of its force
 of a force call; per study: results.csv, summary.csv, models.csv, PNG plots and report.md.
 The config format is documented in ``geoff.md.stability``; ``${VAR}`` in it is read from the
 environment.
+
+Splitting a study over processes or GPUs: start one `geoff stability CONFIG --out DIR --only
+MODEL --resume` per model (and one for the reference, e.g. `--only ref:emt`), then
+`geoff stability CONFIG --out DIR --resume` writes the tables, plots and report.
 """
 from __future__ import annotations
 
@@ -32,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads (1 is usually fastest for small cells)")
     p.add_argument("--resume", action="store_true",
                    help="reuse runs whose metrics.json already exists")
+    p.add_argument("--only", nargs="+", default=None, metavar="MODEL",
+                   help="run only these models of the config ('ref:emt' etc. for a reference "
+                        "potential) and write no report: to split a study over processes or "
+                        "GPUs into one --out, then run the whole study with --resume to "
+                        "collect the report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs the study would make (and their steps), run nothing")
@@ -57,6 +66,8 @@ def run(args) -> int:
         overrides["threads"] = args.threads
     if args.resume:
         overrides["resume"] = True
+    if args.only:
+        overrides["only"] = args.only
     if args.dry_run:
         return _dry_run(args.config, checkpoints, overrides)
     result = run_study(args.config, output=args.out, checkpoints=checkpoints,
@@ -65,7 +76,10 @@ def run(args) -> int:
     failed = sum(r["status"] == "failed" for r in rows)
     skipped = sum(r["status"] in ("skipped", "error") for r in rows)
     print(f"geoff stability: {len(rows)} runs ({failed} failed, {skipped} not run)")
-    print(f"report: {result['report']}")
+    if result["report"]:
+        print(f"report: {result['report']}")
+    else:
+        print(f"runs written to {result['output']}; collect the report with --resume")
     return 0
 
 

@@ -11,7 +11,8 @@ Every option below is also a YAML key (underscores instead of dashes); flags ove
 file. Units: energies eV, forces eV/Å, stresses eV/Å³, lengths Å, times minutes.
 Output (in --out): best.ckpt (EMA weights at the best validation loss), last.ckpt (for
 --resume), metrics.csv, learning_curve.png, test_metrics.{json,csv} (float64),
-split_{train,val,test}.txt, config.yaml, train.log.
+summary.json (epochs, time, parameters, device), split_{train,val,test}.txt, config.yaml,
+train.log.
 """
 from __future__ import annotations
 

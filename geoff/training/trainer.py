@@ -9,6 +9,8 @@ One run writes into its ``out`` folder::
     metrics.csv                 one row per epoch: losses and MAEs (train and validation)
     learning_curve.png          the same, plotted
     test_metrics.{json,csv}     final test MAE/RMSE of best.ckpt, evaluated in float64
+    summary.json                how the run went: epochs, steps, training time, stop reason,
+                                parameters, device
     train.log                   the printed epoch lines
 
 Exact resume: ``last.ckpt`` holds the raw and EMA weights, AdamW's moments, the schedule, the
@@ -681,9 +683,22 @@ class Trainer:
             "history": self.history,
         }
         if self.rank == 0:
+            summary = {k: v for k, v in result.items() if k not in ("history", "test_metrics")}
+            summary.update({"parameters": sum(p.numel() for p in self.model.parameters()),
+                            "device": _device_name(self.device), "processes": self.world,
+                            "dtype": str(self.dtype).replace("torch.", "")})
+            text = json.dumps(summary, indent=2)
+            ckpt_io.atomic_write(self.out / "summary.json",
+                                 lambda tmp: Path(tmp).write_text(text + "\n"))
             self._print(f"done ({reason}): {self.step} steps, {self.train_time:.1f} s training, "
                         f"{result['mean_epoch_time_s']:.2f} s per epoch; model {self.out / 'best.ckpt'}")
         return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
 
 
 def train(config=None, callbacks: Iterable[Callable] = (), **overrides) -> Dict[str, Any]:
