@@ -9,7 +9,9 @@
 #   stability-train     the nine checkpoints of the stability study (benchmarks/stability/train.sh)
 #                       and the three shipped Cu64Zr36 models (examples/models/regenerate.sh)
 #   stability-md        the stability study (benchmarks/stability/cu_emt.yaml), one process per
-#                       model, then one --resume pass that writes the report; needs
+#                       model (stopped after MD_SECONDS, default 420: the runs are ordered seed
+#                       by seed, so a stopped model has its first seeds complete), then one
+#                       --report-only pass that writes the report; needs
 #                       WORKDIR/stability/*.ckpt from the first phase
 #   accuracy-metals     accuracy.py jobs (every model + mace-torch) on cu-emt and cuzr-eam
 #   accuracy-molecules  the same on ethanol and aspirin
@@ -22,7 +24,7 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 phase="$1"; work="$2"; result="${3:-}"
 PYTHON="${PYTHON:-python3}"; MACE_PYTHON="${MACE_PYTHON:-$PYTHON}"
-JOBS="${JOBS:-16}"; MINUTES="${MINUTES:-6}"; DEVICE="${DEVICE:-cuda}"; DATA="${DATA:-$root/bench-data}"
+JOBS="${JOBS:-16}"; MINUTES="${MINUTES:-6}"; MD_SECONDS="${MD_SECONDS:-420}"; DEVICE="${DEVICE:-cuda}"; DATA="${DATA:-$root/bench-data}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$work"; work="$(cd "$work" && pwd)"
 cd "$root"
@@ -69,10 +71,10 @@ stability-md)
     models=$("$PYTHON" -c "import yaml,sys; print(' '.join(m['name'] for m in yaml.safe_load(open(sys.argv[1]))['models']))" "$cfg")
     : > "$work/jobs.txt"
     for m in ref:emt $models; do
-        echo "$PYTHON -m geoff.cli stability $cfg --out $out --only $m --resume --no-progress > $work/md-${m/:/-}.log 2>&1" >> "$work/jobs.txt"
+        echo "timeout $MD_SECONDS $PYTHON -m geoff.cli stability $cfg --out $out --only $m --resume --no-progress > $work/md-${m/:/-}.log 2>&1" >> "$work/jobs.txt"
     done
     run_jobs "$work/jobs.txt"
-    "$PYTHON" -m geoff.cli stability "$cfg" --out "$out" --resume --no-progress 2>&1 | tail -5
+    "$PYTHON" -m geoff.cli stability "$cfg" --out "$out" --report-only --no-progress 2>&1 | tail -5
     keep=(stability-results md-*.log)
     ;;
 accuracy-metals|accuracy-molecules)

@@ -135,6 +135,19 @@ def test_study_split_over_processes_then_collected(tmp_path, checkpoints, monkey
     assert "no model ['nonexistent']" in capsys.readouterr().err
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/**/metrics.json")}
     assert len(mtimes) == 3
+    assert sorted(p.name for p in (out / "models").glob("*.json")) == ["conservative.json",
+                                                                       "direct.json"]
+    # a report-only pass over a study with one more model: that model is "not run"
+    bigger = dict(cfg, models=TINY["models"][:3])
+    config2 = tmp_path / "bigger.yaml"
+    config2.write_text(yaml.safe_dump(bigger))
+    assert main(["stability", str(config2), "--out", str(out), "--no-progress",
+                 "--checkpoint", f"direct={checkpoints['both']}",
+                 "--checkpoint", f"mts={checkpoints['both']}", "--report-only"]) == 0
+    rows = _read_csv(out / "results.csv")
+    assert [r["status"] for r in rows if r["model"] == "mts"] == ["skipped"]
+    assert {r["status"] for r in rows if r["model"] != "mts"} == {"ok"}
+    assert not list(out.glob("runs/mts/**/metrics.json"))
     assert main(common) == 0
     assert (out / "report.md").exists()
     rows = _read_csv(out / "results.csv")

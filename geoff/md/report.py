@@ -140,8 +140,9 @@ def _series_panels(plt, cfg, records, system, ensemble, colours, quantity, path)
                 labels.append(lab)
     what = "Conserved energy" if quantity == "energy" else "Temperature"
     fig.suptitle(f"{what}: {system}, {ensemble} (seed {cfg.seeds[0]}; × = failure)")
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5),
-               bbox_to_anchor=(0.5, -0.01), frameon=False)
+    if labels:  # a panel set with no finished run has nothing to label
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5),
+                   bbox_to_anchor=(0.5, -0.01), frameon=False)
     fig.tight_layout(rect=(0, 0.1 if len(labels) <= 5 else 0.16, 1, 1))
     fig.savefig(path)
     plt.close(fig)
@@ -247,8 +248,9 @@ def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
                 labels.append(lab)
     fig.suptitle(f"Energy drift: {system} (mean over {len(cfg.seeds)} seed(s), "
                  "error bar = std, † = failed run)")
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
-               bbox_to_anchor=(0.5, -0.01), frameon=False)
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, -0.01), frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     if drawn:
         fig.savefig(path)

@@ -139,6 +139,7 @@ class StudyConfig:
     resume: bool = False
     threads: Optional[int] = None  # torch intra-op threads (1 is fastest for small cells)
     only: Optional[List[str]] = None  # run only these models (names; "ref:emt" for a reference)
+    report_only: bool = False  # run nothing: tables, plots and report from the runs on disk
 
     def analysis_option(self, key, default):
         return self.analysis.get(key, default)
@@ -266,7 +267,8 @@ def load_config(config, checkpoints: Optional[Dict[str, str]] = None,
         output=output, base_dir=base_dir, progress=bool(raw.get("progress", True)),
         resume=bool(raw.get("resume", False)),
         threads=int(raw["threads"]) if raw.get("threads") else None,
-        only=[str(x) for x in raw["only"]] if raw.get("only") else None)
+        only=[str(x) for x in raw["only"]] if raw.get("only") else None,
+        report_only=bool(raw.get("report_only", False)))
 
 
 def build_structure(spec: dict, base_dir: Path = Path(".")):
@@ -374,12 +376,18 @@ def write_json(path, data) -> None:
         json.dumps(_json_ready(data), indent=1, sort_keys=True)))
 
 
+def empty_thermo() -> Dict[str, np.ndarray]:
+    from .runners import THERMO_COLUMNS
+
+    return {k: np.zeros(0) for k in THERMO_COLUMNS}
+
+
 def read_thermo(path) -> Dict[str, np.ndarray]:
     from .runners import THERMO_COLUMNS
 
     path = Path(path)
     if not path.exists():
-        return {k: np.zeros(0) for k in THERMO_COLUMNS}
+        return empty_thermo()
     arr = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1)
     return {k: np.atleast_1d(arr[k]) for k in THERMO_COLUMNS} if arr.size else \
         {k: np.zeros(0) for k in THERMO_COLUMNS}
@@ -421,7 +429,8 @@ def ensemble_timesteps(cfg: StudyConfig, ensemble: dict) -> List[float]:
 
 
 def plan(cfg: StudyConfig) -> List[Run]:
-    """Every run of the study: references first (their RDFs are needed), then the matrix."""
+    """Every run of the study: references first (their RDFs are needed), then the matrix,
+    one seed after the other."""
     runs = []
     for system in cfg.systems:
         ref = _reference_spec(system)
@@ -429,11 +438,13 @@ def plan(cfg: StudyConfig) -> List[Run]:
             for ensemble in cfg.ensembles:
                 dt_ref = min(ensemble_timesteps(cfg, ensemble))
                 runs.append(Run(ref, system, ensemble, dt_ref, cfg.seeds[0], is_reference=True))
-    for model in cfg.models:
-        for system in cfg.systems:
-            for ensemble in cfg.ensembles:
-                for dt in ensemble_timesteps(cfg, ensemble):
-                    for seed in cfg.seeds:
+    # seeds outermost: a study stopped early (time limit, Ctrl-C) has every model, ensemble
+    # and time step for its first seeds rather than a few models complete
+    for seed in cfg.seeds:
+        for model in cfg.models:
+            for system in cfg.systems:
+                for ensemble in cfg.ensembles:
+                    for dt in ensemble_timesteps(cfg, ensemble):
                         runs.append(Run(model, system, ensemble, dt, seed))
     return runs
 
@@ -498,6 +509,9 @@ def _run_study(cfg: StudyConfig, root: Path, progress: Optional[bool]) -> dict:
         if unknown:
             raise ValueError(f"--only: no model {unknown} in the study; it has {sorted(known)}")
         runs = [r for r in runs if r.model.name in cfg.only]
+        # this slice's per-model table first: it is cached on disk for the report, and a
+        # slice stopped by a time limit has it all the same
+        _model_table(cfg, {}, {}, root, [m for m in cfg.models if m.name in cfg.only])
     bar = _progress(len(runs), cfg.progress if progress is None else progress)
     rows: List[dict] = []
     records: Dict[tuple, dict] = {}  # run key -> {"metrics", "thermo", "dir", "run"}
@@ -540,7 +554,12 @@ def _execute(cfg: StudyConfig, run: Run, root: Path, potentials, records, bar) -
     try:
         settings = _settings(cfg, run.model, run.ensemble, run.dt, run.seed)
         metrics_path = directory / "metrics.json"
-        if cfg.resume and metrics_path.exists():
+        if cfg.report_only and not metrics_path.exists():
+            metrics = {"status": "skipped", "message": "not run (report only: no metrics.json)"}
+            records[run.key] = {"metrics": metrics, "thermo": empty_thermo(), "dir": directory,
+                                "run": run, "frames": []}
+            return _row(run, settings, metrics, engine)
+        if (cfg.resume or cfg.report_only) and metrics_path.exists():
             metrics = json.loads(metrics_path.read_text())
             records[run.key] = {"metrics": metrics, "thermo": read_thermo(
                 directory / "thermo.csv"), "dir": directory, "run": run,
@@ -644,70 +663,108 @@ def _speedups(cfg, rows) -> None:
         r["speedup"] = M.speedup(r["steps_per_s"], b["steps_per_s"])
 
 
-def _model_table(cfg: StudyConfig, records, potentials, root) -> List[dict]:
-    """Per model and system: Jacobian asymmetry lambda and the force-call time."""
-    import torch
+def _model_table(cfg: StudyConfig, records, potentials, root,
+                 models: Optional[List["ModelSpec"]] = None) -> List[dict]:
+    """Per model and system: Jacobian asymmetry lambda and the force-call time.
 
-    n_struct = int(cfg.analysis_option("jacobian_structures", 2))
-    timing = bool(cfg.analysis_option("force_timing", True))
-    max_atoms = int(cfg.analysis_option("jacobian_max_atoms", 256))
+    Each model's rows are cached in ``root/models/<model>.json``; a resumed (or report-only)
+    study reuses them, so a study split with ``only`` computes them once, in the process that
+    runs the model."""
     out = []
     times: Dict[tuple, float] = {}
-    for model in cfg.models:
-        if model.reference is not None or not any(
-                rec["run"].model.name == model.name and rec["metrics"].get("status") != "skipped"
-                for rec in records.values()):
+    for model in models if models is not None else cfg.models:
+        if model.reference is not None:
             continue
-        pot = potentials.get(model.name)
-        if pot is None:  # every run of it was resumed from disk
-            try:
-                pot = potentials[model.name] = model.potential(cfg.dtype)
-            except (ValueError, FileNotFoundError) as exc:
-                print(f"geoff stability: no model table row for {model.name}: {exc}")
+        if models is None and not any(rec["run"].model.name == model.name and
+                                      rec["metrics"].get("status") != "skipped"
+                                      for rec in records.values()):
+            continue
+        cache = root / "models" / f"{_label(model.name)}.json"
+        if (cfg.resume or cfg.report_only) and cache.exists():
+            rows = json.loads(cache.read_text())
+        elif cfg.report_only:
+            continue
+        else:
+            rows = _model_rows(cfg, model, potentials, records, root)
+            if rows is None:
                 continue
-        net = pot if isinstance(pot, torch.nn.Module) else None
-        if net is None:
-            from ..checkpoint import load
-
-            net = load(pot)
-        net = net.to(dtype=getattr(torch, cfg.dtype), device=cfg.device)
-        forces = "direct" if model.forces in ("direct", "mts") else "conservative"
-        for system in cfg.systems:
-            atoms0 = build_structure(system["structure"], cfg.base_dir)
-            samples = [atoms0.copy()]
-            samples[0].rattle(stdev=0.05, seed=1)
-            ref = None
-            for rec in records.values():
-                if rec["run"].is_reference and rec["run"].system["name"] == system["name"]:
-                    ref = rec
-                    break
-            for frame in (ref or {}).get("frames", [])[::-1]:
-                if len(samples) >= n_struct:
-                    break
-                samples.append(frame)
-            row = {"model": model.name, "forces": model.forces, "force_head": net.force_head,
-                   "system": system["name"], "n_atoms": len(atoms0)}
-            if n_struct > 0 and len(atoms0) <= max_atoms:
-                lam = [M.jacobian_asymmetry(net, a, forces=forces) for a in samples[:n_struct]]
-                row["jacobian_asymmetry"] = float(np.mean(lam))
-                row["jacobian_structures"] = len(lam)
-            if timing:
-                t = M.time_force_call(net, atoms0, forces=forces)
-                row["force_call_ms"] = 1e3 * t
-                times[(model.name, system["name"])] = t
-                if net.force_head == "both":
-                    other = "conservative" if forces == "direct" else "direct"
-                    t2 = M.time_force_call(net, atoms0, forces=other)
-                    row[f"{other}_call_ms_same_model"] = 1e3 * t2
-                    cons, direct = (t2, t) if forces == "direct" else (t, t2)
-                    row["direct_speedup_same_model"] = cons / direct
-            out.append(row)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache, rows)
+        for row in rows:
+            if "force_call_ms" in row:
+                times[(row["model"], row["system"])] = 1e-3 * row["force_call_ms"]
+        out += rows
     for row in out:
         b = times.get((_baseline(cfg, row["model"]), row["system"]))
         t = times.get((row["model"], row["system"]))
         if b and t:
             row["force_call_speedup"] = b / t
     return out
+
+
+def _model_rows(cfg: StudyConfig, model, potentials, records, root) -> Optional[List[dict]]:
+    import torch
+
+    n_struct = int(cfg.analysis_option("jacobian_structures", 2))
+    timing = bool(cfg.analysis_option("force_timing", True))
+    max_atoms = int(cfg.analysis_option("jacobian_max_atoms", 256))
+    pot = potentials.get(model.name)
+    if pot is None:  # every run of it was resumed from disk, or none has run yet
+        try:
+            pot = potentials[model.name] = model.potential(cfg.dtype)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"geoff stability: no model table row for {model.name}: {exc}")
+            return None
+    net = pot if isinstance(pot, torch.nn.Module) else None
+    if net is None:
+        from ..checkpoint import load
+
+        net = load(pot)
+    net = net.to(dtype=getattr(torch, cfg.dtype), device=cfg.device)
+    forces = "direct" if model.forces in ("direct", "mts") else "conservative"
+    rows = []
+    for system in cfg.systems:
+        atoms0 = build_structure(system["structure"], cfg.base_dir)
+        # samples: a rattled crystal, then frames of the reference trajectory (this process's,
+        # else on disk), else more rattled crystals
+        samples = [atoms0.copy()]
+        samples[0].rattle(stdev=0.05, seed=1)
+        frames = []
+        for rec in records.values():
+            if rec["run"].is_reference and rec["run"].system["name"] == system["name"]:
+                frames = rec.get("frames") or []
+                break
+        if not frames:
+            for run in plan(cfg):
+                if run.is_reference and run.system["name"] == system["name"] and \
+                        (run.directory(root) / "metrics.json").exists():
+                    frames = _read_frames(run.directory(root))
+                    break
+        for frame in frames[::-1]:
+            if len(samples) >= n_struct:
+                break
+            samples.append(frame)
+        while len(samples) < n_struct:
+            extra = atoms0.copy()
+            extra.rattle(stdev=0.05 * (len(samples) + 1), seed=len(samples) + 1)
+            samples.append(extra)
+        row = {"model": model.name, "forces": model.forces, "force_head": net.force_head,
+               "system": system["name"], "n_atoms": len(atoms0)}
+        if n_struct > 0 and len(atoms0) <= max_atoms:
+            lam = [M.jacobian_asymmetry(net, a, forces=forces) for a in samples[:n_struct]]
+            row["jacobian_asymmetry"] = float(np.mean(lam))
+            row["jacobian_structures"] = len(lam)
+        if timing:
+            t = M.time_force_call(net, atoms0, forces=forces)
+            row["force_call_ms"] = 1e3 * t
+            if net.force_head == "both":
+                other = "conservative" if forces == "direct" else "direct"
+                t2 = M.time_force_call(net, atoms0, forces=other)
+                row[f"{other}_call_ms_same_model"] = 1e3 * t2
+                cons, direct = (t2, t) if forces == "direct" else (t, t2)
+                row["direct_speedup_same_model"] = cons / direct
+        rows.append(row)
+    return rows
 
 
 def summarise(rows: List[dict]) -> List[dict]:

@@ -13,7 +13,8 @@ environment.
 
 Splitting a study over processes or GPUs: start one `geoff stability CONFIG --out DIR --only
 MODEL --resume` per model (and one for the reference, e.g. `--only ref:emt`), then
-`geoff stability CONFIG --out DIR --resume` writes the tables, plots and report.
+`geoff stability CONFIG --out DIR --resume` writes the tables, plots and report (running what
+is missing), or `--report-only` (running nothing; missing runs are reported as not run).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "potential) and write no report: to split a study over processes or "
                         "GPUs into one --out, then run the whole study with --resume to "
                         "collect the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the tables, plots and report from the runs on disk "
+                        "(runs without metrics.json are reported as not run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
                    help="print the runs the study would make (and their steps), run nothing")
@@ -68,6 +72,8 @@ def run(args) -> int:
         overrides["resume"] = True
     if args.only:
         overrides["only"] = args.only
+    if args.report_only:
+        overrides["report_only"] = True
     if args.dry_run:
         return _dry_run(args.config, checkpoints, overrides)
     result = run_study(args.config, output=args.out, checkpoints=checkpoints,
