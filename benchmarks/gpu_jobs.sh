@@ -7,7 +7,6 @@
 #
 # PHASE
 #   stability-train     the nine checkpoints of the stability study (benchmarks/stability/train.sh)
-#                       and the three shipped Cu64Zr36 models (examples/models/regenerate.sh)
 #   stability-md        the stability study (benchmarks/stability/cu_emt.yaml), one process per
 #                       model (stopped after MD_SECONDS, default 420: the runs are ordered seed
 #                       by seed, so a stopped model has its first seeds complete), then one
@@ -57,12 +56,9 @@ case "$phase" in
 stability-train)
     PYTHON="$PYTHON" benchmarks/stability/train.sh "$work/splits/cu-emt" "$work/stability" --print \
         --device "$DEVICE" > "$work/jobs.txt"
-    PYTHON="$PYTHON" GEOFF_DEVICE="$DEVICE" examples/models/regenerate.sh --print \
-        "$work/splits/cuzr-eam" "$work/shipped" >> "$work/jobs.txt"
     sed -i 's/--no-progress/--no-progress --max-time 6.5/' "$work/jobs.txt"
-    mkdir -p "$work/shipped"
     run_jobs "$work/jobs.txt"
-    keep=(stability shipped)
+    keep=(stability)
     ;;
 stability-md)
     out="$work/stability-results"
