@@ -14,10 +14,12 @@
 #                       WORKDIR/stability/*.ckpt from the first phase
 #   accuracy-metals     accuracy.py jobs (every model + mace-torch) on cu-emt and cuzr-eam
 #   accuracy-molecules  the same on ethanol and aspirin
+#   accuracy            both at once
 # Data: DATA (default bench-data/) holds cu-emt/cuzr-eam/ethanol/aspirin.extxyz (geoff data,
 # seeds and sizes in benchmarks/accuracy.md). Environment: PYTHON (python3), MACE_PYTHON (an
 # interpreter with mace-torch; default PYTHON), JOBS (parallel jobs, default 16), MINUTES
-# (budget of an accuracy job, default 6), DEVICE (cuda).
+# (budget of an accuracy job, default 6), DEVICE (cuda), JOBS_SECONDS (stop all jobs after
+# this many seconds, so that a call with a time limit still packs its results).
 # RESULT.tgz gets the small outputs (checkpoints, metrics, logs, reports; no trajectories).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,7 +50,11 @@ fi
 
 run_jobs() {  # FILE: one shell line per job, JOBS at a time
     echo "gpu_jobs: $(wc -l < "$1") jobs, $JOBS at a time"
-    xargs -P "$JOBS" -d '\n' -I{} sh -c '{}' < "$1"
+    if [[ -n "${JOBS_SECONDS:-}" ]]; then  # a hard stop, so that the results get packed
+        timeout "$JOBS_SECONDS" xargs -P "$JOBS" -d '\n' -I{} sh -c '{}' < "$1"
+    else
+        xargs -P "$JOBS" -d '\n' -I{} sh -c '{}' < "$1"
+    fi
     echo "gpu_jobs: jobs done after $(( $(date +%s) - t0 )) s"
 }
 
@@ -73,22 +79,32 @@ stability-md)
     "$PYTHON" -m geoff.cli stability "$cfg" --out "$out" --report-only --no-progress 2>&1 | tail -5
     keep=(stability-results md-*.log)
     ;;
-accuracy-metals|accuracy-molecules)
-    if [[ "$phase" == accuracy-metals ]]; then sets="cu-emt cuzr-eam"; else sets="ethanol aspirin"; fi
+accuracy|accuracy-metals|accuracy-molecules)
+    case "$phase" in
+        accuracy-metals) sets="cu-emt cuzr-eam" ;;
+        accuracy-molecules) sets="ethanol aspirin" ;;
+        *) sets="cu-emt cuzr-eam ethanol aspirin" ;;
+    esac
     "$PYTHON" benchmarks/accuracy.py commands --out "$work/splits" --device "$DEVICE" \
         --minutes "$MINUTES" --datasets $sets --python "$PYTHON" --mace-python "$MACE_PYTHON" \
         > "$work/jobs.txt"
     run_jobs "$work/jobs.txt"
     "$PYTHON" benchmarks/accuracy.py table --out "$work/splits" --datasets $sets
-    keep=(splits)
+    # the shipped Cu64Zr36 models (examples/models/regenerate.sh); other weights stay behind
+    mkdir -p "$work/shipped"
+    for m in schnet painn nequip; do
+        [[ -f "$work/splits/cuzr-eam/$m/best.ckpt" ]] && cp "$work/splits/cuzr-eam/$m/best.ckpt" "$work/shipped/cuzr_$m.ckpt"
+    done
+    keep=(splits shipped)
     ;;
 *)
     sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 
 if [[ -n "$result" ]]; then
-    (cd "$work" && tar czf "$result" --exclude='*.extxyz' --exclude='last.ckpt' \
-        --exclude='trajectory.*' "${keep[@]}" 2>/dev/null)
+    excl=(--exclude='*.extxyz' --exclude='last.ckpt' --exclude='trajectory.*')
+    [[ "$phase" == accuracy* ]] && excl+=(--exclude='best.ckpt' --exclude='*.model' --exclude='*.pt')
+    (cd "$work" && tar czf "$result" "${excl[@]}" "${keep[@]}" 2>/dev/null)
     ls -la "$result"
 fi
 echo "gpu_jobs: $phase done in $(( $(date +%s) - t0 )) s"
