@@ -192,18 +192,20 @@ def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
     refs = sorted({r["model"] for r in rows if r["model"].startswith("ref:")
                    and r["system"] == system})
     names = refs + models
-    dts = sorted({dt for e in cfg.ensembles for dt in ensemble_timesteps(cfg, e)})
-    fig, axes = plt.subplots(1, len(ensembles), figsize=(max(5.0, 1.2 * len(dts) *
-                                                             len(names) * 0.45 + 2.5) *
-                                                         len(ensembles) ** 0.8, 3.9),
-                             squeeze=False, sharey=True)
-    axes = axes[0]
+    # one row per ensemble (a row of panels grows too wide with a dozen models)
+    n_groups = max(len(ensemble_timesteps(cfg, e)) for e in cfg.ensembles)
+    fig, axes = plt.subplots(len(ensembles), 1, squeeze=False, sharey=True,
+                             figsize=(min(16.0, max(6.0, 0.22 * len(names) * n_groups + 2.0)),
+                                      2.8 * len(ensembles) + 1.0))
+    axes = axes[:, 0]
     width = 0.8 / max(len(names), 1)
     drawn = False
     for ax, ensemble in zip(axes, ensembles):
+        ens_dts = ensemble_timesteps(cfg, next(e for e in cfg.ensembles
+                                               if e["name"] == ensemble))
         for k, name in enumerate(names):
             xs, heights, lo, hi, failed = [], [], [], [], []
-            for g, dt in enumerate(dts):
+            for g, dt in enumerate(ens_dts):
                 vals = [abs(r["drift_meV_atom_ps"]) for r in rows
                         if r["model"] == name and r["system"] == system
                         and r["ensemble"] == ensemble and r["dt_fs"] == dt
@@ -232,14 +234,12 @@ def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
                             fontsize=10, color="crimson")
             drawn = True
         ax.set_yscale("log")
-        ens_dts = ensemble_timesteps(cfg, next(e for e in cfg.ensembles
-                                               if e["name"] == ensemble))
-        ax.set_xticks([g for g, dt in enumerate(dts) if dt in ens_dts])
-        ax.set_xticklabels([f"{dt:g} fs" for dt in dts if dt in ens_dts])
-        ax.set_xlabel("time step")
-        ax.set_title(ensemble)
+        ax.set_xticks(range(len(ens_dts)))
+        ax.set_xticklabels([f"dt = {dt:g} fs" for dt in ens_dts])
+        ax.set_xlim(-0.5, n_groups - 0.5)
+        ax.set_title(ensemble, fontsize=10)
+        ax.set_ylabel("|drift| (meV/atom/ps)")
         ax.grid(axis="y", alpha=0.3, which="major")
-    axes[0].set_ylabel("|energy drift| (meV/atom/ps)")
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -250,8 +250,9 @@ def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
                  "error bar = std, † = failed run)")
     if labels:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
-                   bbox_to_anchor=(0.5, -0.01), frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+                   bbox_to_anchor=(0.5, 0.0), frameon=False, fontsize=8)
+    legend_rows = -(-len(labels) // 6)
+    fig.tight_layout(rect=(0, min(0.4, 0.035 * legend_rows * 4 / len(ensembles)), 1, 1))
     if drawn:
         fig.savefig(path)
     plt.close(fig)
