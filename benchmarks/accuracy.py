@@ -156,6 +156,7 @@ def mace_job(split_dir: Path, out: Path, cutoff: float, batch: int, minutes: flo
                              stdout=elog, stderr=subprocess.STDOUT)
     metrics = parse_mace_table((out / "eval.out").read_text() + _mace_logs(out))
     metrics.update({"best_epoch": epoch, "train_time_s": train_s, "eval_rc": rc,
+                    "batch_size": batch, "cutoff": cutoff,
                     "parameters": _mace_parameters(mace_python, out / "mace.model"),
                     "device": _device_name(device)})
     (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -214,11 +215,13 @@ def table(out: Path, datasets, models) -> str:
             cells += [f"{m['energy_mae_meV_atom']:.2f}", f"{m['forces_mae_meV_A']:.1f}"]
             info.append((model, name, m))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    detail = ["| model | data | epochs | train min | parameters | device |", "|---|---|---|---|---|---|"]
+    detail = ["| model | data | batch | steps | epochs | train min | stopped by | parameters | device |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for model, name, m in info:
-        detail.append(f"| {model} | {name} | {m.get('epochs', '—')} | "
-                      f"{m.get('train_time_s', float('nan')) / 60:.1f} | "
-                      f"{m.get('parameters', '—')} | {m.get('device', '—')} |")
+        detail.append(f"| {model} | {name} | {m.get('batch_size', '—')} | {m.get('steps', '—')} | "
+                      f"{m.get('epochs', '—')} | {m.get('train_time_s', float('nan')) / 60:.1f} | "
+                      f"{m.get('stopped_by', 'wall clock')} | {m.get('parameters', '—')} | "
+                      f"{m.get('device', '—')} |")
     return "\n".join(lines) + "\n\n" + "\n".join(detail) + "\n"
 
 
@@ -230,11 +233,16 @@ def _metrics(run: Path):
     if "forces_mae_meV_A" not in m:
         return None
     if run.name == "mace-torch":
-        m["epochs"] = m.get("best_epoch", "—")
+        m["epochs"] = f"{m.get('best_epoch', '—')} (best)"
         return m
     summary = run / "summary.json"
     if summary.exists():
         m.update({k: v for k, v in json.loads(summary.read_text()).items() if k not in m})
+    config = run / "config.yaml"
+    if config.exists():
+        import yaml
+
+        m["batch_size"] = yaml.safe_load(config.read_text()).get("batch_size")
     return m
 
 
