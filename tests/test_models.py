@@ -7,7 +7,7 @@ from ase.build import bulk
 
 from conftest import cluster, rattled_triclinic, small_model
 from geoff.graph import atoms_to_graph
-from geoff.potentials import available_models
+from geoff.potentials import available_models, build_model
 from symmetry import (assert_float32_close_to_float64, evaluate, fd_force_error, fd_stress_error,
                       random_orthogonal, transformed)
 
@@ -158,3 +158,26 @@ def test_edge_direct_head_has_no_net_force():
     model = small_model("schnet", force_head="direct")
     out = evaluate(model, rattled_triclinic())
     assert np.abs(out["forces"].sum(axis=0)).max() < 1e-12 * np.abs(out["forces"]).max() * len(out["forces"])
+
+
+@pytest.mark.parametrize("name", ["egnn", "faenet", "symgnn"])
+def test_neighbour_normalisation_is_opt_in(name):
+    """avg_num_neighbors=1 is the plain sum (the default); another value changes the energy;
+    a non-positive one is refused."""
+    from ase.build import bulk
+
+    from geoff.graph import atoms_to_graph
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=0)
+    energies = []
+    for avg in (None, 1.0, 30.0):
+        torch.manual_seed(0)
+        kwargs = {} if avg is None else {"avg_num_neighbors": avg}
+        model = build_model(name, ["Cu"], 4.0, n_features=16, n_layers=2, **kwargs).double()
+        model.eval()
+        energies.append(float(model(atoms_to_graph(atoms, model), compute_forces=False)["energy"]))
+    assert energies[0] == pytest.approx(energies[1], abs=1e-12)
+    assert abs(energies[2] - energies[0]) > 1e-6
+    with pytest.raises(ValueError, match="avg_num_neighbors"):
+        build_model(name, ["Cu"], 4.0, avg_num_neighbors=0.0)

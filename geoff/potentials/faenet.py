@@ -55,13 +55,14 @@ Departures from the FAENet paper, and why:
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .frames import GROUPS, neighbour_covariance, pca_frames, pick_frames, structure_covariance
-from .layers import BesselBasis, PolynomialCutoff, activation, mlp, scatter_sum
+from .layers import (BesselBasis, PolynomialCutoff, activation, message_scale_for, mlp,
+                     scatter_sum)
 
 FRAME_MODES = ("local", "global", "stochastic")
 
@@ -75,8 +76,9 @@ class FrameMessageLayer(nn.Module):
     into per-node and per-edge parts so that nothing is concatenated per edge and frame.
     """
 
-    def __init__(self, n_features: int, n_rbf: int, act: str):
+    def __init__(self, n_features: int, n_rbf: int, act: str, message_scale: float = 1.0):
         super().__init__()
+        self.message_scale = float(message_scale)
         self.lin_receiver = nn.Linear(n_features, n_features)
         self.lin_sender = nn.Linear(n_features, n_features, bias=False)
         self.lin_rbf = nn.Linear(n_rbf, n_features, bias=False)
@@ -96,7 +98,7 @@ class FrameMessageLayer(nn.Module):
         # and different atoms' choices are independent, so the average must be taken here,
         # per edge, before messages of different frames meet in one atom.
         summed = m.mean(dim=1, keepdim=True) if average_frames else m  # (E, Kh, F)
-        agg = scatter_sum(summed, i, h.shape[0])  # (N, Kh, F)
+        agg = scatter_sum(summed, i, h.shape[0]) * self.message_scale  # (N, Kh, F)
         return h + self.update(torch.cat([h, agg], dim=-1)), m  # (N, Kh, F), (E, K, F)
 
 
@@ -113,8 +115,9 @@ class FrameMPNN(nn.Module):
     """
 
     def __init__(self, n_species: int, cutoff: float, n_features: int, n_layers: int,
-                 n_rbf: int, n_vectors: int, act: str):
+                 n_rbf: int, n_vectors: int, act: str, avg_num_neighbors: Optional[float] = None):
         super().__init__()
+        self.message_scale = message_scale_for(avg_num_neighbors)
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         self.cutoff = float(cutoff)
@@ -122,7 +125,7 @@ class FrameMPNN(nn.Module):
         self.embedding = nn.Embedding(n_species, n_features)
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
-        self.layers = nn.ModuleList([FrameMessageLayer(n_features, n_rbf, act)
+        self.layers = nn.ModuleList([FrameMessageLayer(n_features, n_rbf, act, self.message_scale)
                                      for _ in range(n_layers)])
         # No biases: the envelope already in the messages then makes vectors vanish at the
         # cutoff, and a frame-independent part cancels in the sign average anyway.
@@ -152,7 +155,7 @@ class FrameMPNN(nn.Module):
         v = (unit.unsqueeze(-1) * self.vec_radial(m).unsqueeze(-2)  # (E, K, 3, C)
              + self.vec_free(m).view(n_edges, n_frames, 3, self.n_vectors))
         v = torch.einsum("ekab,ekbc->eac", frames, v) / n_frames  # (E, 3, C), F_k v'_k averaged
-        vectors = scatter_sum(v, edge_index[0], n_atoms)  # (N, 3, C)
+        vectors = scatter_sum(v, edge_index[0], n_atoms) * self.message_scale  # (N, 3, C)
         return scalars, vectors
 
 
@@ -170,12 +173,14 @@ class FAENet(nn.Module):
             off (``frames.gap_gates``); 0 gives plain PCA frames (energy discontinuous at
             degeneracies; forces finite).
         n_vectors: vector channels for the direct force head.
+        avg_num_neighbors: if given, neighbour sums are divided by it (default: plain sums;
+            set it for dense, long-cutoff systems, see ``EGNN``).
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 16, frames: str = "local", n_samples: int = 1,
                  group: str = "O3", gap_scale: float = 0.02, n_vectors: int = 8,
-                 activation: str = "silu"):
+                 activation: str = "silu", avg_num_neighbors: Optional[float] = None):
         super().__init__()
         if frames not in FRAME_MODES:
             raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
@@ -198,7 +203,7 @@ class FAENet(nn.Module):
         # no MPI domain decomposition.
         self.needs_global_frames = frames != "local"
         self.network = FrameMPNN(n_species, cutoff, n_features, n_layers, n_rbf, n_vectors,
-                                 activation)
+                                 activation, avg_num_neighbors)
         # Weights of the local covariance: the same smooth envelope as the messages, so a
         # neighbour entering the cutoff changes the frame continuously.
         self.weight = PolynomialCutoff(cutoff)
