@@ -176,7 +176,7 @@ def test_neighbour_normalisation_is_opt_in(name):
         kwargs = {} if avg is None else {"avg_num_neighbors": avg}
         model = build_model(name, ["Cu"], 4.0, n_features=16, n_layers=2, **kwargs).double()
         model.eval()
-        energies.append(float(model(atoms_to_graph(atoms, model), compute_forces=False)["energy"]))
+        energies.append(float(model(atoms_to_graph(atoms, model), compute_forces=False)["energy"].detach()))
     assert energies[0] == pytest.approx(energies[1], abs=1e-12)
     assert abs(energies[2] - energies[0]) > 1e-6
     with pytest.raises(ValueError, match="avg_num_neighbors"):
