@@ -65,3 +65,13 @@ def cluster(seed=0, n=10):
 @pytest.fixture
 def triclinic():
     return rattled_triclinic()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small graphs: one torch thread is faster, and the only fair one on a shared machine.
+    Modules that want it: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -87,3 +87,18 @@ def assert_float32_close_to_float64(model, atoms):
     assert out["energy"].dtype == torch.float32
     np.testing.assert_allclose(out["energy"].detach().numpy(), ref["energy"], rtol=1e-5)
     np.testing.assert_allclose(out["forces"].detach().numpy(), ref["forces"], atol=1e-4)
+
+
+def assert_batch_matches_single(model, graphs):
+    """Energies, forces and stresses of a batch equal those of each graph on its own."""
+    from geoff.graph import batch_graphs
+
+    batched = model(batch_graphs(graphs), compute_stress=True)
+    offset = 0
+    for k, g in enumerate(graphs):
+        single = model(g, compute_stress=True)
+        n = g["positions"].shape[0]
+        torch.testing.assert_close(batched["energy"][k], single["energy"][0])
+        torch.testing.assert_close(batched["forces"][offset:offset + n], single["forces"])
+        torch.testing.assert_close(batched["stress"][k], single["stress"][0])
+        offset += n

@@ -22,8 +22,9 @@ from ase import Atoms
 from ase.build import bulk
 
 from conftest import cluster, rattled_triclinic, small_model
-from geoff.graph import atoms_to_graph, batch_graphs
-from symmetry import (assert_float32_close_to_float64, energy, evaluate, fd_force_error,
+from geoff.graph import atoms_to_graph
+from symmetry import (assert_batch_matches_single,
+                      assert_float32_close_to_float64, energy, evaluate, fd_force_error,
                       fd_stress_error, random_orthogonal, transformed)
 
 # faenet variants whose average runs over a whole finite set of frames: exact.
@@ -189,15 +190,7 @@ def test_faenet_global_frames_batched_per_structure():
     """Each structure of a batch gets its own global frame."""
     model = faenet("global")
     graphs = [atoms_to_graph(a, model) for a in (rattled_triclinic(), cluster(1))]
-    batched = model(batch_graphs(graphs), compute_stress=True)
-    offset = 0
-    for k, g in enumerate(graphs):
-        single = model(g, compute_stress=True)
-        n = g["positions"].shape[0]
-        torch.testing.assert_close(batched["energy"][k], single["energy"][0])
-        torch.testing.assert_close(batched["forces"][offset:offset + n], single["forces"])
-        torch.testing.assert_close(batched["stress"][k], single["stress"][0])
-        offset += n
+    assert_batch_matches_single(model, graphs)
 
 
 # ---------------------------------------------------------------- derivatives

@@ -23,13 +23,7 @@ from geoff.md.runners import LAMMPSRunner, initial_velocities, locate_plugin
 NO_CHECKS = FailureCriteria(max_force=None, temperature_factor=None, min_distance_factor=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small graphs: one torch thread is faster, and the only fair one on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cu32(zr=True):

@@ -8,7 +8,8 @@ from ase.build import bulk
 from conftest import cluster, rattled_triclinic, small_model
 from geoff.graph import atoms_to_graph
 from geoff.potentials import available_models, build_model
-from symmetry import (assert_float32_close_to_float64, evaluate, fd_force_error, fd_stress_error,
+from symmetry import (assert_batch_matches_single,
+                      assert_float32_close_to_float64, evaluate, fd_force_error, fd_stress_error,
                       random_orthogonal, transformed)
 
 MODELS = available_models()
@@ -117,20 +118,11 @@ def test_float32_runs_and_agrees_with_float64(name):
 
 
 def test_batched_equals_separate():
-    from geoff.graph import batch_graphs
 
     model = small_model("schnet")
     structures = [rattled_triclinic(0), cluster(1), rattled_triclinic(3, n=(1, 2, 2))]
     graphs = [atoms_to_graph(a, model) for a in structures]
-    batched = model(batch_graphs(graphs), compute_stress=True)
-    offset = 0
-    for k, g in enumerate(graphs):
-        single = model(g, compute_stress=True)
-        n = g["positions"].shape[0]
-        torch.testing.assert_close(batched["energy"][k], single["energy"][0])
-        torch.testing.assert_close(batched["forces"][offset:offset + n], single["forces"])
-        torch.testing.assert_close(batched["stress"][k], single["stress"][0])
-        offset += n
+    assert_batch_matches_single(model, graphs)
 
 
 def test_n_local_excludes_ghost_energies():
@@ -164,10 +156,6 @@ def test_edge_direct_head_has_no_net_force():
 def test_neighbour_normalisation_is_opt_in(name):
     """avg_num_neighbors=1 is the plain sum (the default); another value changes the energy;
     a non-positive one is refused."""
-    from ase.build import bulk
-
-    from geoff.graph import atoms_to_graph
-
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
     atoms.rattle(0.05, seed=0)
     energies = []

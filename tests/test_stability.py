@@ -13,12 +13,7 @@ from geoff.cli import main
 from geoff.md.stability import build_structure, load_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _read_csv(path):
