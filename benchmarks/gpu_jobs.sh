@@ -61,8 +61,7 @@ run_jobs() {  # FILE: one shell line per job, JOBS at a time
 case "$phase" in
 stability-train)
     PYTHON="$PYTHON" benchmarks/stability/train.sh "$work/splits/cu-emt" "$work/stability" --print \
-        --device "$DEVICE" > "$work/jobs.txt"
-    sed -i 's/--no-progress/--no-progress --max-time 6.5/' "$work/jobs.txt"
+        --device "$DEVICE" --max-time 6.5 > "$work/jobs.txt"
     run_jobs "$work/jobs.txt"
     keep=(stability)
     ;;
