@@ -14,7 +14,8 @@
 #                       WORKDIR/stability/*.ckpt from the first phase
 #   accuracy-metals     accuracy.py jobs (every model + mace-torch) on cu-emt and cuzr-eam
 #   accuracy-molecules  the same on ethanol and aspirin
-#   accuracy            both at once
+#   accuracy            all four (SETS="cuzr-eam ethanol" picks data sets for any accuracy
+#                       phase, MODELS="schnet painn" the geoff models; mace-torch always runs)
 # Data: DATA (default bench-data/) holds cu-emt/cuzr-eam/ethanol/aspirin.extxyz (geoff data,
 # seeds and sizes in benchmarks/accuracy.md). Environment: PYTHON (python3), MACE_PYTHON (an
 # interpreter with mace-torch; default PYTHON), JOBS (parallel jobs, default 16), MINUTES
@@ -84,11 +85,13 @@ accuracy|accuracy-metals|accuracy-molecules)
         accuracy-molecules) sets="ethanol aspirin" ;;
         *) sets="cu-emt cuzr-eam ethanol aspirin" ;;
     esac
+    sets="${SETS:-$sets}"
+    models=(); [[ -n "${MODELS:-}" ]] && models=(--models $MODELS)
     "$PYTHON" benchmarks/accuracy.py commands --out "$work/splits" --device "$DEVICE" \
-        --minutes "$MINUTES" --datasets $sets --python "$PYTHON" --mace-python "$MACE_PYTHON" \
-        > "$work/jobs.txt"
+        --minutes "$MINUTES" --datasets $sets "${models[@]}" --python "$PYTHON" \
+        --mace-python "$MACE_PYTHON" > "$work/jobs.txt"
     run_jobs "$work/jobs.txt"
-    "$PYTHON" benchmarks/accuracy.py table --out "$work/splits" --datasets $sets
+    "$PYTHON" benchmarks/accuracy.py table --out "$work/splits" --datasets $sets "${models[@]}"
     # the shipped Cu64Zr36 models (examples/models/regenerate.sh); other weights stay behind
     mkdir -p "$work/shipped"
     for m in schnet painn nequip; do

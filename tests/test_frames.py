@@ -142,11 +142,13 @@ def test_faenet_single_frame_is_not_invariant():
 
 
 def test_faenet_so3_is_not_o3():
-    """group="SO3": invariant under rotations (above), not under reflections."""
+    """group="SO3": invariant under rotations (above), not under reflections: the errors
+    under a mirror are far above the ~1e-14 of an exact symmetry in float64 (untrained model:
+    energy ~1e-9 relative, forces ~1e-3)."""
     for variant in ("global-SO3", "local-SO3"):
         model = faenet(variant, gap_scale=0.0)
         errs = invariance_errors(model, cluster(), np.diag([1.0, 1.0, -1.0]))
-        assert errs["energy"] > 1e-8, variant
+        assert errs["energy"] > 1e-11 and errs["forces"] > 1e-5, (variant, errs)
 
 
 @pytest.mark.parametrize("variant", LOCAL_VARIANTS)

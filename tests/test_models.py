@@ -152,20 +152,43 @@ def test_edge_direct_head_has_no_net_force():
     assert np.abs(out["forces"].sum(axis=0)).max() < 1e-12 * np.abs(out["forces"]).max() * len(out["forces"])
 
 
-@pytest.mark.parametrize("name", ["egnn", "faenet", "symgnn"])
-def test_neighbour_normalisation_is_opt_in(name):
-    """avg_num_neighbors=1 is the plain sum (the default); another value changes the energy;
-    a non-positive one is refused."""
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.05, seed=0)
-    energies = []
-    for avg in (None, 1.0, 30.0):
-        torch.manual_seed(0)
-        kwargs = {} if avg is None else {"avg_num_neighbors": avg}
-        model = build_model(name, ["Cu"], 4.0, n_features=16, n_layers=2, **kwargs).double()
-        model.eval()
-        energies.append(float(model(atoms_to_graph(atoms, model), compute_forces=False)["energy"].detach()))
-    assert energies[0] == pytest.approx(energies[1], abs=1e-12)
-    assert abs(energies[2] - energies[0]) > 1e-6
-    with pytest.raises(ValueError, match="avg_num_neighbors"):
-        build_model(name, ["Cu"], 4.0, avg_num_neighbors=0.0)
+def _fit_dense_metal_forces(name: str, steps: int = 40) -> float:
+    """Force MAE after / before ``steps`` Adam steps on two rattled 32-atom EMT Cu cells at a
+    6 Å cutoff (~76 neighbours per atom, the density where models that fed distance only
+    additively into their messages stayed at zero forces on Cu64Zr36)."""
+    from ase.calculators.emt import EMT
+    from geoff.graph import batch_graphs
+
+    frames = []
+    for seed in range(2):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+        atoms.rattle(0.15, seed=seed)
+        atoms.calc = EMT()
+        frames.append(atoms)
+    forces = torch.tensor(np.concatenate([a.get_forces() for a in frames]))
+    energy = torch.tensor([a.get_potential_energy() for a in frames])
+    torch.manual_seed(0)
+    model = build_model(name, ["Cu"], 6.0, n_features=32).double()
+    model.set_normalisation([float(energy.mean()) / len(frames[0])], float(forces.pow(2).mean().sqrt()))
+    graph = batch_graphs([atoms_to_graph(a, model) for a in frames])
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    errors = []
+    for _ in range(steps + 1):
+        out = model(graph)
+        errors.append(float((out["forces"] - forces).detach().abs().mean()))
+        loss = (out["forces"] - forces).pow(2).mean() + ((out["energy"] - energy) / 32).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return errors[-1] / errors[0]
+
+
+# The models whose messages are MLPs of concatenated features, where distance can drown
+# (EGNN, FAENet and SymGNN stayed at zero forces on Cu64Zr36 before their radial filter).
+# Measured ratios: egnn 0.14, faenet 0.14 (schnet 0.17, painn 0.12 for comparison).
+@pytest.mark.parametrize("name", ["egnn", pytest.param("faenet", marks=pytest.mark.slow),
+                                  pytest.param("symgnn", marks=pytest.mark.slow)])
+def test_learns_forces_of_a_dense_metal(name):
+    """40 Adam steps on two structures cut the force error of a dense metal to < 30 %
+    (EGNN without its radial filter: 46 %)."""
+    assert _fit_dense_metal_forces(name) < 0.3

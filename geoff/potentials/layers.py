@@ -124,12 +124,3 @@ def legendre_polynomials(x: Tensor, l_max: int) -> Tensor:
     for l in range(2, l_max + 1):
         p.append(((2 * l - 1) * x * p[l - 1] - (l - 1) * p[l - 2]) / l)
     return torch.stack(p, dim=-1)  # (T, l_max + 1)
-
-
-def message_scale_for(avg_num_neighbors) -> float:
-    """Factor on neighbour sums: 1 / avg_num_neighbors, or 1 (plain sums) when it is None."""
-    if avg_num_neighbors is None:
-        return 1.0
-    if float(avg_num_neighbors) <= 0:
-        raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
-    return 1.0 / float(avg_num_neighbors)

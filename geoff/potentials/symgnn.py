@@ -26,7 +26,7 @@ so that exported models are deterministic.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from torch import Tensor, nn
@@ -45,14 +45,12 @@ class SymGNN(nn.Module):
         group: ``"O3"`` or ``"SO3"``.
         seed: seed of the evaluation set.
         n_vectors: vector channels for the direct force head.
-        avg_num_neighbors: if given, neighbour sums are divided by it (default: plain sums;
-            set it for dense, long-cutoff systems, see ``EGNN``).
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 16, frames: str = "sampled",
                  n_samples: int = 8, group: str = "O3", seed: int = 0, n_vectors: int = 8,
-                 activation: str = "silu", avg_num_neighbors: Optional[float] = None):
+                 activation: str = "silu"):
         super().__init__()
         if frames != "sampled":
             raise ValueError(f"symgnn averages over sampled transforms: frames must be "
@@ -69,7 +67,7 @@ class SymGNN(nn.Module):
         # Read by geoff.export: the same K transforms for every atom, so the model is local.
         self.needs_global_frames = False
         self.network = FrameMPNN(n_species, cutoff, n_features, n_layers, n_rbf, n_vectors,
-                                 activation, avg_num_neighbors)
+                                 activation)
         generator = torch.Generator().manual_seed(int(seed))
         transforms = random_orthogonal(n_samples, group, torch.get_default_dtype(),
                                        torch.device("cpu"), generator)
