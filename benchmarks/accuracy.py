@@ -156,11 +156,13 @@ def mace_job(split_dir: Path, out: Path, cutoff: float, batch: int, minutes: flo
     with open(out / "eval.out", "w") as elog:
         rc = subprocess.call(base + ["--max_num_epochs", str(epoch), "--restart_latest"],
                              stdout=elog, stderr=subprocess.STDOUT)
+    from geoff.bench import device_name
+
     metrics = parse_mace_table((out / "eval.out").read_text() + _mace_logs(out))
     metrics.update({"best_epoch": epoch, "train_time_s": train_s, "eval_rc": rc,
                     "batch_size": batch, "cutoff": cutoff,
                     "parameters": _mace_parameters(mace_python, out / "mace.model"),
-                    "device": _device_name(device)})
+                    "device": device_name(device)})
     (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics))
     return 0 if "forces_mae_meV_A" in metrics else 1
@@ -175,14 +177,6 @@ def _mace_parameters(mace_python: str, model: Path):
         return int(text.strip().splitlines()[-1])
     except (subprocess.CalledProcessError, ValueError, IndexError):
         return None
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return "CPU (1 thread)"
 
 
 def _mace_logs(out: Path) -> str:

@@ -20,7 +20,6 @@ Writes ``benchmarks/results/symmetry.md``. A model that fails is reported, not f
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 import traceback
@@ -109,12 +108,6 @@ def measure(model, atoms, dtype, n_transforms, seed=0, train=False, device="cpu"
             "df_rms": float(np.sqrt(np.mean(np.square(df)))), "n_atoms": n,
             "de_list": de, "df_list": df,
             "finite": bool(torch.isfinite(f0).all())}
-
-
-def device_name(device):
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def build(name, **hparams):
@@ -210,6 +203,7 @@ def main(argv=None) -> int:
     if DEVICE.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # full float32 precision
         torch.backends.cudnn.allow_tf32 = False
+    from geoff.bench import device_name
     from geoff.potentials import available_models
 
     models = args.models or available_models()

@@ -26,6 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
 
 
+def device_name(device) -> str:
+    """What a timing or training ran on, for tables: the GPU's name, or the CPU's threads."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    n = torch.get_num_threads()
+    return f"CPU ({n} thread{'s' if n > 1 else ''})"
+
+
 def time_call(calc, atoms, repeats: int):
     import torch
 

@@ -389,8 +389,7 @@ def read_thermo(path) -> Dict[str, np.ndarray]:
     if not path.exists():
         return empty_thermo()
     arr = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, ndmin=1)
-    return {k: np.atleast_1d(arr[k]) for k in THERMO_COLUMNS} if arr.size else \
-        {k: np.zeros(0) for k in THERMO_COLUMNS}
+    return {k: np.atleast_1d(arr[k]) for k in THERMO_COLUMNS} if arr.size else empty_thermo()
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from .. import checkpoint as ckpt_io
+from ..bench import device_name
 from ..data.io import read_dataset
 from ..potentials import build_model
 from . import config as cfg_mod
@@ -685,7 +686,7 @@ class Trainer:
         if self.rank == 0:
             summary = {k: v for k, v in result.items() if k not in ("history", "test_metrics")}
             summary.update({"parameters": sum(p.numel() for p in self.model.parameters()),
-                            "device": _device_name(self.device), "processes": self.world,
+                            "device": device_name(self.device), "processes": self.world,
                             "dtype": str(self.dtype).replace("torch.", "")})
             text = json.dumps(summary, indent=2)
             ckpt_io.atomic_write(self.out / "summary.json",
@@ -693,12 +694,6 @@ class Trainer:
             self._print(f"done ({reason}): {self.step} steps, {self.train_time:.1f} s training, "
                         f"{result['mean_epoch_time_s']:.2f} s per epoch; model {self.out / 'best.ckpt'}")
         return result
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
 
 
 def train(config=None, callbacks: Iterable[Callable] = (), **overrides) -> Dict[str, Any]:
