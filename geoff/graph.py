@@ -176,17 +176,3 @@ def batch_graphs(graphs: List[Graph]) -> Graph:
             continue
         out[key] = torch.cat([g[key] for g in graphs], dim=0)
     return out
-
-
-def to(graph: Graph, device=None, dtype: Optional[torch.dtype] = None) -> Graph:
-    """Move a graph to a device and cast its floating-point tensors to ``dtype``."""
-    out = {}
-    for k, v in graph.items():
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype=dtype)
-        out[k] = v.to(device) if device is not None else v
-    return out
-
-
-def num_graphs(graph: Graph) -> int:
-    return int(graph[CELL].shape[0])

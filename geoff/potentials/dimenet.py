@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import BesselBasis, PolynomialCutoff, activation, legendre_polynomials, scatter_sum
+from .representation import LayeredRepresentation
 
 
 def build_triplets(edge_index: Tensor, shifts: Tensor, n_atoms: int,
@@ -169,7 +170,7 @@ class DimeNetBlock(nn.Module):
         return m, self.output(m, rbf, receiver, n_atoms)  # (E, F), (N, F)
 
 
-class DimeNetPP(nn.Module):
+class DimeNetPP(LayeredRepresentation):
     """Per-atom invariant features (N, n_features) from distances and angles.
 
     Args:
@@ -185,6 +186,15 @@ class DimeNetPP(nn.Module):
         n_output_layers: hidden layers in each output block.
         n_before_skip, n_after_skip: residual layers around the skip connection.
         activation: a smooth activation name from ``layers.activation``.
+
+    Pieces (``representation.py``): the layer state lives on edges. Layer 0 is the embedding
+    block (messages m_ji (E, F) from the species and the radial basis, plus the first output
+    block), layer k >= 1 is interaction block k. State ``{"m": (E, F), "h": (N, F)}``: ``m``
+    is an ``edge_messages`` entry (layer k + 1 reads m_kj of the edges into each sender j, so
+    per-layer communication must exchange messages of edges into ghosts, not node
+    features); ``h`` is the atom's running sum of output blocks, read only by the readout.
+    Geometry ``edge_index``, ``species``, ``rbf`` (E, n_rbf), triplets ``idx_ji``/``idx_kj``
+    (T,) and their basis ``sbf`` (T, (l_max + 1) n_rbf).
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 96,
@@ -192,10 +202,9 @@ class DimeNetPP(nn.Module):
                  n_triplet_features: int = 64, n_basis_features: int = 8,
                  n_output_features: int = 96, n_output_layers: int = 3,
                  n_before_skip: int = 1, n_after_skip: int = 2, activation: str = "silu"):
-        super().__init__()
-        self.n_scalars = n_features
-        self.n_vectors = 0
-        self.n_layers = n_layers + 1  # receptive field in bonds (see module docstring)
+        # Receptive field in bonds: the embedding block is already one hop (module docstring).
+        super().__init__(n_scalars=n_features, n_vectors=0, n_layers=n_layers + 1,
+                         node_features=[], edge_messages=["m"])
         self.n_rbf = n_rbf
         self.l_max = l_max
         self.rbf = BesselBasis(cutoff, n_rbf)
@@ -217,17 +226,16 @@ class DimeNetPP(nn.Module):
             for _ in range(n_layers)
         ])
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
-        edge_index = data["edge_index"]
-        species = data["species"]
-        n_atoms = species.shape[0]
-        receiver = edge_index[0]
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        edge_index = graph["edge_index"]
+        species = graph["species"]
         # Distinct points in any valid graph, so d > 0; the clamp guards cos(theta) and 1/d
         # against a duplicate atom rather than changing any real value.
         d = torch.linalg.norm(edge_vec, dim=-1).clamp(min=1e-9)  # (E,)
         rbf = self.rbf(d) * self.envelope(d).unsqueeze(-1)  # (E, n_rbf)
 
-        idx_ji, idx_kj = build_triplets(edge_index, data["shifts"], n_atoms)
+        idx_ji, idx_kj = build_triplets(edge_index, graph["shifts"], species.shape[0])  # (T,)
         # Angle at j between j->i (= -r_ij) and j->k (= r_jk), as a cosine: no arccos.
         cos = -(edge_vec[idx_ji] * edge_vec[idx_kj]).sum(dim=-1) / (d[idx_ji] * d[idx_kj])  # (T,)
         ylm = legendre_polynomials(cos, self.l_max) * self.ylm_norm  # (T, l_max + 1)
@@ -235,10 +243,28 @@ class DimeNetPP(nn.Module):
         # envelope, so a triplet fades out as k leaves j's cutoff sphere).
         sbf = (ylm.unsqueeze(-1) * rbf[idx_kj].unsqueeze(1)).reshape(
             ylm.shape[0], (self.l_max + 1) * self.n_rbf)  # (T, (l_max + 1) n_rbf)
+        geometry = {"edge_index": edge_index, "species": species, "rbf": rbf, "sbf": sbf,
+                    "idx_ji": idx_ji, "idx_kj": idx_kj}
+        state: Dict[str, Tensor] = {}  # layer 0 (the embedding block) starts from species
+        return state, geometry
 
-        m = self.embedding(species, edge_index, rbf)  # (E, F)
-        h = self.output0(m, rbf, receiver, n_atoms)  # (N, F)
-        for block in self.blocks:
-            m, out = block(m, rbf, sbf, idx_ji, idx_kj, receiver, n_atoms)
-            h = h + out
-        return {"scalars": h}  # (N, F)
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        edge_index, rbf = geometry["edge_index"], geometry["rbf"]
+        receiver = edge_index[0]
+        n_atoms = geometry["species"].shape[0]
+        if k == 0:
+            m = self.embedding(geometry["species"], edge_index, rbf)  # (E, F)
+            return {"m": m, "h": self.output0(m, rbf, receiver, n_atoms)}  # (E, F), (N, F)
+        m, h = state["m"], state["h"]
+        for index, block in enumerate(self.blocks):
+            if index == k - 1:
+                m, out = block(m, rbf, geometry["sbf"], geometry["idx_ji"], geometry["idx_kj"],
+                               receiver, n_atoms)  # (E, F), (N, F)
+                h = h + out  # (N, F)
+        return {"m": m, "h": h}
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {"scalars": state["h"]}  # (N, F)

@@ -24,12 +24,13 @@ Departures from the paper:
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .layers import BesselBasis, PolynomialCutoff, activation, mlp, scatter_sum
+from .representation import LayeredRepresentation
 
 
 class EGNNLayer(nn.Module):
@@ -58,7 +59,7 @@ class EGNNLayer(nn.Module):
         return h, vec
 
 
-class EGNN(nn.Module):
+class EGNN(LayeredRepresentation):
     """Per-atom invariant scalars (N, F) and equivariant vectors (N, 3, n_layers * C).
 
     Args:
@@ -69,15 +70,16 @@ class EGNN(nn.Module):
         n_rbf: Bessel radial functions describing |r_ij| in the messages.
         n_vector_channels: C, vector channels from each layer (the paper's update has one).
         activation: a smooth activation name from ``layers.activation``.
+
+    Pieces (``representation.py``): state ``{"h": (N, F), "vectors": (N, 3, k C)}``; only
+    ``h`` is exchanged between layers, ``vectors`` collects each layer's channels of the atom.
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 4, n_rbf: int = 16, n_vector_channels: int = 1,
                  activation: str = "silu"):
-        super().__init__()
-        self.n_scalars = n_features
-        self.n_vectors = n_layers * n_vector_channels
-        self.n_layers = n_layers
+        super().__init__(n_scalars=n_features, n_vectors=n_layers * n_vector_channels,
+                         n_layers=n_layers, node_features=["h"])
         self.embedding = nn.Embedding(n_species, n_features)
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
@@ -86,14 +88,27 @@ class EGNN(nn.Module):
              for _ in range(n_layers)]
         )
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
-        edge_index = data["edge_index"]
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
-        rbf = self.rbf(r)  # (E, n_rbf)
-        envelope = self.envelope(r)  # (E,)
-        h = self.embedding(data["species"])  # (N, F)
-        vectors: List[Tensor] = []
-        for layer in self.layers:
-            h, vec = layer(h, edge_index, rbf, envelope, edge_vec)
-            vectors.append(vec)
-        return {"scalars": h, "vectors": torch.cat(vectors, dim=-1)}  # (N, F), (N, 3, L * C)
+        geometry = {"edge_index": graph["edge_index"], "edge_vec": edge_vec,
+                    "rbf": self.rbf(r),  # (E, n_rbf)
+                    "envelope": self.envelope(r)}  # (E,)
+        h = self.embedding(graph["species"])  # (N, F)
+        vectors = torch.zeros((h.shape[0], 3, 0), dtype=h.dtype, device=h.device)  # (N, 3, 0)
+        return {"h": h, "vectors": vectors}, geometry
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        h, vectors = state["h"], state["vectors"]
+        for index, block in enumerate(self.layers):
+            if index == k:
+                h, vec = block(h, geometry["edge_index"], geometry["rbf"], geometry["envelope"],
+                               geometry["edge_vec"])  # (N, F), (N, 3, C)
+                vectors = torch.cat([vectors, vec], dim=-1)  # (N, 3, (k + 1) C)
+        return {"h": h, "vectors": vectors}
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {"scalars": state["h"], "vectors": state["vectors"]}  # (N, F), (N, 3, L * C)

@@ -1,12 +1,13 @@
 """EnergyModel: the one place where energies, forces, stress and the direct head live.
 
-Every architecture in ``geoff.potentials`` is a *representation*: a module mapping a graph and
-its edge vectors to per-atom features::
+Every architecture in ``geoff.potentials`` is a *representation* (the contract is written
+once, in ``representation.py``): a module mapping a graph and its edge vectors to per-atom
+features::
 
     representation(graph, edge_vec) -> {"scalars": (N, F), optionally "vectors": (N, 3, C)}
 
-with attributes ``n_scalars`` (F), ``n_vectors`` (C, 0 if none) and ``n_layers``.
-``EnergyModel`` adds the rest, identically for all of them:
+with attributes ``n_scalars`` (F), ``n_vectors`` (C, 0 if none), ``n_layers`` and
+``is_local``. ``EnergyModel`` adds the rest, identically for all of them:
 
 * per-atom energy ``e_i = scale[z_i] * head(h_i) + shift[z_i]`` (eV), summed per structure
   over atoms below ``n_local`` when the graph has it (LAMMPS ghosts are not counted);
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+from .representation import contract
 
 FORCE_HEADS = ("conservative", "direct", "both")
 
@@ -71,17 +73,20 @@ class VectorChannelHead(nn.Module):
 
 
 class EnergyModel(nn.Module):
-    __jit_unused_properties__ = ["config"]
-
     """Energy, forces, stress (and direct forces) from any representation.
 
     Args:
-        representation: the architecture (see module docstring).
+        representation: the architecture (see ``representation.py``).
         species: element symbols; ``graph["species"]`` indexes into this list.
         cutoff: neighbour cutoff in Å (the graph must contain all pairs within it).
         force_head: ``"conservative"``, ``"direct"`` or ``"both"``.
         name, hparams: the registry name and hyper-parameters, kept for checkpoints.
+
+    Attributes read by the export and LAMMPS: ``species``, ``cutoff``, ``n_layers`` and
+    ``is_local`` (the representation's).
     """
+
+    __jit_unused_properties__ = ["config"]
 
     def __init__(
         self,
@@ -100,7 +105,9 @@ class EnergyModel(nn.Module):
         self.representation = representation
         self.species: List[str] = list(species)
         self.cutoff = float(cutoff)
-        self.n_layers = int(representation.n_layers)
+        n_scalars, n_vectors, n_layers, is_local = contract(representation)
+        self.n_layers = n_layers
+        self.is_local = is_local
         self.force_head = force_head
         self.conservative = force_head in ("conservative", "both")
         self.direct = force_head in ("direct", "both")
@@ -110,8 +117,6 @@ class EnergyModel(nn.Module):
              "force_head": force_head, "hparams": hparams or {}},
             sort_keys=True,
         )
-        n_scalars = int(representation.n_scalars)
-        n_vectors = int(getattr(representation, "n_vectors", 0))
         self.energy_head = mlp([n_scalars, max(n_scalars // 2, 1), 1])
         # Unused heads are None: TorchScript prunes the branches (as in torchvision's ResNet).
         self.edge_vector_head = None
@@ -180,7 +185,7 @@ class EnergyModel(nn.Module):
         inputs["positions"] = pos
         inputs["shifts"] = shifts
         inputs["cell"] = cell
-        features = self.representation(inputs, edge_vec)
+        features = self.representation(inputs, edge_vec)  # see representation.py
         h = features["scalars"]  # (N, F)
 
         scale = self.scale[species]  # (N,)

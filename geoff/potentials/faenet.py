@@ -65,6 +65,7 @@ from torch import Tensor, nn
 
 from .frames import GROUPS, neighbour_covariance, pca_frames, pick_frames, structure_covariance
 from .layers import BesselBasis, PolynomialCutoff, activation, mlp, scatter_sum
+from .representation import LayeredRepresentation
 
 FRAME_MODES = ("local", "global", "stochastic")
 
@@ -108,22 +109,30 @@ class FrameMessageLayer(nn.Module):
 class FrameMPNN(nn.Module):
     """Unconstrained MLP message passing averaged over given frames (shared by FAENet, SymGNN).
 
-    ``forward(species, edge_index, edge_vec, frames, gates, average_each_layer)``:
-    ``frames`` (E, K, 3, 3) the K frames of each edge (columns = axes), ``gates`` (E, 3) the
-    per-axis gates of the frame coordinates. ``average_each_layer``: True when the K frames
-    of an edge are the sign choices of a per-atom frame (local), False when frame k is the
-    same for a whole structure (global PCA frames, sampled transforms): then the network runs
-    K times in parallel and only the final features are averaged.
-    Returns scalars (N, F) and vectors (N, 3, C).
+    In the pieces of the representation contract (``representation.py``), called by the
+    owning representation:
+
+    * ``embed(species, edge_index, edge_vec, frames, gates)`` with ``frames`` (E, K, 3, 3)
+      the K frames of each edge (columns = axes) and ``gates`` (E, 3) the per-axis gates of
+      the frame coordinates -> state ``{"h": (N, Kh, F)}`` and the geometry;
+    * ``layer(k, state, geometry)``: ``h`` updated, and ``m`` (E, K, F) the layer's
+      per-frame messages (into each receiver; the readout reads the last layer's);
+    * ``readout(state, geometry)`` -> scalars (N, F) and vectors (N, 3, C).
+
+    ``average_each_layer``: True when the K frames of an edge are the sign choices of a
+    per-atom frame (local; Kh = 1), False when frame k is the same for a whole structure
+    (global PCA frames, sampled transforms; Kh = K): then the network runs K times in
+    parallel and only the final features are averaged.
     """
 
     def __init__(self, n_species: int, cutoff: float, n_features: int, n_layers: int,
-                 n_rbf: int, n_vectors: int, act: str):
+                 n_rbf: int, n_vectors: int, act: str, average_each_layer: bool):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         self.cutoff = float(cutoff)
         self.n_vectors = n_vectors
+        self.average_each_layer = average_each_layer
         self.embedding = nn.Embedding(n_species, n_features)
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
@@ -134,34 +143,47 @@ class FrameMPNN(nn.Module):
         self.vec_radial = nn.Linear(n_features, n_vectors, bias=False)
         self.vec_free = nn.Linear(n_features, 3 * n_vectors, bias=False)
 
-    def forward(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor, frames: Tensor,
-                gates: Tensor, average_each_layer: bool) -> Tuple[Tensor, Tensor]:
-        n_atoms = species.shape[0]
-        n_edges, n_frames = frames.shape[0], frames.shape[1]
+    def embed(self, species: Tensor, edge_index: Tensor, edge_vec: Tensor, frames: Tensor,
+              gates: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
-        rbf = self.rbf(r)  # (E, n_rbf)
-        envelope = self.envelope(r)  # (E,)
         # Edge vectors in every frame: p_k = F_k^T r.
         proj = torch.einsum("ekab,ea->ekb", frames, edge_vec)  # (E, K, 3)
-        coords = proj * (gates.unsqueeze(1) / self.cutoff)  # (E, K, 3), dimensionless
+        geometry = {"edge_index": edge_index, "frames": frames, "r": r, "proj": proj,
+                    "rbf": self.rbf(r),  # (E, n_rbf)
+                    "envelope": self.envelope(r),  # (E,)
+                    "coords": proj * (gates.unsqueeze(1) / self.cutoff)}  # (E, K, 3), no unit
         h = self.embedding(species).unsqueeze(1)  # (N, 1, F)
-        if not average_each_layer:
-            h = h.expand(n_atoms, n_frames, h.shape[-1])  # (N, K, F): one copy per frame
+        if not self.average_each_layer:
+            h = h.expand(h.shape[0], frames.shape[1], h.shape[-1])  # (N, K, F): one per frame
+        return {"h": h}, geometry
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        h = state["h"]
         m = torch.zeros(0)
-        for layer in self.layers:
-            h, m = layer(h, edge_index, rbf, coords, envelope, average_each_layer)
+        for index, block in enumerate(self.layers):
+            if index == k:
+                h, m = block(h, geometry["edge_index"], geometry["rbf"], geometry["coords"],
+                             geometry["envelope"], self.average_each_layer)  # (N, Kh, F), (E, K, F)
+        return {"h": h, "m": m}
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        h, m = state["h"], state["m"]
+        frames, proj = geometry["frames"], geometry["proj"]
+        n_edges, n_frames = frames.shape[0], frames.shape[1]
         scalars = h.mean(dim=1)  # (N, F): the frame average
         # Vectors predicted in each frame from the last layer's per-frame messages: a radial
         # part along the frame's unit edge vector plus a free part, then rotated back.
-        unit = proj / r.view(-1, 1, 1)  # (E, K, 3)
+        unit = proj / geometry["r"].view(-1, 1, 1)  # (E, K, 3)
         v = (unit.unsqueeze(-1) * self.vec_radial(m).unsqueeze(-2)  # (E, K, 3, C)
              + self.vec_free(m).view(n_edges, n_frames, 3, self.n_vectors))
         v = torch.einsum("ekab,ekbc->eac", frames, v) / n_frames  # (E, 3, C), F_k v'_k averaged
-        vectors = scatter_sum(v, edge_index[0], n_atoms)  # (N, 3, C)
+        vectors = scatter_sum(v, geometry["edge_index"][0], h.shape[0])  # (N, 3, C)
         return scalars, vectors
 
 
-class FAENet(nn.Module):
+class FAENet(LayeredRepresentation):
     """Frame-averaged unconstrained network (see the module docstring for ``frames``).
 
     Args:
@@ -175,13 +197,18 @@ class FAENet(nn.Module):
             off (``frames.gap_gates``); 0 gives plain PCA frames (energy discontinuous at
             degeneracies; forces finite).
         n_vectors: vector channels for the direct force head.
+
+    Pieces (``representation.py``): ``FrameMPNN``'s, after ``embed`` has built the frames
+    (per-atom or per-structure, stochastic in training). State ``{"h": (N, Kh, F)}``
+    exchanged between layers (Kh = 1 for local frames, K otherwise), plus the last layer's
+    messages ``m`` (E, K, F) into each atom. ``is_local`` is False for ``"global"`` and
+    ``"stochastic"`` frames: they see the whole structure.
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 16, frames: str = "local", n_samples: int = 1,
                  group: str = "O3", gap_scale: float = 0.02, n_vectors: int = 8,
                  activation: str = "silu"):
-        super().__init__()
         if frames not in FRAME_MODES:
             raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
         if group not in GROUPS:
@@ -192,26 +219,23 @@ class FAENet(nn.Module):
                              f"for group {group!r}, got {n_samples}")
         if gap_scale < 0:
             raise ValueError(f"gap_scale must be >= 0 (0 switches the gates off), got {gap_scale}")
-        self.n_scalars = n_features
-        self.n_vectors = n_vectors
-        self.n_layers = n_layers
+        # Global frames see the whole structure: not local (no MPI domain decomposition).
+        super().__init__(n_scalars=n_features, n_vectors=n_vectors, n_layers=n_layers,
+                         node_features=["h"], is_local=frames == "local")
         self.frames = frames
         self.group = group
         self.n_samples = n_samples
         self.gap_scale = float(gap_scale)
-        # Read by geoff.export (LAMMPS metadata): global frames see the whole structure, so
-        # no MPI domain decomposition.
-        self.needs_global_frames = frames != "local"
         self.network = FrameMPNN(n_species, cutoff, n_features, n_layers, n_rbf, n_vectors,
-                                 activation)
+                                 activation, average_each_layer=frames == "local")
         # Weights of the local covariance: the same smooth envelope as the messages, so a
         # neighbour entering the cutoff changes the frame continuously.
         self.weight = PolynomialCutoff(cutoff)
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
-        species = data["species"]
-        edge_index = data["edge_index"]
-        receivers = edge_index[0]
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        species = graph["species"]
+        receivers = graph["edge_index"][0]
         if self.frames == "local":
             w = self.weight(torch.linalg.norm(edge_vec, dim=-1))  # (E,)
             cov = neighbour_covariance(edge_vec, receivers, w, species.shape[0])  # (N, 3, 3)
@@ -220,12 +244,21 @@ class FAENet(nn.Module):
         else:
             # Global: positions are the strained ones when stress is asked for, so the frame
             # follows the strain and stress stays the strain derivative of the energy.
-            batch = data["batch"]
-            cov = structure_covariance(data["positions"], batch, data["cell"].shape[0])
+            batch = graph["batch"]
+            cov = structure_covariance(graph["positions"], batch, graph["cell"].shape[0])
             frames, gates = pca_frames(cov, self.group, self.gap_scale)  # (B, K, 3, 3), (B, 3)
             if self.frames == "stochastic" and self.training:
                 frames = pick_frames(frames, self.n_samples)  # (B, n_samples, 3, 3)
             owner = batch[receivers]  # (E,)
-        scalars, vectors = self.network(species, edge_index, edge_vec, frames[owner],
-                                        gates[owner], self.frames == "local")
+        return self.network.embed(species, graph["edge_index"], edge_vec, frames[owner],
+                                  gates[owner])
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        return self.network.layer(k, state, geometry)
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        scalars, vectors = self.network.readout(state, geometry)
         return {"scalars": scalars, "vectors": vectors}  # (N, F), (N, 3, C)

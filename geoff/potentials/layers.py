@@ -1,4 +1,4 @@
-"""Shared building blocks: radial bases, cutoff envelopes, MLPs, scatter sums.
+"""Shared building blocks: radial bases, cutoff envelopes, MLPs, the scatter sum.
 
 Every function here is TorchScript-compatible. Distances are in Å.
 """
@@ -15,14 +15,6 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     """Sum rows of ``src`` (E, ...) into ``dim_size`` buckets given by ``index`` (E,)."""
     out = torch.zeros((dim_size,) + src.shape[1:], dtype=src.dtype, device=src.device)
     return out.index_add_(0, index, src)
-
-
-def scatter_mean(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
-    total = scatter_sum(src, index, dim_size)
-    ones = torch.ones(index.shape[0], dtype=src.dtype, device=src.device)
-    count = scatter_sum(ones, index, dim_size).clamp(min=1.0)
-    shape = [dim_size] + [1] * (src.dim() - 1)
-    return total / count.view(shape)
 
 
 class PolynomialCutoff(nn.Module):

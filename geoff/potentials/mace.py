@@ -6,8 +6,8 @@ One layer ``t`` maps node features ``h_i`` (irreps) to new ones:
    ``A_i = 1/avg_num_neighbors * Linear( sum_j TP(Linear(h_j), u(r_ij) Y(r_ij); R(r_ij)) )``
    with ``Y`` the spherical harmonics up to ``l_max``, ``R`` a radial MLP on a Bessel basis,
    ``u`` the smooth polynomial envelope, ``TP`` channel-wise ("uvu"). ``A_i`` has
-   ``n_features`` channels of every irrep ``0e, 1o, 2e, ... l_max`` (``Convolution`` in
-   ``nequip.py``, shared with NequIP).
+   ``n_features`` channels of every irrep ``0e, 1o, 2e, ... l_max`` (``Convolution`` of
+   the e3nn toolkit ``e3nn_tools.py``, shared with NequIP).
 2. product basis (body order ``correlation + 1``): for every channel ``k`` separately,
    ``B_i,k = sum_{nu=1..correlation} sum_eta w[z_i, eta, k] (A_i,k ⊗ ... ⊗ A_i,k)_eta``
    projected on the hidden irreps (``0e + 1o`` up to ``hidden_l_max``), with weights that
@@ -60,8 +60,8 @@ Other departures from the published MACE, and why:
 * No "agnostic/non-agnostic" or "residual/non-residual" block classes: the first layer
   differs from the others only by its input irreps and ``skip=False``, both constructor
   arguments of ``MACELayer``.
-* The atomic basis uses the same tensor-product implementation as ``nequip.py``
-  (``EdgeTensorProduct``: e3nn's "uvu" product, evaluated in a cheaper order).
+* The atomic basis uses the toolkit's tensor product (``e3nn_tools.EdgeTensorProduct``:
+  e3nn's "uvu" product, evaluated in a cheaper order), as NequIP does.
 """
 from __future__ import annotations
 
@@ -72,8 +72,10 @@ import torch
 from torch import Tensor, nn
 from e3nn import o3
 
-from .nequip import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstants, block_offset,
-                     cartesian_l1_order, default_avg_num_neighbors, irreps_up_to, to_cartesian)
+from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstants, block_offset,
+                         cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
+                         to_cartesian)
+from .representation import LayeredRepresentation
 
 # (irrep, index of the last factor used, body order = number of non-constant factors)
 _Block = Tuple[o3.Irrep, int, int]
@@ -250,7 +252,7 @@ class MACELayer(nn.Module):
         return out  # (N, irreps_out.dim)
 
 
-class MACE(nn.Module):
+class MACE(LayeredRepresentation):
     """MACE-style representation (see the module docstring).
 
     Args:
@@ -267,24 +269,28 @@ class MACE(nn.Module):
         n_rbf: Bessel functions.
         radial_hidden, radial_layers: width and depth of the radial MLP.
         avg_num_neighbors: messages are divided by it (default from the cutoff).
+
+    Pieces (``representation.py``): state ``{"h": (N, hidden.dim), "scalars": (N, k F)}``;
+    ``h`` is exchanged between layers, ``scalars`` collects the atom's ``0e`` channels of
+    every layer. Geometry ``edge_index``, ``species``, ``one_hot`` (N, n_species), ``sh``
+    (E, sh.dim, envelope included) and ``rbf`` (E, n_rbf).
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 64,
                  n_layers: int = 2, l_max: int = 2, hidden_l_max: int = 1, correlation: int = 3,
                  n_rbf: int = 8, radial_hidden: int = 64, radial_layers: int = 3,
                  avg_num_neighbors: Optional[float] = None):
-        super().__init__()
         if l_max < 1 or correlation < 1 or n_layers < 1:
             raise ValueError(f"need l_max >= 1, correlation >= 1, n_layers >= 1; got "
                              f"{l_max}, {correlation}, {n_layers}")
         if not 0 <= hidden_l_max <= l_max:
             raise ValueError(f"hidden_l_max must be in [0, l_max={l_max}], got {hidden_l_max}")
+        super().__init__(n_scalars=n_layers * n_features,
+                         n_vectors=n_features if hidden_l_max >= 1 else 0, n_layers=n_layers,
+                         node_features=["h"])
         if avg_num_neighbors is None:
             avg_num_neighbors = default_avg_num_neighbors(cutoff)
-        self.n_layers = n_layers
         self.n_features = n_features
-        self.n_scalars = n_layers * n_features
-        self.n_vectors = n_features if hidden_l_max >= 1 else 0
         self.n_species = n_species
         self.embedding = nn.Embedding(n_species, n_features)
         self.edges = EdgeEmbedding(cutoff, l_max, n_rbf)
@@ -302,18 +308,33 @@ class MACE(nn.Module):
         self.register_buffer("xyz", torch.tensor(cartesian_l1_order(), dtype=torch.long),
                              persistent=False)
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
-        species = data["species"]
-        edge_index = data["edge_index"]
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        species = graph["species"]
         sh, rbf = self.edges(edge_vec)  # (E, sh.dim), (E, n_rbf)
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
+        geometry = {"edge_index": graph["edge_index"], "species": species, "one_hot": one_hot,
+                    "sh": sh, "rbf": rbf}
         h = self.embedding(species)  # (N, F), irreps F x 0e
-        scalars: List[Tensor] = []
-        for layer in self.layers:
-            h = layer(h, species, one_hot, sh, rbf, edge_index)  # (N, hidden.dim)
-            scalars.append(h[:, : self.n_features])  # 0e block first: (N, F)
-        out = {"scalars": torch.cat(scalars, dim=-1)}  # (N, n_layers * F)
+        scalars = torch.zeros((h.shape[0], 0), dtype=h.dtype, device=h.device)  # (N, 0)
+        return {"h": h, "scalars": scalars}, geometry
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        h, scalars = state["h"], state["scalars"]
+        for index, block in enumerate(self.layers):
+            if index == k:
+                h = block(h, geometry["species"], geometry["one_hot"], geometry["sh"],
+                          geometry["rbf"], geometry["edge_index"])  # (N, hidden.dim)
+                # 0e block first: this layer's scalars (N, F) join the earlier ones.
+                scalars = torch.cat([scalars, h[:, : self.n_features]], dim=-1)  # (N, (k+1) F)
+        return {"h": h, "scalars": scalars}
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        out = {"scalars": state["scalars"]}  # (N, n_layers * F)
         if self.n_vectors > 0:
-            vectors = to_cartesian(h, self.vector_offset, self.n_vectors, self.xyz)  # (N, 3, F)
-            out["vectors"] = vectors
+            out["vectors"] = to_cartesian(state["h"], self.vector_offset, self.n_vectors,
+                                          self.xyz)  # (N, 3, F)
         return out

@@ -18,12 +18,13 @@ Departures from the paper:
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+from .representation import LayeredRepresentation
 
 
 class PaiNNMessage(nn.Module):
@@ -85,7 +86,7 @@ class PaiNNLayer(nn.Module):
         return self.update(s, v)  # (N, F), (N, 3, F)
 
 
-class PaiNN(nn.Module):
+class PaiNN(LayeredRepresentation):
     """Per-atom scalars (N, F) and vectors (N, 3, F) from species and edge vectors.
 
     Args:
@@ -96,15 +97,16 @@ class PaiNN(nn.Module):
         n_rbf: sin(n pi r / c) / r radial functions.
         activation: a smooth activation name from ``layers.activation``.
         eps: added to squared vector norms (in squared feature units) before the square root.
+
+    Pieces (``representation.py``): state ``{"s": (N, F), "v": (N, 3, F)}``, both exchanged
+    between layers; geometry ``edge_index``, ``unit`` (E, 3), ``rbf``, ``envelope``.
     """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 20, activation: str = "silu",
                  eps: float = 1e-8):
-        super().__init__()
-        self.n_scalars = n_features
-        self.n_vectors = n_features
-        self.n_layers = n_layers
+        super().__init__(n_scalars=n_features, n_vectors=n_features, n_layers=n_layers,
+                         node_features=["s", "v"])
         self.n_features = n_features
         self.embedding = nn.Embedding(n_species, n_features)
         self.rbf = BesselBasis(cutoff, n_rbf)
@@ -113,16 +115,29 @@ class PaiNN(nn.Module):
             [PaiNNLayer(n_features, n_rbf, activation, eps) for _ in range(n_layers)]
         )
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
-        edge_index = data["edge_index"]
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         # Edges join distinct points (periodic self-images included), so r > 0 in any valid
         # graph; the clamp only guards the division against a duplicate atom.
         r = torch.linalg.norm(edge_vec, dim=-1).clamp(min=1e-12)  # (E,)
-        unit = edge_vec / r.unsqueeze(-1)  # (E, 3)
-        rbf = self.rbf(r)  # (E, n_rbf)
-        envelope = self.envelope(r)  # (E,)
-        s = self.embedding(data["species"])  # (N, F)
+        geometry = {"edge_index": graph["edge_index"],
+                    "unit": edge_vec / r.unsqueeze(-1),  # (E, 3)
+                    "rbf": self.rbf(r),  # (E, n_rbf)
+                    "envelope": self.envelope(r)}  # (E,)
+        s = self.embedding(graph["species"])  # (N, F)
         v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
-        for layer in self.layers:
-            s, v = layer(s, v, edge_index, rbf, envelope, unit)
-        return {"scalars": s, "vectors": v}  # (N, F), (N, 3, F)
+        return {"s": s, "v": v}, geometry  # (N, F), (N, 3, F)
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        s, v = state["s"], state["v"]
+        for index, block in enumerate(self.layers):
+            if index == k:
+                s, v = block(s, v, geometry["edge_index"], geometry["rbf"],
+                             geometry["envelope"], geometry["unit"])  # (N, F), (N, 3, F)
+        return {"s": s, "v": v}
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {"scalars": state["s"], "vectors": state["v"]}  # (N, F), (N, 3, F)

@@ -1,11 +1,17 @@
 """Model registry: ``build_model(name, species=..., cutoff=..., **hparams)``.
 
 A new architecture is one file in ``geoff/potentials/`` plus one line in ``_REGISTRY``: a
-callable ``(n_species, cutoff, **hparams) -> representation``.
+representation class (``representation.py``) built as ``cls(n_species, cutoff=..., **hparams)``.
+
+Shared hyper-parameter names (``SHARED_HPARAMS``), so that configs read the same across
+models: every model takes the ones that make sense for it under these names, and a model
+names the ones that do not apply, with the reason, in its ``inapplicable_hparams``
+(e.g. NequIP: ``correlation``); ``build_model`` gives that reason as the error.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Dict, List, Sequence, Tuple
 
 from .energy_model import EnergyModel
@@ -21,6 +27,9 @@ _REGISTRY: Dict[str, Tuple[str, str]] = {
     "faenet": ("geoff.potentials.faenet", "FAENet"),
     "symgnn": ("geoff.potentials.symgnn", "SymGNN"),
 }
+
+SHARED_HPARAMS = ("cutoff", "n_layers", "n_features", "n_rbf", "l_max", "correlation",
+                  "frames", "n_samples", "force_head")
 
 
 def available_models() -> List[str]:
@@ -39,13 +48,20 @@ def build_model(name: str, species: Sequence[str], cutoff: float = 5.0,
                 force_head: str = "conservative", **hparams) -> EnergyModel:
     """An ``EnergyModel`` around the representation registered as ``name``.
 
-    ``hparams`` are passed to the representation (shared names: ``n_layers``,
-    ``n_features``, ``n_rbf``, ``l_max``, ``correlation``, ``frames``, ``n_samples``).
+    ``hparams`` are passed to the representation (shared names: ``SHARED_HPARAMS``).
     """
     cls = representation_class(name)
+    accepted = set(inspect.signature(cls).parameters) - {"n_species"}
+    unknown = sorted(set(hparams) - accepted)
+    if unknown:
+        reasons = getattr(cls, "inapplicable_hparams", {})
+        why = "; ".join(f"{key!r} does not apply: {reasons[key]}" for key in unknown
+                        if key in reasons)
+        raise ValueError(f"bad hyper-parameters for {name!r}: "
+                         f"{why or f'unknown {unknown}'}; it takes {sorted(accepted)}")
     try:
         representation = cls(len(species), cutoff=float(cutoff), **hparams)
-    except TypeError as exc:
+    except TypeError as exc:  # a value of the wrong type
         raise ValueError(f"bad hyper-parameters for {name!r}: {exc}") from None
     return EnergyModel(representation, list(species), float(cutoff), force_head=force_head,
                        name=name, hparams=hparams)

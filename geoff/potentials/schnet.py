@@ -5,12 +5,13 @@ sees no force jumps) instead of the cosine cutoff, and Gaussian bases on [0, cut
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .layers import GaussianBasis, PolynomialCutoff, mlp, scatter_sum
+from .representation import LayeredRepresentation
 
 
 class CFConv(nn.Module):
@@ -29,15 +30,17 @@ class CFConv(nn.Module):
         return h + self.out(scatter_sum(messages, i, h.shape[0]))  # (N, F)
 
 
-class SchNet(nn.Module):
-    """Per-atom invariant features (N, n_features) from species and interatomic distances."""
+class SchNet(LayeredRepresentation):
+    """Per-atom invariant features (N, n_features) from species and interatomic distances.
+
+    Pieces (``representation.py``): state ``{"h": (N, F)}``, exchanged between layers;
+    geometry ``edge_index``, ``rbf`` (E, n_rbf), ``envelope`` (E,).
+    """
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 32, activation: str = "ssp"):
-        super().__init__()
-        self.n_scalars = n_features
-        self.n_vectors = 0
-        self.n_layers = n_layers
+        super().__init__(n_scalars=n_features, n_vectors=0, n_layers=n_layers,
+                         node_features=["h"])
         self.embedding = nn.Embedding(n_species, n_features)
         self.rbf = GaussianBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
@@ -45,11 +48,24 @@ class SchNet(nn.Module):
             [CFConv(n_features, n_rbf, activation) for _ in range(n_layers)]
         )
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
-        rbf = self.rbf(r)  # (E, n_rbf)
-        envelope = self.envelope(r)  # (E,)
-        h = self.embedding(data["species"])  # (N, F)
-        for interaction in self.interactions:
-            h = interaction(h, data["edge_index"], rbf, envelope)
-        return {"scalars": h}
+        geometry = {"edge_index": graph["edge_index"],
+                    "rbf": self.rbf(r),  # (E, n_rbf)
+                    "envelope": self.envelope(r)}  # (E,)
+        return {"h": self.embedding(graph["species"])}, geometry  # h (N, F)
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        h = state["h"]
+        for index, interaction in enumerate(self.interactions):
+            if index == k:
+                h = interaction(h, geometry["edge_index"], geometry["rbf"],
+                                geometry["envelope"])  # (N, F)
+        return {"h": h}
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {"scalars": state["h"]}  # (N, F)

@@ -26,54 +26,55 @@ so that exported models are deterministic.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .faenet import FrameMPNN
 from .frames import GROUPS, random_orthogonal
+from .representation import LayeredRepresentation
 
 
-class SymGNN(nn.Module):
+class SymGNN(LayeredRepresentation):
     """Unconstrained network averaged over ``n_samples`` sampled orthogonal transforms.
 
     Args:
         n_species, cutoff (Å), n_features, n_layers, n_rbf: as for every geoff model.
-        frames: ``"sampled"`` (the only choice; accepted so that configs read the same).
         n_samples: K, transforms per call (training) and in the fixed evaluation set.
         group: ``"O3"`` or ``"SO3"``.
         seed: seed of the evaluation set.
         n_vectors: vector channels for the direct force head.
+
+    Pieces (``representation.py``): ``FrameMPNN``'s, with one frame per sampled transform:
+    state ``{"h": (N, K, F)}`` exchanged between layers, plus the last layer's messages.
+    Local (the same K transforms for every atom).
     """
 
+    # A shared hyper-parameter name that does not apply here, and why (read by build_model).
+    inapplicable_hparams = {"frames": "symgnn averages over sampled transforms (n_samples); "
+                                      "PCA frames are faenet's"}
+
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
-                 n_layers: int = 3, n_rbf: int = 16, frames: str = "sampled",
-                 n_samples: int = 8, group: str = "O3", seed: int = 0, n_vectors: int = 8,
+                 n_layers: int = 3, n_rbf: int = 16, n_samples: int = 8, group: str = "O3", seed: int = 0, n_vectors: int = 8,
                  activation: str = "silu"):
-        super().__init__()
-        if frames != "sampled":
-            raise ValueError(f"symgnn averages over sampled transforms: frames must be "
-                             f"'sampled', got {frames!r} (PCA frames are faenet's)")
         if group not in GROUPS:
             raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        self.n_scalars = n_features
-        self.n_vectors = n_vectors
-        self.n_layers = n_layers
+        super().__init__(n_scalars=n_features, n_vectors=n_vectors, n_layers=n_layers,
+                         node_features=["h"])
         self.n_samples = n_samples
         self.group = group
-        # Read by geoff.export: the same K transforms for every atom, so the model is local.
-        self.needs_global_frames = False
         self.network = FrameMPNN(n_species, cutoff, n_features, n_layers, n_rbf, n_vectors,
-                                 activation)
+                                 activation, average_each_layer=False)
         generator = torch.Generator().manual_seed(int(seed))
         transforms = random_orthogonal(n_samples, group, torch.get_default_dtype(),
                                        torch.device("cpu"), generator)
         self.register_buffer("transforms", transforms)  # (K, 3, 3): the frames F_k = R_k^T
 
-    def forward(self, data: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         if self.training:
             transforms = random_orthogonal(self.n_samples, self.group, edge_vec.dtype,
                                            edge_vec.device)  # (K, 3, 3), fresh every call
@@ -81,7 +82,16 @@ class SymGNN(nn.Module):
             transforms = self.transforms.to(edge_vec.dtype)  # (K, 3, 3), fixed
         n_edges = edge_vec.shape[0]
         frames = transforms.unsqueeze(0).expand(n_edges, self.n_samples, 3, 3)  # (E, K, 3, 3)
-        gates = torch.ones((n_edges, 3), dtype=edge_vec.dtype, device=edge_vec.device)
-        scalars, vectors = self.network(data["species"], data["edge_index"], edge_vec, frames,
-                                        gates, False)
+        gates = torch.ones((n_edges, 3), dtype=edge_vec.dtype, device=edge_vec.device)  # (E, 3)
+        return self.network.embed(graph["species"], graph["edge_index"], edge_vec, frames,
+                                  gates)
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        return self.network.layer(k, state, geometry)
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        scalars, vectors = self.network.readout(state, geometry)
         return {"scalars": scalars, "vectors": vectors}  # (N, F), (N, 3, C)

@@ -1,0 +1,138 @@
+"""The representation contract: what every architecture in ``geoff.potentials`` provides.
+
+A *representation* maps a graph (``geoff.graph``) and its edge vectors to per-atom features;
+``EnergyModel`` adds energies, forces, stress and the direct force head for all of them.
+
+``Representation`` (a whole map, ``forward`` only)
+    ``forward(graph, edge_vec) -> {"scalars": (N, F), "vectors": (N, 3, C) optional}``,
+    with ``edge_vec`` (E, 3) in Å (``r_ij = x_j - x_i + shift_ij``, computed by
+    ``EnergyModel`` so that autograd reaches positions and strain). Attributes:
+
+    * ``n_scalars`` (F) and ``n_vectors`` (C, 0 if the representation has no vectors);
+    * ``n_layers``: cutoff spheres in an atom's receptive field (hops): the energy of atom i
+      depends on edges whose receiver is at most ``n_layers - 1`` hops from i;
+    * ``is_local``: False only for representations that see the whole structure at once
+      (FAENet with global PCA frames): no extensivity, no MPI domain decomposition.
+
+    A new model file may start here: it works everywhere except where the pieces below are
+    needed (``decomposable`` is False).
+
+``LayeredRepresentation`` (decomposable: embedding, one function per layer, readout)
+    ::
+
+        state, geometry = embed(graph, edge_vec)       # once per structure
+        for k in range(n_layers):
+            state = layer(k, state, geometry)           # one message-passing hop each
+        features = readout(state, geometry)             # {"scalars", "vectors"?}
+
+    ``forward`` is exactly this composition. ``state`` and ``geometry`` are
+    ``Dict[str, Tensor]`` (TorchScript-friendly):
+
+    * ``geometry``: every per-edge (and per-atom input) quantity the layers and the readout
+      need, computed once by ``embed`` from the graph and ``edge_vec``: ``edge_index`` always,
+      then e.g. radial bases, envelopes, spherical harmonics, species, triplets. Layers and
+      readout never see the graph itself.
+    * ``state``: what layers pass on. ``node_features`` names the state entries (one row per
+      atom) that the next layer reads at *neighbours* (through ``edge_index[1]``): under
+      per-layer communication these are the entries whose ghost rows must come from their
+      owners after every layer (and whose gradients go back in the backward pass).
+      ``edge_messages`` names state entries with one row per *edge* that the next layer reads
+      at other edges (DimeNet++'s messages m_ji: empty for every other model). Any other
+      entry is private to an atom or to the edges into it (running sums read by the readout,
+      such as MACE's per-layer scalars or EGNN's per-layer vectors), so it needs no exchange.
+
+    Each piece is a plain differentiable function of its tensor inputs: autograd runs through
+    ``embed``, any single ``layer`` or ``readout`` on its own. ``layer`` and the two others
+    are TorchScript-compiled with the model (``forward`` calls them), so an exported
+    ``EnergyModel`` carries ``representation.embed``, ``.layer`` and ``.readout``.
+"""
+
+from typing import Dict, List, Sequence, Tuple
+
+from torch import Tensor, nn
+
+
+class Representation(nn.Module):
+    """Base of every representation: the four contract attributes, ``forward`` only.
+
+    Subclasses call ``super().__init__(n_scalars, n_vectors, n_layers, is_local)`` and
+    implement ``forward(graph, edge_vec) -> {"scalars": (N, F), "vectors": (N, 3, C)}``.
+    """
+
+    n_scalars: int
+    n_vectors: int
+    n_layers: int
+    is_local: bool
+    decomposable = False  # embed / layer / readout available (LayeredRepresentation)
+
+    def __init__(self, n_scalars: int, n_vectors: int, n_layers: int, is_local: bool = True):
+        super().__init__()
+        if n_scalars < 1 or n_vectors < 0 or n_layers < 1:
+            raise ValueError(f"a representation needs n_scalars >= 1, n_vectors >= 0 and "
+                             f"n_layers >= 1; got {n_scalars}, {n_vectors}, {n_layers}")
+        self.n_scalars = int(n_scalars)
+        self.n_vectors = int(n_vectors)
+        self.n_layers = int(n_layers)
+        self.is_local = bool(is_local)
+
+
+class LayeredRepresentation(Representation):
+    """A representation in pieces: ``embed``, ``layer(k, ...)`` for k < n_layers, ``readout``.
+
+    Subclasses also pass ``node_features`` (and ``edge_messages`` where layers pass per-edge
+    state) to ``__init__`` and implement the three pieces; see the module docstring.
+    """
+
+    node_features: List[str]
+    edge_messages: List[str]
+    decomposable = True
+
+    def __init__(self, n_scalars: int, n_vectors: int, n_layers: int,
+                 node_features: Sequence[str], edge_messages: Sequence[str] = (),
+                 is_local: bool = True):
+        super().__init__(n_scalars, n_vectors, n_layers, is_local)
+        self.node_features = list(node_features)
+        self.edge_messages = list(edge_messages)
+
+    def embed(self, graph: Dict[str, Tensor],
+              edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Graph and edge vectors (E, 3) -> (initial state, geometry)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement embed")
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Message-passing layer ``k`` (0 <= k < n_layers): state -> new state."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement layer")
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Final state -> {"scalars": (N, F), "vectors": (N, 3, C) if n_vectors > 0}."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement readout")
+
+    def check_layer(self, k: int) -> None:
+        """Raise if ``k`` is not a layer index (``layer`` implementations call this first)."""
+        if k < 0 or k >= self.n_layers:
+            raise IndexError("layer index {} out of range for {} layers".format(k, self.n_layers))
+
+    def forward(self, graph: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
+        state, geometry = self.embed(graph, edge_vec)
+        for k in range(self.n_layers):
+            state = self.layer(k, state, geometry)
+        return self.readout(state, geometry)
+
+
+def contract(representation: nn.Module) -> Tuple[int, int, int, bool]:
+    """``(n_scalars, n_vectors, n_layers, is_local)`` of a representation, checked.
+
+    A ``Representation`` declares all four. Any other module (a test potential, a model file
+    that starts as a plain ``nn.Module``) must have ``n_scalars`` and ``n_layers``; it is taken
+    as local with ``n_vectors`` 0 unless it sets those attributes.
+    """
+    name = type(representation).__name__
+    for attr in ("n_scalars", "n_layers"):
+        if not hasattr(representation, attr):
+            raise ValueError(f"{name} has no '{attr}' attribute: a representation declares "
+                             "n_scalars, n_vectors, n_layers and is_local (subclass "
+                             "geoff.potentials.representation.Representation)")
+    return (int(representation.n_scalars), int(getattr(representation, "n_vectors", 0)),
+            int(representation.n_layers), bool(getattr(representation, "is_local", True)))
