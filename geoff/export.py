@@ -9,8 +9,10 @@ that a LAMMPS deck needs::
 
 Metadata keys: ``format`` (``"geoff-torchscript"``), ``format_version``, ``geoff_version``,
 ``torch_version``, ``model`` (registry name), ``species``, ``cutoff`` (Å), ``n_layers``,
-``dtype`` (``float32``/``float64``), ``device`` (``cpu``/``cuda``), ``force_head``,
-``needs_global_frames`` (true for models that are not local, e.g. FAENet with global PCA
+``receptive_hops`` (cutoff spheres an atom's force reaches: ``geoff.inference.receptive_hops``;
+since format 2, computed when reading format 1), ``dtype`` (``float32``/``float64``),
+``device`` (``cpu``/``cuda``), ``force_head``, ``needs_global_frames`` (true for models that
+are not local, i.e. whose representation has ``is_local`` False, e.g. FAENet with global PCA
 frames: they cannot be split over MPI ranks) and ``config`` (the checkpoint's JSON config).
 
 Contract with the LAMMPS pair style (``lammps_plugin/pair_geoff.cpp``): the module's
@@ -19,21 +21,23 @@ Contract with the LAMMPS pair style (``lammps_plugin/pair_geoff.cpp``): the modu
 ``energy``, ``energies``, ``forces`` and, with ``compute_stress``, ``virial`` (eV).
 ``n_layers`` must be the number of cutoff spheres in the model's receptive field: the energy
 of an atom may depend on edges whose receiver lies at most ``n_layers - 1`` hops away. The
-pair style builds its ghost shell (and prunes edges) from that number.
+pair style builds its ghost shell (and prunes edges) from ``receptive_hops``, the one number
+that the plugin, ``geoff export``'s deck hint and the tests read.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Tuple
 
 import torch
 
+from .inference import DTYPES, dtype_name, frozen, receptive_hops, torch_dtype
+
 FORMAT = "geoff-torchscript"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: receptive_hops added (format 1 files get it computed on reading)
 METADATA_FILE = "geoff_metadata.json"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 REQUIRED_KEYS = ("format", "format_version", "species", "cutoff", "n_layers", "dtype",
                  "model", "geoff_version", "needs_global_frames", "force_head")
 
@@ -41,28 +45,17 @@ REQUIRED_KEYS = ("format", "format_version", "species", "cutoff", "n_layers", "d
 def needs_global_frames(model) -> bool:
     """Whether ``model`` sees the whole structure at once (not local: no MPI domains).
 
-    A representation says so with a ``needs_global_frames`` attribute; otherwise the
-    ``frames`` hyper-parameter decides (``"global"`` PCA frames are not local).
+    The representation contract's ``is_local`` (``geoff.potentials.representation``), which
+    ``EnergyModel`` carries as ``model.is_local``.
     """
-    rep = getattr(model, "representation", model)
-    for attr in ("needs_global_frames", "is_global"):
-        if hasattr(rep, attr):
-            return bool(getattr(rep, attr))
-    if hasattr(rep, "is_local"):
-        return not bool(rep.is_local)
-    try:
-        hparams = json.loads(model.config_json).get("hparams", {})
-    except (AttributeError, ValueError):
-        hparams = {}
-    frames = hparams.get("frames", getattr(rep, "frames", None))
-    return isinstance(frames, str) and frames not in ("local", "none")
+    return not bool(model.is_local)
 
 
 def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
     """The metadata dictionary stored in an exported file."""
     from . import __version__
 
-    for attr in ("species", "cutoff", "n_layers"):
+    for attr in ("species", "cutoff", "n_layers", "is_local"):
         if not hasattr(model, attr):
             raise ValueError(f"cannot export {type(model).__name__}: it has no '{attr}' "
                              "attribute (export geoff EnergyModels or checkpoints)")
@@ -70,6 +63,7 @@ def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
         config = json.loads(getattr(model, "config_json", "{}"))
     except ValueError:
         config = {}
+    force_head = str(getattr(model, "force_head", "conservative"))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -80,9 +74,10 @@ def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
         "species": list(model.species),
         "cutoff": float(model.cutoff),
         "n_layers": int(model.n_layers),
+        "receptive_hops": receptive_hops(model.n_layers, force_head),
         "dtype": dtype,
         "device": "cuda" if str(device).startswith("cuda") else "cpu",
-        "force_head": str(getattr(model, "force_head", "conservative")),
+        "force_head": force_head,
         "needs_global_frames": needs_global_frames(model),
         "config": config,
     }
@@ -97,8 +92,7 @@ def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> 
     """
     from .checkpoint import atomic_write
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    dtype = dtype_name(torch_dtype(dtype))  # checked: "float32" or "float64"
     device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: torch sees no CUDA GPU here "
@@ -106,16 +100,11 @@ def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> 
     if not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if isinstance(model_or_ckpt, torch.nn.Module):
-        import copy
-
-        model = copy.deepcopy(model_or_ckpt)
+        model = frozen(model_or_ckpt, device, dtype)
     else:
         from .checkpoint import load
 
-        model = load(model_or_ckpt)
-    model = model.to(device=device, dtype=_DTYPES[dtype]).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+        model = frozen(load(model_or_ckpt), device, dtype)
     meta = metadata(model, dtype, device)
     try:
         scripted = torch.jit.script(model)
@@ -160,7 +149,11 @@ def _check_metadata(path, text) -> Dict[str, Any]:
     if meta["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer geoff ({meta['geoff_version']}, "
                          f"format {meta['format_version']}); upgrade geoff to read it")
-    if meta["dtype"] not in _DTYPES:
+    if meta["format_version"] == 1:  # before receptive_hops was stored: the same rule
+        meta["receptive_hops"] = receptive_hops(meta["n_layers"], meta["force_head"])
+    elif "receptive_hops" not in meta:
+        raise ValueError(f"{path}: metadata has no receptive_hops; re-export the model")
+    if meta["dtype"] not in DTYPES:
         raise ValueError(f"{path}: metadata dtype {meta['dtype']!r} is not float32/float64")
     species = meta["species"]
     if not isinstance(species, list) or not species or len(set(species)) != len(species):
@@ -197,7 +190,7 @@ def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, 
             raise ValueError(f"{path}: metadata {key}={meta[key]!r} disagrees with the model's "
                              f"{key}={value!r}; the file was edited or is corrupt, re-export it")
     dtypes = {p.dtype for p in module.parameters()}
-    if dtypes and dtypes != {_DTYPES[meta["dtype"]]}:
+    if dtypes and dtypes != {DTYPES[meta["dtype"]]}:
         raise ValueError(f"{path}: metadata dtype {meta['dtype']} disagrees with the weights "
                          f"({sorted(str(d) for d in dtypes)}); re-export the model")
     if device is None:
@@ -214,7 +207,7 @@ def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint written by `geoff train` / geoff.save")
     parser.add_argument("-o", "--output", required=True, help="TorchScript file to write (.pt)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float64",
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float64",
                         help="precision of the exported model (default: float64)")
     parser.add_argument("--device", default="cpu",
                         help="cpu or cuda: where LAMMPS runs the model (default: cpu)")
@@ -224,7 +217,7 @@ def run(args) -> int:
     path = export(args.checkpoint, args.output, dtype=args.dtype, device=args.device)
     meta = read_metadata(path)
     species = " ".join(meta["species"])
-    hops = meta["n_layers"] + (meta["force_head"] == "direct")  # a direct head reads neighbours
+    hops = meta["receptive_hops"]
     shell = hops * meta["cutoff"]
     print(f"wrote {path}: {meta['model']} ({meta['dtype']}, {meta['device']}), species "
           f"{species}, cutoff {meta['cutoff']} Å, {meta['n_layers']} layers")

@@ -213,7 +213,7 @@ void PairGeoff::coeff(int narg, char **arg)
     if (meta.value("format", "") != "geoff-torchscript")
       error->all(FLERR, "pair_style geoff: '{}' has metadata of an unknown format; {}",
                  model_file, EXPORT_HINT);
-    if (meta.value("format_version", 0) > 1)
+    if (meta.value("format_version", 0) > 2)
       error->all(FLERR,
                  "pair_style geoff: '{}' was exported by a newer geoff ({}); rebuild this "
                  "plugin with `geoff lammps build` after upgrading geoff",
@@ -226,12 +226,15 @@ void PairGeoff::coeff(int narg, char **arg)
     model_name = meta.value("model", "?");
     global_frames = meta.value("needs_global_frames", false);
     conservative = meta.value("force_head", "conservative") != "direct";
-    hops = n_layers + (conservative ? 0 : 1);
+    // The reach the export stores (format 2); format 1 files get the same rule it encodes
+    // (geoff.inference.receptive_hops): a direct force head reads one more neighbour shell.
+    hops = meta.contains("receptive_hops") ? meta.at("receptive_hops").get<int>()
+                                           : n_layers + (conservative ? 0 : 1);
   } catch (const json::exception &e) {
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
   }
-  if (species.empty() || !(cutoff > 0.0) || n_layers < 1)
+  if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
   if (model_dtype == "float64")
@@ -347,8 +350,8 @@ void PairGeoff::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
   // Ghost shell: neighbours of ghosts up to hops - 1 from a local atom, and atoms move up to
-  // skin/2 each between neighbour-list builds. hops = n_layers, plus one for a direct force
-  // head (it reads the final features of each atom's neighbours).
+  // skin/2 each between neighbour-list builds. hops is the export's receptive_hops: n_layers,
+  // plus one for a direct force head (it reads the final features of each atom's neighbours).
   const double skin = neighbor->skin;
   const double need = hops * cutoff + skin;
   const double have = std::max(comm->cutghostuser, cutoff + skin);

