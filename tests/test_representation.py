@@ -35,7 +35,8 @@ def leaves(tensors: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 def loss_weights(features: Dict[str, Tensor]) -> Dict[str, Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in features.items()}
+    return {k: torch.randn(v.shape, generator=generator, dtype=v.dtype)
+            for k, v in features.items()}
 
 
 def differentiable(tensors: Dict[str, Tensor]):

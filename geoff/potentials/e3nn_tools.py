@@ -1,4 +1,4 @@
-"""The e3nn toolkit shared by ``nequip.py`` and ``mace.py``: irreps, gates, equivariant convolutions.
+"""The e3nn toolkit shared by ``nequip.py`` and ``mace.py``: irreps, gates, convolutions.
 
 * ``irreps_up_to``, ``block_offset``, ``cartesian_l1_order``, ``to_cartesian``: irreps
   layouts and the read-out of ``1o`` blocks as Cartesian (N, 3, C) vectors;
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import Tensor, nn

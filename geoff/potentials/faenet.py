@@ -245,7 +245,8 @@ class FAENet(LayeredRepresentation):
             # Global: positions are the strained ones when stress is asked for, so the frame
             # follows the strain and stress stays the strain derivative of the energy.
             batch = graph["batch"]
-            cov = structure_covariance(graph["positions"], batch, graph["cell"].shape[0])
+            n_graphs = graph["cell"].shape[0]
+            cov = structure_covariance(graph["positions"], batch, n_graphs)  # (B, 3, 3)
             frames, gates = pca_frames(cov, self.group, self.gap_scale)  # (B, K, 3, 3), (B, 3)
             if self.frames == "stochastic" and self.training:
                 frames = pick_frames(frames, self.n_samples)  # (B, n_samples, 3, 3)

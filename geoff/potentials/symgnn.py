@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .faenet import FrameMPNN
 from .frames import GROUPS, random_orthogonal
@@ -56,8 +56,8 @@ class SymGNN(LayeredRepresentation):
                                       "PCA frames are faenet's"}
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
-                 n_layers: int = 3, n_rbf: int = 16, n_samples: int = 8, group: str = "O3", seed: int = 0, n_vectors: int = 8,
-                 activation: str = "silu"):
+                 n_layers: int = 3, n_rbf: int = 16, n_samples: int = 8, group: str = "O3",
+                 seed: int = 0, n_vectors: int = 8, activation: str = "silu"):
         if group not in GROUPS:
             raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
         if n_samples < 1:
