@@ -183,7 +183,22 @@ class FrameMPNN(nn.Module):
         return scalars, vectors
 
 
-class FAENet(LayeredRepresentation):
+class FrameAveraged(LayeredRepresentation):
+    """A ``FrameMPNN`` (``self.network``) fed the frames that a subclass's ``embed`` builds:
+    its layers and readout are the network's (shared by FAENet and SymGNN)."""
+
+    def layer(self, k: int, state: Dict[str, Tensor],
+              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        self.check_layer(k)
+        return self.network.layer(k, state, geometry)
+
+    def readout(self, state: Dict[str, Tensor],
+                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        scalars, vectors = self.network.readout(state, geometry)
+        return {"scalars": scalars, "vectors": vectors}  # (N, F), (N, 3, C)
+
+
+class FAENet(FrameAveraged):
     """Frame-averaged unconstrained network (see the module docstring for ``frames``).
 
     Args:
@@ -253,13 +268,3 @@ class FAENet(LayeredRepresentation):
             owner = batch[receivers]  # (E,)
         return self.network.embed(species, graph["edge_index"], edge_vec, frames[owner],
                                   gates[owner])
-
-    def layer(self, k: int, state: Dict[str, Tensor],
-              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        self.check_layer(k)
-        return self.network.layer(k, state, geometry)
-
-    def readout(self, state: Dict[str, Tensor],
-                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        scalars, vectors = self.network.readout(state, geometry)
-        return {"scalars": scalars, "vectors": vectors}  # (N, F), (N, 3, C)

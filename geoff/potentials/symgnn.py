@@ -31,12 +31,11 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-from .faenet import FrameMPNN
+from .faenet import FrameAveraged, FrameMPNN
 from .frames import GROUPS, random_orthogonal
-from .representation import LayeredRepresentation
 
 
-class SymGNN(LayeredRepresentation):
+class SymGNN(FrameAveraged):
     """Unconstrained network averaged over ``n_samples`` sampled orthogonal transforms.
 
     Args:
@@ -85,13 +84,3 @@ class SymGNN(LayeredRepresentation):
         gates = torch.ones((n_edges, 3), dtype=edge_vec.dtype, device=edge_vec.device)  # (E, 3)
         return self.network.embed(graph["species"], graph["edge_index"], edge_vec, frames,
                                   gates)
-
-    def layer(self, k: int, state: Dict[str, Tensor],
-              geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        self.check_layer(k)
-        return self.network.layer(k, state, geometry)
-
-    def readout(self, state: Dict[str, Tensor],
-                geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        scalars, vectors = self.network.readout(state, geometry)
-        return {"scalars": scalars, "vectors": vectors}  # (N, F), (N, 3, C)
