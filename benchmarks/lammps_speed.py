@@ -104,7 +104,7 @@ def run_lammps(path, meta, n, ranks, graph, steps, threads, workdir):
 
     from geoff.lammps import lmp_environment
 
-    ghost = meta["n_layers"] * meta["cutoff"] + 1.0
+    ghost = meta["receptive_hops"] * meta["cutoff"] + 1.0  # the reach the export stores
     elements = "Cu"
     deck = workdir / f"in.{n}.{ranks}.{graph}"
     deck.write_text(DECK.format(n=n, graph=graph, model=path, elements=elements, ghost=ghost,
