@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from conftest import rattled_triclinic, small_model
+from geoff.export import export, load_exported
 from geoff.graph import atoms_to_graph
 from geoff.potentials import (SHARED_HPARAMS, EnergyModel, LayeredRepresentation,
                               Representation, available_models, build_model)
@@ -128,11 +129,12 @@ def test_backward_piece_by_piece_equals_whole(name, hparams):
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_scripted_model_carries_the_pieces(name):
-    """torch.jit.script(EnergyModel) compiles embed, layer and readout with forward: a
-    TorchScript consumer can call them one by one."""
+def test_exported_model_carries_the_pieces(name, tmp_path):
+    """The export (torch.jit.script of the EnergyModel) compiles embed, layer and readout with
+    forward: a TorchScript consumer of the file can call them one by one."""
     model = small_model(name)
-    scripted = torch.jit.script(model).representation
+    scripted, _ = load_exported(export(model, tmp_path / "m.pt"))
+    scripted = scripted.representation
     graph, edge_vec = inputs(model)
     state, geometry = scripted.embed(graph, edge_vec)
     for k in range(model.n_layers):
