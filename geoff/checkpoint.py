@@ -1,4 +1,5 @@
-"""Checkpoints: ``geoff.save(model, path)`` / ``geoff.load(path)``.
+"""Checkpoints: ``geoff.save(model, path)`` / ``geoff.load(path)`` (a path, or the name of a
+shipped model such as ``"cu-schnet"``).
 
 A checkpoint holds the registry name, hyper-parameters, species, cutoff, force head,
 normalisation buffers and weights: plain tensors and JSON text, read back with
@@ -60,11 +61,25 @@ def save(model, path, extra: Optional[Dict[str, Any]] = None) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def resolve(path) -> Path:
+    """The file that ``path`` names: the path itself, or the checkpoint of a model that ships
+    with geoff when ``path`` is such a model's name (``"cu-schnet"``, see ``geoff.models``)
+    and no file of that name exists. Errors list the shipped models' names."""
+    from . import models
+
+    if Path(path).exists():
+        return Path(path)
+    if models.is_name(path):
+        return models.path(path)
+    raise FileNotFoundError(f"no checkpoint at {path} (the models that ship with geoff load by "
+                            f"name: {', '.join(models.names()) or 'none'})")
+
+
 def read(path) -> Dict[str, Any]:
-    """The raw checkpoint dictionary, checked; errors say what is wrong with the file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    """The raw checkpoint dictionary, checked; errors say what is wrong with the file.
+
+    ``path``: a checkpoint file or the name of a shipped model (``resolve``)."""
+    path = resolve(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
@@ -78,7 +93,10 @@ def read(path) -> Dict[str, Any]:
 
 
 def load(path, device="cpu", dtype: Optional[torch.dtype] = None):
-    """Rebuild the EnergyModel saved at ``path`` (in eval mode)."""
+    """Rebuild the EnergyModel saved at ``path`` (in eval mode).
+
+    ``path``: a checkpoint file, or the name of a model that ships with geoff
+    (``geoff.load("cu-schnet")``; ``geoff models`` lists them)."""
     from .potentials.registry import build_model
 
     payload = read(path)

