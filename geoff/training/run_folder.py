@@ -34,7 +34,11 @@ from .dataset import write_split
 
 # What --overwrite clears before a new run starts (config.yaml and the splits are rewritten).
 RESULTS = ("best.ckpt", "last.ckpt", "metrics.csv", "train.log", "test_metrics.json",
-           "test_metrics.csv", "learning_curve.png")
+           "test_metrics.csv", "learning_curve.png", "summary.json")
+# Every file written atomically; a run killed mid-write leaves ".<name>.<random>.tmp".
+ATOMIC = ("config.yaml", "split_train.txt", "split_val.txt", "split_test.txt", "best.ckpt",
+          "last.ckpt", "metrics.csv", "learning_curve.png", "test_metrics.json",
+          "test_metrics.csv", "summary.json")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -78,8 +82,9 @@ class RunFolder:
         self.out.mkdir(parents=True, exist_ok=True)
         _write_text(self.out / "config.yaml", cfg_mod.to_yaml(cfg))
         split_files = write_split(self.out, split, sources)
-        for stale in self.out.glob(".*.ckpt.*.tmp"):  # left by a killed checkpoint write
-            stale.unlink(missing_ok=True)
+        for name in ATOMIC:  # temporaries of writes a killed run did not finish
+            for stale in self.out.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         return split_files
 
     def log(self, line: str) -> None:
