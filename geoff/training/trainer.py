@@ -176,22 +176,23 @@ class Trainer:
     def fit(self) -> str:
         """Train until ``epochs``, ``max_steps``, ``max_time``, early stopping or a callback;
         returns which of them stopped it."""
-        reason = "epochs"
+        reason = None
         self._t_run = time.time()
         with console.ProgressBar(self.show_progress, self.total_steps, self.step) as bar:
-            while self.epoch < self.cfg["epochs"]:
+            while reason is None and self.epoch < self.cfg["epochs"]:
                 t_epoch = time.time()
                 stopped = self._train_epoch(bar)
                 self._clock()
-                stopped = self._close_epoch(time.time() - t_epoch, stopped)
-                if stopped:
-                    reason = stopped
-                    break
+                reason = self._close_epoch(time.time() - t_epoch, stopped)
         self._clock()
-        if not self.folder.best.exists() and self.runtime.main:
-            self.save(self.folder.best, with_state=False)  # no validation ran: the last weights
+        self._ensure_best_checkpoint()
         self.plot()
-        return reason
+        return reason or "epochs"
+
+    def _ensure_best_checkpoint(self) -> None:
+        """best.ckpt from the last weights when no validation ever improved on the start."""
+        if self.runtime.main and not self.folder.best.exists():
+            self.save(self.folder.best, with_state=False)
 
     def _train_epoch(self, bar: console.ProgressBar) -> Optional[str]:
         """Steps from the current batch to the end of the epoch; why it stopped early, if so."""
