@@ -8,7 +8,8 @@ from .config import make_config
 from .dataset import GraphDataset, GraphLoader, make_split, read_split
 from .losses import Loss
 from .normalisation import fit_atomic_energies, normalisation
-from .trainer import StopTraining, Trainer, evaluate, train
+from .evaluation import evaluate
+from .trainer import StopTraining, Trainer, train
 
 __all__ = ["train", "Trainer", "StopTraining", "make_config", "GraphDataset", "GraphLoader",
            "make_split", "read_split", "Loss", "fit_atomic_energies", "normalisation", "evaluate"]

@@ -105,9 +105,6 @@ class GraphDataset:
     def __getitem__(self, k: int) -> Graph:
         return self.samples[k]
 
-    def subset(self, indices: Sequence[int]) -> "GraphDataset":
-        return GraphDataset([self.samples[int(k)] for k in indices])
-
     def converted(self, dtype: torch.dtype, device="cpu") -> "GraphDataset":
         """Floating tensors cast to ``dtype``, all moved to ``device`` (shared when unchanged)."""
         out = []

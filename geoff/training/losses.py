@@ -33,6 +33,20 @@ TERMS: Dict[str, Tuple[str, int]] = {
 # metric name -> (term, factor to the reported unit, unit)
 UNITS = {"energy": (1e3, "meV/atom"), "forces": (1e3, "meV/Å"), "direct_forces": (1e3, "meV/Å"),
          "stress": (1e3, "meV/Å³"), "energies": (1e3, "meV")}
+# The sums a Loss call returns (per term) plus the running loss and step count of an epoch.
+STAT_KEYS = [f"{t}_{s}" for t in TERMS for s in ("pen", "abs", "sq", "n")] + ["loss", "steps"]
+_UNIT_TAG = {"meV/atom": "meV_atom", "meV/Å": "meV_A", "meV/Å³": "meV_A3", "meV": "meV"}
+
+
+def metric_column(key: str, split: str = "") -> str:
+    """A metric's name with its unit, as in metrics.csv and test_metrics.json.
+
+    ``metric_column("forces_mae", "val")`` -> ``"val_forces_mae_meV_A"``; without a split,
+    ``"forces_mae_meV_A"``.
+    """
+    term = key.rsplit("_", 1)[0]
+    name = f"{key}_{_UNIT_TAG[UNITS[term][1]]}"
+    return f"{split}_{name}" if split else name
 
 
 def residuals(out: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Dict[str, Tuple[Tensor, Tensor]]:
