@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -302,10 +303,21 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines)
 
 
+def _written_on() -> str:
+    """Local time now, or ``SOURCE_DATE_EPOCH`` (UTC) when set: the reproducible-builds
+    convention, so that a report regenerated from cached runs can be compared byte for byte."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        when = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
+    else:
+        when = datetime.datetime.now()
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
 def write_report(cfg, root: Path, rows, summary, model_rows, records) -> Path:
     """``report.md`` with the tables, failures, definitions and the figures."""
     sections = make_plots(cfg, root, rows, records)
-    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    now = _written_on()
     out = [f"# Stability study: {cfg.name}", "",
            f"Written by `geoff stability` on {now}. Every run's trajectory, thermo log and "
            "metrics are under `runs/`; the numbers below are in `summary.csv` (per seed: "
