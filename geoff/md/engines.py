@@ -71,8 +71,8 @@ def make_calculator(potential, settings: MDSettings):
     if settings.forces == "mts" and model.force_head != "both":
         raise ValueError("multiple time stepping needs a model with force_head='both' (one "
                          f"representation, both heads); this one is {model.force_head!r}")
-    forces = "direct" if settings.forces == "direct" else "conservative"
-    return GeoffCalculator(model, device=settings.device, dtype=settings.dtype, forces=forces)
+    return GeoffCalculator(model, device=settings.device, dtype=settings.dtype,
+                           forces=settings.calculator_forces)
 
 
 def current_forces(atoms) -> Optional[np.ndarray]:
@@ -195,9 +195,9 @@ class LAMMPSEngine:
 
             return lammps_pair(potential.name, species, **potential.options)
         model, _ = model_or_calculator(potential)
-        forces = "direct" if self.s.forces == "direct" else "conservative"
         try:
-            return model_pair_lines(model, species, workdir, forces, self.s.dtype)
+            return model_pair_lines(model, species, workdir, self.s.calculator_forces,
+                                    self.s.dtype)
         except DeploymentError as exc:
             raise EngineUnavailable(str(exc)) from None
 

@@ -47,6 +47,12 @@ class MDSettings:
             # energies are only comparable at synchronised (outer) steps
             self.log_every = int(math.ceil(self.log_every / self.mts_steps) * self.mts_steps)
 
+    @property
+    def calculator_forces(self) -> str:
+        """What the calculator reports as ``forces``: ``"direct"`` for direct runs, else
+        ``"conservative"`` (multiple time stepping reads ``direct_forces`` besides)."""
+        return "direct" if self.forces == "direct" else "conservative"
+
     @classmethod
     def from_dict(cls, d: dict) -> "MDSettings":
         unknown = set(d) - set(cls.__dataclass_fields__)
