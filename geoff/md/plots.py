@@ -43,6 +43,30 @@ def _setup_matplotlib():
     return plt
 
 
+def _symlog(axes, amplitudes: List[float]) -> None:
+    """Linear within the smallest curve's amplitude (a power of ten), log beyond it."""
+    from matplotlib.ticker import SymmetricalLogLocator
+
+    small = max(min(amplitudes) if amplitudes else 1e-3, 1e-6)
+    lt = 10.0 ** math.floor(math.log10(small))
+    decades = math.log10(max(amplitudes) / lt) if amplitudes else 1.0
+    for ax in axes:
+        ax.set_yscale("symlog", linthresh=lt, linscale=1.0)
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(
+            base=10.0 if decades <= 4 else 100.0, linthresh=lt))
+
+
+def _legend_entries(axes, handles=None, labels=None):
+    """(handles, labels) of every panel, each label once, in the order first seen."""
+    handles, labels = list(handles or []), list(labels or [])
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    return handles, labels
+
+
 def _series_panels(plt, cfg, records, system, ensemble, colours, quantity, path):
     ens = next(e for e in cfg.ensembles if e["name"] == ensemble)
     dts = ensemble_timesteps(cfg, ens)
@@ -84,25 +108,11 @@ def _series_panels(plt, cfg, records, system, ensemble, colours, quantity, path)
         ax.set_xlabel("time (ps)")
         ax.grid(alpha=0.3)
     if quantity == "energy":
-        from matplotlib.ticker import SymmetricalLogLocator
-
         axes[0].set_ylabel("conserved energy − start (meV/atom)")
-        # linear within the smallest curve's amplitude (a power of ten), log beyond it
-        small = max(min(linthresh) if linthresh else 1e-3, 1e-6)
-        lt = 10.0 ** math.floor(math.log10(small))
-        decades = math.log10(max(linthresh) / lt) if linthresh else 1.0
-        for ax in axes:
-            ax.set_yscale("symlog", linthresh=lt, linscale=1.0)
-            ax.yaxis.set_major_locator(SymmetricalLogLocator(
-                base=10.0 if decades <= 4 else 100.0, linthresh=lt))
+        _symlog(axes, linthresh)
     else:
         axes[0].set_ylabel("temperature (K)")
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     what = "Conserved energy" if quantity == "energy" else "Temperature"
     fig.suptitle(f"{what}: {system}, {ensemble} (seed {cfg.seeds[0]}; × = failure)")
     if labels:  # a panel set with no finished run has nothing to label
@@ -151,6 +161,35 @@ def _rdf_panels(plt, cfg, records, system, ensemble, colours, path) -> bool:
     return drawn
 
 
+def _bars(ax, rows, name, system, ensemble, dts, offset, width, colour) -> bool:
+    """One model's |drift| bars (mean over seeds, std error bars, † per failed run) at each
+    dt of ``ensemble``; False when it has no finite drift there."""
+    xs, heights, lo, hi, failed = [], [], [], [], []
+    for g, dt in enumerate(dts):
+        cell = [r for r in rows if r["model"] == name and r["system"] == system
+                and r["ensemble"] == ensemble and r["dt_fs"] == dt]
+        vals = [abs(r["drift_meV_atom_ps"]) for r in cell if finite(r.get("drift_meV_atom_ps"))]
+        if not vals:
+            continue
+        mean = float(np.mean(vals))
+        std = float(np.std(vals)) if len(vals) > 1 else 0.0
+        xs.append(g + offset)
+        heights.append(max(mean, 1e-12))
+        lo.append(min(std, 0.9 * max(mean, 1e-12)))
+        hi.append(std)
+        failed.append(sum(1 for r in cell if r["status"] == "failed"))
+    if not xs:
+        return False
+    ax.bar(xs, heights, width=width * 0.92, color=colour,
+           alpha=0.5 if name.startswith("ref:") else 0.85, label=name,
+           yerr=[lo, hi], capsize=3, error_kw={"lw": 1})
+    for x, h, e, nf in zip(xs, heights, hi, failed):
+        if nf:
+            ax.text(x, (h + e) * 1.15, "†" * min(nf, 3), ha="center", va="bottom",
+                    fontsize=10, color="crimson")
+    return True
+
+
 def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
     ensembles = [e["name"] for e in cfg.ensembles]
     models = [m.name for m in cfg.models]
@@ -169,35 +208,9 @@ def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
         ens_dts = ensemble_timesteps(cfg, next(e for e in cfg.ensembles
                                                if e["name"] == ensemble))
         for k, name in enumerate(names):
-            xs, heights, lo, hi, failed = [], [], [], [], []
-            for g, dt in enumerate(ens_dts):
-                vals = [abs(r["drift_meV_atom_ps"]) for r in rows
-                        if r["model"] == name and r["system"] == system
-                        and r["ensemble"] == ensemble and r["dt_fs"] == dt
-                        and finite(r.get("drift_meV_atom_ps"))]
-                nfail = sum(1 for r in rows if r["model"] == name and r["system"] == system
-                            and r["ensemble"] == ensemble and r["dt_fs"] == dt
-                            and r["status"] == "failed")
-                if not vals:
-                    continue
-                mean = float(np.mean(vals))
-                std = float(np.std(vals)) if len(vals) > 1 else 0.0
-                xs.append(g + (k - (len(names) - 1) / 2) * width)
-                heights.append(max(mean, 1e-12))
-                lo.append(min(std, 0.9 * max(mean, 1e-12)))
-                hi.append(std)
-                failed.append(nfail)
-            if not xs:
-                continue
             colour = "black" if name.startswith("ref:") else colours[name]
-            ax.bar(xs, heights, width=width * 0.92, color=colour,
-                   alpha=0.5 if name.startswith("ref:") else 0.85, label=name,
-                   yerr=[lo, hi], capsize=3, error_kw={"lw": 1})
-            for x, h, e, nf in zip(xs, heights, hi, failed):
-                if nf:
-                    ax.text(x, (h + e) * 1.15, "†" * min(nf, 3), ha="center", va="bottom",
-                            fontsize=10, color="crimson")
-            drawn = True
+            offset = (k - (len(names) - 1) / 2) * width
+            drawn |= _bars(ax, rows, name, system, ensemble, ens_dts, offset, width, colour)
         ax.set_yscale("log")
         ax.set_xticks(range(len(ens_dts)))
         ax.set_xticklabels([f"dt = {dt:g} fs" for dt in ens_dts])
@@ -205,12 +218,7 @@ def _drift_bars(plt, cfg, rows, system, colours, path) -> bool:
         ax.set_title(ensemble, fontsize=10)
         ax.set_ylabel("|drift| (meV/atom/ps)")
         ax.grid(axis="y", alpha=0.3, which="major")
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = _legend_entries(axes)
     fig.suptitle(f"Energy drift: {system} (mean over {len(cfg.seeds)} seed(s), "
                  "error bar = std, † = failed run)")
     if labels:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from .failure import FailureCriteria
+from .fields import from_dict
 from .integrators import FORCE_MODES, canonical_ensemble
 
 
@@ -55,11 +56,7 @@ class MDSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MDSettings":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown MD settings {sorted(unknown)}; "
-                             f"known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return from_dict(cls, d, "MD settings")
 
     def to_dict(self) -> dict:
         d = asdict(self)
