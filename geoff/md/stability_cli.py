@@ -9,8 +9,8 @@ and kinetic-energy distribution, time to failure, RDF error against a reference 
 at the same conditions, steps/s); per model: the Jacobian asymmetry of its forces and the cost
 of a force call; per study: results.csv, summary.csv, models.csv, PNG plots and report.md.
 The config format is documented in ``geoff.md.stability`` (a model row may be a geoff
-checkpoint, a reference potential or any ASE calculator as ``module:factory``); ``${VAR}`` in it is read from the
-environment.
+checkpoint, a reference potential or any ASE calculator as ``module:factory``); ``${VAR}``
+in it is read from the environment.
 
 Splitting a study over processes or GPUs: start one `geoff stability CONFIG --out DIR --only
 MODEL --resume` per model (and one for the reference, e.g. `--only ref:emt`), then
