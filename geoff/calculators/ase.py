@@ -1,7 +1,11 @@
-"""GeoffCalculator: an ASE calculator around an EnergyModel (or a saved checkpoint)."""
+"""GeoffCalculator: the ASE calculator around an EnergyModel (or a saved checkpoint).
+
+It is the one calculator of geoff: scripts, the MD harness (``geoff.md``), the metrics and
+the stability study all call it.
+"""
 from __future__ import annotations
 
-import copy
+from typing import Optional
 
 import numpy as np
 import torch
@@ -9,8 +13,11 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import atoms_to_graph
+from ..inference import force_key, frozen, torch_dtype
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
 
 
 class GeoffCalculator(Calculator):
@@ -20,38 +27,37 @@ class GeoffCalculator(Calculator):
         model: an ``EnergyModel`` or the path of a checkpoint written by ``geoff.save``.
         device: ``"cpu"``, ``"cuda"``, ...
         dtype: ``"float32"`` (fast) or ``"float64"`` (what tests use).
-        forces: for ``force_head="both"`` models, which forces to report:
-            ``"conservative"`` (default) or ``"direct"``.
+        forces: which forces ``forces`` reports: ``"conservative"`` (-dE/dx) or ``"direct"``
+            (the learned head). Default: the model's own head (conservative for
+            ``force_head="conservative"`` and ``"both"``, direct for ``"direct"``).
 
-    Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å^3,
-    Voigt order xx yy zz yz xz xy, 3D-periodic cells only) and ``energies`` (eV per atom).
-    Results are recomputed only when the atoms change (ASE's ``check_state``).
+    Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
+    (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
+    atom, (N,)) and, for models with a direct head, ``direct_forces`` (eV/Å, (N, 3)).
+
+    Each call pays only for what is asked: for a model with a direct head the backward pass
+    runs only when conservative ``forces`` are asked for, so ``energy`` or ``direct_forces``
+    alone cost one forward pass (what multiple time stepping needs); a conservative-only model
+    computes its forces with its energy. Results are recomputed only when the atoms change
+    (ASE's ``check_state``).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
+                              "direct_forces"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
-                 forces: str = "conservative", **kwargs):
+                 forces: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        if forces not in ("conservative", "direct"):
-            raise ValueError(f"forces must be 'conservative' or 'direct', got {forces!r}")
         if not isinstance(model, torch.nn.Module):
             from ..checkpoint import load
 
             model = load(model)
+        if forces is None:
+            forces = "direct" if model.force_head == "direct" else "conservative"
+        self.force_key = force_key(model.force_head, forces)
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
-        # A private copy: converting or freezing must not touch a model the user still trains.
-        self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.force_key = "direct_forces" if (forces == "direct" and model.force_head == "both") \
-            else "forces"
-        if forces == "direct" and model.force_head == "conservative":
-            raise ValueError("forces='direct' needs a model trained with force_head='direct' "
-                             "or 'both'; this one is conservative")
+        self.dtype = torch_dtype(dtype)
+        self.model = frozen(model, self.device, self.dtype)
 
     @property
     def species(self):
@@ -69,14 +75,20 @@ class GeoffCalculator(Calculator):
                 f"stress needs a 3D-periodic cell, but pbc = {atoms.pbc.tolist()}; "
                 "set pbc=True with a cell, or ask only for energy and forces"
             )
-        # direct forces of a "both" model need no backward pass (compute_forces=False)
-        out = self.model(self.graph(atoms), compute_forces=self.force_key == "forces",
-                         compute_stress=want_stress)
+        # A conservative-only model computes its forces with every call (ASE asks for the
+        # energy, then the forces: one pass serves both); a model with a direct head runs the
+        # backward pass only when its conservative forces are asked for.
+        backward = self.force_key == "forces" and (
+            "forces" in properties or self.model.force_head == "conservative")
+        out = self.model(self.graph(atoms), compute_forces=backward, compute_stress=want_stress)
         energy = float(out["energy"].detach().sum())
-        self.results["energy"] = energy
-        self.results["free_energy"] = energy
-        self.results["energies"] = out["energies"].detach().cpu().double().numpy()
-        self.results["forces"] = out[self.force_key].detach().cpu().double().numpy()
+        self.results["energy"] = self.results["free_energy"] = energy
+        self.results["energies"] = _numpy(out["energies"])
+        direct = force_key(self.model.force_head, "direct") \
+            if self.model.force_head != "conservative" else None
+        if direct is not None:
+            self.results["direct_forces"] = _numpy(out[direct])
+        if self.force_key in out and (backward or self.force_key == direct):
+            self.results["forces"] = _numpy(out[self.force_key])
         if want_stress:
-            stress = out["stress"][0].detach().cpu().double().numpy()
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"][0]))

@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _potential(name: str):
     from .references import available_references
-    from .runners import Reference
+    from .settings import Reference
 
     if not Path(name).exists() and name.lower() in available_references():
         return Reference(name.lower())
@@ -83,7 +83,7 @@ def run(args) -> int:
     from . import metrics as M
     from .failure import FailureCriteria
     from .runners import MDSettings, get_runner
-    from .stability import write_json
+    from .study_io import write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,6 +26,7 @@ import numpy as np
 from ase import units
 
 from ..graph import neighbour_list
+from .fields import from_dict
 
 
 @dataclass
@@ -42,12 +43,7 @@ class FailureCriteria:
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "FailureCriteria":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown failure criteria {sorted(unknown)}; "
-                             f"known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        return from_dict(cls, dict(d or {}), "failure criteria")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -52,14 +52,11 @@ from typing import Optional
 
 import numpy as np
 from ase import units
-from ase.calculators.calculator import Calculator, all_changes
 from ase.md.bussi import Bussi
 from ase.md.langevinbaoab import LangevinBAOAB
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import NoseHooverChainNVT, NoseHooverChainThermostat
 from ase.md.verlet import VelocityVerlet
-
-from ..calculators.ase import GeoffCalculator
 
 ENSEMBLES = ("nve", "langevin", "bussi", "nose-hoover")
 FORCE_MODES = ("conservative", "direct", "mts")
@@ -84,50 +81,6 @@ def degrees_of_freedom(atoms, ensemble: str) -> int:
     if len(atoms) > 2 and not np.any(atoms.pbc):
         return int(max(n - 6, 1))
     return int(max(n - 3, 1))
-
-
-# --------------------------------------------------------------------------------------------
-# Calculator with both force kinds
-# --------------------------------------------------------------------------------------------
-
-class ModelCalculator(GeoffCalculator):
-    """``GeoffCalculator`` that also reports ``direct_forces`` and only pays for what is asked.
-
-    For a ``force_head="both"`` model, asking for ``direct_forces`` (or only ``energy``) runs
-    the forward pass alone; asking for ``forces`` adds the backward pass and fills both. This
-    is what the multiple-time-step integrator needs. For a ``"direct"`` model,
-    ``direct_forces`` is the same array as ``forces``.
-    """
-
-    implemented_properties = GeoffCalculator.implemented_properties + ["direct_forces"]
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        Calculator.calculate(self, atoms, properties, system_changes)
-        atoms = self.atoms
-        model = self.model
-        want_stress = "stress" in properties
-        if want_stress and not np.all(atoms.pbc):
-            from ase.calculators.calculator import PropertyNotImplementedError
-
-            raise PropertyNotImplementedError("stress needs a 3D-periodic cell")
-        need_conservative = "forces" in properties and self.force_key == "forces" \
-            and model.conservative
-        out = model(self.graph(atoms), compute_forces=need_conservative,
-                    compute_stress=want_stress)
-        energy = float(out["energy"].detach().sum())
-        self.results["energy"] = self.results["free_energy"] = energy
-        self.results["energies"] = out["energies"].detach().cpu().double().numpy()
-        if "direct_forces" in out:
-            self.results["direct_forces"] = out["direct_forces"].detach().cpu().double().numpy()
-        if model.force_head == "direct":
-            self.results["direct_forces"] = out["forces"].detach().cpu().double().numpy()
-        if self.force_key in out:
-            self.results["forces"] = out[self.force_key].detach().cpu().double().numpy()
-        if want_stress:
-            from ase.stress import full_3x3_to_voigt_6_stress
-
-            self.results["stress"] = full_3x3_to_voigt_6_stress(
-                out["stress"][0].detach().cpu().double().numpy())
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +178,8 @@ def bussi_alpha(kinetic: float, target_kinetic: float, n_dof: int, decay: float,
 class MultipleTimeStepVerlet(MolecularDynamics):
     """Multiple time stepping with direct inner forces and a conservative correction every
     ``mts_steps`` steps (see the module docstring). Needs a calculator with ``forces``
-    (conservative) and ``direct_forces``: ``ModelCalculator`` on a ``force_head="both"``
-    model.
+    (conservative) and ``direct_forces``: ``GeoffCalculator`` on a ``force_head="both"``
+    model, which pays only the forward pass when only ``direct_forces`` are asked for.
 
     With ``temperature_K`` and ``taut`` a Bussi rescaling is applied at the start of each
     outer step (over its length M dt); conserved: E_pot + E_kin - transferred energy.

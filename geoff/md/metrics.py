@@ -264,17 +264,6 @@ def rdf_error(g, g_ref, r_max: float) -> float:
 # Non-conservation of the force field: Jacobian asymmetry
 # --------------------------------------------------------------------------------------------
 
-def force_key(model, forces: str) -> str:
-    """The output key of ``model`` that holds the ``forces`` ("conservative"/"direct")."""
-    if forces == "direct":
-        if model.force_head == "conservative":
-            raise ValueError("this model has no direct force head (force_head='conservative')")
-        return "direct_forces" if model.force_head == "both" else "forces"
-    if model.force_head == "direct":
-        raise ValueError("this model has no conservative forces (force_head='direct')")
-    return "forces"
-
-
 def force_jacobian(model, atoms, forces: str = "conservative", dtype=None):
     """J = dF/dx (3N x 3N, eV/Å^2) of ``model`` at ``atoms`` by automatic differentiation.
 
@@ -284,10 +273,11 @@ def force_jacobian(model, atoms, forces: str = "conservative", dtype=None):
     import torch
 
     from ..graph import atoms_to_graph
+    from ..inference import force_key
 
     param = next(model.parameters())
     dtype = dtype or param.dtype
-    key = force_key(model, forces)
+    key = force_key(model.force_head, forces)
     graph = atoms_to_graph(atoms, model, dtype=dtype, device=param.device)
     pos = graph["positions"].detach().clone().requires_grad_(True)
     graph["positions"] = pos
@@ -323,10 +313,6 @@ def jacobian_asymmetry(model=None, atoms=None, forces: str = "conservative", jac
 # Speed
 # --------------------------------------------------------------------------------------------
 
-def steps_per_second(n_steps: int, seconds: float) -> float:
-    return float(n_steps / seconds) if seconds > 0 else float("nan")
-
-
 def speedup(steps_per_s: float, baseline_steps_per_s: float) -> float:
     """How many times faster than the baseline (e.g. direct over conservative forces)."""
     if not baseline_steps_per_s or not np.isfinite(baseline_steps_per_s):
@@ -343,10 +329,11 @@ def time_force_call(model, atoms, forces: str = "conservative", repeats: int = 2
     features.
     """
     from ..graph import atoms_to_graph
+    from ..inference import force_key
 
     param = next(model.parameters())
     dtype = dtype or param.dtype
-    key = force_key(model, forces)
+    key = force_key(model.force_head, forces)
     graph = atoms_to_graph(atoms, model, dtype=dtype, device=param.device)
     need_grad = key == "forces" and model.conservative
     times = []

@@ -44,6 +44,11 @@ def reference_calculator(name: str, **options):
     return _FACTORIES[key](**options)
 
 
+def has_lammps_pair(name: str) -> bool:
+    """Whether the reference ``name`` has LAMMPS pair-style lines (``lammps_pair``)."""
+    return str(name).lower() in _LAMMPS
+
+
 def lammps_pair(name: str, species: Sequence[str], **options) -> List[str]:
     key = str(name).lower()
     if key not in _LAMMPS:

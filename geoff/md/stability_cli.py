@@ -8,8 +8,9 @@ For every run: trajectory, thermo log and metrics (energy drift and fluctuation,
 and kinetic-energy distribution, time to failure, RDF error against a reference potential run
 at the same conditions, steps/s); per model: the Jacobian asymmetry of its forces and the cost
 of a force call; per study: results.csv, summary.csv, models.csv, PNG plots and report.md.
-The config format is documented in ``geoff.md.stability``; ``${VAR}`` in it is read from the
-environment.
+The config format is documented in ``geoff.md.stability`` (a model row may be a geoff
+checkpoint, a reference potential or any ASE calculator as ``module:factory``); ``${VAR}``
+in it is read from the environment.
 
 Splitting a study over processes or GPUs: start one `geoff stability CONFIG --out DIR --only
 MODEL --resume` per model (and one for the reference, e.g. `--only ref:emt`), then
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .stability import run_study
+    from .study import run_study
 
     checkpoints = {}
     for item in args.checkpoint:
@@ -92,20 +93,21 @@ def run(args) -> int:
 def _dry_run(config, checkpoints, overrides) -> int:
     from pathlib import Path
 
-    from .stability import _settings, load_config, plan
+    from .study_config import load_config, run_settings
+    from .study_runs import plan
 
     cfg = load_config(config, checkpoints=checkpoints, overrides=overrides)
     runs = plan(cfg)
     steps = {}
     for run in runs:
-        s = _settings(cfg, run.model, run.ensemble, run.dt, run.seed)
+        s = run_settings(cfg, run.model, run.ensemble, run.dt, run.seed)
         n, total = steps.get(run.model.name, (0, 0))
         steps[run.model.name] = (n + 1, total + s.steps)
     print(f"{cfg.name}: {len(runs)} runs")
     for m in [r.model for r in runs]:
         if m.name in steps:
             n, total = steps.pop(m.name)
-            source = m.checkpoint or (m.reference or {}).get("name") or "random weights"
+            source = (m.reference or {}).get("name") or m.source()
             ok = "" if not m.checkpoint or Path(m.checkpoint).exists() else "  (MISSING)"
             print(f"  {m.name:24s} {n:4d} runs {total:8d} steps  {source}{ok}")
     return 0
