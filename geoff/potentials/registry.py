@@ -20,6 +20,7 @@ _REGISTRY: Dict[str, Tuple[str, str]] = {
     "mace": ("geoff.potentials.mace", "MACE"),
     "faenet": ("geoff.potentials.faenet", "FAENet"),
     "symgnn": ("geoff.potentials.symgnn", "SymGNN"),
+    "gemnet": ("geoff.potentials.gemnet", "GemNet"),
 }
 
 
