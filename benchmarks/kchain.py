@@ -26,6 +26,7 @@ as the chain graphs of the paper do, with the 5 Å bonds well inside the smooth 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import time
 from pathlib import Path
@@ -70,12 +71,20 @@ VARIANTS = ["faenet[frames=global]"]
 
 
 def parse_variant(spec: str):
-    """"faenet[frames=global]" -> ("faenet", {"frames": "global"})."""
+    """"faenet[frames=global]" -> ("faenet", {"frames": "global"}); numbers and True/False
+    become Python values ("gemnet[quadruplets=True,quadruplet_cutoff=8.0]")."""
     if "[" not in spec:
         return spec, {}
     name, rest = spec.split("[", 1)
     pairs = [kv.split("=", 1) for kv in rest.rstrip("]").split(",") if kv]
-    return name, {k: v for k, v in pairs}
+    return name, {k: _literal(v) for k, v in pairs}
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain word such as "global"
 
 
 def chain(k: int, cis: bool) -> Atoms:

@@ -6,6 +6,8 @@ growth of the process's peak resident set during the calls, measured in a fresh 
 per model and size so that allocations of one do not hide another's).
 
     python benchmarks/model_cost.py [--models schnet painn ...] [--threads 2]
+
+A model may be a variant, "name[key=value,...]" as in kchain.py: "gemnet[quadruplets=True]".
 """
 from __future__ import annotations
 
@@ -28,9 +30,12 @@ def measure(name: str, n_atoms: int, threads: int, repeats: int) -> dict:
     from geoff.graph import atoms_to_graph
     from geoff.potentials import build_model
 
+    from kchain import parse_variant
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(name, species=["Cu"], cutoff=5.0).float().eval()
+    registered, hparams = parse_variant(name)  # "gemnet[quadruplets=True]": a variant
+    model = build_model(registered, species=["Cu"], cutoff=5.0, **hparams).float().eval()
     atoms = bulk("Cu", "fcc", a=3.61) * SIZES[n_atoms]
     atoms.rattle(0.05, seed=1)
     graph = atoms_to_graph(atoms, model, dtype=torch.float32)
