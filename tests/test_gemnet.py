@@ -128,3 +128,28 @@ def test_receptive_field_in_graph_hops():
     assert build_model("gemnet", ["Cu"], 5.0, n_layers=3).n_layers == 7
     with pytest.raises(ValueError, match="quadruplet_cutoff must be in"):
         build_model("gemnet", ["Cu"], 5.0, quadruplets=True, quadruplet_cutoff=6.0)
+
+
+def test_quadruplets_fade_out_smoothly_at_their_cutoff():
+    """A bond crossing the quadruplet cutoff (inside the edge cutoff): energy and forces show
+    no jump (their changes across it shrink with the step, as for a smooth function)."""
+    torch.manual_seed(0)
+    model = build_model("gemnet", ["C"], 3.0, quadruplets=True, quadruplet_cutoff=1.8,
+                        n_features=16, n_layers=1, n_triplet_features=8,
+                        n_quadruplet_features=8, n_output_features=16).double()
+    for p in model.representation.blocks[0].quadruplet.parameters():
+        p.data *= 5.0  # as above: a visible quadruplet term
+
+    def at(bond):
+        atoms = chain(70.0)
+        a = atoms.positions[1]
+        atoms.positions[0] = a + bond * (atoms.positions[0] - a) / np.linalg.norm(atoms.positions[0] - a)
+        out = model(atoms_to_graph(atoms, model))
+        return float(out["energy"][0].detach()), out["forces"].detach().numpy()
+
+    changes = []
+    for step in (1e-3, 1e-4):
+        (e_in, f_in), (e_out, f_out) = at(1.8 - step), at(1.8 + step)
+        changes.append((abs(e_out - e_in), np.abs(f_out - f_in).max()))
+    assert changes[1][0] < 0.2 * changes[0][0]
+    assert changes[1][1] < 0.2 * changes[0][1]

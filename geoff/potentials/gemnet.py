@@ -111,9 +111,9 @@ def build_quadruplets(idx_ji: Tensor, idx_kj: Tensor, edge_index: Tensor, shifts
     rank = torch.arange(t1.shape[0], device=device) - first[t1]  # (Q,)
     t2 = by_out[start[in_e[t1]] + rank]  # (Q,)
     e, f, g = out_e[t1], in_e[t1], in_e[t2]  # (Q,) each
-    same_atom = edge_index[1][g] == edge_index[0][e]  # d == c
-    same_image = torch.abs(shifts[e] + shifts[f] + shifts[g]).amax(dim=-1) < tol
-    keep = ~(same_atom & same_image)
+    same_atom = edge_index[1][g] == edge_index[0][e]  # (Q,) d == c
+    same_image = torch.abs(shifts[e] + shifts[f] + shifts[g]).amax(dim=-1) < tol  # (Q,)
+    keep = ~(same_atom & same_image)  # (Q,)
     return t_short[t1[keep]], t_short[t2[keep]]  # (Q,), (Q,)
 
 
