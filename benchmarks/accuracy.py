@@ -39,8 +39,12 @@ DATASETS = {
     "aspirin": ("aspirin.extxyz", 5.0, 8, (800, 100, 100)),
 }
 # DimeNet++ builds ~2.3 million triplets per 200-atom CuZr cell at 7.6 Å: one cell per step
-BATCH = {("cuzr-eam", "dimenet"): 1}
-MODELS = ["schnet", "dimenet", "painn", "egnn", "nequip", "mace", "faenet", "symgnn"]
+BATCH = {("cuzr-eam", "dimenet"): 1, ("cuzr-eam", "gemnet"): 1, ("cuzr-eam", "gemnet-q"): 1}
+MODELS = ["schnet", "dimenet", "painn", "egnn", "nequip", "mace", "faenet", "symgnn", "gemnet",
+          "gemnet-q"]
+# Runs of a registered model with other hyper-parameters: run name -> (model, --hparams).
+VARIANTS = {"gemnet-q": ("gemnet", ["quadruplets=true"]),
+            "gemnet-q3": ("gemnet", ["quadruplets=true", "quadruplet_cutoff=3.0"])}
 SPLIT_SEED = 0
 # mace-torch's model for the side-by-side row: the MACE paper's small setting (2 layers,
 # 64 channels, L=1 messages, correlation 3), close to our `mace` defaults in size.
@@ -98,9 +102,11 @@ def commands(out: Path, device: str, minutes: float, datasets, models, mace: boo
         d = out / name
         for model in models:
             run = d / model
+            registered, hparams = VARIANTS.get(model, (model, []))
             cmd = [python, "-m", "geoff.cli", "train", "--data", d / "train.extxyz",
                    "--val-data", d / "val.extxyz", "--test-data", d / "test.extxyz",
-                   "--model", model, "--cutoff", cutoff,
+                   "--model", registered, *(["--hparams", *hparams] if hparams else []),
+                   "--cutoff", cutoff,
                    "--batch-size", BATCH.get((name, model), batch),
                    "--val-batch-size", BATCH.get((name, model), batch),
                    "--epochs", 100000, "--max-time", minutes, "--early-stopping", 40,

@@ -26,6 +26,7 @@ as the chain graphs of the paper do, with the 5 Å bonds well inside the smooth 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,9 @@ Reading the table (k = 4: the two end orientations are 5 hops apart):
   frame sees the whole chain. With local per-atom frames (our default, needed for periodic
   cells and MPI) every message is expressed in its atom's own frame, which makes the model an
   invariant one-hop model: chance, the price of locality.
+- GemNet-T stays at chance, like DimeNet++; so does GemNet-Q: every bonded quadruplet of
+  the k = 4 chain has three collinear backbone atoms, where the dihedral is undefined and its
+  terms vanish (at k = 2 the end-to-end dihedral is a bonded quadruplet: GemNet-Q 100 %).
 - SymGNN (K = 8 sampled transforms, fresh samples in training) scatters around chance: the
   sampling error of the average (~1e-5 of the energy) is as large as the cis/trans signal of
   the untrained network (2e-5), so 300 steps learn noise; the fixed inference samples then
@@ -70,12 +74,20 @@ VARIANTS = ["faenet[frames=global]"]
 
 
 def parse_variant(spec: str):
-    """"faenet[frames=global]" -> ("faenet", {"frames": "global"})."""
+    """"faenet[frames=global]" -> ("faenet", {"frames": "global"}); numbers and True/False
+    become Python values ("gemnet[quadruplets=True,quadruplet_cutoff=8.0]")."""
     if "[" not in spec:
         return spec, {}
     name, rest = spec.split("[", 1)
     pairs = [kv.split("=", 1) for kv in rest.rstrip("]").split(",") if kv]
-    return name, {k: v for k, v in pairs}
+    return name, {k: _literal(v) for k, v in pairs}
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain word such as "global"
 
 
 def chain(k: int, cis: bool) -> Atoms:

@@ -19,6 +19,15 @@ SMALL = {
     # faenet: local frames (the class default), degeneracy gates on (default gap_scale).
     "faenet": dict(n_features=16, n_layers=2, n_rbf=8, n_vectors=2),
     "symgnn": dict(n_features=16, n_layers=2, n_rbf=8, n_vectors=2, n_samples=4),
+    "gemnet": dict(n_features=16, n_layers=2, n_rbf=6, l_max=3, n_triplet_features=8,
+                   n_quadruplet_features=8, n_basis_features=4, n_output_features=16,
+                   n_output_layers=1, l_max_quadruplet=2),
+}
+# Variants of registered models that the parametrised tests run as models of their own:
+# name -> (registry name, extra hyper-parameters). GemNet-Q at a 3 Å quadruplet cutoff: the
+# test structures' nearest neighbours (2.6 Å) form quadruplets, which cutoff / 2 would not.
+VARIANTS = {
+    "gemnet-q": ("gemnet", dict(quadruplets=True, quadruplet_cutoff=3.0)),
 }
 
 
@@ -26,7 +35,9 @@ def small_model(name, species=("Cu", "Zr"), cutoff=4.0, force_head="conservative
     from geoff.potentials import build_model
 
     torch.manual_seed(0)
+    name, variant = VARIANTS.get(name, (name, {}))
     hp = dict(SMALL.get(name, {}))
+    hp.update(variant)
     hp.update(extra)
     model = build_model(name, species=list(species), cutoff=cutoff, force_head=force_head, **hp)
     model = model.double().eval()

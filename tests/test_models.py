@@ -5,14 +5,18 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from conftest import cluster, rattled_triclinic, small_model
+from conftest import VARIANTS, cluster, rattled_triclinic, small_model
 from geoff.graph import atoms_to_graph
 from geoff.potentials import available_models, build_model
 from symmetry import (assert_batch_matches_single,
                       assert_float32_close_to_float64, evaluate, fd_force_error, fd_stress_error,
                       random_orthogonal, transformed)
 
-MODELS = available_models()
+# Registered models plus the variants of conftest.VARIANTS (GemNet-Q), which run as models of
+# their own: FD forces, invariance and TorchScript in `make test`, the rest marked slow.
+MODELS = available_models() + list(VARIANTS)
+SLOW_VARIANTS = [pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS]
+MODELS_VARIANTS_SLOW = available_models() + SLOW_VARIANTS
 # Models whose symmetry is only approximate (sampled transforms, one stochastic frame):
 # their measured bounds are asserted in tests/test_frames.py instead. symgnn averages over a
 # fixed set of K sampled O(3) transforms at inference (error ~ 1/sqrt(K)); faenet's registry
@@ -25,7 +29,7 @@ APPROXIMATE = {"symgnn"}
 # transforms for every atom, so both are local.
 GLOBAL = set()
 EXACT = [m for m in MODELS if m not in APPROXIMATE]
-LOCAL = [m for m in MODELS if m not in GLOBAL]
+LOCAL = [m for m in available_models() if m not in GLOBAL] + SLOW_VARIANTS
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -36,7 +40,7 @@ def test_forces_are_minus_energy_gradient(name, force_head):
     assert fd_force_error(model, cluster()) < 1e-6
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_VARIANTS_SLOW)
 def test_stress_is_strain_derivative(name):
     model = small_model(name)
     assert fd_stress_error(model, rattled_triclinic()) < 1e-6
@@ -112,7 +116,7 @@ def test_torchscript_matches_eager(name, force_head):
         torch.testing.assert_close(jit[key], eager[key], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_VARIANTS_SLOW)
 def test_float32_runs_and_agrees_with_float64(name):
     assert_float32_close_to_float64(small_model(name), rattled_triclinic())
 

@@ -26,6 +26,7 @@ _REGISTRY: Dict[str, Tuple[str, str]] = {
     "mace": ("geoff.potentials.mace", "MACE"),
     "faenet": ("geoff.potentials.faenet", "FAENet"),
     "symgnn": ("geoff.potentials.symgnn", "SymGNN"),
+    "gemnet": ("geoff.potentials.gemnet", "GemNet"),
 }
 
 SHARED_HPARAMS = ("cutoff", "n_layers", "n_features", "n_rbf", "l_max", "correlation",
