@@ -16,8 +16,12 @@ from geoff.potentials import (SHARED_HPARAMS, EnergyModel, LayeredRepresentation
 from geoff.potentials.layers import scatter_sum
 from geoff.potentials.registry import representation_class
 
-# Every registered model, and the non-local FAENet variant.
-VARIANTS = [(name, {}) for name in available_models()] + [("faenet", {"frames": "global"})]
+# Models whose state lives on directed edges with blocks spanning two hops: forward only
+# (``decomposable`` False); LAMMPS runs them in the ghost-shell mode.
+FORWARD_ONLY = {"gemnet"}
+# Every other registered model, and the non-local FAENet variant.
+VARIANTS = [(name, {}) for name in available_models() if name not in FORWARD_ONLY] \
+    + [("faenet", {"frames": "global"})]
 IDS = [name + "".join(f"-{v}" for v in hp.values()) for name, hp in VARIANTS]
 
 
@@ -128,7 +132,7 @@ def test_backward_piece_by_piece_equals_whole(name, hparams):
     torch.testing.assert_close(pieces, reference, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", sorted(set(available_models()) - FORWARD_ONLY))
 def test_exported_model_carries_the_pieces(name, tmp_path):
     """The export (torch.jit.script of the EnergyModel) compiles embed, layer and readout with
     forward: a TorchScript consumer of the file can call them one by one."""
@@ -201,6 +205,7 @@ TAKES = {
     "mace": {"n_layers", "n_features", "n_rbf", "l_max", "correlation"},
     "faenet": {"n_layers", "n_features", "n_rbf", "frames", "n_samples"},
     "symgnn": {"n_layers", "n_features", "n_rbf", "n_samples"},
+    "gemnet": {"n_layers", "n_features", "n_rbf", "l_max"},
 }
 
 
@@ -210,7 +215,8 @@ def test_shared_hyperparameter_names(name):
     taken = set(inspect.signature(cls).parameters) & set(SHARED_HPARAMS)
     assert taken == TAKES[name] | {"cutoff"}
     model = build_model(name, ["Cu"], cutoff=3.0, n_layers=2, n_features=8, n_rbf=4)
-    assert model.n_layers == (3 if name == "dimenet" else 2)  # DimeNet++: embedding = 1 hop
+    # n_layers attribute = receptive hops: DimeNet++'s embedding adds one, GemNet's blocks two
+    assert model.n_layers == {"dimenet": 3, "gemnet": 5}.get(name, 2)
     for key in set(SHARED_HPARAMS) - TAKES[name] - {"cutoff", "force_head"}:
         with pytest.raises(ValueError, match=f"bad hyper-parameters for '{name}'.*{key}"):
             build_model(name, ["Cu"], **{key: 2})
@@ -222,3 +228,11 @@ def test_inapplicable_names_give_the_reason():
         build_model("nequip", ["Cu"], correlation=3)
     with pytest.raises(ValueError, match="'frames' does not apply: symgnn averages"):
         build_model("symgnn", ["Cu"], frames="sampled")
+
+
+def test_every_model_declares_the_contract():
+    """All registered models are Representations; only FORWARD_ONLY ones are not layered."""
+    for name in available_models():
+        cls = representation_class(name)
+        assert issubclass(cls, Representation), name
+        assert cls.decomposable == (name not in FORWARD_ONLY), name

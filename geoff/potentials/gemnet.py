@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from . import layers
 from .dimenet import OutputBlock, ResidualLayer, build_triplets
 from .layers import BesselBasis, PolynomialCutoff, activation, legendre_polynomials, scatter_sum
+from .representation import Representation
 
 
 def reverse_edges(edge_index: Tensor, shifts: Tensor, n_atoms: int, tol: float = 1e-4) -> Tensor:
@@ -245,8 +246,12 @@ class InteractionBlock(nn.Module):
         return h, m
 
 
-class GemNet(nn.Module):
+class GemNet(Representation):
     """Per-atom invariant features (N, n_features) from distances, angles (and dihedrals).
+
+    A ``Representation`` with ``forward`` only (not decomposable into node-feature layers):
+    its state lives on directed edges and one block spans two graph hops, so a LAMMPS run
+    over MPI uses the ghost-shell mode for it (``receptive_hops`` cutoffs of ghosts).
 
     Args:
         n_species: number of elements.
@@ -273,18 +278,15 @@ class GemNet(nn.Module):
                  n_basis_features: int = 16, n_output_features: int = 128,
                  n_output_layers: int = 2, n_before_skip: int = 1, n_after_skip: int = 1,
                  activation: str = "silu"):
-        super().__init__()
         q_cut = 0.5 * cutoff if quadruplet_cutoff is None else float(quadruplet_cutoff)
         if quadruplets and not 0.0 < q_cut <= cutoff:
             raise ValueError(f"quadruplet_cutoff must be in (0, cutoff = {cutoff}], got {q_cut}")
-        self.n_scalars = n_features
-        self.n_vectors = 0
-        self.quadruplets = bool(quadruplets)
-        self.quadruplet_cutoff = q_cut
         # Receptive field in graph hops (module docstring): a quadruplet whose bonds span more
         # than one cutoff reaches two hops in one message.
-        per_block = 3 if (self.quadruplets and 2.0 * q_cut > cutoff) else 2
-        self.n_layers = per_block * n_layers + 1
+        per_block = 3 if (quadruplets and 2.0 * q_cut > cutoff) else 2
+        super().__init__(n_features, 0, per_block * n_layers + 1)
+        self.quadruplets = bool(quadruplets)
+        self.quadruplet_cutoff = q_cut
         self.n_rbf = n_rbf
         self.l_max = l_max
         self.rbf = BesselBasis(cutoff, n_rbf)
