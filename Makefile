@@ -41,6 +41,7 @@ test-package: $(STAMP)
 
 test-compat:
 	.ci/compat.sh oldest
+	.ci/compat.sh oldest-lammps
 	.ci/compat.sh newest
 
 clean:
