@@ -167,3 +167,20 @@ def test_plugin_sources_are_package_data():
     source = plugin_build.source_dir()
     assert source == Path(plugin_build.__file__).resolve().parent / "plugin"
     assert all((source / name).is_file() for name in plugin_build.SOURCE_FILES)
+
+
+def test_build_folder_configured_from_other_sources_is_cleared(tmp_path):
+    """An upgrade that moved the plugin sources must not trip over CMake's old cache."""
+    from geoff.lammps.build import _forget_other_source
+
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    (build_dir / "CMakeCache.txt").write_text(
+        f"CMAKE_HOME_DIRECTORY:INTERNAL={tmp_path / 'old_sources'}\n")
+    _forget_other_source(build_dir, tmp_path / "new_sources")
+    assert not build_dir.exists()
+    build_dir.mkdir()
+    (build_dir / "CMakeCache.txt").write_text(
+        f"CMAKE_HOME_DIRECTORY:INTERNAL={tmp_path / 'same'}\n")
+    _forget_other_source(build_dir, tmp_path / "same")
+    assert (build_dir / "CMakeCache.txt").exists()

@@ -134,6 +134,23 @@ def entry_point() -> str:
     return str(plugin_dir())
 
 
+def _forget_other_source(build_dir: Path, source: Path) -> None:
+    """Clear a CMake build folder configured from another source folder.
+
+    CMake refuses to reuse a cache made for other sources (an upgrade of geoff that moved
+    them, or a second checkout sharing this torch): start that folder afresh instead.
+    """
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.is_file():
+        return
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith("CMAKE_HOME_DIRECTORY:"):
+            configured = Path(line.split("=", 1)[1].strip())
+            if configured.resolve() != Path(source).resolve():
+                shutil.rmtree(build_dir)
+            return
+
+
 def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
           verbose: bool = False, log=print) -> Path:
     """Configure and compile the plugin; returns the path of ``geoffplugin.so``.
@@ -161,6 +178,7 @@ def build(jobs: int = 2, source=None, build_dir=None, force: bool = False,
         log(f"up to date: {target}")
         return target
     build_dir = Path(build_dir) if build_dir else out_dir / "build"
+    _forget_other_source(build_dir, source)
     build_dir.mkdir(parents=True, exist_ok=True)
     run = dict(check=True, text=True)
     if not verbose:
