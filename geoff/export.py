@@ -83,6 +83,16 @@ def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
     }
 
 
+def per_layer_metadata(model) -> Dict[str, Any]:
+    """``layer_comm`` (node-feature names and per-layer widths, or None when the model cannot
+    be run layer by layer) and ``layer_comm_refusal`` (why not, or "")."""
+    from .lammps.layer_pieces import comm_metadata, per_layer_refusal
+
+    reason = per_layer_refusal(model)
+    return {"layer_comm": None if reason else comm_metadata(model),
+            "layer_comm_refusal": reason or ""}
+
+
 def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> Path:
     """Script ``model_or_ckpt`` (an EnergyModel or a checkpoint path) and save it to ``path``.
 
@@ -106,6 +116,11 @@ def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> 
 
         model = frozen(load(model_or_ckpt), device, dtype)
     meta = metadata(model, dtype, device)
+    meta.update(per_layer_metadata(model))
+    if meta["layer_comm"] is not None:  # add the pieces pair_style geoff graph layers calls
+        from .lammps.layer_pieces import layered_export
+
+        model = layered_export(model)
     try:
         scripted = torch.jit.script(model)
     except Exception as exc:  # noqa: BLE001 - TorchScript errors come in many types

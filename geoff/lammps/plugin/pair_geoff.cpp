@@ -58,13 +58,8 @@
 
 using namespace LAMMPS_NS;
 
-namespace LAMMPS_NS {
-struct GeoffTorch {
-  torch::jit::Module module;
-  torch::Device device{torch::kCPU};
-  torch::ScalarType dtype{torch::kFloat64};
-};
-}    // namespace LAMMPS_NS
+#include "geoff_torch.h"
+#include "layer_comm.h"
 
 namespace {
 const char *METADATA_FILE = "geoff_metadata.json";
@@ -99,6 +94,8 @@ PairGeoff::PairGeoff(LAMMPS *lmp) :
     t_graph(0.0), t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0),
     reset_timers(true)
 {
+  layers_.reset(new GeoffLayerComm);
+  layered = false;
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -150,14 +147,15 @@ void PairGeoff::settings(int narg, char **arg)
       iarg += 2;
     } else if (key == "graph" && iarg + 1 < narg) {
       graph_request = arg[iarg + 1];
-      if (graph_request != "auto" && graph_request != "periodic" && graph_request != "ghosts")
-        error->all(FLERR, "pair_style geoff graph must be auto, periodic or ghosts, got '{}'",
-                   graph_request);
+      if (graph_request != "auto" && graph_request != "periodic" && graph_request != "ghosts" &&
+          graph_request != "layers")
+        error->all(FLERR, "pair_style geoff graph must be auto, periodic, ghosts or layers, "
+                   "got '{}'", graph_request);
       iarg += 2;
     } else {
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
-                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts]`",
+                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers]`",
                  key);
     }
   }
@@ -234,6 +232,7 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
   }
+  read_layer_metadata(extra[METADATA_FILE]);    // graph layers: layer_comm.cpp
   if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
@@ -337,6 +336,7 @@ void PairGeoff::init_style()
   if (graph_request == "ghosts" && global_frames)
     error->all(FLERR, "pair_style geoff: model '{}' uses global frames, which see the whole "
                "structure: use graph periodic (the default on one rank)", model_file);
+  if (init_style_layers()) return;    // graph layers: layer_comm.cpp
   periodic_graph = graph_request == "periodic" || (graph_request == "auto" && comm->nprocs == 1);
   if (periodic_graph && atom->tag_enable == 0)
     error->all(FLERR, "pair_style geoff graph periodic needs atom IDs (atom_modify id yes)");
@@ -580,6 +580,7 @@ int PairGeoff::build_graph_ghosts()
 void PairGeoff::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  if (layered) return compute_layers(eflag, vflag);    // every rank, atoms or not
   if (list->inum == 0) return;    // no local atoms: no energy, no forces
 
   auto t0 = Clock::now();
@@ -750,6 +751,7 @@ void PairGeoff::compute(int eflag, int vflag)
 
 void PairGeoff::finish()
 {
+  if (layered) return finish_layers();
   double mine[6] = {t_graph, t_model, t_scatter, (double) n_calls, sum_atoms, sum_edges};
   double sum[6];
   MPI_Allreduce(mine, sum, 6, MPI_DOUBLE, MPI_SUM, world);

@@ -10,9 +10,14 @@
    graph periodic (default on one MPI rank): the graph holds the local atoms only; an edge to
      a ghost becomes an edge to its owner with a periodic shift, exactly as in ASE. No ghost
      shell beyond the cutoff is needed.
-   graph ghosts (default on several ranks: domain decomposition): the graph holds local and
-     ghost atoms with the neighbours of ghosts (full list with ghost neighbours); the ghost
-     shell must reach n_layers x cutoff + skin (comm_modify cutoff), which init_style checks.
+   graph layers (default on several ranks, for models exported with their per-layer pieces):
+     local atoms plus one cutoff of ghosts; after every layer the ghosts' node features come
+     from their owners (forward comm), their gradients go back in the backward pass (reverse
+     comm). layer_comm.cpp.
+   graph ghosts (default on several ranks for other models: domain decomposition): the graph
+     holds local and ghost atoms with the neighbours of ghosts (full list with ghost
+     neighbours); the ghost shell must reach n_layers x cutoff + skin (comm_modify cutoff),
+     which init_style checks.
 ------------------------------------------------------------------------- */
 
 #ifdef PAIR_CLASS
@@ -27,6 +32,7 @@ PairStyle(geoff,PairGeoff);
 #include "pair.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +54,12 @@ class PairGeoff : public Pair {
   void setup() override;
   void finish() override;
   double memory_usage() override;
+
+  // graph layers: node features of ghosts (forward) and their gradients (reverse).
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
 
  protected:
   std::unique_ptr<GeoffTorch> torch_;
@@ -80,6 +92,19 @@ class PairGeoff : public Pair {
   double t_graph, t_model, t_scatter, sum_atoms, sum_edges;
   long n_calls;
   bool reset_timers;    // set by setup(): the next call is the setup force call
+
+  // graph layers (per-layer communication): layer_comm.cpp.
+  std::unique_ptr<struct GeoffLayerComm> layers_;
+  bool layered;                  // this run: per-layer communication
+  void read_layer_metadata(const std::string &metadata_json);
+  bool init_style_layers();      // chooses graph layers; true if this run uses it
+  void compute_layers(int eflag, int vflag);
+  int build_graph_layers();      // returns the number of edges
+  void run_layers(int n_edges, const std::function<void(int)> &forward_pass,
+                  const std::function<void(int)> &reverse_pass);
+  void scatter_layers(int n_edges, const double *forces, const double *energies,
+                      const double *edge_grad);
+  void finish_layers();
 
   void allocate();
   void neighbours_within_cutoff(int nlist);
