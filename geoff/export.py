@@ -35,9 +35,9 @@ import torch
 
 from .inference import DTYPES, dtype_name, frozen, receptive_hops, torch_dtype
 
-FORMAT = "geoff-torchscript"
-FORMAT_VERSION = 2  # 2: receptive_hops added (format 1 files get it computed on reading)
-METADATA_FILE = "geoff_metadata.json"
+# Shared with the C++ plugin (geoff/lammps/plugin/geoff_format.h): "geoff-torchscript",
+# version 2 (receptive_hops added), "geoff_metadata.json".
+from .lammps.file_format import FORMAT, FORMAT_VERSION, METADATA_FILE  # noqa: E402,F401
 REQUIRED_KEYS = ("format", "format_version", "species", "cutoff", "n_layers", "dtype",
                  "model", "geoff_version", "needs_global_frames", "force_head")
 
@@ -237,9 +237,13 @@ def run(args) -> int:
     print(f"wrote {path}: {meta['model']} ({meta['dtype']}, {meta['device']}), species "
           f"{species}, cutoff {meta['cutoff']} Å, {meta['n_layers']} layers")
     print("LAMMPS:\n  pair_style geoff\n"
-          f"  pair_coeff * * {path} {species}\n"
-          f"  comm_modify cutoff {shell + 2.0:g}   # MPI runs: >= {hops} x cutoff + skin "
-          "(skin 2.0 Å, metal units default)")
+          f"  pair_coeff * * {path} {species}")
+    if meta.get("layer_comm"):
+        print("  # MPI runs: per-layer communication (graph layers), no comm_modify needed")
+    else:
+        print(f"  comm_modify cutoff {shell + 2.0:g}   # MPI runs: >= {hops} x cutoff + skin "
+              f"(skin 2.0 Å, metal units default); no per-layer communication: "
+              f"{meta.get('layer_comm_refusal') or 'not recorded'}")
     if meta["needs_global_frames"]:
         print("note: this model uses global frames (not local): run it on one MPI rank")
     return 0

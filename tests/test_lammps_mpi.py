@@ -235,3 +235,18 @@ def test_auto_falls_back_to_ghost_shell(workdir):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "graph ghosts (ghost shell of 3 x cutoff + skin, no per-layer communication)" \
         in out.stdout and "direct force head" in out.stdout
+
+
+def test_format_constants_come_from_one_header():
+    """The metadata format name, version and file name: geoff_format.h, read by Python and
+    included by the plugin (which spells none of them itself)."""
+    from geoff import export as export_module
+    from geoff.lammps import file_format
+
+    header = file_format.HEADER.read_text()
+    assert f'#define GEOFF_FORMAT "{export_module.FORMAT}"' in header
+    assert f"#define GEOFF_FORMAT_VERSION {export_module.FORMAT_VERSION}" in header
+    assert f'#define GEOFF_METADATA_FILE "{export_module.METADATA_FILE}"' in header
+    for source in ("pair_geoff.cpp", "layer_comm.cpp"):
+        text = (file_format.HEADER.parent / source).read_text()
+        assert '"geoff-torchscript"' not in text and '"geoff_metadata.json"' not in text

@@ -61,8 +61,10 @@ using namespace LAMMPS_NS;
 #include "geoff_torch.h"
 #include "layer_comm.h"
 
+#include "geoff_format.h"
+
 namespace {
-const char *METADATA_FILE = "geoff_metadata.json";
+const char *METADATA_FILE = GEOFF_METADATA_FILE;
 const char *EXPORT_HINT = "export a geoff checkpoint with `geoff export model.ckpt -o model.pt`";
 
 using Clock = std::chrono::steady_clock;
@@ -208,10 +210,10 @@ void PairGeoff::coeff(int narg, char **arg)
 
   try {
     auto meta = json::parse(extra[METADATA_FILE]);
-    if (meta.value("format", "") != "geoff-torchscript")
+    if (meta.value("format", "") != GEOFF_FORMAT)
       error->all(FLERR, "pair_style geoff: '{}' has metadata of an unknown format; {}",
                  model_file, EXPORT_HINT);
-    if (meta.value("format_version", 0) > 2)
+    if (meta.value("format_version", 0) > GEOFF_FORMAT_VERSION)
       error->all(FLERR,
                  "pair_style geoff: '{}' was exported by a newer geoff ({}); rebuild this "
                  "plugin with `geoff lammps build` after upgrading geoff",
