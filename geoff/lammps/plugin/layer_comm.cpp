@@ -246,7 +246,6 @@ int PairGeoff::build_graph_layers()
 {
   GeoffLayerComm &lc = *layers_;
   double **x = atom->x;
-  int *type = atom->type;
   tagint *tag = atom->tag;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
@@ -273,9 +272,9 @@ int PairGeoff::build_graph_layers()
       lc.tag_row_sparse[t] = r;
   };
 
-  lc.rows.resize(nlocal);
+  graph_atoms.resize(nlocal);
   for (int i = 0; i < nlocal; ++i) {
-    lc.rows[i] = i;
+    graph_atoms[i] = i;
     set_row(tag[i], i);
   }
   const size_t n_edges = adj.size();
@@ -291,11 +290,11 @@ int PairGeoff::build_graph_layers()
       const int j = nb[c];
       int r = j < nlocal ? j : row_of(tag[j]);
       if (r < 0) {    // first image of an atom owned by another rank: a ghost row
-        r = (int) lc.rows.size();
-        lc.rows.push_back(j);
+        r = (int) graph_atoms.size();
+        graph_atoms.push_back(j);
         set_row(tag[j], r);
       }
-      const int o = lc.rows[r];
+      const int o = graph_atoms[r];
       recv[e] = i;
       send[e] = r;
       edge_j[e] = j;
@@ -305,16 +304,7 @@ int PairGeoff::build_graph_layers()
     }
   }
 
-  const int n = (int) lc.rows.size();
-  pos_buf.resize(3 * (size_t) n + 3);
-  species_buf.resize(n + 1);
-  for (int r = 0; r < n; ++r) {
-    const int i = lc.rows[r];
-    pos_buf[3 * r] = x[i][0];
-    pos_buf[3 * r + 1] = x[i][1];
-    pos_buf[3 * r + 2] = x[i][2];
-    species_buf[r] = type2species[type[i]];
-  }
+  fill_atoms();
   return (int) n_edges;
 }
 
@@ -326,12 +316,13 @@ int PairGeoff::build_graph_layers()
 
 namespace {
 template <typename Pass>
-torch::Tensor exchange_forward(GeoffLayerComm &lc, const torch::Tensor &flat, int nlocal,
-                               int nall, int width, int max_cols, Pass comm_pass)
+torch::Tensor exchange_forward(GeoffLayerComm &lc, const std::vector<int> &rows,
+                               const torch::Tensor &flat, int nlocal, int nall, int width,
+                               int max_cols, Pass comm_pass)
 {
   lc.width = width;
   lc.buf.assign((size_t) nall * width, 0.0);
-  const int n = (int) lc.rows.size();
+  const int n = (int) rows.size();
   torch::Tensor host;
   if (n > 0) {
     host = flat.detach().to(torch::kCPU, torch::kFloat64).contiguous();
@@ -341,24 +332,25 @@ torch::Tensor exchange_forward(GeoffLayerComm &lc, const torch::Tensor &flat, in
   if (n == 0) return flat;
   double *h = host.data_ptr<double>();
   for (int r = nlocal; r < n; ++r)
-    std::memcpy(h + (size_t) r * width, lc.buf.data() + (size_t) lc.rows[r] * width,
+    std::memcpy(h + (size_t) r * width, lc.buf.data() + (size_t) rows[r] * width,
                 sizeof(double) * width);
   return host.to(flat.device(), flat.scalar_type());
 }
 
 template <typename Pass>
-torch::Tensor exchange_reverse(GeoffLayerComm &lc, const torch::Tensor &grad, int nlocal,
-                               int nall, int width, int max_cols, Pass comm_pass)
+torch::Tensor exchange_reverse(GeoffLayerComm &lc, const std::vector<int> &rows,
+                               const torch::Tensor &grad, int nlocal, int nall, int width,
+                               int max_cols, Pass comm_pass)
 {
   lc.width = width;
   lc.buf.assign((size_t) nall * width, 0.0);
-  const int n = (int) lc.rows.size();
+  const int n = (int) rows.size();
   torch::Tensor host;
   if (n > 0) {
     host = grad.to(torch::kCPU, torch::kFloat64).contiguous();
     const double *h = host.data_ptr<double>();
     for (int r = nlocal; r < n; ++r)
-      std::memcpy(lc.buf.data() + (size_t) lc.rows[r] * width, h + (size_t) r * width,
+      std::memcpy(lc.buf.data() + (size_t) rows[r] * width, h + (size_t) r * width,
                   sizeof(double) * width);
   }
   communicate(lc, max_cols, comm_pass);
@@ -410,7 +402,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const int n_edges = build_graph_layers();
-  const int n = (int) lc.rows.size();
+  const int n = (int) graph_atoms.size();
   lc.t_graph += since(t0);
 
   const int max_cols = comm_forward;
@@ -433,9 +425,9 @@ void PairGeoff::compute_layers(int eflag, int vflag)
     // No atoms here: take part in every communication (this rank may relay ghosts).
     torch::Tensor none;
     for (int k = 0; k + 1 < n_layers; ++k)
-      exchange_forward(lc, none, 0, nall, lc.widths[k], max_cols, forward_pass);
+      exchange_forward(lc, graph_atoms, none, 0, nall, lc.widths[k], max_cols, forward_pass);
     for (int k = n_layers - 2; k >= 0; --k)
-      exchange_reverse(lc, none, 0, nall, lc.widths[k], max_cols, reverse_pass);
+      exchange_reverse(lc, graph_atoms, none, 0, nall, lc.widths[k], max_cols, reverse_pass);
   } else {
     run_layers(n_edges, forward_pass, reverse_pass);
   }
@@ -468,41 +460,23 @@ void PairGeoff::run_layers(int n_edges, const std::function<void(int)> &forward_
   GeoffLayerComm &lc = *layers_;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
-  const int n = (int) lc.rows.size();
+  const int n = (int) graph_atoms.size();
   const int L = n_layers;
   const int max_cols = comm_forward;
-  const auto dev = torch_->device;
-  const auto dtype = torch_->dtype;
   const bool want_virial = vflag_global || vflag_atom;
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-
   torch::Tensor forces, energies, edge_grad;
   try {
     // Leaves of the backward pass: positions, and shifts (dE/dshift_e = dE/dr_e: virial).
-    auto positions = torch::from_blob(pos_buf.data(), {n, 3}, f64).to(dev, dtype).clone();
-    auto shifts = torch::from_blob(shift_buf.data(), {(int64_t) n_edges, 3}, f64)
-                      .to(dev, dtype)
-                      .clone();
+    const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
+                              domain->zperiodic != 0};
+    TensorDict graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
+                                     edge_buf.data(), shift_buf.data(), domain->h, periodic,
+                                     nlocal);
+    torch::Tensor positions = graph.at("positions");
+    torch::Tensor shifts = graph.at("shifts");
+    torch::Tensor species_t = graph.at("species");
     positions.requires_grad_(true);
     if (want_virial) shifts.requires_grad_(true);
-    auto species_t = torch::from_blob(species_buf.data(), {n}, i64).to(dev);
-    const double *h = domain->h;
-    TensorDict graph;
-    graph.insert("positions", positions);
-    graph.insert("species", species_t);
-    graph.insert("edge_index",
-                 torch::from_blob(edge_buf.data(), {2, (int64_t) n_edges}, i64).to(dev));
-    graph.insert("shifts", shifts);
-    graph.insert("cell", torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, f64)
-                             .reshape({1, 3, 3})
-                             .to(dev, dtype));
-    graph.insert("pbc", torch::tensor({domain->xperiodic != 0, domain->yperiodic != 0,
-                                       domain->zperiodic != 0}, torch::kBool)
-                            .reshape({1, 3})
-                            .to(dev));
-    graph.insert("batch", torch::zeros({n}, i64.device(dev)));
-    graph.insert("n_local", torch::full({1}, (int64_t) nlocal, i64.device(dev)));
 
     auto &module = torch_->module;
     auto embed = module.get_method("lammps_embed");
@@ -525,8 +499,8 @@ void PairGeoff::run_layers(int n_edges, const std::function<void(int)> &forward_
         error->one(FLERR, "pair_style geoff: model '{}' sends {} doubles per atom after "
                    "layer {}, its metadata says {}; re-export it", model_file, flat.size(1),
                    k, lc.widths[k]);
-      auto mixed = exchange_forward(lc, flat, nlocal, nall, lc.widths[k], max_cols,
-                                    forward_pass);
+      auto mixed = exchange_forward(lc, graph_atoms, flat, nlocal, nall, lc.widths[k],
+                                    max_cols, forward_pass);
       unflatten(mixed, outs[k], lc.names, ins[k + 1], true);
     }
     energies = readout({ins[L], geometry, species_t, (int64_t) nlocal}).toTensor();
@@ -563,8 +537,8 @@ void PairGeoff::run_layers(int n_edges, const std::function<void(int)> &forward_
                                  ? it->second
                                  : torch::zeros_like(ins[k + 1].at(name)));
         }
-        auto back = exchange_reverse(lc, flatten(grads, lc.names, n), nlocal, nall,
-                                     lc.widths[k], max_cols, reverse_pass);
+        auto back = exchange_reverse(lc, graph_atoms, flatten(grads, lc.names, n), nlocal,
+                                     nall, lc.widths[k], max_cols, reverse_pass);
         TensorDict owned;
         unflatten(back, outs[k], lc.names, owned, false);
         for (const auto &kv : owned) g[kv.key()] = kv.value();
@@ -611,51 +585,10 @@ void PairGeoff::run_layers(int n_edges, const std::function<void(int)> &forward_
                "edges: {}", model_file, n, n_edges, std::string(e.what()).substr(0, 400));
   }
   auto t = Clock::now();
-  scatter_layers(n_edges, forces.data_ptr<double>(), energies.data_ptr<double>(),
-                 edge_grad.defined() ? edge_grad.data_ptr<double>() : nullptr);
+  scatter_forces(forces.data_ptr<double>(), n);    // ghost rows go home: LAMMPS reverse comm
+  add_energies(energies.data_ptr<double>(), energies.sum().item<double>());
+  if (edge_grad.defined()) add_edge_virials(edge_grad.data_ptr<double>(), n_edges);
   lc.t_scatter += since(t);
-}
-
-void PairGeoff::scatter_layers(int n_edges, const double *fd, const double *ed,
-                               const double *g)
-{
-  const GeoffLayerComm &lc = *layers_;
-  double **f = atom->f;
-  double **x = atom->x;
-  const int nlocal = atom->nlocal;
-  for (size_t r = 0; r < lc.rows.size(); ++r) {
-    double *fi = f[lc.rows[r]];
-    fi[0] += fd[3 * r];
-    fi[1] += fd[3 * r + 1];
-    fi[2] += fd[3 * r + 2];
-  }
-  if (eflag_global)
-    for (int i = 0; i < nlocal; ++i) eng_vdwl += ed[i];
-  if (eflag_atom)
-    for (int i = 0; i < nlocal; ++i) eatom[i] += ed[i];
-  if (!g) return;
-  // W_e = -sym(r_e (x) dE/dr_e) for each edge (receiver i local, neighbour image j), half to
-  // each atom (j's half on its LAMMPS copy: compute stress/atom brings ghosts' home).
-  const int64_t *recv = edge_buf.data();
-  double total[6] = {0, 0, 0, 0, 0, 0};
-  for (int e = 0; e < n_edges; ++e) {
-    const int i = (int) recv[e];
-    const int j = edge_j[e];
-    const double r[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
-    const double *ge = g + 3 * e;
-    const double w[6] = {-r[0] * ge[0], -r[1] * ge[1], -r[2] * ge[2],
-                         -0.5 * (r[0] * ge[1] + r[1] * ge[0]),
-                         -0.5 * (r[0] * ge[2] + r[2] * ge[0]),
-                         -0.5 * (r[1] * ge[2] + r[2] * ge[1])};
-    for (int c = 0; c < 6; ++c) total[c] += w[c];
-    if (vflag_atom)
-      for (int c = 0; c < 6; ++c) {
-        vatom[i][c] += 0.5 * w[c];
-        vatom[j][c] += 0.5 * w[c];
-      }
-  }
-  if (vflag_global)
-    for (int c = 0; c < 6; ++c) virial[c] += total[c];
 }
 
 /* ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
    pair_style geoff graph layers: per-layer communication under MPI (see layer_comm.cpp).
 
    The state that PairGeoff keeps for it: what the export says about the model's node
-   features, the rank's graph (rows = LAMMPS atom indices, locals first), the buffer that
+   features, the atom ID -> graph row lookup, the buffer that
    LAMMPS' forward/reverse communication reads and writes (one row of doubles per LAMMPS
    atom, owned and ghost), and the timers of the summary printed at the end of a run.
 ------------------------------------------------------------------------- */
@@ -25,10 +25,10 @@ struct GeoffLayerComm {
   int max_width = 0;
   std::string refusal;               // why not (layer_comm_refusal), when names is empty
 
-  // This step's graph: row r is LAMMPS atom rows[r]; rows [0, nlocal) are the local atoms,
-  // then one row per ghost atom owned by another rank (several periodic images of one atom
-  // share a row, with shifts). An edge to an image of a local atom goes to that atom.
-  std::vector<int> rows;
+  // This step's graph (PairGeoff::graph_atoms): row r is LAMMPS atom graph_atoms[r]; rows
+  // [0, nlocal) are the local atoms, then one row per ghost atom owned by another rank
+  // (several periodic images of one atom share a row, with shifts). An edge to an image of a
+  // local atom goes to that atom. Atom ID -> row:
   std::vector<int> tag_row;                          // atom ID -> row (dense IDs)
   std::unordered_map<tagint, int> tag_row_sparse;    // atom ID -> row (sparse IDs)
 

@@ -84,7 +84,7 @@ class PairGeoff : public Pair {
   // Work buffers, reused between steps.
   std::vector<int> adj_start, adj_count, adj;    // neighbours within the cutoff (CSR)
   std::vector<int> depth, gidx, graph_atoms, frontier, next_frontier;
-  std::vector<int> owner, tag2local, edge_j;    // periodic graph: owner of each ghost
+  std::vector<int> edge_j;    // LAMMPS index of each edge's neighbour (the image it is)
   std::vector<double> pos_buf, shift_buf;
   std::vector<int64_t> species_buf, edge_buf;
 
@@ -102,9 +102,18 @@ class PairGeoff : public Pair {
   int build_graph_layers();      // returns the number of edges
   void run_layers(int n_edges, const std::function<void(int)> &forward_pass,
                   const std::function<void(int)> &reverse_pass);
-  void scatter_layers(int n_edges, const double *forces, const double *energies,
-                      const double *edge_grad);
+
   void finish_layers();
+
+  // pair_coeff and compute, step by step.
+  void map_elements(const std::vector<std::string> &elements);
+  void node_rank_and_size(int &rank, int &size);    // this rank among its node's ranks
+  void choose_device();                             // device and CPU threads
+  void fill_atoms();                                // positions, species of graph_atoms
+  void scatter_forces(const double *forces, int n_force);
+  void add_energies(const double *energies, double total);
+  void add_strain_virial(const double *virial3x3);
+  void add_edge_virials(const double *edge_grad, int n_edges);
 
   void allocate();
   void neighbours_within_cutoff(int nlist);
