@@ -10,8 +10,8 @@
                         ghost rows of state[node_features] <- owners    (forward comm, k < L-1)
      energies = lammps_energies(state, geometry, species, nlocal)          (own atoms only)
 
-   Each piece runs on detached leaf copies of its inputs, so that the backward pass can stop
-   between pieces: going through them in reverse, the gradient with respect to a ghost row of
+   (layer_model.cpp). Each piece runs on detached leaf copies of its inputs, so that the
+   backward pass can stop between pieces: going through them in reverse, the gradient with respect to a ghost row of
    the node features is sent to (and summed on) the owner after each layer's backward
    (reverse comm), exactly the term the owner's own layer needs. Every atom's layer update is
    computed once, by its owner; a ghost row is a copy, refreshed each layer.
@@ -42,8 +42,6 @@
 #include "geoff_torch.h"
 #include "layer_comm.h"
 
-#include <torch/csrc/autograd/autograd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -52,57 +50,10 @@ using namespace LAMMPS_NS;
 
 namespace {
 using Clock = std::chrono::steady_clock;
-using TensorDict = c10::Dict<std::string, torch::Tensor>;
 
 double since(Clock::time_point t0)
 {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// A piece's inputs: differentiable entries become fresh leaves (so that the backward pass
-// can stop here); the others (indices, constants) pass through.
-TensorDict leaves_of(const TensorDict &d)
-{
-  TensorDict out;
-  for (const auto &kv : d) {
-    const torch::Tensor &t = kv.value();
-    out.insert(kv.key(), t.requires_grad() ? t.detach().requires_grad_(true) : t);
-  }
-  return out;
-}
-
-// Gradients of `outputs` (with `grad_outputs`, entries without one are skipped) with
-// respect to the leaves among `inputs`: key -> gradient (undefined where unused).
-std::unordered_map<std::string, torch::Tensor>
-backward(const std::vector<torch::Tensor> &outputs, const std::vector<torch::Tensor> &grads,
-         const std::vector<std::pair<std::string, torch::Tensor>> &inputs)
-{
-  std::unordered_map<std::string, torch::Tensor> out;
-  std::vector<torch::Tensor> wrt;
-  std::vector<std::string> keys;
-  for (const auto &kv : inputs)
-    if (kv.second.requires_grad() && kv.second.is_leaf()) {
-      wrt.push_back(kv.second);
-      keys.push_back(kv.first);
-    }
-  if (outputs.empty() || wrt.empty()) return out;
-  auto g = torch::autograd::grad(outputs, wrt, grads, /*retain_graph=*/false,
-                                 /*create_graph=*/false, /*allow_unused=*/true);
-  for (size_t k = 0; k < keys.size(); ++k) out[keys[k]] = g[k];
-  return out;
-}
-
-void add_into(std::unordered_map<std::string, torch::Tensor> &acc,
-              const std::unordered_map<std::string, torch::Tensor> &g)
-{
-  for (const auto &kv : g) {
-    if (!kv.second.defined()) continue;
-    auto it = acc.find(kv.first);
-    if (it == acc.end() || !it->second.defined())
-      acc[kv.first] = kv.second;
-    else
-      it->second = it->second + kv.second;
-  }
 }
 }    // namespace
 
@@ -225,17 +176,58 @@ void PairGeoff::unpack_reverse_comm(int n, int *list, double *buf)
   }
 }
 
-namespace {
-// One forward or reverse communication of the whole buffer (width columns), in passes of at
-// most comm_forward columns. Every rank makes the same calls, with or without atoms.
-template <typename Send> void communicate(GeoffLayerComm &lc, int max_cols, Send send)
+/* ----------------------------------------------------------------------
+   The exchanges. exchange: lc.buf (nall x width doubles) through LAMMPS, forward (owners to
+   their ghosts) or reverse (ghosts summed onto their owners), in passes of at most
+   comm_forward columns; every rank makes the same calls, with or without atoms.
+   rows_forward / rows_reverse: the same for a host matrix (rows, width) of the graph's rows
+   (graph_atoms): forward replaces the ghost rows by their owners' values; reverse adds the
+   ghost rows' gradients onto their owners (here or on other ranks) and zeroes the ghost rows,
+   whose values were overwritten by the forward exchange, so nothing upstream depends on them.
+------------------------------------------------------------------------- */
+
+void PairGeoff::exchange(int width, bool forward)
 {
-  for (lc.col0 = 0; lc.col0 < lc.width; lc.col0 += max_cols) {
-    lc.ncols = std::min(max_cols, lc.width - lc.col0);
-    send(lc.ncols);
+  GeoffLayerComm &lc = *layers_;
+  auto t = Clock::now();
+  lc.width = width;
+  for (lc.col0 = 0; lc.col0 < width; lc.col0 += comm_forward) {
+    lc.ncols = std::min(comm_forward, width - lc.col0);
+    if (forward)
+      comm->forward_comm(this, lc.ncols);
+    else
+      comm->reverse_comm(this, lc.ncols);
   }
+  lc.t_comm += since(t);
+  ++lc.n_comms;
 }
-}    // namespace
+
+void PairGeoff::rows_forward(double *rows, int width)
+{
+  GeoffLayerComm &lc = *layers_;
+  const int nlocal = atom->nlocal;
+  const int n = (int) graph_atoms.size();
+  lc.buf.assign((size_t) (nlocal + atom->nghost) * width, 0.0);
+  if (n > 0) std::memcpy(lc.buf.data(), rows, sizeof(double) * nlocal * width);
+  exchange(width, true);
+  for (int r = nlocal; r < n; ++r)
+    std::memcpy(rows + (size_t) r * width, lc.buf.data() + (size_t) graph_atoms[r] * width,
+                sizeof(double) * width);
+}
+
+void PairGeoff::rows_reverse(double *rows, int width)
+{
+  GeoffLayerComm &lc = *layers_;
+  const int nlocal = atom->nlocal;
+  const int n = (int) graph_atoms.size();
+  lc.buf.assign((size_t) (nlocal + atom->nghost) * width, 0.0);
+  for (int r = nlocal; r < n; ++r)
+    std::memcpy(lc.buf.data() + (size_t) graph_atoms[r] * width, rows + (size_t) r * width,
+                sizeof(double) * width);
+  exchange(width, false);
+  for (size_t k = 0; k < (size_t) nlocal * width; ++k) rows[k] += lc.buf[k];
+  if (n > nlocal) std::fill(rows + (size_t) nlocal * width, rows + (size_t) n * width, 0.0);
+}
 
 /* ----------------------------------------------------------------------
    The graph: rows (locals, then ghosts owned elsewhere, one row per atom ID), edges into the
@@ -309,89 +301,6 @@ int PairGeoff::build_graph_layers()
 }
 
 /* ----------------------------------------------------------------------
-   Ghost rows of the node features: forward (owners' values to the ghost rows) and reverse
-   (gradients of the ghost rows summed onto their owners). `flat` is (rows, width) on the
-   model's device; `comm_pass(cols)` makes one LAMMPS communication of that many columns.
-------------------------------------------------------------------------- */
-
-namespace {
-template <typename Pass>
-torch::Tensor exchange_forward(GeoffLayerComm &lc, const std::vector<int> &rows,
-                               const torch::Tensor &flat, int nlocal, int nall, int width,
-                               int max_cols, Pass comm_pass)
-{
-  lc.width = width;
-  lc.buf.assign((size_t) nall * width, 0.0);
-  const int n = (int) rows.size();
-  torch::Tensor host;
-  if (n > 0) {
-    host = flat.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    std::memcpy(lc.buf.data(), host.data_ptr<double>(), sizeof(double) * nlocal * width);
-  }
-  communicate(lc, max_cols, comm_pass);
-  if (n == 0) return flat;
-  double *h = host.data_ptr<double>();
-  for (int r = nlocal; r < n; ++r)
-    std::memcpy(h + (size_t) r * width, lc.buf.data() + (size_t) rows[r] * width,
-                sizeof(double) * width);
-  return host.to(flat.device(), flat.scalar_type());
-}
-
-template <typename Pass>
-torch::Tensor exchange_reverse(GeoffLayerComm &lc, const std::vector<int> &rows,
-                               const torch::Tensor &grad, int nlocal, int nall, int width,
-                               int max_cols, Pass comm_pass)
-{
-  lc.width = width;
-  lc.buf.assign((size_t) nall * width, 0.0);
-  const int n = (int) rows.size();
-  torch::Tensor host;
-  if (n > 0) {
-    host = grad.to(torch::kCPU, torch::kFloat64).contiguous();
-    const double *h = host.data_ptr<double>();
-    for (int r = nlocal; r < n; ++r)
-      std::memcpy(lc.buf.data() + (size_t) rows[r] * width, h + (size_t) r * width,
-                  sizeof(double) * width);
-  }
-  communicate(lc, max_cols, comm_pass);
-  if (n == 0) return grad;
-  // Own rows: own gradient plus what the other ranks' ghost copies received; ghost rows: 0
-  // (they were overwritten by the owners' values, so nothing upstream depends on them).
-  host = host.clone();
-  double *h = host.data_ptr<double>();
-  for (size_t k = 0; k < (size_t) nlocal * width; ++k) h[k] += lc.buf[k];
-  std::fill(h + (size_t) nlocal * width, h + (size_t) n * width, 0.0);
-  return host.to(grad.device(), grad.scalar_type());
-}
-
-// The node-feature entries of `d` as one (rows, width) matrix, and back.
-torch::Tensor flatten(const TensorDict &d, const std::vector<std::string> &names, int64_t n)
-{
-  std::vector<torch::Tensor> parts;
-  for (const auto &name : names) parts.push_back(d.at(name).reshape({n, -1}));
-  return torch::cat(parts, 1);
-}
-
-void unflatten(const torch::Tensor &flat, const TensorDict &like,
-               const std::vector<std::string> &names, TensorDict &out, bool leaves)
-{
-  int64_t col = 0;
-  for (const auto &name : names) {
-    const torch::Tensor &ref = like.at(name);
-    const int64_t w = ref.numel() / std::max<int64_t>(ref.size(0), 1);
-    torch::Tensor t = flat.narrow(1, col, w).reshape(ref.sizes()).clone();
-    out.insert_or_assign(name, leaves ? t.requires_grad_(true) : t);
-    col += w;
-  }
-}
-
-TensorDict typed(const c10::IValue &v)
-{
-  return c10::impl::toTypedDict<std::string, torch::Tensor>(v.toGenericDict());
-}
-}    // namespace
-
-/* ----------------------------------------------------------------------
    One force call with per-layer communication (every rank, atoms or not).
 ------------------------------------------------------------------------- */
 
@@ -400,36 +309,18 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   GeoffLayerComm &lc = *layers_;
   auto t0 = Clock::now();
   const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
   const int n_edges = build_graph_layers();
   const int n = (int) graph_atoms.size();
   lc.t_graph += since(t0);
 
-  const int max_cols = comm_forward;
-  auto forward_pass = [&](int cols) {
-    auto t = Clock::now();
-    comm->forward_comm(this, cols);
-    lc.t_comm += since(t);
-    ++lc.n_comms;
-  };
-  auto reverse_pass = [&](int cols) {
-    auto t = Clock::now();
-    comm->reverse_comm(this, cols);
-    lc.t_comm += since(t);
-    ++lc.n_comms;
-  };
-
   auto t1 = Clock::now();
   const double comm_before = lc.t_comm;
   if (nlocal == 0) {
-    // No atoms here: take part in every communication (this rank may relay ghosts).
-    torch::Tensor none;
-    for (int k = 0; k + 1 < n_layers; ++k)
-      exchange_forward(lc, graph_atoms, none, 0, nall, lc.widths[k], max_cols, forward_pass);
-    for (int k = n_layers - 2; k >= 0; --k)
-      exchange_reverse(lc, graph_atoms, none, 0, nall, lc.widths[k], max_cols, reverse_pass);
+    // No atoms here: take part in every exchange (this rank may relay ghosts).
+    for (int k = 0; k + 1 < n_layers; ++k) rows_forward(nullptr, lc.widths[k]);
+    for (int k = n_layers - 2; k >= 0; --k) rows_reverse(nullptr, lc.widths[k]);
   } else {
-    run_layers(n_edges, forward_pass, reverse_pass);
+    run_layers(n_edges);
   }
   lc.t_model += since(t1) - (lc.t_comm - comm_before);
 
@@ -447,148 +338,6 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   pvector[2] = (double) lc.n_calls;
   pvector[3] = lc.n_calls ? lc.sum_rows / lc.n_calls : (double) n;
   pvector[4] = lc.n_calls ? lc.sum_edges / lc.n_calls : (double) n_edges;
-}
-
-/* ----------------------------------------------------------------------
-   The model in pieces, forward then backward, with the exchanges between layers; then the
-   forces, energies and virials into LAMMPS' arrays.
-------------------------------------------------------------------------- */
-
-void PairGeoff::run_layers(int n_edges, const std::function<void(int)> &forward_pass,
-                           const std::function<void(int)> &reverse_pass)
-{
-  GeoffLayerComm &lc = *layers_;
-  const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-  const int n = (int) graph_atoms.size();
-  const int L = n_layers;
-  const int max_cols = comm_forward;
-  const bool want_virial = vflag_global || vflag_atom;
-  torch::Tensor forces, energies, edge_grad;
-  try {
-    // Leaves of the backward pass: positions, and shifts (dE/dshift_e = dE/dr_e: virial).
-    const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
-                              domain->zperiodic != 0};
-    TensorDict graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
-                                     edge_buf.data(), shift_buf.data(), domain->h, periodic,
-                                     nlocal);
-    torch::Tensor positions = graph.at("positions");
-    torch::Tensor shifts = graph.at("shifts");
-    torch::Tensor species_t = graph.at("species");
-    positions.requires_grad_(true);
-    if (want_virial) shifts.requires_grad_(true);
-
-    auto &module = torch_->module;
-    auto embed = module.get_method("lammps_embed");
-    auto layer = module.get_method("lammps_layer");
-    auto readout = module.get_method("lammps_energies");
-
-    // Forward: ins[k] feeds layer k (ins[L] the energies), outs[k] is what layer k returns.
-    auto first = embed({graph}).toTuple();
-    TensorDict state0 = typed(first->elements()[0]);
-    TensorDict geometry_out = typed(first->elements()[1]);
-    TensorDict geometry = leaves_of(geometry_out);
-    std::vector<TensorDict> ins(L + 1), outs(L);
-    ins[0] = leaves_of(state0);
-    for (int k = 0; k < L; ++k) {
-      outs[k] = typed(layer({(int64_t) k, ins[k], geometry}));
-      ins[k + 1] = leaves_of(outs[k]);
-      if (k + 1 == L) break;    // the readout reads each atom's own row only
-      torch::Tensor flat = flatten(outs[k], lc.names, n);
-      if (flat.size(1) != lc.widths[k])
-        error->one(FLERR, "pair_style geoff: model '{}' sends {} doubles per atom after "
-                   "layer {}, its metadata says {}; re-export it", model_file, flat.size(1),
-                   k, lc.widths[k]);
-      auto mixed = exchange_forward(lc, graph_atoms, flat, nlocal, nall, lc.widths[k],
-                                    max_cols, forward_pass);
-      unflatten(mixed, outs[k], lc.names, ins[k + 1], true);
-    }
-    energies = readout({ins[L], geometry, species_t, (int64_t) nlocal}).toTensor();
-
-    // Backward, piece by piece; geometry gradients add up over the pieces.
-    auto entries = [&](const TensorDict &d) {
-      std::vector<std::pair<std::string, torch::Tensor>> v;
-      for (const auto &kv : d) v.emplace_back(kv.key(), kv.value());
-      return v;
-    };
-    auto with_geometry = [&](const TensorDict &d) {
-      auto v = entries(d);
-      for (const auto &kv : geometry) v.emplace_back("geometry:" + kv.key(), kv.value());
-      return v;
-    };
-    std::unordered_map<std::string, torch::Tensor> g_geo;
-    auto split_geo = [&](std::unordered_map<std::string, torch::Tensor> g) {
-      std::unordered_map<std::string, torch::Tensor> state_grads;
-      for (auto &kv : g) {
-        if (kv.first.rfind("geometry:", 0) == 0)
-          add_into(g_geo, {{kv.first.substr(9), kv.second}});
-        else
-          state_grads[kv.first] = kv.second;
-      }
-      return state_grads;
-    };
-    auto g = split_geo(backward({energies.sum()}, {}, with_geometry(ins[L])));
-    for (int k = L - 1; k >= 0; --k) {
-      if (k + 1 < L) {    // ins[k + 1]'s node features were exchanged after layer k
-        TensorDict grads;
-        for (const auto &name : lc.names) {
-          auto it = g.find(name);
-          grads.insert(name, it != g.end() && it->second.defined()
-                                 ? it->second
-                                 : torch::zeros_like(ins[k + 1].at(name)));
-        }
-        auto back = exchange_reverse(lc, graph_atoms, flatten(grads, lc.names, n), nlocal,
-                                     nall, lc.widths[k], max_cols, reverse_pass);
-        TensorDict owned;
-        unflatten(back, outs[k], lc.names, owned, false);
-        for (const auto &kv : owned) g[kv.key()] = kv.value();
-      }
-      std::vector<torch::Tensor> outputs, grad_outputs;
-      for (const auto &kv : outs[k]) {
-        auto it = g.find(kv.key());
-        if (it != g.end() && it->second.defined() && kv.value().requires_grad()) {
-          outputs.push_back(kv.value());
-          grad_outputs.push_back(it->second);
-        }
-      }
-      g = split_geo(backward(outputs, grad_outputs, with_geometry(ins[k])));
-    }
-    std::vector<torch::Tensor> outputs, grad_outputs;
-    for (const auto &kv : state0) {
-      auto it = g.find(kv.key());
-      if (it != g.end() && it->second.defined() && kv.value().requires_grad()) {
-        outputs.push_back(kv.value());
-        grad_outputs.push_back(it->second);
-      }
-    }
-    for (const auto &kv : geometry_out) {
-      auto it = g_geo.find(kv.key());
-      if (it != g_geo.end() && it->second.defined() && kv.value().requires_grad()) {
-        outputs.push_back(kv.value());
-        grad_outputs.push_back(it->second);
-      }
-    }
-    auto leaves = backward(outputs, grad_outputs, {{"positions", positions}, {"shifts", shifts}});
-    auto gp = leaves["positions"];
-    forces = gp.defined() ? -gp : torch::zeros_like(positions);
-    forces = forces.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    energies = energies.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-    if (want_virial) {
-      auto gs = leaves["shifts"];
-      edge_grad = (gs.defined() ? gs : torch::zeros_like(shifts))
-                      .detach()
-                      .to(torch::kCPU, torch::kFloat64)
-                      .contiguous();
-    }
-  } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style geoff: model '{}' failed (graph layers) on {} atoms / {} "
-               "edges: {}", model_file, n, n_edges, std::string(e.what()).substr(0, 400));
-  }
-  auto t = Clock::now();
-  scatter_forces(forces.data_ptr<double>(), n);    // ghost rows go home: LAMMPS reverse comm
-  add_energies(energies.data_ptr<double>(), energies.sum().item<double>());
-  if (edge_grad.defined()) add_edge_virials(edge_grad.data_ptr<double>(), n_edges);
-  lc.t_scatter += since(t);
 }
 
 /* ----------------------------------------------------------------------

@@ -13,7 +13,7 @@
    graph layers (default on several ranks, for models exported with their per-layer pieces):
      local atoms plus one cutoff of ghosts; after every layer the ghosts' node features come
      from their owners (forward comm), their gradients go back in the backward pass (reverse
-     comm). layer_comm.cpp.
+     comm). layer_comm.cpp, layer_model.cpp.
    graph ghosts (default on several ranks for other models: domain decomposition): the graph
      holds local and ghost atoms with the neighbours of ghosts (full list with ghost
      neighbours); the ghost shell must reach n_layers x cutoff + skin (comm_modify cutoff),
@@ -32,14 +32,15 @@ PairStyle(geoff,PairGeoff);
 #include "pair.h"
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace LAMMPS_NS {
 
-struct GeoffTorch;    // the TorchScript module and device; defined in pair_geoff.cpp
+struct GeoffTorch;        // the TorchScript module and device: geoff_torch.h
+struct GeoffLayerComm;    // graph layers: buffers, metadata, timers (layer_comm.h)
+struct GeoffLayerTape;    // graph layers: what the forward pass keeps (layer_model.cpp)
 
 class PairGeoff : public Pair {
  public:
@@ -94,14 +95,18 @@ class PairGeoff : public Pair {
   bool reset_timers;    // set by setup(): the next call is the setup force call
 
   // graph layers (per-layer communication): layer_comm.cpp.
-  std::unique_ptr<struct GeoffLayerComm> layers_;
+  std::unique_ptr<GeoffLayerComm> layers_;
   bool layered;                  // this run: per-layer communication
   void read_layer_metadata(const std::string &metadata_json);
   bool init_style_layers();      // chooses graph layers; true if this run uses it
   void compute_layers(int eflag, int vflag);
   int build_graph_layers();      // returns the number of edges
-  void run_layers(int n_edges, const std::function<void(int)> &forward_pass,
-                  const std::function<void(int)> &reverse_pass);
+  void exchange(int width, bool forward);     // LAMMPS forward/reverse comm of the buffer
+  void rows_forward(double *rows, int width);    // ghost rows <- their owners' values
+  void rows_reverse(double *rows, int width);    // ghost rows' gradients -> their owners
+  void run_layers(int n_edges);                  // layer_model.cpp: the model in pieces
+  void layers_forward(GeoffLayerTape &tape, int n_edges);
+  void layers_backward(GeoffLayerTape &tape);
 
   void finish_layers();
 
