@@ -35,9 +35,9 @@ import torch
 
 from .inference import DTYPES, dtype_name, frozen, receptive_hops, torch_dtype
 
-FORMAT = "geoff-torchscript"
-FORMAT_VERSION = 2  # 2: receptive_hops added (format 1 files get it computed on reading)
-METADATA_FILE = "geoff_metadata.json"
+# Shared with the C++ plugin (geoff/lammps/plugin/geoff_format.h): "geoff-torchscript",
+# version 2 (receptive_hops added), "geoff_metadata.json".
+from .lammps.file_format import FORMAT, FORMAT_VERSION, METADATA_FILE  # noqa: E402,F401
 REQUIRED_KEYS = ("format", "format_version", "species", "cutoff", "n_layers", "dtype",
                  "model", "geoff_version", "needs_global_frames", "force_head")
 
@@ -83,6 +83,16 @@ def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
     }
 
 
+def per_layer_metadata(model) -> Dict[str, Any]:
+    """``layer_comm`` (node-feature names and per-layer widths, or None when the model cannot
+    be run layer by layer) and ``layer_comm_refusal`` (why not, or "")."""
+    from .lammps.layer_pieces import comm_metadata, per_layer_refusal
+
+    reason = per_layer_refusal(model)
+    return {"layer_comm": None if reason else comm_metadata(model),
+            "layer_comm_refusal": reason or ""}
+
+
 def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> Path:
     """Script ``model_or_ckpt`` (an EnergyModel or a checkpoint path) and save it to ``path``.
 
@@ -106,6 +116,11 @@ def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> 
 
         model = frozen(load(model_or_ckpt), device, dtype)
     meta = metadata(model, dtype, device)
+    meta.update(per_layer_metadata(model))
+    if meta["layer_comm"] is not None:  # add the pieces pair_style geoff graph layers calls
+        from .lammps.layer_pieces import layered_export
+
+        model = layered_export(model)
     try:
         scripted = torch.jit.script(model)
     except Exception as exc:  # noqa: BLE001 - TorchScript errors come in many types
@@ -222,9 +237,13 @@ def run(args) -> int:
     print(f"wrote {path}: {meta['model']} ({meta['dtype']}, {meta['device']}), species "
           f"{species}, cutoff {meta['cutoff']} Å, {meta['n_layers']} layers")
     print("LAMMPS:\n  pair_style geoff\n"
-          f"  pair_coeff * * {path} {species}\n"
-          f"  comm_modify cutoff {shell + 2.0:g}   # MPI runs: >= {hops} x cutoff + skin "
-          "(skin 2.0 Å, metal units default)")
+          f"  pair_coeff * * {path} {species}")
+    if meta.get("layer_comm"):
+        print("  # MPI runs: per-layer communication (graph layers), no comm_modify needed")
+    else:
+        print(f"  comm_modify cutoff {shell + 2.0:g}   # MPI runs: >= {hops} x cutoff + skin "
+              f"(skin 2.0 Å, metal units default); no per-layer communication: "
+              f"{meta.get('layer_comm_refusal') or 'not recorded'}")
     if meta["needs_global_frames"]:
         print("note: this model uses global frames (not local): run it on one MPI rank")
     return 0

@@ -9,7 +9,9 @@
    model sums energies over the first n_local atoms only and returns forces on all graph
    atoms and its "virial" (-dE/d strain), this rank's share of the global virial.
 
-   Two graphs (pair_style geoff graph ...):
+   Three graphs (pair_style geoff graph ...); the third, layers (per-layer communication, the
+   default on several ranks for models exported with their per-layer pieces), is in
+   layer_comm.cpp. The two here:
    - periodic (one MPI rank, the default there): the local atoms only. An edge to a ghost
      becomes an edge to the ghost's owner plus a shift (x_ghost - x_owner), exactly the graph
      that ASE builds, so any number of layers needs no ghost shell beyond the cutoff.
@@ -58,16 +60,13 @@
 
 using namespace LAMMPS_NS;
 
-namespace LAMMPS_NS {
-struct GeoffTorch {
-  torch::jit::Module module;
-  torch::Device device{torch::kCPU};
-  torch::ScalarType dtype{torch::kFloat64};
-};
-}    // namespace LAMMPS_NS
+#include "geoff_torch.h"
+#include "layer_comm.h"
+
+#include "geoff_format.h"
 
 namespace {
-const char *METADATA_FILE = "geoff_metadata.json";
+const char *METADATA_FILE = GEOFF_METADATA_FILE;
 const char *EXPORT_HINT = "export a geoff checkpoint with `geoff export model.ckpt -o model.pt`";
 
 using Clock = std::chrono::steady_clock;
@@ -99,6 +98,8 @@ PairGeoff::PairGeoff(LAMMPS *lmp) :
     t_graph(0.0), t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0),
     reset_timers(true)
 {
+  layers_.reset(new GeoffLayerComm);
+  layered = false;
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -150,14 +151,15 @@ void PairGeoff::settings(int narg, char **arg)
       iarg += 2;
     } else if (key == "graph" && iarg + 1 < narg) {
       graph_request = arg[iarg + 1];
-      if (graph_request != "auto" && graph_request != "periodic" && graph_request != "ghosts")
-        error->all(FLERR, "pair_style geoff graph must be auto, periodic or ghosts, got '{}'",
-                   graph_request);
+      if (graph_request != "auto" && graph_request != "periodic" && graph_request != "ghosts" &&
+          graph_request != "layers")
+        error->all(FLERR, "pair_style geoff graph must be auto, periodic, ghosts or layers, "
+                   "got '{}'", graph_request);
       iarg += 2;
     } else {
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
-                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts]`",
+                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers]`",
                  key);
     }
   }
@@ -210,10 +212,10 @@ void PairGeoff::coeff(int narg, char **arg)
 
   try {
     auto meta = json::parse(extra[METADATA_FILE]);
-    if (meta.value("format", "") != "geoff-torchscript")
+    if (meta.value("format", "") != GEOFF_FORMAT)
       error->all(FLERR, "pair_style geoff: '{}' has metadata of an unknown format; {}",
                  model_file, EXPORT_HINT);
-    if (meta.value("format_version", 0) > 2)
+    if (meta.value("format_version", 0) > GEOFF_FORMAT_VERSION)
       error->all(FLERR,
                  "pair_style geoff: '{}' was exported by a newer geoff ({}); rebuild this "
                  "plugin with `geoff lammps build` after upgrading geoff",
@@ -234,6 +236,7 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
   }
+  read_layer_metadata(extra[METADATA_FILE]);    // graph layers: layer_comm.cpp
   if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
@@ -245,7 +248,35 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: '{}' has dtype '{}' (float32 or float64 expected)",
                model_file, model_dtype);
 
-  // Elements of the atom types.
+  map_elements(elements);
+
+  if (global_frames && comm->nprocs > 1)
+    error->all(FLERR,
+               "pair_style geoff: the {} model in '{}' uses global frames (it sees the whole "
+               "structure at once), so it cannot be split over {} MPI ranks: run it on one "
+               "rank, or export a local model (e.g. faenet with frames=\"local\")",
+               model_name, model_file, comm->nprocs);
+
+  choose_device();
+
+  for (int i = 1; i <= ntypes; ++i)
+    for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
+                   "layer(s), {} torch thread(s)\n",
+                   model_name, model_file, model_dtype, torch_->device.str(), join(species),
+                   cutoff, n_layers, at::get_num_threads());
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff steps: the model species of each atom type; the device and CPU threads.
+------------------------------------------------------------------------- */
+
+void PairGeoff::map_elements(const std::vector<std::string> &elements)
+{
+  const int ntypes = atom->ntypes;
   type2species.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; ++t) {
     const std::string &el = elements[t - 1];
@@ -257,13 +288,22 @@ void PairGeoff::coeff(int narg, char **arg)
                  el, t, join(species), model_file, t);
     type2species[t] = it - species.begin();
   }
+}
 
-  if (global_frames && comm->nprocs > 1)
-    error->all(FLERR,
-               "pair_style geoff: the {} model in '{}' uses global frames (it sees the whole "
-               "structure at once), so it cannot be split over {} MPI ranks: run it on one "
-               "rank, or export a local model (e.g. faenet with frames=\"local\")",
-               model_name, model_file, comm->nprocs);
+// This rank's index among the ranks of its node, and their number.
+void PairGeoff::node_rank_and_size(int &rank, int &size)
+{
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &rank);
+  MPI_Comm_size(node, &size);
+  MPI_Comm_free(&node);
+}
+
+void PairGeoff::choose_device()
+{
+  int node_rank = 0, node_size = 1;
+  node_rank_and_size(node_rank, node_size);
 
   // Device: the exported one, unless pair_style says otherwise.
   std::string want = device_request == "auto" ? model_device : device_request;
@@ -275,11 +315,6 @@ void PairGeoff::coeff(int narg, char **arg)
                  "--device cpu`",
                  model_file);
     // One GPU per rank of a node, round robin.
-    MPI_Comm node;
-    int node_rank = 0;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &node_rank);
-    MPI_Comm_free(&node);
     int ndev = (int) torch::cuda::device_count();
     torch_->device = torch::Device(torch::kCUDA, node_rank % std::max(ndev, 1));
   } else {
@@ -288,16 +323,9 @@ void PairGeoff::coeff(int narg, char **arg)
 
   // CPU threads: torch's own choice (OMP_NUM_THREADS, or torch.set_num_threads in a Python
   // host), except that several ranks on one node share its cores instead of each taking all.
-  if (torch_->device.is_cpu() && !getenv("OMP_NUM_THREADS")) {
-    MPI_Comm node;
-    int node_size = 1;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-    MPI_Comm_size(node, &node_size);
-    MPI_Comm_free(&node);
-    if (node_size > 1) {
-      int cores = std::max(1u, std::thread::hardware_concurrency());
-      at::set_num_threads(std::max(1, cores / node_size));
-    }
+  if (torch_->device.is_cpu() && !getenv("OMP_NUM_THREADS") && node_size > 1) {
+    int cores = std::max(1u, std::thread::hardware_concurrency());
+    at::set_num_threads(std::max(1, cores / node_size));
   }
 
   try {
@@ -307,16 +335,6 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: cannot move model '{}' to {}: {}", model_file,
                torch_->device.str(), first_line(e.what()));
   }
-
-  for (int i = 1; i <= ntypes; ++i)
-    for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
-
-  if (comm->me == 0)
-    utils::logmesg(lmp,
-                   "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
-                   "layer(s), {} torch thread(s)\n",
-                   model_name, model_file, model_dtype, torch_->device.str(), join(species),
-                   cutoff, n_layers, at::get_num_threads());
 }
 
 /* ---------------------------------------------------------------------- */
@@ -341,6 +359,7 @@ void PairGeoff::init_style()
   if (periodic_graph && atom->tag_enable == 0)
     error->all(FLERR, "pair_style geoff graph periodic needs atom IDs (atom_modify id yes)");
 
+  if (init_style_layers()) return;    // graph layers: layer_comm.cpp
   if (periodic_graph) {
     ghostneigh = 0;
     neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -414,80 +433,40 @@ void PairGeoff::neighbours_within_cutoff(int nlist)
 }
 
 /* ----------------------------------------------------------------------
+   Positions and species of the graph's atoms (graph_atoms: LAMMPS indices, in graph order).
+------------------------------------------------------------------------- */
+
+void PairGeoff::fill_atoms()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  const int n = (int) graph_atoms.size();
+  pos_buf.resize(3 * (size_t) n + 3);
+  species_buf.resize(n + 1);
+  for (int k = 0; k < n; ++k) {
+    const int i = graph_atoms[k];
+    pos_buf[3 * k] = x[i][0];
+    pos_buf[3 * k + 1] = x[i][1];
+    pos_buf[3 * k + 2] = x[i][2];
+    species_buf[k] = type2species[type[i]];
+  }
+}
+
+/* ----------------------------------------------------------------------
    graph periodic: local atoms only; the sender of an edge to a ghost is the ghost's owner
    (found through the atom IDs) and its shift is x_ghost - x_owner.
 ------------------------------------------------------------------------- */
 
 int PairGeoff::build_graph_periodic()
 {
-  double **x = atom->x;
-  int *type = atom->type;
-  tagint *tag = atom->tag;
+  // The layers graph (layer_comm.cpp) on one rank: every ghost is a periodic image of a local
+  // atom, so it becomes an edge to that atom plus a shift, and no ghost rows remain.
+  const int n_edges = build_graph_layers();
   const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
-
-  neighbours_within_cutoff(list->inum);
-
-  // Owner of every atom: locals own themselves, a ghost is an image of the local atom with
-  // its ID (one rank holds every atom). IDs index a vector when they are dense enough.
-  tagint max_tag = 0;
-  for (int i = 0; i < nlocal; ++i) max_tag = std::max(max_tag, tag[i]);
-  const bool dense = max_tag <= 4 * (tagint) nlocal + 1024;
-  std::unordered_map<tagint, int> sparse;
-  if (dense) {
-    tag2local.assign((size_t) max_tag + 1, -1);
-    for (int i = 0; i < nlocal; ++i) tag2local[tag[i]] = i;
-  } else {
-    sparse.reserve(2 * nlocal);
-    for (int i = 0; i < nlocal; ++i) sparse[tag[i]] = i;
-  }
-  owner.resize(nall);
-  for (int i = 0; i < nlocal; ++i) owner[i] = i;
-  for (int i = nlocal; i < nall; ++i) {
-    const tagint t = tag[i];
-    if (dense) {
-      owner[i] = (t >= 0 && t <= max_tag) ? tag2local[t] : -1;
-    } else {
-      auto it = sparse.find(t);
-      owner[i] = it == sparse.end() ? -1 : it->second;
-    }
-  }
-
-  graph_atoms.resize(nlocal);
-  pos_buf.resize(3 * (size_t) nlocal + 3);
-  species_buf.resize(nlocal + 1);
-  for (int i = 0; i < nlocal; ++i) {
-    graph_atoms[i] = i;
-    pos_buf[3 * i] = x[i][0];
-    pos_buf[3 * i + 1] = x[i][1];
-    pos_buf[3 * i + 2] = x[i][2];
-    species_buf[i] = type2species[type[i]];
-  }
-
-  const size_t n_edges = adj.size();
-  edge_buf.resize(2 * n_edges + 2);
-  shift_buf.resize(3 * n_edges + 3);
-  edge_j.resize(n_edges + 1);
-  int64_t *recv = edge_buf.data();
-  int64_t *send = edge_buf.data() + n_edges;
-  size_t e = 0;
-  for (int i = 0; i < nlocal; ++i) {
-    const int *nb = adj.data() + adj_start[i];
-    for (int c = 0; c < adj_count[i]; ++c, ++e) {
-      const int j = nb[c];
-      const int o = owner[j];
-      if (o < 0)
-        error->one(FLERR, "pair_style geoff graph periodic: ghost atom ID {} has no owner on "
-                   "this rank; use graph ghosts", (long) tag[j]);
-      recv[e] = i;
-      send[e] = o;
-      edge_j[e] = j;
-      shift_buf[3 * e] = x[j][0] - x[o][0];
-      shift_buf[3 * e + 1] = x[j][1] - x[o][1];
-      shift_buf[3 * e + 2] = x[j][2] - x[o][2];
-    }
-  }
-  return (int) n_edges;
+  if ((int) graph_atoms.size() > nlocal)
+    error->one(FLERR, "pair_style geoff graph periodic: ghost atom ID {} has no owner on this "
+               "rank; use graph ghosts", (long) atom->tag[graph_atoms[nlocal]]);
+  return n_edges;
 }
 
 /* ----------------------------------------------------------------------
@@ -497,8 +476,6 @@ int PairGeoff::build_graph_periodic()
 
 int PairGeoff::build_graph_ghosts()
 {
-  double **x = atom->x;
-  int *type = atom->type;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
 
@@ -540,16 +517,7 @@ int PairGeoff::build_graph_ghosts()
       graph_atoms.push_back(i);
     }
   const int n = (int) graph_atoms.size();
-
-  pos_buf.resize(3 * (size_t) n + 3);
-  species_buf.resize(n + 1);
-  for (int k = 0; k < n; ++k) {
-    const int i = graph_atoms[k];
-    pos_buf[3 * k] = x[i][0];
-    pos_buf[3 * k + 1] = x[i][1];
-    pos_buf[3 * k + 2] = x[i][2];
-    species_buf[k] = type2species[type[i]];
-  }
+  fill_atoms();
 
   // Edges into atoms less than `hops` hops away.
   size_t n_edges = 0;
@@ -580,14 +548,13 @@ int PairGeoff::build_graph_ghosts()
 void PairGeoff::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  if (layered) return compute_layers(eflag, vflag);    // every rank, atoms or not
   if (list->inum == 0) return;    // no local atoms: no energy, no forces
 
   auto t0 = Clock::now();
   const int n_edges = periodic_graph ? build_graph_periodic() : build_graph_ghosts();
   const int n = (int) graph_atoms.size();
   const int nlocal = atom->nlocal;
-  const auto dev = torch_->device;
-  const auto dtype = torch_->dtype;
   const bool per_atom_virial = vflag_atom != 0;
 
   if (per_atom_virial && !conservative)
@@ -597,44 +564,17 @@ void PairGeoff::compute(int eflag, int vflag)
     error->all(FLERR, "pair_style geoff: per-atom virial is not available for the "
                "global-frame model '{}'", model_file);
 
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto fopt = torch::TensorOptions().dtype(dtype).device(dev);
-  torch::Tensor positions = torch::from_blob(pos_buf.data(), {n, 3}, f64).to(dev, dtype);
-  torch::Tensor edge_index =
-      torch::from_blob(edge_buf.data(), {2, (int64_t) n_edges}, i64).to(dev);
-  torch::Tensor species_t = torch::from_blob(species_buf.data(), {n}, i64).to(dev);
-  torch::Tensor shifts = periodic_graph
-      ? torch::from_blob(shift_buf.data(), {(int64_t) n_edges, 3}, f64).to(dev, dtype)
-      : torch::zeros({(int64_t) n_edges, 3}, fopt);
-  const double *h = domain->h;    // xprd yprd zprd yz xz xy
-  torch::Tensor cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, f64)
-                           .reshape({1, 3, 3})
-                           .to(dev, dtype);
-  torch::Tensor pbc = torch::tensor({domain->xperiodic != 0, domain->yperiodic != 0,
-                                     domain->zperiodic != 0},
-                                    torch::kBool)
-                          .reshape({1, 3})
-                          .to(dev);
-  torch::Tensor batch = torch::zeros({n}, i64.device(dev));
-  torch::Tensor n_local = torch::full({1}, (int64_t) nlocal, i64.device(dev));
-  if (per_atom_virial) {
-    // Leaves of our own backward pass (from_blob memory stays ours: copy first).
-    if (positions.data_ptr() == (void *) pos_buf.data()) positions = positions.clone();
-    if (shifts.data_ptr() == (void *) shift_buf.data()) shifts = shifts.clone();
+  const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
+                            domain->zperiodic != 0};
+  auto graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
+                             edge_buf.data(), periodic_graph ? shift_buf.data() : nullptr,
+                             domain->h, periodic, nlocal);
+  torch::Tensor positions = graph.at("positions");
+  torch::Tensor shifts = graph.at("shifts");
+  if (per_atom_virial) {    // leaves of our own backward pass
     positions.requires_grad_(true);
     shifts.requires_grad_(true);
   }
-
-  c10::Dict<std::string, torch::Tensor> graph;
-  graph.insert("positions", positions);
-  graph.insert("species", species_t);
-  graph.insert("edge_index", edge_index);
-  graph.insert("shifts", shifts);
-  graph.insert("cell", cell);
-  graph.insert("pbc", pbc);
-  graph.insert("batch", batch);
-  graph.insert("n_local", n_local);
   auto t1 = Clock::now();
   t_graph += std::chrono::duration<double>(t1 - t0).count();
 
@@ -673,60 +613,12 @@ void PairGeoff::compute(int eflag, int vflag)
 
   // Forces on graph atoms (in graph ghosts, ghosts go back to their owners by reverse comm).
   // A direct force head predicts each atom's own force: only the local atoms' count.
-  double **f = atom->f;
-  double **x = atom->x;
-  const double *fd = forces.data_ptr<double>();
-  const int n_force = conservative ? n : nlocal;
-  for (int k = 0; k < n_force; ++k) {
-    const int i = graph_atoms[k];
-    f[i][0] += fd[3 * k];
-    f[i][1] += fd[3 * k + 1];
-    f[i][2] += fd[3 * k + 2];
-  }
-
-  if (eflag_global) eng_vdwl += energy.sum().item<double>();
-  if (eflag_atom) {
-    const double *ed = energies.data_ptr<double>();
-    for (int i = 0; i < nlocal; ++i) eatom[i] += ed[i];
-  }
-
-  if (per_atom_virial) {
-    // Pair split: W_e = -sym(r_e (x) dE/dr_e), half to each atom of the edge (the sender's
-    // half on its LAMMPS copy, a ghost or not: reverse comm brings it home).
-    const double *g = edge_grad.data_ptr<double>();
-    const int64_t *recv = edge_buf.data();
-    double total[6] = {0, 0, 0, 0, 0, 0};
-    for (int e = 0; e < n_edges; ++e) {
-      const int i = graph_atoms[recv[e]];
-      const int j = edge_j[e];
-      const double r[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
-      const double *ge = g + 3 * e;
-      double w[6];
-      w[0] = -r[0] * ge[0];
-      w[1] = -r[1] * ge[1];
-      w[2] = -r[2] * ge[2];
-      w[3] = -0.5 * (r[0] * ge[1] + r[1] * ge[0]);
-      w[4] = -0.5 * (r[0] * ge[2] + r[2] * ge[0]);
-      w[5] = -0.5 * (r[1] * ge[2] + r[2] * ge[1]);
-      double *vi = vatom[i];
-      double *vj = vatom[j];
-      for (int c = 0; c < 6; ++c) {
-        vi[c] += 0.5 * w[c];
-        vj[c] += 0.5 * w[c];
-        total[c] += w[c];
-      }
-    }
-    if (vflag_global)
-      for (int c = 0; c < 6; ++c) this->virial[c] += total[c];
-  } else if (vflag_global) {
-    const double *v = virial.data_ptr<double>();    // (1,3,3), symmetric
-    this->virial[0] += v[0];
-    this->virial[1] += v[4];
-    this->virial[2] += v[8];
-    this->virial[3] += 0.5 * (v[1] + v[3]);
-    this->virial[4] += 0.5 * (v[2] + v[6]);
-    this->virial[5] += 0.5 * (v[5] + v[7]);
-  }
+  scatter_forces(forces.data_ptr<double>(), conservative ? n : nlocal);
+  add_energies(energies.data_ptr<double>(), energy.sum().item<double>());
+  if (per_atom_virial)
+    add_edge_virials(edge_grad.data_ptr<double>(), n_edges);
+  else if (vflag_global)
+    add_strain_virial(virial.data_ptr<double>());
 
   t_scatter += seconds_since(t2);
   sum_atoms += n;
@@ -745,11 +637,74 @@ void PairGeoff::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
+   compute steps: forces of the graph's atoms (fd: (n_force, 3)), per-atom energies of the
+   local atoms, and the virial: from the strain derivative (v: (3,3)) or edge by edge.
+------------------------------------------------------------------------- */
+
+void PairGeoff::scatter_forces(const double *fd, int n_force)
+{
+  double **f = atom->f;
+  for (int k = 0; k < n_force; ++k) {
+    const int i = graph_atoms[k];
+    f[i][0] += fd[3 * k];
+    f[i][1] += fd[3 * k + 1];
+    f[i][2] += fd[3 * k + 2];
+  }
+}
+
+void PairGeoff::add_energies(const double *ed, double total)
+{
+  const int nlocal = atom->nlocal;
+  if (eflag_global) eng_vdwl += total;
+  if (eflag_atom)
+    for (int i = 0; i < nlocal; ++i) eatom[i] += ed[i];
+}
+
+void PairGeoff::add_strain_virial(const double *v)
+{
+  virial[0] += v[0];    // v: (1,3,3), symmetric
+  virial[1] += v[4];
+  virial[2] += v[8];
+  virial[3] += 0.5 * (v[1] + v[3]);
+  virial[4] += 0.5 * (v[2] + v[6]);
+  virial[5] += 0.5 * (v[5] + v[7]);
+}
+
+// Pair split: W_e = -sym(r_e (x) dE/dr_e) for every edge (g: dE/dr_e, (n_edges, 3)), half to
+// each atom of the edge (the sender's half on its LAMMPS copy, a ghost or not: compute
+// stress/atom's reverse comm brings it home); the global virial is their sum.
+void PairGeoff::add_edge_virials(const double *g, int n_edges)
+{
+  double **x = atom->x;
+  const int64_t *recv = edge_buf.data();
+  double total[6] = {0, 0, 0, 0, 0, 0};
+  for (int e = 0; e < n_edges; ++e) {
+    const int i = graph_atoms[recv[e]];
+    const int j = edge_j[e];
+    const double r[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+    const double *ge = g + 3 * e;
+    const double w[6] = {-r[0] * ge[0], -r[1] * ge[1], -r[2] * ge[2],
+                         -0.5 * (r[0] * ge[1] + r[1] * ge[0]),
+                         -0.5 * (r[0] * ge[2] + r[2] * ge[0]),
+                         -0.5 * (r[1] * ge[2] + r[2] * ge[1])};
+    for (int c = 0; c < 6; ++c) total[c] += w[c];
+    if (vflag_atom)
+      for (int c = 0; c < 6; ++c) {
+        vatom[i][c] += 0.5 * w[c];
+        vatom[j][c] += 0.5 * w[c];
+      }
+  }
+  if (vflag_global)
+    for (int c = 0; c < 6; ++c) virial[c] += total[c];
+}
+
+/* ----------------------------------------------------------------------
    End of a run: where the pair style's time went (mean over ranks).
 ------------------------------------------------------------------------- */
 
 void PairGeoff::finish()
 {
+  if (layered) return finish_layers();
   double mine[6] = {t_graph, t_model, t_scatter, (double) n_calls, sum_atoms, sum_edges};
   double sum[6];
   MPI_Allreduce(mine, sum, 6, MPI_DOUBLE, MPI_SUM, world);
@@ -772,7 +727,7 @@ double PairGeoff::memory_usage()
 {
   double bytes = Pair::memory_usage();
   bytes += sizeof(int) * (adj.capacity() + 5.0 * depth.capacity());
-  bytes += sizeof(int) * (owner.capacity() + tag2local.capacity() + edge_j.capacity());
+  bytes += sizeof(int) * edge_j.capacity();
   bytes += sizeof(double) * (pos_buf.capacity() + shift_buf.capacity());
   bytes += sizeof(int64_t) * (species_buf.capacity() + edge_buf.capacity());
   return bytes;

@@ -10,9 +10,14 @@
    graph periodic (default on one MPI rank): the graph holds the local atoms only; an edge to
      a ghost becomes an edge to its owner with a periodic shift, exactly as in ASE. No ghost
      shell beyond the cutoff is needed.
-   graph ghosts (default on several ranks: domain decomposition): the graph holds local and
-     ghost atoms with the neighbours of ghosts (full list with ghost neighbours); the ghost
-     shell must reach n_layers x cutoff + skin (comm_modify cutoff), which init_style checks.
+   graph layers (default on several ranks, for models exported with their per-layer pieces):
+     local atoms plus one cutoff of ghosts; after every layer the ghosts' node features come
+     from their owners (forward comm), their gradients go back in the backward pass (reverse
+     comm). layer_comm.cpp, layer_model.cpp.
+   graph ghosts (default on several ranks for other models: domain decomposition): the graph
+     holds local and ghost atoms with the neighbours of ghosts (full list with ghost
+     neighbours); the ghost shell must reach n_layers x cutoff + skin (comm_modify cutoff),
+     which init_style checks.
 ------------------------------------------------------------------------- */
 
 #ifdef PAIR_CLASS
@@ -33,7 +38,9 @@ PairStyle(geoff,PairGeoff);
 
 namespace LAMMPS_NS {
 
-struct GeoffTorch;    // the TorchScript module and device; defined in pair_geoff.cpp
+struct GeoffTorch;        // the TorchScript module and device: geoff_torch.h
+struct GeoffLayerComm;    // graph layers: buffers, metadata, timers (layer_comm.h)
+struct GeoffLayerTape;    // graph layers: what the forward pass keeps (layer_model.cpp)
 
 class PairGeoff : public Pair {
  public:
@@ -48,6 +55,12 @@ class PairGeoff : public Pair {
   void setup() override;
   void finish() override;
   double memory_usage() override;
+
+  // graph layers: node features of ghosts (forward) and their gradients (reverse).
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
 
  protected:
   std::unique_ptr<GeoffTorch> torch_;
@@ -72,7 +85,7 @@ class PairGeoff : public Pair {
   // Work buffers, reused between steps.
   std::vector<int> adj_start, adj_count, adj;    // neighbours within the cutoff (CSR)
   std::vector<int> depth, gidx, graph_atoms, frontier, next_frontier;
-  std::vector<int> owner, tag2local, edge_j;    // periodic graph: owner of each ghost
+  std::vector<int> edge_j;    // LAMMPS index of each edge's neighbour (the image it is)
   std::vector<double> pos_buf, shift_buf;
   std::vector<int64_t> species_buf, edge_buf;
 
@@ -80,6 +93,32 @@ class PairGeoff : public Pair {
   double t_graph, t_model, t_scatter, sum_atoms, sum_edges;
   long n_calls;
   bool reset_timers;    // set by setup(): the next call is the setup force call
+
+  // graph layers (per-layer communication): layer_comm.cpp.
+  std::unique_ptr<GeoffLayerComm> layers_;
+  bool layered;                  // this run: per-layer communication
+  void read_layer_metadata(const std::string &metadata_json);
+  bool init_style_layers();      // chooses graph layers; true if this run uses it
+  void compute_layers(int eflag, int vflag);
+  int build_graph_layers();      // returns the number of edges
+  void exchange(int width, bool forward);     // LAMMPS forward/reverse comm of the buffer
+  void rows_forward(double *rows, int width);    // ghost rows <- their owners' values
+  void rows_reverse(double *rows, int width);    // ghost rows' gradients -> their owners
+  void run_layers(int n_edges);                  // layer_model.cpp: the model in pieces
+  void layers_forward(GeoffLayerTape &tape, int n_edges);
+  void layers_backward(GeoffLayerTape &tape);
+
+  void finish_layers();
+
+  // pair_coeff and compute, step by step.
+  void map_elements(const std::vector<std::string> &elements);
+  void node_rank_and_size(int &rank, int &size);    // this rank among its node's ranks
+  void choose_device();                             // device and CPU threads
+  void fill_atoms();                                // positions, species of graph_atoms
+  void scatter_forces(const double *forces, int n_force);
+  void add_energies(const double *energies, double total);
+  void add_strain_virial(const double *virial3x3);
+  void add_edge_virials(const double *edge_grad, int n_edges);
 
   void allocate();
   void neighbours_within_cutoff(int nlist);

@@ -1,0 +1,54 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style geoff graph layers: per-layer communication under MPI (see layer_comm.cpp).
+
+   The state that PairGeoff keeps for it: what the export says about the model's node
+   features, the atom ID -> graph row lookup, the buffer that
+   LAMMPS' forward/reverse communication reads and writes (one row of doubles per LAMMPS
+   atom, owned and ghost), and the timers of the summary printed at the end of a run.
+------------------------------------------------------------------------- */
+
+#ifndef LMP_GEOFF_LAYER_COMM_H
+#define LMP_GEOFF_LAYER_COMM_H
+
+#include "lmptype.h"
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+struct GeoffLayerComm {
+  // From the export's metadata (layer_comm): empty names = the model cannot run per layer.
+  std::vector<std::string> names;    // state entries read at neighbours (node features)
+  std::vector<int> widths;           // doubles per atom sent after layer k, k < n_layers - 1
+  int max_width = 0;
+  std::string refusal;               // why not (layer_comm_refusal), when names is empty
+
+  // This step's graph (PairGeoff::graph_atoms): row r is LAMMPS atom graph_atoms[r]; rows
+  // [0, nlocal) are the local atoms, then one row per ghost atom owned by another rank
+  // (several periodic images of one atom share a row, with shifts). An edge to an image of a
+  // local atom goes to that atom. Atom ID -> row:
+  std::vector<int> tag_row;                          // atom ID -> row (dense IDs)
+  std::unordered_map<tagint, int> tag_row_sparse;    // atom ID -> row (sparse IDs)
+
+  // Communication buffer: nall x width doubles, LAMMPS atom index major; a pass sends
+  // columns [col0, col0 + ncols) (several passes when width exceeds comm_forward).
+  std::vector<double> buf;
+  int width = 0, col0 = 0, ncols = 0;
+
+  // Seconds on this rank since the run's setup, and sizes (summed over calls).
+  double t_graph = 0, t_model = 0, t_comm = 0, t_scatter = 0;
+  double sum_rows = 0, sum_ghost_rows = 0, sum_edges = 0, sum_local = 0;
+  long n_calls = 0, n_comms = 0;
+  void reset()
+  {
+    t_graph = t_model = t_comm = t_scatter = 0;
+    sum_rows = sum_ghost_rows = sum_edges = sum_local = 0;
+    n_calls = n_comms = 0;
+  }
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

@@ -1,0 +1,260 @@
+/* ----------------------------------------------------------------------
+   pair_style geoff graph layers: the model in pieces (layer_comm.cpp has the graph, the
+   exchanges and the timing).
+
+   Forward: state, geometry = lammps_embed(graph); for each layer k, state =
+   lammps_layer(k, state, geometry) and, except after the last layer, the ghost rows of the
+   node features are replaced by their owners' values (rows_forward); then
+   energies = lammps_energies(state, geometry, species, nlocal).
+   Each piece runs on detached leaf copies of its inputs, so that the backward pass stops
+   between pieces: going through them in reverse, the gradients of the exchanged ghost rows go
+   to their owners (rows_reverse) before the layer that produced them is differentiated.
+   Geometry (edge features) is computed once; its gradients add up over the pieces and go
+   back through the embedding last, giving dE/dpositions (forces) and dE/dshifts (virial).
+------------------------------------------------------------------------- */
+
+// LAMMPS headers first: they bring LAMMPS' own fmt, which must win over torch's.
+#include "pair_geoff.h"
+
+#include "atom.h"
+#include "domain.h"
+#include "error.h"
+
+#include "geoff_torch.h"
+#include "layer_comm.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <chrono>
+#include <unordered_map>
+
+using namespace LAMMPS_NS;
+
+namespace {
+using Clock = std::chrono::steady_clock;
+using TensorDict = c10::Dict<std::string, torch::Tensor>;
+using Grads = std::unordered_map<std::string, torch::Tensor>;
+
+// A piece's inputs: differentiable entries become fresh leaves; the others (indices,
+// constants) pass through.
+TensorDict leaves_of(const TensorDict &d)
+{
+  TensorDict out;
+  for (const auto &kv : d) {
+    const torch::Tensor &t = kv.value();
+    out.insert(kv.key(), t.requires_grad() ? t.detach().requires_grad_(true) : t);
+  }
+  return out;
+}
+
+// Gradients of `outputs` (weighted by `grads`) with respect to the leaves among `inputs`,
+// by key (undefined where unused).
+Grads backward(const std::vector<torch::Tensor> &outputs, const std::vector<torch::Tensor> &grads,
+               const std::vector<std::pair<std::string, torch::Tensor>> &inputs)
+{
+  Grads out;
+  std::vector<torch::Tensor> wrt;
+  std::vector<std::string> keys;
+  for (const auto &kv : inputs)
+    if (kv.second.requires_grad() && kv.second.is_leaf()) {
+      wrt.push_back(kv.second);
+      keys.push_back(kv.first);
+    }
+  if (outputs.empty() || wrt.empty()) return out;
+  auto g = torch::autograd::grad(outputs, wrt, grads, /*retain_graph=*/false,
+                                 /*create_graph=*/false, /*allow_unused=*/true);
+  for (size_t k = 0; k < keys.size(); ++k) out[keys[k]] = g[k];
+  return out;
+}
+
+// The entries of `d` that require grad and have a gradient in `g`: (outputs, grads).
+void with_grads(const TensorDict &d, const Grads &g, std::vector<torch::Tensor> &outputs,
+                std::vector<torch::Tensor> &grads)
+{
+  for (const auto &kv : d) {
+    auto it = g.find(kv.key());
+    if (it != g.end() && it->second.defined() && kv.value().requires_grad()) {
+      outputs.push_back(kv.value());
+      grads.push_back(it->second);
+    }
+  }
+}
+
+// The node-feature entries of `d` as one (rows, width) matrix, and back.
+torch::Tensor flatten(const TensorDict &d, const std::vector<std::string> &names, int64_t n)
+{
+  std::vector<torch::Tensor> parts;
+  for (const auto &name : names) parts.push_back(d.at(name).reshape({n, -1}));
+  return torch::cat(parts, 1);
+}
+
+void unflatten(const torch::Tensor &flat, const TensorDict &like,
+               const std::vector<std::string> &names, TensorDict &out, bool leaves)
+{
+  int64_t col = 0;
+  for (const auto &name : names) {
+    const torch::Tensor &ref = like.at(name);
+    const int64_t w = ref.numel() / std::max<int64_t>(ref.size(0), 1);
+    torch::Tensor t = flat.narrow(1, col, w).reshape(ref.sizes()).clone();
+    out.insert_or_assign(name, leaves ? t.requires_grad_(true) : t);
+    col += w;
+  }
+}
+
+TensorDict typed(const c10::IValue &v)
+{
+  return c10::impl::toTypedDict<std::string, torch::Tensor>(v.toGenericDict());
+}
+
+torch::Tensor host(const torch::Tensor &t)
+{
+  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+}
+}    // namespace
+
+namespace LAMMPS_NS {
+// What the forward pass keeps for the backward pass.
+struct GeoffLayerTape {
+  torch::Tensor positions, shifts, energies, forces, edge_grad;
+  TensorDict state0, geometry_out, geometry;
+  std::vector<TensorDict> ins, outs;    // ins[k] feeds layer k (ins[L]: the energies)
+};
+}    // namespace LAMMPS_NS
+
+/* ----------------------------------------------------------------------
+   Forward: embedding, layers with the ghost rows exchanged after all but the last, energies
+   of the local atoms.
+------------------------------------------------------------------------- */
+
+void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
+{
+  const GeoffLayerComm &lc = *layers_;
+  const int nlocal = atom->nlocal;
+  const int n = (int) graph_atoms.size();
+  const int L = n_layers;
+  const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
+                            domain->zperiodic != 0};
+  TensorDict graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
+                                   edge_buf.data(), shift_buf.data(), domain->h, periodic,
+                                   nlocal);
+  // Leaves of the backward pass: positions, and shifts (dE/dshift_e = dE/dr_e: the virial).
+  tape.positions = graph.at("positions").requires_grad_(true);
+  tape.shifts = graph.at("shifts");
+  if (vflag_global || vflag_atom) tape.shifts.requires_grad_(true);
+
+  auto &module = torch_->module;
+  auto first = module.get_method("lammps_embed")({graph}).toTuple();
+  tape.state0 = typed(first->elements()[0]);
+  tape.geometry_out = typed(first->elements()[1]);
+  tape.geometry = leaves_of(tape.geometry_out);
+  tape.ins.assign(L + 1, TensorDict());
+  tape.outs.assign(L, TensorDict());
+  tape.ins[0] = leaves_of(tape.state0);
+  auto layer = module.get_method("lammps_layer");
+  for (int k = 0; k < L; ++k) {
+    tape.outs[k] = typed(layer({(int64_t) k, tape.ins[k], tape.geometry}));
+    tape.ins[k + 1] = leaves_of(tape.outs[k]);
+    if (k + 1 == L) break;    // the readout reads each atom's own row only
+    torch::Tensor flat = flatten(tape.outs[k], lc.names, n);
+    if (flat.size(1) != lc.widths[k])
+      error->one(FLERR, "pair_style geoff: model '{}' sends {} doubles per atom after layer "
+                 "{}, its metadata says {}; re-export it", model_file, flat.size(1), k,
+                 lc.widths[k]);
+    torch::Tensor rows = host(flat);
+    if (rows.data_ptr() == flat.data_ptr()) rows = rows.clone();
+    rows_forward(rows.data_ptr<double>(), lc.widths[k]);
+    unflatten(rows.to(flat.device(), flat.scalar_type()), tape.outs[k], lc.names,
+              tape.ins[k + 1], true);
+  }
+  tape.energies = module.get_method("lammps_energies")(
+      {tape.ins[L], tape.geometry, graph.at("species"), (int64_t) nlocal}).toTensor();
+}
+
+/* ----------------------------------------------------------------------
+   Backward, piece by piece in reverse: the gradients of exchanged ghost rows go home first.
+------------------------------------------------------------------------- */
+
+void PairGeoff::layers_backward(GeoffLayerTape &tape)
+{
+  const GeoffLayerComm &lc = *layers_;
+  const int n = (int) graph_atoms.size();
+  const int L = n_layers;
+  Grads g_geometry;    // summed over the pieces
+  auto inputs = [&](const TensorDict &state) {
+    std::vector<std::pair<std::string, torch::Tensor>> v;
+    for (const auto &kv : state) v.emplace_back(kv.key(), kv.value());
+    for (const auto &kv : tape.geometry) v.emplace_back("geometry:" + kv.key(), kv.value());
+    return v;
+  };
+  auto state_part = [&](const Grads &g) {
+    Grads state;
+    for (const auto &kv : g) {
+      if (kv.first.rfind("geometry:", 0) != 0) {
+        state[kv.first] = kv.second;
+      } else if (kv.second.defined()) {
+        auto &acc = g_geometry[kv.first.substr(9)];
+        acc = acc.defined() ? acc + kv.second : kv.second;
+      }
+    }
+    return state;
+  };
+
+  Grads g = state_part(backward({tape.energies.sum()}, {}, inputs(tape.ins[L])));
+  for (int k = L - 1; k >= 0; --k) {
+    if (k + 1 < L) {    // ins[k + 1]'s node features were exchanged after layer k
+      TensorDict grads;
+      for (const auto &name : lc.names) {
+        auto it = g.find(name);
+        grads.insert(name, it != g.end() && it->second.defined()
+                               ? it->second
+                               : torch::zeros_like(tape.ins[k + 1].at(name)));
+      }
+      torch::Tensor flat = flatten(grads, lc.names, n);
+      torch::Tensor rows = host(flat).clone();
+      rows_reverse(rows.data_ptr<double>(), lc.widths[k]);
+      TensorDict owned;
+      unflatten(rows.to(flat.device(), flat.scalar_type()), tape.outs[k], lc.names, owned,
+                false);
+      for (const auto &kv : owned) g[kv.key()] = kv.value();
+    }
+    std::vector<torch::Tensor> outputs, grad_outputs;
+    with_grads(tape.outs[k], g, outputs, grad_outputs);
+    g = state_part(backward(outputs, grad_outputs, inputs(tape.ins[k])));
+  }
+  std::vector<torch::Tensor> outputs, grad_outputs;
+  with_grads(tape.state0, g, outputs, grad_outputs);
+  with_grads(tape.geometry_out, g_geometry, outputs, grad_outputs);
+  auto leaves = backward(outputs, grad_outputs,
+                         {{"positions", tape.positions}, {"shifts", tape.shifts}});
+  const torch::Tensor &gp = leaves["positions"];
+  tape.forces = host(gp.defined() ? -gp : torch::zeros_like(tape.positions));
+  if (tape.shifts.requires_grad()) {
+    const torch::Tensor &gs = leaves["shifts"];
+    tape.edge_grad = host(gs.defined() ? gs : torch::zeros_like(tape.shifts));
+  }
+}
+
+/* ----------------------------------------------------------------------
+   One force call on a rank with atoms: the pieces, then forces, energies and virials into
+   LAMMPS' arrays.
+------------------------------------------------------------------------- */
+
+void PairGeoff::run_layers(int n_edges)
+{
+  GeoffLayerComm &lc = *layers_;
+  GeoffLayerTape tape;
+  try {
+    layers_forward(tape, n_edges);
+    layers_backward(tape);
+    tape.energies = host(tape.energies);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style geoff: model '{}' failed (graph layers) on {} atoms / {} "
+               "edges: {}", model_file, graph_atoms.size(), n_edges,
+               std::string(e.what()).substr(0, 400));
+  }
+  auto t = Clock::now();
+  scatter_forces(tape.forces.data_ptr<double>(), (int) graph_atoms.size());    // ghosts: LAMMPS
+  add_energies(tape.energies.data_ptr<double>(), tape.energies.sum().item<double>());
+  if (tape.edge_grad.defined()) add_edge_virials(tape.edge_grad.data_ptr<double>(), n_edges);
+  lc.t_scatter += std::chrono::duration<double>(Clock::now() - t).count();
+}
