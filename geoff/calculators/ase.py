@@ -76,6 +76,8 @@ class GeoffCalculator(Calculator):
         self.results["energy"] = energy
         self.results["free_energy"] = energy
         self.results["energies"] = out["energies"].detach().cpu().double().numpy()
+        for name in getattr(self.model, "properties", ()):  # per-atom property heads (N,)
+            self.results[name] = out[name].detach().cpu().double().numpy()
         self.results["forces"] = out[self.force_key].detach().cpu().double().numpy()
         if want_stress:
             stress = out["stress"][0].detach().cpu().double().numpy()
