@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerate the shipped Cu64Zr36 barrier set: one glass per seed (100 atoms, 16 sampled
+# atoms, 2 activation attempts each, 2 worker processes), then one combined extxyz.
+# Usage: examples/barriers/regenerate.sh [first_seed] [last_seed]   (default 1 8)
+# Each glass took 7-12 min wall on the shared 2-core VM (load ~10); raise --atoms-per-glass
+# and the seed range for a bigger set (the issue asks for >= 2,000 atoms over >= 4 glasses).
+set -euo pipefail
+cd "$(dirname "$0")"
+GEOFF=${GEOFF:-../../.venv/bin/geoff}
+mkdir -p glasses
+for seed in $(seq "${1:-1}" "${2:-8}"); do
+  out=glasses/glass_${seed}.extxyz
+  [ -f "$out" ] && continue
+  "$GEOFF" data cuzr-barriers -o "$out" --n 1 --seed "$seed" --n-atoms 100 \
+      --atoms-per-glass 16 --attempts 2 --jobs 2 --quiet
+done
+../../.venv/bin/python - <<'PY'
+import glob, json, ase.io
+files = sorted(glob.glob("glasses/glass_*.extxyz"), key=lambda p: int(p.split("_")[-1].split(".")[0]))
+frames = [ase.io.read(f) for f in files]
+ase.io.write("cuzr_barriers.extxyz", frames, format="extxyz")
+print(f"cuzr_barriers.extxyz: {len(frames)} glasses from {files}")
+PY
