@@ -54,13 +54,14 @@ def test_labels_and_centring():
 
 @pytest.mark.slow
 def test_tiny_glass_generates_labelled_atoms(tmp_path):
-    """One 32-atom glass, 2 atoms, 1 attempt each (about a minute on a loaded 2-core VM)."""
+    """One 32-atom glass, 2 atoms, 1 attempt each, over 2 processes (about a minute on a
+    loaded 2-core VM)."""
     from geoff.data import generate
     from geoff.data.io import read_dataset, read_provenance
 
     path = tmp_path / "b.extxyz"
     generate("cuzr-barriers", n=1, seed=0, path=path, n_atoms=32, atoms_per_glass=2,
-             attempts=1, quench=dict(melt_ps=0.2, hold_ps=0.05, interval_ps=0.02,
+             attempts=1, jobs=2, quench=dict(melt_ps=0.2, hold_ps=0.05, interval_ps=0.02,
                                      quench_rate_K_per_ps=2000.0))
     (frame,) = read_dataset(path)
     prov = read_provenance(path)

@@ -99,7 +99,9 @@ def make_glass(seed: int, glass: int, n_atoms: int, engine: str, quench: Dict) -
     atoms = frames[-1].copy()  # the 300 K glass
     atoms.calc = eam_calculator(atoms, engine)
     FIRE(atoms, logfile=None).run(fmax=1e-3, steps=5000)
-    return atoms
+    # Stored results only (a LAMMPS handle cannot cross process boundaries).
+    return label(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                 energies=atoms.get_potential_energies())
 
 
 _CACHE: Dict[int, Atoms] = {}  # per worker process: glass index -> glass with a calculator
