@@ -118,3 +118,29 @@ def metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
     return {"mae": float(np.abs(resid).mean()),
             "r2": 1.0 - float((resid ** 2).sum()) / ss if ss > 0 else float("nan"),
             "spearman": float(rho), "n": int(ref.size)}
+
+
+def icosahedral_centres(atoms, cutoff: float = SHELL) -> np.ndarray:
+    """Boolean (N,): atoms with 12 neighbours whose 12 bonds are all 1551-like (common-
+    neighbour analysis: the bonded pair shares 5 neighbours joined by 5 bonds), i.e. the
+    centre of a full icosahedron, the Voronoi <0,0,12,0> motif of Cu-centred order in CuZr.
+    """
+    from ase.neighborlist import neighbor_list
+
+    i, j = neighbor_list("ij", atoms, cutoff)
+    neigh = [set() for _ in range(len(atoms))]
+    for a, b in zip(i, j):
+        neigh[a].add(int(b))
+    out = np.zeros(len(atoms), dtype=bool)
+    for a in range(len(atoms)):
+        if len(neigh[a]) != 12:
+            continue
+        ok = True
+        for b in neigh[a]:
+            common = neigh[a] & neigh[b]
+            bonds = sum(len(neigh[c] & common) for c in common) // 2
+            if len(common) != 5 or bonds != 5:
+                ok = False
+                break
+        out[a] = ok
+    return out

@@ -72,3 +72,27 @@ def test_tiny_glass_generates_labelled_atoms(tmp_path):
     assert labelled.sum() == prov["labelled_atoms"] <= 2
     assert np.all(mean[labelled] > 0) and np.all(low[labelled] <= mean[labelled])
     assert np.abs(frame.get_forces()).max() < 1e-2  # the stored glass is relaxed
+
+
+def test_icosahedral_centre_and_descriptors():
+    """The benchmark's structural helpers: a 13-atom icosahedron's centre is found, an FCC
+    atom is not; descriptors have one finite row per atom."""
+    import sys
+    from pathlib import Path
+
+    from ase.build import bulk
+    from ase.cluster import Icosahedron
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from barriers_baselines import descriptors, icosahedral_centres
+
+    ico = Icosahedron("Cu", 2)  # 13 atoms: one centre, 12 on the shell
+    ico.center(vacuum=10.0)
+    found = icosahedral_centres(ico, cutoff=2.9)
+    assert found.sum() == 1 and found[np.argmin(np.linalg.norm(
+        ico.positions - ico.positions.mean(0), axis=1))]
+    fcc = bulk("Cu", "fcc", a=3.61, cubic=True) * 3
+    assert not icosahedral_centres(fcc, cutoff=2.9).any()
+    fcc.numbers[::4] = 40
+    x = descriptors(fcc)
+    assert x.shape[0] == len(fcc) and np.isfinite(x).all()
