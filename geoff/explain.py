@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .graph import atoms_to_graph
+from .inference import frozen
 
 
 @dataclass
@@ -87,9 +88,9 @@ def explain_atom(model, atoms, atom: int, output: Optional[str] = None, steps: i
     ``tolerance``: the prediction change (output unit, e.g. eV) that costs as much as the
     penalties; ``top_k``: edges counted as "top" for the fidelity figures.
     """
-    model = model.eval()
+    model = frozen(model, dtype="float64")  # a private float64 copy: only the mask learns
     key = _output_key(model, output)
-    graph = atoms_to_graph(atoms, model)
+    graph = atoms_to_graph(atoms, model, dtype=torch.float64)
     dtype = graph["positions"].dtype
     edge_index = graph["edge_index"]
     field_ = receptive_edges(edge_index, atom, model.n_layers)

@@ -18,28 +18,29 @@ def plot_neighbourhood(atoms, explanation, path, max_edges: int = 60) -> None:
 
     centre = atoms.positions[explanation.atom]
     edges = explanation.edges[:max_edges]
-    # Positions unwrapped around the centre: the sender sits at receiver + edge vector.
-    points: Dict[int, np.ndarray] = {explanation.atom: centre}
+    # Unwrapped around the centre: a receiver at its minimum image, the sender at receiver +
+    # the edge vector; every periodic image drawn where an edge ends.
+    points: Dict[tuple, tuple] = {(explanation.atom,) + (0.0, 0.0, 0.0): (explanation.atom,
+                                                                          centre)}
     segments = []
     for e in edges:
         i, j = e["receiver"], e["sender"]
-        xi = points.get(i, centre + _mic(atoms, explanation.atom, i))
-        points.setdefault(i, xi)
+        xi = centre + _mic(atoms, explanation.atom, i)
         xj = xi + _mic(atoms, i, j, e["shift"])
-        points.setdefault(j, xj)
+        for k, x in ((i, xi), (j, xj)):
+            points.setdefault((k,) + tuple(np.round(x - centre, 3)), (k, x))
         segments.append((xi, xj, e["importance"]))
-    xyz = np.array(list(points.values()))
+    xyz = np.array([x for _, x in points.values()])
     axes = np.linalg.svd(xyz - xyz.mean(0), full_matrices=False)[2][:2]  # (2, 3)
-    proj = {k: (v - centre) @ axes.T for k, v in points.items()}
     fig, ax = plt.subplots(figsize=(5.5, 5))
     cmap = plt.get_cmap("viridis")
     for xi, xj, w in sorted(segments, key=lambda s: s[2]):
         a, b = (xi - centre) @ axes.T, (xj - centre) @ axes.T
         ax.plot([a[0], b[0]], [a[1], b[1]], color=cmap(w), lw=0.5 + 3 * w, alpha=0.4 + 0.6 * w)
-    for k, p in proj.items():
-        sym = atoms[k].symbol
-        ax.scatter(*p, s=220 if k == explanation.atom else 90, c=COLOURS.get(sym, "grey"),
-                   edgecolors="k", zorder=3)
+    for k, x in points.values():
+        p = (x - centre) @ axes.T
+        ax.scatter(*p, s=220 if k == explanation.atom and np.allclose(x, centre) else 90,
+                   c=COLOURS.get(atoms[k].symbol, "grey"), edgecolors="k", zorder=3)
         ax.annotate(str(k), p, fontsize=6, ha="center", va="center", zorder=4, color="w")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=ax, label="edge importance (mask)")
