@@ -102,7 +102,8 @@ def load(path, device="cpu", dtype: Optional[torch.dtype] = None):
     payload = read(path)
     config = json.loads(payload["config"])
     model = build_model(config["name"], species=config["species"], cutoff=config["cutoff"],
-                        force_head=config["force_head"], **config["hparams"])
+                        force_head=config["force_head"],
+                        properties=config.get("properties", ()), **config["hparams"])
     state = payload["state_dict"]
     model = model.to(dtype=next(iter(state.values())).dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)

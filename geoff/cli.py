@@ -18,6 +18,7 @@ COMMANDS = {
     "lammps": ("geoff.lammps", "build or locate the LAMMPS plugin (pair_style geoff)"),
     "md": ("geoff.md.cli", "run molecular dynamics with a model (ASE)"),
     "stability": ("geoff.md.stability_cli", "NVE/NVT stability study: drift, failure, RDF"),
+    "explain": ("geoff.explain_cli", "explain a per-atom prediction edge by edge (GNNExplainer)"),
     "bench": ("geoff.bench", "time a model's energy+forces call"),
     "demo": ("geoff.demo", "the end-to-end demo: data, training, MD, stability report"),
 }

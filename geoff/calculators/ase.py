@@ -84,6 +84,8 @@ class GeoffCalculator(Calculator):
         energy = float(out["energy"].detach().sum())
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = _numpy(out["energies"])
+        for name in getattr(self.model, "properties", ()):  # per-atom property heads (N,)
+            self.results[name] = _numpy(out[name])
         direct = force_key(self.model.force_head, "direct") \
             if self.model.force_head != "conservative" else None
         if direct is not None:

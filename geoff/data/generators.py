@@ -18,6 +18,7 @@ from ase import Atoms
 GENERATORS: Dict[str, str] = {
     "cu-emt": "geoff.data.cu_emt",
     "cuzr-eam": "geoff.data.cuzr_eam",
+    "cuzr-barriers": "geoff.data.cuzr_barriers",
     "molecule-xtb": "geoff.data.molecule_xtb",
 }
 

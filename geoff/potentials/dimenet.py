@@ -197,6 +197,10 @@ class DimeNetPP(LayeredRepresentation):
     (T,) and their basis ``sbf`` (T, (l_max + 1) n_rbf).
     """
 
+    # graph["edge_mask"] scales the radial basis (representation.py): approximate, a zero
+    # mask does not remove the edge's message (biases, triplets keep it).
+    EDGE_GATE = "rbf"
+
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 96,
                  n_layers: int = 4, n_rbf: int = 6, l_max: int = 6,
                  n_triplet_features: int = 64, n_basis_features: int = 8,

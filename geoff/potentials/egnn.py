@@ -75,6 +75,8 @@ class EGNN(LayeredRepresentation):
     ``h`` is exchanged between layers, ``vectors`` collects each layer's channels of the atom.
     """
 
+    EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
+
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 4, n_rbf: int = 16, n_vector_channels: int = 1,
                  activation: str = "silu"):

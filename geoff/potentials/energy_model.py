@@ -24,12 +24,13 @@ head; no backward pass unless stress is asked for) or ``"both"`` (``forces`` con
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+from .property_model import check_property_names, property_heads
 from .representation import contract
 
 FORCE_HEADS = ("conservative", "direct", "both")
@@ -81,6 +82,8 @@ class EnergyModel(nn.Module):
         cutoff: neighbour cutoff in Å (the graph must contain all pairs within it).
         force_head: ``"conservative"``, ``"direct"`` or ``"both"``.
         name, hparams: the registry name and hyper-parameters, kept for checkpoints.
+        properties: names of per-atom scalar heads (``property_model.py``): each adds
+            ``out[name]`` (N,) to the output.
 
     Attributes read by the export and LAMMPS: ``species``, ``cutoff``, ``n_layers`` and
     ``is_local`` (the representation's).
@@ -96,6 +99,7 @@ class EnergyModel(nn.Module):
         force_head: str = "conservative",
         name: str = "",
         hparams: Optional[dict] = None,
+        properties: Sequence[str] = (),
     ):
         super().__init__()
         if force_head not in FORCE_HEADS:
@@ -112,11 +116,12 @@ class EnergyModel(nn.Module):
         self.conservative = force_head in ("conservative", "both")
         self.direct = force_head in ("direct", "both")
         self.model_name = name
-        self.config_json = json.dumps(
-            {"name": name, "species": self.species, "cutoff": self.cutoff,
-             "force_head": force_head, "hparams": hparams or {}},
-            sort_keys=True,
-        )
+        self.properties: List[str] = check_property_names(properties)
+        config = {"name": name, "species": self.species, "cutoff": self.cutoff,
+                  "force_head": force_head, "hparams": hparams or {}}
+        if self.properties:  # absent for energy models: their configs are unchanged
+            config["properties"] = self.properties
+        self.config_json = json.dumps(config, sort_keys=True)
         self.energy_head = mlp([n_scalars, max(n_scalars // 2, 1), 1])
         # Unused heads are None: TorchScript prunes the branches (as in torchvision's ResNet).
         self.edge_vector_head = None
@@ -128,6 +133,7 @@ class EnergyModel(nn.Module):
         # Per-element energy shift (eV) and scale (eV): set from data by the trainer.
         self.register_buffer("atomic_energies", torch.zeros(len(species)))
         self.register_buffer("scale", torch.ones(len(species)))
+        self.property_heads = property_heads(self.properties, n_scalars, len(species))
 
     @property
     def config(self) -> dict:
@@ -149,7 +155,8 @@ class EnergyModel(nn.Module):
         self, data: Dict[str, Tensor], compute_forces: bool = True, compute_stress: bool = False
     ) -> Dict[str, Tensor]:
         """Graph -> {"energy": (B,), "energies": (N,), "forces": (N, 3), "stress": (B, 3, 3),
-        "virial": (B, 3, 3), "direct_forces": (N, 3) for force_head="both"}.
+        "virial": (B, 3, 3), "direct_forces": (N, 3) for force_head="both", and (N,) per
+        property head}.
 
         Units eV, eV/Å, eV/Å^3; stress in ASE's sign (positive = tensile), zero for a
         structure with zero cell volume. ``virial`` = -dE/d(eps) in eV (what LAMMPS sums).
@@ -196,6 +203,8 @@ class EnergyModel(nn.Module):
         else:
             energy = scatter_sum(energies, batch, n_graphs)  # (B,)
         out: Dict[str, Tensor] = {"energy": energy, "energies": energies}
+        for prop, head in self.property_heads.items():
+            out[prop] = head(h, species)  # (N,)
 
         direct: Optional[Tensor] = None
         vector_channel_head = self.vector_channel_head

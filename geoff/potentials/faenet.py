@@ -187,6 +187,8 @@ class FrameAveraged(LayeredRepresentation):
     """A ``FrameMPNN`` (``self.network``) fed the frames that a subclass's ``embed`` builds:
     its layers and readout are the network's (shared by FAENet and SymGNN)."""
 
+    EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
+
     def layer(self, k: int, state: Dict[str, Tensor],
               geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
         self.check_layer(k)

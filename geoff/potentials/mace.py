@@ -276,6 +276,8 @@ class MACE(LayeredRepresentation):
     (E, sh.dim, envelope included) and ``rbf`` (E, n_rbf).
     """
 
+    EDGE_GATE = "sh"  # graph["edge_mask"] multiplies this (representation.py)
+
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 64,
                  n_layers: int = 2, l_max: int = 2, hidden_l_max: int = 1, correlation: int = 3,
                  n_rbf: int = 8, radial_hidden: int = 64, radial_layers: int = 3,

@@ -96,6 +96,8 @@ class NequIP(LayeredRepresentation):
     (E, n_rbf) and ``one_hot`` (N, n_species) for the self-connections.
     """
 
+    EDGE_GATE = "sh"  # graph["edge_mask"] multiplies this (representation.py)
+
     # A shared hyper-parameter name that does not apply here, and why (read by build_model).
     inapplicable_hparams = {"correlation": "NequIP messages are two-body (one tensor-product "
                                            "convolution per layer); use 'mace' for higher "

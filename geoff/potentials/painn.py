@@ -102,6 +102,8 @@ class PaiNN(LayeredRepresentation):
     between layers; geometry ``edge_index``, ``unit`` (E, 3), ``rbf``, ``envelope``.
     """
 
+    EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
+
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 20, activation: str = "silu",
                  eps: float = 1e-8):

@@ -46,10 +46,12 @@ def representation_class(name: str):
 
 
 def build_model(name: str, species: Sequence[str], cutoff: float = 5.0,
-                force_head: str = "conservative", **hparams) -> EnergyModel:
+                force_head: str = "conservative", properties: Sequence[str] = (),
+                **hparams) -> EnergyModel:
     """An ``EnergyModel`` around the representation registered as ``name``.
 
-    ``hparams`` are passed to the representation (shared names: ``SHARED_HPARAMS``).
+    ``hparams`` are passed to the representation (shared names: ``SHARED_HPARAMS``);
+    ``properties`` names per-atom scalar heads (``property_model.py``).
     """
     cls = representation_class(name)
     accepted = set(inspect.signature(cls).parameters) - {"n_species"}
@@ -65,4 +67,4 @@ def build_model(name: str, species: Sequence[str], cutoff: float = 5.0,
     except TypeError as exc:  # a value of the wrong type
         raise ValueError(f"bad hyper-parameters for {name!r}: {exc}") from None
     return EnergyModel(representation, list(species), float(cutoff), force_head=force_head,
-                       name=name, hparams=hparams)
+                       name=name, hparams=hparams, properties=properties)

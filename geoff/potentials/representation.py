@@ -14,6 +14,11 @@ A *representation* maps a graph (``geoff.graph``) and its edge vectors to per-at
     * ``is_local``: False only for representations that see the whole structure at once
       (FAENet with global PCA frames): no extensivity, no MPI domain decomposition.
 
+    An optional graph key ``edge_mask`` (E,) multiplies every message along each edge (used by
+    ``geoff.explain``): ``LayeredRepresentation.forward`` multiplies it into the geometry
+    entry named by the class attribute ``EDGE_GATE``, the per-edge factor all messages are
+    linear in (the cutoff envelope, or the enveloped spherical harmonics).
+
     A new model file may start here: it works everywhere except where the pieces below are
     needed (``decomposable`` is False).
 
@@ -85,7 +90,12 @@ class LayeredRepresentation(Representation):
 
     node_features: List[str]
     edge_messages: List[str]
+    edge_gate: str
     decomposable = True
+    # Geometry entry (first dimension E) that every message along an edge is proportional
+    # to, so that ``graph["edge_mask"]`` (E,) can weight edges (0: as if the edge were
+    # absent). Empty: the representation does not support edge masks.
+    EDGE_GATE = ""
 
     def __init__(self, n_scalars: int, n_vectors: int, n_layers: int,
                  node_features: Sequence[str], edge_messages: Sequence[str] = (),
@@ -93,6 +103,7 @@ class LayeredRepresentation(Representation):
         super().__init__(n_scalars, n_vectors, n_layers, is_local)
         self.node_features = list(node_features)
         self.edge_messages = list(edge_messages)
+        self.edge_gate = str(type(self).EDGE_GATE)  # an instance attribute, for TorchScript
 
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
@@ -116,9 +127,25 @@ class LayeredRepresentation(Representation):
 
     def forward(self, graph: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
         state, geometry = self.embed(graph, edge_vec)
+        if "edge_mask" in graph:
+            geometry = mask_edges(geometry, graph["edge_mask"], self.edge_gate)
         for k in range(self.n_layers):
             state = self.layer(k, state, geometry)
         return self.readout(state, geometry)
+
+
+def mask_edges(geometry: Dict[str, Tensor], edge_mask: Tensor, gate: str) -> Dict[str, Tensor]:
+    """``geometry`` with ``geometry[gate]`` (E, ...) multiplied by ``edge_mask`` (E,)."""
+    if gate == "" or gate not in geometry:
+        raise RuntimeError("this representation does not support graph['edge_mask'] "
+                           "(no EDGE_GATE geometry entry); explain another model")
+    value = geometry[gate]
+    shape = [value.shape[0]] + [1] * (value.dim() - 1)
+    out: Dict[str, Tensor] = {}
+    for key, item in geometry.items():
+        out[key] = item
+    out[gate] = value * edge_mask.to(value.dtype).reshape(shape)
+    return out
 
 
 def contract(representation: nn.Module) -> Tuple[int, int, int, bool]:

@@ -37,6 +37,8 @@ class SchNet(LayeredRepresentation):
     geometry ``edge_index``, ``rbf`` (E, n_rbf), ``envelope`` (E,).
     """
 
+    EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
+
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 32, activation: str = "ssp"):
         super().__init__(n_scalars=n_features, n_vectors=0, n_layers=n_layers,

@@ -40,6 +40,11 @@ OPTIONS: List[Option] = [
            "(default: a random val_fraction of --data)", _D, type=str, metavar="FILE"),
     Option("test_data", None, "separate test file; when given, test_fraction is not used "
            "(default: a random test_fraction of --data)", _D, type=str, metavar="FILE"),
+    Option("target", None, "a per-atom property to learn beside (or, with energy_weight and "
+           "forces_weight 0, instead of) the energy: the name of a per-atom array of the data "
+           "(NaN = unlabelled atom), e.g. barrier_mean; the model gets a property head of that "
+           "name with per-element normalisation. Splits are by structure, so test atoms never "
+           "share a structure with training atoms", _D, type=str, metavar="NAME"),
     Option("val_fraction", 0.1, "fraction of --data held out for validation (early stopping, "
            "best checkpoint, plateau decay)", _D, type=float),
     Option("test_fraction", 0.1, "fraction of --data held out for the final test metrics",
@@ -75,6 +80,8 @@ OPTIONS: List[Option] = [
            "strain derivative per step", _L, type=float),
     Option("energies_weight", 0.0, "weight of the per-atom energy loss (eV), for data that has "
            "per-atom energies", _L, type=float),
+    Option("target_weight", 1.0, "weight of the per-atom target loss (in the target's unit)",
+           _L, type=float),
     Option("loss", "mse", "penalty on residuals: 'mse' (r²) or 'huber' (r²/2 up to "
            "huber_delta, linear beyond)", _L, type=str, choices=("mse", "huber")),
     Option("huber_delta", 0.01, "Huber transition, in the unit of each residual (eV/atom, eV/Å, "
@@ -239,7 +246,8 @@ def check(cfg: Dict[str, Any]) -> None:
             raise ValueError(f"{key} must be at least 1, got {cfg[key]}")
     for key in ("max_steps", "max_time", "weight_decay", "warmup_steps", "grad_clip",
                 "checkpoint_every", "early_stopping", "num_threads", "energy_weight",
-                "forces_weight", "direct_forces_weight", "stress_weight", "energies_weight"):
+                "forces_weight", "direct_forces_weight", "stress_weight", "energies_weight",
+                "target_weight"):
         if cfg[key] < 0:
             raise ValueError(f"{key} must not be negative, got {cfg[key]}")
     if not cfg["lr"] > 0 or cfg["min_lr"] < 0:

@@ -11,7 +11,9 @@ energy           (B,)        total energy, eV (0 where absent)
 forces           (N, 3)      forces, eV/Å (0 where absent)
 stress           (B, 3, 3)   full stress tensor, eV/Å³, ASE sign (0 where absent)
 energies         (N,)        per-atom energies, eV (0 where absent)
-<label>_mask     (B,)        1 where the structure has that label, else 0
+target           (N,)        the per-atom property named by ``target`` (0 where absent)
+<label>_mask     (B,)        1 where the structure has that label, else 0 (``target_mask``:
+                             (N,), per atom: 0 for atoms whose value is NaN or missing)
 n_atoms          (B,)        atoms per structure (float, for per-atom energies)
 ===============  ==========  ============================================================
 
@@ -29,7 +31,7 @@ import torch
 from ..data.io import reference
 from ..graph import Graph, atoms_to_graph, batch_graphs
 
-LABELS = ("energy", "forces", "stress", "energies")
+LABELS = ("energy", "forces", "stress", "energies", "target")
 N_ATOMS = "n_atoms"
 SPLITS = ("train", "val", "test")
 
@@ -48,8 +50,13 @@ def _full_stress(stress) -> np.ndarray:
     raise ValueError(f"a stress label must have 6 (Voigt) or 9 components, got {s.size}")
 
 
-def frame_to_sample(atoms, species: Sequence[str], cutoff: float) -> Graph:
-    """One labelled structure -> its Graph (float64) with labels and masks."""
+def frame_to_sample(atoms, species: Sequence[str], cutoff: float,
+                    target: Optional[str] = None) -> Graph:
+    """One labelled structure -> its Graph (float64) with labels and masks.
+
+    ``target``: a per-atom array of the frame (``atoms.arrays``) learned by a property head;
+    NaN marks atoms without a value. Frames without the array have no labelled atom.
+    """
     g = atoms_to_graph(atoms, species=species, cutoff=cutoff, dtype=torch.float64)
     ref = reference(atoms)
     n = len(atoms)
@@ -69,6 +76,11 @@ def frame_to_sample(atoms, species: Sequence[str], cutoff: float) -> Graph:
         stress = None  # no volume, no stress
     put("stress", None if stress is None else _full_stress(stress), (1, 3, 3))
     put("energies", ref.get("energies"), (n,))
+    if target:
+        values = atoms.arrays.get(target)
+        values = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+        g["target"] = torch.as_tensor(np.nan_to_num(values, nan=0.0)).reshape(n)
+        g[mask_key("target")] = torch.as_tensor(np.isfinite(values).astype(np.float64)).reshape(n)
     g[N_ATOMS] = torch.tensor([float(n)], dtype=f64)
     return g
 
@@ -85,19 +97,22 @@ class GraphDataset:
             raise ValueError("a dataset needs at least one structure")
         self.samples = samples
         self.n_atoms = np.array([int(g["positions"].shape[0]) for g in samples], dtype=np.int64)
-        self.has = {lab: np.array([bool(g[mask_key(lab)][0] > 0) for g in samples])
-                    for lab in LABELS}
+        self.has = {lab: np.array([mask_key(lab) in g and bool(g[mask_key(lab)].max() > 0)
+                                   for g in samples]) for lab in LABELS}
+        # labelled atoms of the per-atom target, per structure
+        self.n_target = np.array([int(g[mask_key("target")].sum()) if "target" in g else 0
+                                  for g in samples])
         self.n_edges = np.array([int(g["edge_index"].shape[1]) for g in samples], dtype=np.int64)
 
     @classmethod
     def from_frames(cls, frames, species: Sequence[str], cutoff: float,
-                    progress: bool = False) -> "GraphDataset":
+                    progress: bool = False, target: Optional[str] = None) -> "GraphDataset":
         iterator = frames
         if progress:
             from tqdm.auto import tqdm
 
             iterator = tqdm(frames, desc="neighbour lists", unit="struct", leave=False)
-        return cls([frame_to_sample(a, species, cutoff) for a in iterator])
+        return cls([frame_to_sample(a, species, cutoff, target) for a in iterator])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,6 +128,7 @@ class GraphDataset:
                         for k, v in g.items()})
         new = GraphDataset.__new__(GraphDataset)
         new.samples, new.n_atoms, new.has, new.n_edges = out, self.n_atoms, self.has, self.n_edges
+        new.n_target = self.n_target
         return new
 
     def label_counts(self, indices: Optional[Sequence[int]] = None) -> Dict[str, int]:
@@ -124,6 +140,7 @@ class GraphDataset:
             "forces": int((n * self.has["forces"][idx]).sum()),
             "stress": int(self.has["stress"][idx].sum()),
             "energies": int((n * self.has["energies"][idx]).sum()),
+            "target": int(self.n_target[idx].sum()),
         }
 
 

@@ -7,7 +7,9 @@ Each term is a mean over the labelled rows of a penalty of the residual:
   the direct head's, for ``"both"`` they are the conservative ones and ``direct_forces`` (the
   head's) get their own term against the same labels;
 * ``stress``: the 9 stress components (eV/Å³);
-* ``energies``: per-atom energies (eV).
+* ``energies``: per-atom energies (eV);
+* ``target``: a per-atom property (config ``target``: the model output of that name against
+  the data's per-atom array; its unit, e.g. eV for barriers), over labelled atoms only.
 
 ``total = Σ_k weight_k · Σ penalty(residual_k) / count_k`` where ``count_k`` counts labelled
 components in the *global* batch (all ranks), so data-parallel shards add up exactly.
@@ -15,7 +17,7 @@ Penalties: ``"mse"`` (r²) or ``"huber"`` (r²/2 below ``delta``, linear above).
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -29,13 +31,16 @@ TERMS: Dict[str, Tuple[str, int]] = {
     "direct_forces": ("forces", 3),
     "stress": ("stress", 9),
     "energies": ("energies", 1),
+    "target": ("target", 1),
 }
 # metric name -> (term, factor to the reported unit, unit)
 UNITS = {"energy": (1e3, "meV/atom"), "forces": (1e3, "meV/Å"), "direct_forces": (1e3, "meV/Å"),
-         "stress": (1e3, "meV/Å³"), "energies": (1e3, "meV")}
+         "stress": (1e3, "meV/Å³"), "energies": (1e3, "meV"),
+         "target": (1.0, "target unit")}
 # The sums a Loss call returns (per term) plus the running loss and step count of an epoch.
 STAT_KEYS = [f"{t}_{s}" for t in TERMS for s in ("pen", "abs", "sq", "n")] + ["loss", "steps"]
-_UNIT_TAG = {"meV/atom": "meV_atom", "meV/Å": "meV_A", "meV/Å³": "meV_A3", "meV": "meV"}
+_UNIT_TAG = {"meV/atom": "meV_atom", "meV/Å": "meV_A", "meV/Å³": "meV_A3", "meV": "meV",
+             "target unit": "unit"}
 
 
 def metric_column(key: str, split: str = "") -> str:
@@ -49,14 +54,19 @@ def metric_column(key: str, split: str = "") -> str:
     return f"{split}_{name}" if split else name
 
 
-def residuals(out: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Dict[str, Tuple[Tensor, Tensor]]:
-    """term -> (residual rows (R, C), row mask (R,)) for every term the output can supply."""
+def residuals(out: Dict[str, Tensor], batch: Dict[str, Tensor],
+              target: Optional[str] = None) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """term -> (residual rows (R, C), row mask (R,)) for every term the output can supply.
+
+    ``target``: the model output compared with the ``target`` label (a property head's name).
+    """
     res = {}
     atom_graph = batch["batch"]
     for term, (label, comps) in TERMS.items():
-        if term not in out or label not in batch:
+        key = target if term == "target" else term
+        if key is None or key not in out or label not in batch:
             continue
-        pred, ref = out[term], batch[label]
+        pred, ref = out[key], batch[label]
         mask = batch[mask_key(label)]  # (B,)
         if term == "energy":
             r = (pred - ref) / batch["n_atoms"]  # (B,)
@@ -69,9 +79,11 @@ def residuals(out: Dict[str, Tensor], batch: Dict[str, Tensor]) -> Dict[str, Tup
 
 
 class Loss:
-    """``Loss(weights, kind="mse", huber_delta=0.01)``; ``weights`` maps term -> weight."""
+    """``Loss(weights, kind="mse", huber_delta=0.01, target=None)``; ``weights`` maps term ->
+    weight; ``target`` names the model output of the ``target`` term."""
 
-    def __init__(self, weights: Dict[str, float], kind: str = "mse", huber_delta: float = 0.01):
+    def __init__(self, weights: Dict[str, float], kind: str = "mse", huber_delta: float = 0.01,
+                 target: Optional[str] = None):
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise ValueError(f"unknown loss terms {unknown}; known: {sorted(TERMS)}")
@@ -82,6 +94,7 @@ class Loss:
         self.weights = {k: float(w) for k, w in weights.items() if float(w) != 0.0}
         self.kind = kind
         self.delta = float(huber_delta)
+        self.target = target
 
     def penalty(self, r: Tensor) -> Tensor:
         if self.kind == "mse":
@@ -96,7 +109,7 @@ class Loss:
         ``stats`` holds detached sums per term: ``<term>_pen`` (penalty), ``<term>_abs``,
         ``<term>_sq`` and ``<term>_n`` (labelled components), for metrics and validation.
         """
-        res = residuals(out, batch)
+        res = residuals(out, batch, self.target)
         total = out["energy"].new_zeros(())
         stats: Dict[str, Tensor] = {}
         for term, (r, mask) in res.items():

@@ -98,6 +98,33 @@ def _auto_scale(dataset, idx, counts, energies, has_e, shift):
     return 1.0, "default (no forces or energy spread)"
 
 
+def target_normalisation(dataset: GraphDataset, species: Sequence[str], indices=None):
+    """Per-element ``(shift, scale)`` of the per-atom target: mean and standard deviation of
+    the labelled training atoms of each species (0 and 1 for a species without labels; the
+    scale floored at 1e-6 of the overall spread so that one-valued species stay finite)."""
+    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    values, kinds = [], []
+    for k in idx:
+        g = dataset[int(k)]
+        if "target" in g:
+            m = g["target_mask"].cpu().numpy() > 0
+            values.append(g["target"].cpu().numpy()[m])
+            kinds.append(g["species"].cpu().numpy()[m])
+    values = np.concatenate(values) if values else np.zeros(0)
+    kinds = np.concatenate(kinds) if kinds else np.zeros(0, dtype=int)
+    if values.size == 0:
+        raise ValueError("no training atom has a value of the target: check the per-atom "
+                         "array's name (--target) and that it is not all NaN")
+    floor = 1e-6 * max(float(values.std()), 1e-12)
+    shift, scale = np.zeros(len(species)), np.ones(len(species))
+    for s in range(len(species)):
+        v = values[kinds == s]
+        if v.size:
+            shift[s] = v.mean()
+            scale[s] = max(float(v.std()), floor) if v.size > 1 else max(float(values.std()), 1.0)
+    return shift, scale
+
+
 def apply(model, norm: Dict[str, object]) -> None:
     model.set_normalisation(np.asarray(norm["atomic_energies"]), float(norm["scale"]))
 

@@ -75,7 +75,8 @@ class RunData:
         if not chosen:
             return None
         return GraphDataset.from_frames(chosen, self.species, self.cfg["cutoff"],
-                                        progress=self.progress and len(chosen) > 200)
+                                        progress=self.progress and len(chosen) > 200,
+                                        target=self.cfg.get("target"))
 
     def test(self) -> Optional[GraphDataset]:
         """The test set's graphs (neighbour lists built now; None without a test split)."""

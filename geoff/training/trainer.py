@@ -37,7 +37,7 @@ from .dataset import GraphLoader
 from .evaluation import evaluate, test_metrics
 from .losses import STAT_KEYS, Loss, metric_column, metrics_from_sums
 from .normalisation import apply as apply_normalisation
-from .normalisation import normalisation
+from .normalisation import normalisation, target_normalisation
 from .run_data import RunData
 from .run_folder import RunFolder
 from .schedule import EMA, LRSchedule
@@ -114,13 +114,18 @@ class Trainer:
         torch.set_default_dtype(torch.float64)
         try:
             model = build_model(cfg["model"], species=self.species, cutoff=cfg["cutoff"],
-                                force_head=cfg["force_head"], **cfg["hparams"])
+                                force_head=cfg["force_head"],
+                                properties=[cfg["target"]] if cfg["target"] else [],
+                                **cfg["hparams"])
         finally:
             torch.set_default_dtype(default_dtype)
         self.norm = normalisation(self.data.train, self.species,
                                   atomic_energies=cfg["atomic_energies"],
                                   energy_scale=cfg["energy_scale"])
         apply_normalisation(model, self.norm)
+        if cfg["target"]:
+            model.property_heads[cfg["target"]].set_normalisation(
+                *target_normalisation(self.data.train, self.species))
         self.model = model.to(device=self.device, dtype=self.dtype).train()
         self.ema = None
         if cfg["ema_decay"] > 0:
@@ -132,10 +137,14 @@ class Trainer:
     def _init_optimisation(self):
         cfg = self.cfg
         weights = {"energy": cfg["energy_weight"], "forces": cfg["forces_weight"],
-                   "stress": cfg["stress_weight"], "energies": cfg["energies_weight"]}
+                   "stress": cfg["stress_weight"], "energies": cfg["energies_weight"],
+                   "target": cfg["target_weight"] if cfg["target"] else 0.0}
         if cfg["force_head"] == "both":
             weights["direct_forces"] = cfg["direct_forces_weight"]
-        self.loss = Loss(weights, kind=cfg["loss"], huber_delta=cfg["huber_delta"])
+        self.loss = Loss(weights, kind=cfg["loss"], huber_delta=cfg["huber_delta"],
+                         target=cfg["target"])
+        # No force backward pass for a property-only model (forces_weight 0).
+        self.train_forces = cfg["forces_weight"] > 0 or cfg["force_head"] != "conservative"
         self.train_stress = cfg["stress_weight"] > 0 and bool(self.data.train.has["stress"].any())
         self.val_stress = bool(self.data.val is not None and self.data.val.has["stress"].any())
         self.optimizer = _adamw(self.model.parameters(), cfg["lr"], cfg["weight_decay"])
@@ -210,7 +219,7 @@ class Trainer:
         return None
 
     def _train_step(self, batch, counts) -> torch.Tensor:
-        out = self.net(batch, compute_stress=self.train_stress)
+        out = self.net(batch, compute_forces=self.train_forces, compute_stress=self.train_stress)
         loss, stats = self.loss(out, batch, counts)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.world if self.world > 1 else loss).backward()
