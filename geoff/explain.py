@@ -89,6 +89,11 @@ def explain_atom(model, atoms, atom: int, output: Optional[str] = None, steps: i
     penalties; ``top_k``: edges counted as "top" for the fidelity figures.
     """
     model = frozen(model, dtype="float64")  # a private float64 copy: only the mask learns
+    rep = getattr(model, "representation", None)  # None: a wrapper that masks by itself
+    if rep is not None and not getattr(rep, "edge_gate", ""):
+        raise ValueError(f"{model.model_name or type(rep).__name__} does not "
+                         "apply graph['edge_mask'] to its messages (no EDGE_GATE): explain a "
+                         "model that does (schnet, painn, egnn, nequip, mace, symgnn, faenet)")
     key = _output_key(model, output)
     graph = atoms_to_graph(atoms, model, dtype=torch.float64)
     dtype = graph["positions"].dtype

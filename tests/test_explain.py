@@ -130,3 +130,14 @@ def test_cli_explains_an_atom(tmp_path, capsys):
     assert data["atom"] == 3 and data["fidelity"]["field_edges"] > 0
     assert (tmp_path / "out" / "atom3.png").exists()
     assert "fidelity" in capsys.readouterr().out
+
+
+def test_a_model_that_ignores_edge_masks_is_refused():
+    """GemNet (forward only, edge state) has no EDGE_GATE: explaining it would be silent noise."""
+    from ase.build import bulk
+    from conftest import small_model
+    from geoff.explain import explain_atom
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    with pytest.raises(ValueError, match="does not apply graph\\['edge_mask'\\]"):
+        explain_atom(small_model("gemnet"), atoms, 0, steps=1)
