@@ -22,6 +22,8 @@ class GeoffCalculator(Calculator):
         dtype: ``"float32"`` (fast) or ``"float64"`` (what tests use).
         forces: for ``force_head="both"`` models, which forces to report:
             ``"conservative"`` (default) or ``"direct"``.
+        check_overlaps: raise a ``ValueError`` naming two atoms closer than the model's
+            overlap threshold (``geoff.structure_checks``); ``False`` turns the check off.
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å^3,
     Voigt order xx yy zz yz xz xy, 3D-periodic cells only) and ``energies`` (eV per atom).
@@ -31,8 +33,9 @@ class GeoffCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
-                 forces: str = "conservative", **kwargs):
+                 forces: str = "conservative", check_overlaps: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         if forces not in ("conservative", "direct"):
@@ -58,7 +61,8 @@ class GeoffCalculator(Calculator):
         return self.model.species
 
     def graph(self, atoms):
-        return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device)
+        return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
+                              min_distance=self.min_distance)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
