@@ -93,6 +93,7 @@ def load(path, device="cpu", dtype: Optional[torch.dtype] = None):
             f"{path} does not match the {config['name']!r} architecture of this geoff version "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}); re-export or retrain it"
         )
+    model.config_json = payload["config"]  # keeps what training added (min_train_distance)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device).eval()

@@ -32,8 +32,9 @@ import numpy as np
 OVERLAP_FRACTION = 0.5
 OVERLAP_FLOOR = 0.5  # Å
 TRAINING_KEY = "min_train_distance"
-OFF_HINT = ("if the close contact is intended, turn the check off with min_distance=0 "
-            "(GeoffCalculator(..., check_overlaps=False))")
+OFF_HINT = ("if the close contact is intended, turn the check off: "
+            "GeoffCalculator(..., check_overlaps=False), atoms_to_graph(..., min_distance=0), "
+            "`geoff md --min-distance 0`")
 
 
 class OverlapError(ValueError):
