@@ -134,12 +134,22 @@ def read_metadata(path) -> Dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no exported model at {path}")
     extra = {METADATA_FILE: ""}
+    _check_export_file(path)
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}); "
                          "make one with `geoff export model.ckpt -o model.pt`") from None
     return _check_metadata(path, extra[METADATA_FILE])
+
+
+def _check_export_file(path: Path) -> None:
+    """Raise a ``ValueError`` saying what ``path`` is unless it is an intact TorchScript zip."""
+    from .model_files import EXPORT_HINT, TORCH_SAVE, check_archive
+
+    if check_archive(path, EXPORT_HINT) == TORCH_SAVE:
+        raise ValueError(f"{path} is a torch.save file (a geoff checkpoint?), not a TorchScript "
+                         f"export: load it with geoff.load, or {EXPORT_HINT.replace('model.ckpt', str(path))}")
 
 
 def _check_metadata(path, text) -> Dict[str, Any]:
@@ -181,6 +191,7 @@ def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, 
     if not path.exists():
         raise FileNotFoundError(f"no exported model at {path}")
     extra = {METADATA_FILE: ""}
+    _check_export_file(path)
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001

@@ -39,6 +39,7 @@
 #include "neighbor.h"
 #include "timer.h"
 #include "update.h"
+#include "zip_check.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -96,8 +97,8 @@ std::string first_line(const std::string &text)
 PairGeoff::PairGeoff(LAMMPS *lmp) :
     Pair(lmp), torch_(new GeoffTorch), cutoff(0.0), n_layers(1), hops(1), global_frames(false),
     conservative(true), device_request("auto"), graph_request("auto"), periodic_graph(true),
-    t_graph(0.0), t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0),
-    reset_timers(true)
+    overlap_request(-1.0), overlap(0.5), min_rsq(0.0), min_i(-1), min_j(-1), t_graph(0.0),
+    t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0), reset_timers(true)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -154,10 +155,15 @@ void PairGeoff::settings(int narg, char **arg)
         error->all(FLERR, "pair_style geoff graph must be auto, periodic or ghosts, got '{}'",
                    graph_request);
       iarg += 2;
+    } else if (key == "overlap" && iarg + 1 < narg) {
+      overlap_request = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (overlap_request < 0.0)
+        error->all(FLERR, "pair_style geoff overlap must be >= 0 A (0 turns the check off)");
+      iarg += 2;
     } else {
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
-                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts]`",
+                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts] [overlap <A>]`",
                  key);
     }
   }
@@ -184,9 +190,17 @@ void PairGeoff::coeff(int narg, char **arg)
                model_file, elements.size(), ntypes, model_file,
                std::string(ntypes == 1 ? " Cu" : " Cu Zr ..."));
 
+  if (platform::path_is_directory(model_file))
+    error->all(FLERR, "pair_style geoff: model file '{}' is a folder; give the .pt file that "
+               "`geoff export` wrote ({})", model_file, EXPORT_HINT);
   if (!platform::file_is_readable(model_file))
     error->all(FLERR, "pair_style geoff: cannot open model file '{}' (no such file or not "
                "readable); {}", model_file, EXPORT_HINT);
+  // torch::jit::load checks no checksum: a damaged file must not load (or crash) silently.
+  const std::string damage = geoff_zip::zip_problem(model_file);
+  if (!damage.empty())
+    error->all(FLERR, "pair_style geoff: model file '{}' {}; re-export it ({}) or restore an "
+               "intact copy", model_file, damage, EXPORT_HINT);
 
   // TorchScript's profiling executor re-specialises the graph when shapes change, and the
   // graph's shape changes every step: plain execution is as fast and starts at once.
@@ -199,8 +213,13 @@ void PairGeoff::coeff(int narg, char **arg)
   try {
     torch_->module = torch::jit::load(model_file, torch::Device(torch::kCPU), extra);
   } catch (const std::exception &e) {
+    const std::string why = first_line(e.what());
+    if (why.find("constants.pkl") != std::string::npos)    // a torch.save zip: a checkpoint
+      error->all(FLERR, "pair_style geoff: '{}' is a torch.save file (a geoff checkpoint?), not "
+                 "a TorchScript export; convert it with `geoff export {} -o model.pt`",
+                 model_file, model_file);
     error->all(FLERR, "pair_style geoff: '{}' is not a TorchScript file ({}); {}", model_file,
-               first_line(e.what()), EXPORT_HINT);
+               why, EXPORT_HINT);
   }
   if (extra[METADATA_FILE].empty())
     error->all(FLERR,
@@ -227,6 +246,13 @@ void PairGeoff::coeff(int narg, char **arg)
     global_frames = meta.value("needs_global_frames", false);
     conservative = meta.value("force_head", "conservative") != "direct";
     hops = n_layers + (conservative ? 0 : 1);
+    // Overlap threshold (geoff.structure_checks): half the closest training contact, >= 0.5 A.
+    overlap = 0.5;
+    if (meta.contains("config") && meta["config"].is_object() &&
+        meta["config"].contains("min_train_distance") &&
+        meta["config"]["min_train_distance"].is_number())
+      overlap = std::max(0.5, 0.5 * meta["config"]["min_train_distance"].get<double>());
+    if (overlap_request >= 0.0) overlap = overlap_request;
   } catch (const json::exception &e) {
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
@@ -311,9 +337,9 @@ void PairGeoff::coeff(int narg, char **arg)
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
-                   "layer(s), {} torch thread(s)\n",
+                   "layer(s), {} torch thread(s), overlap check {} A\n",
                    model_name, model_file, model_dtype, torch_->device.str(), join(species),
-                   cutoff, n_layers, at::get_num_threads());
+                   cutoff, n_layers, at::get_num_threads(), overlap);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -322,6 +348,10 @@ void PairGeoff::init_style()
 {
   if (type2species.empty())
     error->all(FLERR, "pair_style geoff needs `pair_coeff * * model.pt El1 El2 ...` before a run");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style geoff needs `units metal` (eV, A, ps: the units geoff models "
+               "are trained in), but the input uses `units {}`; put `units metal` before the "
+               "box is created", update->unit_style);
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style geoff needs `newton on` (the default): forces on ghost atoms "
                "are sent back to their owners");
@@ -395,6 +425,8 @@ void PairGeoff::neighbours_within_cutoff(int nlist)
   adj_start.assign(nall, 0);
   adj_count.assign(nall, 0);
   adj.clear();
+  min_rsq = cutsq_model;
+  min_i = min_j = -1;
   for (int ii = 0; ii < nlist; ++ii) {
     const int i = ilist[ii];
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
@@ -404,7 +436,9 @@ void PairGeoff::neighbours_within_cutoff(int nlist)
     for (int jj = 0; jj < jnum; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) adj.push_back(j);
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq < cutsq_model) adj.push_back(j);
+      if (rsq < min_rsq) min_rsq = rsq, min_i = i, min_j = j;
     }
     adj_count[i] = (int) adj.size() - adj_start[i];
   }
@@ -581,6 +615,16 @@ void PairGeoff::compute(int eflag, int vflag)
 
   auto t0 = Clock::now();
   const int n_edges = periodic_graph ? build_graph_periodic() : build_graph_ghosts();
+  if (overlap > 0.0 && min_i >= 0 && min_rsq < overlap * overlap) {
+    const tagint *tag = atom->tag;
+    error->one(FLERR,
+               "pair_style geoff: atoms {} and {} (atom IDs) are {:.4g} A apart, closer than "
+               "the {} A overlap threshold of model '{}': the model was never trained on such "
+               "contacts. Remove duplicated atoms (e.g. `delete_atoms overlap {} all all`), or "
+               "turn the check off with `pair_style geoff overlap 0`",
+               tag ? (long) tag[min_i] : (long) min_i, tag ? (long) tag[min_j] : (long) min_j,
+               std::sqrt(min_rsq), overlap, model_file, overlap);
+  }
   const int n = (int) graph_atoms.size();
   const int nlocal = atom->nlocal;
   const auto dev = torch_->device;

@@ -66,6 +66,10 @@ class PairGeoff : public Pair {
   std::string device_request;    // auto | cpu | cuda
   std::string graph_request;     // auto | periodic | ghosts
   bool periodic_graph;           // this run: local atoms + shifts (one rank) or ghosts
+  double overlap_request;        // pair_style ... overlap <A>; < 0: from the model (below)
+  double overlap;                // A: two atoms closer than this stop the run (0: off)
+  double min_rsq;                // closest pair of the last neighbour pass (squared A)
+  int min_i, min_j;              // ... and its atoms (indices)
 
   std::vector<int64_t> type2species;    // LAMMPS type (1..ntypes) -> model species index
 

@@ -31,7 +31,7 @@ from typing import Optional
 PLUGIN_NAME = "geoffplugin.so"      # the loader that LAMMPS opens (name must end in plugin.so)
 IMPL_NAME = "geoff_pair.so"          # the pair style itself, loaded by the loader
 SOURCE_FILES = ("CMakeLists.txt", "pair_geoff.h", "pair_geoff.cpp", "geoff_plugin.cpp",
-                "lammpsplugin_geoff.h")
+                "lammpsplugin_geoff.h", "zip_check.h")
 
 
 def _version(package: str) -> str:
