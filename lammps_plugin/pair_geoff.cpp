@@ -365,6 +365,23 @@ void PairGeoff::init_style()
     error->all(FLERR, "pair_style geoff: model '{}' uses global frames, which see the whole "
                "structure: use graph periodic (the default on one rank)", model_file);
   periodic_graph = graph_request == "periodic" || (graph_request == "auto" && comm->nprocs == 1);
+
+  // A periodic box only a sliver thick needs ~ghost cutoff / thickness images of every atom
+  // per direction: refuse it before LAMMPS allocates them all. Thickness along dimension k =
+  // 1 / |row k of h^-1| (LAMMPS' h_inv: 1/lx 1/ly 1/lz and the inverse tilts).
+  const double *hi = domain->h_inv;
+  const double rows[3] = {std::sqrt(hi[0] * hi[0] + hi[5] * hi[5] + hi[4] * hi[4]),
+                          std::sqrt(hi[1] * hi[1] + hi[3] * hi[3]), std::fabs(hi[2])};
+  const int periodic[3] = {domain->xperiodic, domain->yperiodic, domain->zperiodic};
+  const double reach = std::max(comm->cutghostuser, cutoff + neighbor->skin);
+  double images = 1.0;
+  for (int k = 0; k < 3; ++k)
+    if (periodic[k]) images *= 2.0 * std::ceil(reach * rows[k]) + 1.0;
+  if (images > 1e5)
+    error->all(FLERR, "pair_style geoff: the periodic box is too thin for the {} A cutoff "
+               "(thicknesses {:.3g} {:.3g} {:.3g} A): every atom would need {:.3g} periodic "
+               "images; check the box size and units, or make thin directions non-periodic",
+               cutoff, 1.0 / rows[0], 1.0 / rows[1], 1.0 / rows[2], images);
   if (periodic_graph && atom->tag_enable == 0)
     error->all(FLERR, "pair_style geoff graph periodic needs atom IDs (atom_modify id yes)");
 

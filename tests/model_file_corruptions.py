@@ -4,8 +4,9 @@
 overwritten blocks, foreign zips, pickles whose payload would create ``marker`` if it ran
 (plain, and as the ``data.pkl`` of an otherwise valid PyTorch zip), text and empty files.
 
-``python tests/model_file_corruptions.py checkpoint|export FILE...`` loads each file with
-``geoff.load`` or ``geoff.export.load_exported`` and prints one JSON line per file: the
+``python tests/model_file_corruptions.py checkpoint|export|lammps REFERENCE FILE...`` loads
+each file with ``geoff.load``, ``geoff.export.load_exported`` or as LAMMPS' pair_style geoff
+model (energy compared with REFERENCE's) and prints one JSON line per file: the
 outcome (``error`` with the message, or ``loaded`` with whether the weights equal the
 original's). A crash of the worker shows as a non-zero exit / missing lines to its parent.
 """
@@ -92,6 +93,49 @@ def _same_weights(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+LAMMPS_DECK = """units metal
+atom_style atomic
+boundary p p p
+lattice fcc 3.615
+region box block 0 2 0 2 0 2
+create_box 1 box
+create_atoms 1 box
+mass 1 63.546
+pair_style geoff
+pair_coeff * * {model} Cu
+run 0
+"""
+
+
+def lammps_energy(model: str) -> float:
+    """Potential energy (eV) of 32-atom fcc Cu with ``model`` in a fresh LAMMPS instance."""
+    from lammps import lammps
+
+    lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        lmp.commands_string(LAMMPS_DECK.format(model=model))
+        return float(lmp.get_thermo("pe"))
+    finally:
+        lmp.close()
+
+
+def main_lammps(reference: str, files) -> int:
+    """Load each file as pair_style geoff's model; one JSON line per file."""
+    from geoff.lammps import enable
+
+    enable()
+    e0 = lammps_energy(reference)
+    for path in files:
+        try:
+            e = lammps_energy(path)
+            out = {"file": path, "outcome": "loaded", "same": e == e0}
+        except Exception as exc:  # noqa: BLE001 - LAMMPS errors arrive as exceptions
+            out = {"file": path, "outcome": "error", "type": type(exc).__name__,
+                   "message": str(exc)}
+        print(json.dumps(out), flush=True)
+    return 0
+
+
 def main(argv) -> int:
     import warnings
 
@@ -100,6 +144,8 @@ def main(argv) -> int:
 
     warnings.simplefilter("ignore")
     what, reference, files = argv[0], argv[1], argv[2:]
+    if what == "lammps":
+        return main_lammps(reference, files)
     load = geoff.load if what == "checkpoint" else (lambda p: load_exported(p)[0])
     original = load(reference)
     for path in files:
