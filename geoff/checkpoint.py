@@ -71,7 +71,7 @@ def read(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if check_archive(path, CHECKPOINT_HINT) == TORCHSCRIPT:
+    if check_archive(path, "readable geoff checkpoint", CHECKPOINT_HINT) == TORCHSCRIPT:
         raise ValueError(f"{path} is a TorchScript export (for LAMMPS: `pair_coeff * * {path} "
                          "El ...`, or geoff.export.load_exported), not a geoff checkpoint; "
                          "load the .ckpt it was exported from")

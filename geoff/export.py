@@ -147,7 +147,7 @@ def _check_export_file(path: Path) -> None:
     """Raise a ``ValueError`` saying what ``path`` is unless it is an intact TorchScript zip."""
     from .model_files import EXPORT_HINT, TORCH_SAVE, check_archive
 
-    if check_archive(path, EXPORT_HINT) == TORCH_SAVE:
+    if check_archive(path, "TorchScript file", EXPORT_HINT) == TORCH_SAVE:
         raise ValueError(f"{path} is a torch.save file (a geoff checkpoint?), not a TorchScript "
                          f"export: load it with geoff.load, or {EXPORT_HINT.replace('model.ckpt', str(path))}")
 

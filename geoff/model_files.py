@@ -42,39 +42,40 @@ def _describe_bytes(head: bytes) -> str:
     return "a binary file that is not a zip archive"
 
 
-def check_archive(path, hint: str) -> str:
+def check_archive(path, expected: str, hint: str) -> str:
     """Check that ``path`` is an intact PyTorch zip archive; return its kind.
 
     Returns ``TORCHSCRIPT`` (a ``torch.jit.save`` file) or ``TORCH_SAVE`` (a ``torch.save``
-    file). Raises ``IsADirectoryError``/``ValueError`` naming what the file is, followed by
-    ``hint`` (what to use instead). Reads the whole file once (CRC-32 of every member).
+    file). Raises ``IsADirectoryError``/``ValueError``: "``path`` is not a ``expected``: it is
+    <what it is>; ``hint``" (what to use instead). Reads the whole file once (CRC-32 of every member).
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a model file; {hint}")
+        raise IsADirectoryError(f"{path} is not a {expected}: it is a folder; {hint}")
     with open(path, "rb") as fh:
         head = fh.read(256)
     if not zipfile.is_zipfile(path):
         if head[:4] == b"PK\x03\x04":
-            raise ValueError(f"{path} is a damaged zip archive (truncated or corrupted: its "
-                             f"directory is missing); {hint}, or restore an intact copy")
-        raise ValueError(f"{path} is {_describe_bytes(head)}, not a PyTorch model file; {hint}")
+            raise ValueError(f"{path} is not a {expected}: it is a damaged zip archive "
+                             f"(truncated or corrupted: its directory is missing); {hint}, or "
+                             "restore an intact copy")
+        raise ValueError(f"{path} is not a {expected}: it is {_describe_bytes(head)}; {hint}")
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             bad = zf.testzip()  # CRC-32 of every member
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError,
             NotImplementedError) as exc:
-        raise ValueError(f"{path} is a damaged zip archive ({exc}); {hint}, or restore an "
-                         "intact copy") from None
+        raise ValueError(f"{path} is not a {expected}: it is a damaged zip archive ({exc}); "
+                         f"{hint}, or restore an intact copy") from None
     if bad is not None:
-        raise ValueError(f"{path} is corrupted: member {bad!r} fails its CRC-32 checksum "
-                         f"(flipped bits on disk or in transfer); {hint}, or restore an intact "
-                         "copy")
+        raise ValueError(f"{path} is not a {expected}: it is corrupted, member {bad!r} fails "
+                         f"its CRC-32 checksum (flipped bits on disk or in transfer); {hint}, or "
+                         "restore an intact copy")
     base = {n.split("/", 1)[1] if "/" in n else n for n in names}
     if "data.pkl" not in base:
-        raise ValueError(f"{path} is a zip archive but not a PyTorch file (it holds "
-                         f"{sorted(names)[:5]}...); {hint}")
+        raise ValueError(f"{path} is not a {expected}: it is a zip archive of other files "
+                         f"({sorted(names)[:3]}...), not a PyTorch file; {hint}")
     return TORCHSCRIPT if "constants.pkl" in base or any(b.startswith("code/") for b in base) \
         else TORCH_SAVE
 

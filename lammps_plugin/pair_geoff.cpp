@@ -84,11 +84,15 @@ std::string join(const std::vector<std::string> &items)
   return out + "]";
 }
 
-// First line of a (possibly long) torch error message.
+// First line of a (possibly long) torch error message, printable ASCII only (it may quote
+// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
 std::string first_line(const std::string &text)
 {
   auto end = text.find('\n');
-  return end == std::string::npos ? text : text.substr(0, end);
+  std::string line = end == std::string::npos ? text : text.substr(0, end);
+  for (char &ch : line)
+    if ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E) ch = '?';
+  return line;
 }
 }    // namespace
 
@@ -199,8 +203,9 @@ void PairGeoff::coeff(int narg, char **arg)
   // torch::jit::load checks no checksum: a damaged file must not load (or crash) silently.
   const std::string damage = geoff_zip::zip_problem(model_file);
   if (!damage.empty())
-    error->all(FLERR, "pair_style geoff: model file '{}' {}; re-export it ({}) or restore an "
-               "intact copy", model_file, damage, EXPORT_HINT);
+    error->all(FLERR, "pair_style geoff: model file '{}' is not a TorchScript file that can be "
+               "loaded: it {}; re-export it ({}) or restore an intact copy", model_file, damage,
+               EXPORT_HINT);
 
   // TorchScript's profiling executor re-specialises the graph when shapes change, and the
   // graph's shape changes every step: plain execution is as fast and starts at once.

@@ -76,7 +76,9 @@ inline std::string zip_problem(const std::string &path)
     const uint64_t method = le(b, p + 10, 2), crc = le(b, p + 16, 4);
     uint64_t csize = le(b, p + 20, 4), local = le(b, p + 42, 4);
     const size_t nlen = le(b, p + 28, 2), xlen = le(b, p + 30, 2), clen = le(b, p + 32, 2);
-    const std::string name(b.begin() + p + 46, b.begin() + std::min(b.size(), p + 46 + nlen));
+    std::string name(b.begin() + p + 46, b.begin() + std::min(b.size(), p + 46 + nlen));
+    for (char &ch : name)    // a damaged name must not make the error message invalid UTF-8
+      if ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E) ch = '?';
     // zip64 extra field: sizes/offset that did not fit in 32 bits, in this order.
     for (size_t x = p + 46 + nlen; x + 4 <= p + 46 + nlen + xlen && x + 4 <= b.size();) {
       const size_t id = le(b, x, 2), len = le(b, x + 2, 2);
