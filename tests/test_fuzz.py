@@ -10,7 +10,9 @@ give one of two outcomes:
 * a ``ValueError`` whose message names the problem.
 
 Anything else (another exception, a crash, a NaN or inf in a result) fails. `make test` runs
-a fast subset; the slow run (GEOFF_FUZZ_EXAMPLES, default 4000 per test) is the thorough one.
+a fast subset; the slow run (GEOFF_FUZZ_EXAMPLES, default 4000 per Python test, and
+GEOFF_FUZZ_LAMMPS, default 2000: 10,000 cases) is the thorough one; GEOFF_FUZZ_SEED draws
+another set of examples, so a long run can be split into chunks.
 Outcome counts are printed (pytest -s) and, with GEOFF_FUZZ_COUNTS=path, appended as JSON.
 """
 import json
@@ -20,7 +22,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 
 from fuzz_structures import brute_force_edges, structures
 from geoff.graph import atoms_to_graph
@@ -28,14 +30,16 @@ from geoff.potentials import build_model
 
 CUTOFF = 4.0
 SLOW_EXAMPLES = int(os.environ.get("GEOFF_FUZZ_EXAMPLES", "4000"))
+# The slow tests draw fresh examples per seed, so the run can be split over several processes.
+SLOW_SEED = int(os.environ.get("GEOFF_FUZZ_SEED", "0"))
 COUNTS = {}
 # What a ValueError must say for each kind of bad input (one of the words).
 PROBLEM_WORDS = ("non-finite", "apart", "periodic image", "linearly dependent", "degenerate",
                  "neighbours per atom", "overlap")
 
 
-def fuzz_settings(n):
-    return settings(max_examples=n, deadline=None, database=None, derandomize=True,
+def fuzz_settings(n, derandomize=True):
+    return settings(max_examples=n, deadline=None, database=None, derandomize=derandomize,
                     suppress_health_check=list(HealthCheck))
 
 
@@ -110,7 +114,8 @@ def test_atoms_to_graph_fast(atoms):
 
 
 @pytest.mark.slow
-@fuzz_settings(SLOW_EXAMPLES)
+@seed(SLOW_SEED)
+@fuzz_settings(SLOW_EXAMPLES, derandomize=False)
 @given(structures())
 def test_atoms_to_graph_slow(atoms):
     check_graph(atoms)
@@ -177,7 +182,8 @@ def test_calculator_fast(calculator, atoms):
 
 
 @pytest.mark.slow
-@fuzz_settings(SLOW_EXAMPLES)
+@seed(SLOW_SEED)
+@fuzz_settings(SLOW_EXAMPLES, derandomize=False)
 @given(structures())
 def test_calculator_slow(calculator, atoms):
     check_calculator(calculator, atoms)
@@ -188,23 +194,26 @@ def test_calculator_slow(calculator, atoms):
 LAMMPS_PROBLEM_WORDS = ("overlap", "too thin", "Lost atoms", "periodic images")
 
 
-def draw_cases(n):
+def draw_cases(n, seed_=None):
     from hypothesis import given as given_
 
     from fuzz_structures import lammps_boxes
 
     cases = []
 
-    @fuzz_settings(n)
+    @fuzz_settings(n, derandomize=seed_ is None)
     @given_(lammps_boxes())
     def collect(case):
         cases.append(case)
+
+    if seed_ is not None:
+        collect = seed(seed_)(collect)
 
     collect()
     return cases
 
 
-def check_lammps(tmp_path, calculator, n):
+def check_lammps(tmp_path, calculator, n, seed_=None):
     """Draw n boxes, run them in a LAMMPS worker process, compare with the calculator."""
     import subprocess
     import sys
@@ -217,7 +226,7 @@ def check_lammps(tmp_path, calculator, n):
     if not is_built():
         pytest.skip("pair_style geoff is not built (geoff lammps build)")
     model = export(calculator.model, tmp_path / "fuzz.pt", dtype="float64")
-    cases = draw_cases(n)
+    cases = draw_cases(n, seed_)
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     worker = Path(__file__).with_name("lammps_fuzz_worker.py")
     proc = subprocess.run([sys.executable, str(worker), str(model), str(tmp_path / "cases.json")],
@@ -252,4 +261,5 @@ def test_lammps_fast(tmp_path, calculator):
 
 @pytest.mark.slow
 def test_lammps_slow(tmp_path, calculator):
-    check_lammps(tmp_path, calculator, int(os.environ.get("GEOFF_FUZZ_LAMMPS", "2000")))
+    check_lammps(tmp_path, calculator, int(os.environ.get("GEOFF_FUZZ_LAMMPS", "2000")),
+                 SLOW_SEED)
