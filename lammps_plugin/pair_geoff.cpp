@@ -382,6 +382,26 @@ void PairGeoff::init_style()
   double images = 1.0;
   for (int k = 0; k < 3; ++k)
     if (periodic[k]) images *= 2.0 * std::ceil(reach * rows[k]) + 1.0;
+  // Every atom closer to its own image than the overlap threshold (found by fuzzing: LAMMPS
+  // then overflows its neighbour list first, with advice that does not help).
+  const double *hb = domain->h;    // xprd yprd zprd yz xz xy
+  const double box[3][3] = {{hb[0], 0.0, 0.0}, {hb[5], hb[1], 0.0}, {hb[4], hb[3], hb[2]}};
+  double shortest = 1e300;
+  for (int a = -2; a <= 2; ++a)
+    for (int b = -2; b <= 2; ++b)
+      for (int c = -2; c <= 2; ++c) {
+        const int n[3] = {periodic[0] ? a : 0, periodic[1] ? b : 0, periodic[2] ? c : 0};
+        if (!n[0] && !n[1] && !n[2]) continue;
+        double v[3] = {0.0, 0.0, 0.0};
+        for (int k = 0; k < 3; ++k)
+          for (int d = 0; d < 3; ++d) v[d] += n[k] * box[k][d];
+        shortest = std::min(shortest, std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
+      }
+  if (overlap > 0.0 && shortest < overlap)
+    error->all(FLERR, "pair_style geoff: every atom is {:.4g} A from its own periodic image, "
+               "closer than the {} A overlap threshold: the periodic box is too small; check "
+               "its size and units, or turn the check off with `pair_style geoff overlap 0`",
+               shortest, overlap);
   if (images > 1e5)
     error->all(FLERR, "pair_style geoff: the periodic box is too thin for the {} A cutoff "
                "(thicknesses {:.3g} {:.3g} {:.3g} A): every atom would need {:.3g} periodic "

@@ -313,7 +313,8 @@ def make_calculator(potential, settings: MDSettings):
     forces = "direct" if settings.forces == "direct" else "conservative"
     if settings.forces == "conservative" and model.force_head == "direct":
         raise ValueError("this model has only a direct force head; run it with forces='direct'")
-    return ModelCalculator(model, device=settings.device, dtype=settings.dtype, forces=forces)
+    return ModelCalculator(model, device=settings.device, dtype=settings.dtype, forces=forces,
+                           check_overlaps=settings.failure.min_distance != 0)  # 0: user said off
 
 
 class ASERunner(Runner):
