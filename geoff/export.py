@@ -195,9 +195,10 @@ def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, 
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); make one with "
-                         "`geoff export model.ckpt -o model.pt`") from None
+        why = str(exc).splitlines()[0].split(". This is an internal miniz error")[0] \
+            if str(exc) else ""
+        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: {why}); "
+                         "make one with `geoff export model.ckpt -o model.pt`") from None
     meta = _check_metadata(path, extra[METADATA_FILE])
     # The metadata must describe the module it travels with.
     checks = {"species": list(getattr(module, "species", meta["species"])),
