@@ -76,19 +76,32 @@ def resolve(path) -> Path:
 
 
 def read(path) -> Dict[str, Any]:
-    """The raw checkpoint dictionary, checked; errors say what is wrong with the file.
+    """The raw checkpoint dictionary, checked; errors say what the file is and what to use.
 
-    ``path``: a checkpoint file or the name of a shipped model (``resolve``)."""
+    ``path``: a checkpoint file or the name of a shipped model (``resolve``). The file is
+    checked as a zip archive (CRC-32 of every member) before ``torch.load``
+    (``weights_only=True``: it never runs code from the file).
+    """
+    from .model_files import CHECKPOINT_HINT, TORCHSCRIPT, check_archive, refused_load_reason
+
     path = resolve(path)
+    if check_archive(path, "readable geoff checkpoint", CHECKPOINT_HINT) == TORCHSCRIPT:
+        raise ValueError(f"{path} is a TorchScript export (for LAMMPS: `pair_coeff * * {path} "
+                         "El ...`, or geoff.export.load_exported), not a geoff checkpoint; "
+                         "load the .ckpt it was exported from")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        hint = ""
-        if path.suffix == ".pt":
-            hint = " (a TorchScript export for LAMMPS is loaded with torch.jit.load, not geoff.load)"
-        raise ValueError(f"{path} is not a readable geoff checkpoint{hint}: {exc}") from None
+        raise ValueError(f"{path} is a PyTorch file but not a geoff checkpoint: a weights-only "
+                         f"load refused it ({refused_load_reason(exc)}), so nothing in it ran; "
+                         f"{CHECKPOINT_HINT}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a geoff checkpoint (no '{FORMAT}' marker)")
+        raise ValueError(f"{path} is a PyTorch file but not a geoff checkpoint (no '{FORMAT}' "
+                         f"marker); {CHECKPOINT_HINT}")
+    if not isinstance(payload.get("config"), str) or not isinstance(payload.get("state_dict"),
+                                                                     dict):
+        raise ValueError(f"{path} is a geoff checkpoint without its config or weights (damaged "
+                         f"or hand-edited); {CHECKPOINT_HINT}")
     return payload
 
 
@@ -112,6 +125,7 @@ def load(path, device="cpu", dtype: Optional[torch.dtype] = None):
             f"{path} does not match the {config['name']!r} architecture of this geoff version "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]}); re-export or retrain it"
         )
+    model.config_json = payload["config"]  # keeps what training added (min_train_distance)
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device).eval()

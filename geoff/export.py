@@ -15,7 +15,7 @@ since format 2, computed when reading format 1), ``dtype`` (``float32``/``float6
 are not local, i.e. whose representation has ``is_local`` False, e.g. FAENet with global PCA
 frames: they cannot be split over MPI ranks) and ``config`` (the checkpoint's JSON config).
 
-Contract with the LAMMPS pair style (``lammps_plugin/pair_geoff.cpp``): the module's
+Contract with the LAMMPS pair style (``geoff/lammps/plugin/pair_geoff.cpp``): the module's
 ``forward(graph, compute_forces, compute_stress)`` takes the Graph of ``geoff.graph`` with
 ``n_local`` set (atoms past it are ghosts), sums energies over local atoms only, and returns
 ``energy``, ``energies``, ``forces`` and, with ``compute_stress``, ``virial`` (eV).
@@ -138,12 +138,22 @@ def read_metadata(path) -> Dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no exported model at {path}")
     extra = {METADATA_FILE: ""}
+    _check_export_file(path)
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}); "
                          "make one with `geoff export model.ckpt -o model.pt`") from None
     return _check_metadata(path, extra[METADATA_FILE])
+
+
+def _check_export_file(path: Path) -> None:
+    """Raise a ``ValueError`` saying what ``path`` is unless it is an intact TorchScript zip."""
+    from .model_files import EXPORT_HINT, TORCH_SAVE, check_archive
+
+    if check_archive(path, "TorchScript file", EXPORT_HINT) == TORCH_SAVE:
+        raise ValueError(f"{path} is a torch.save file (a geoff checkpoint?), not a TorchScript "
+                         f"export: load it with geoff.load, or {EXPORT_HINT.replace('model.ckpt', str(path))}")
 
 
 def _check_metadata(path, text) -> Dict[str, Any]:
@@ -189,12 +199,14 @@ def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, 
     if not path.exists():
         raise FileNotFoundError(f"no exported model at {path}")
     extra = {METADATA_FILE: ""}
+    _check_export_file(path)
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); make one with "
-                         "`geoff export model.ckpt -o model.pt`") from None
+        why = str(exc).splitlines()[0].split(". This is an internal miniz error")[0] \
+            if str(exc) else ""
+        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: {why}); "
+                         "make one with `geoff export model.ckpt -o model.pt`") from None
     meta = _check_metadata(path, extra[METADATA_FILE])
     # The metadata must describe the module it travels with.
     checks = {"species": list(getattr(module, "species", meta["species"])),

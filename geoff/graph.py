@@ -89,13 +89,52 @@ def _neighbour_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cu
     return out
 
 
+# Above this many periodic images of the cell within the cutoff of an atom, the cell is
+# degenerate (a near-zero face spacing even after reduction): the search would not finish.
+MAX_IMAGES_PER_ATOM = 100_000
+
+
+def _search_cell(nl_cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
+    """The same lattice with a Minkowski-reduced basis of its periodic vectors.
+
+    Edges and Cartesian shifts do not depend on the basis, but the search's cost does: a
+    strongly skewed cell needs ~cutoff/face-spacing images per direction, its reduced basis
+    few. A lattice that stays degenerate after reduction raises ``ValueError``.
+    """
+    from ase.geometry import minkowski_reduce
+
+    out = nl_cell
+    vecs = nl_cell[pbc] / np.linalg.norm(nl_cell[pbc], axis=1, keepdims=True).clip(1e-300)
+    cosines = np.abs(vecs @ vecs.T - np.eye(len(vecs)))
+    # Angles within 60-120 degrees: reduced enough already (skip the ~0.4 ms reduction).
+    if pbc.any() and cosines.max(initial=0.0) > 0.5:
+        reduced = np.asarray(minkowski_reduce(nl_cell, pbc=pbc)[0], dtype=np.float64)
+        if reduced.shape == (3, 3) and np.allclose(reduced[~pbc], nl_cell[~pbc]):
+            out = reduced
+    volume = abs(np.linalg.det(out))
+    images = 1.0
+    for k in np.nonzero(pbc)[0]:
+        face = np.linalg.norm(np.cross(out[(k + 1) % 3], out[(k + 2) % 3]))
+        spacing = volume / face if face > 0 else 0.0
+        images *= 2.0 * np.ceil(cutoff / spacing) + 1.0 if spacing > 0 else np.inf
+    if images > MAX_IMAGES_PER_ATOM:
+        raise ValueError(
+            f"the periodic cell {nl_cell[pbc].tolist()} is degenerate: an atom would see "
+            f"{images:.3g} periodic images within the {cutoff:g} Å cutoff; give the structure "
+            "a proper cell (check units and lattice vectors) or set pbc=False")
+    return out
+
+
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
     """Edges within ``cutoff`` (Å) of every atom, including periodic images of itself.
 
     Returns ``(i, j, shifts)`` with ``r_ij = x_j - x_i + shifts`` (shifts in Å).
     Works for any pbc combination, triclinic cells and cells smaller than the cutoff.
+    Non-finite positions or cells and degenerate periodic cells raise ``ValueError``.
     """
     from matscipy.neighbours import neighbour_list as _matscipy_nl
+
+    from .structure_checks import check_numbers
 
     if not np.isfinite(cutoff) or cutoff <= 0:
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
@@ -103,8 +142,7 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     if len(positions) == 0:
         raise ValueError("the structure has no atoms; a graph needs at least one atom")
-    if not np.isfinite(positions).all():
-        raise ValueError("the structure has non-finite (NaN or inf) positions")
+    check_numbers(positions, cell)
     nl_cell = _neighbour_cell(positions, cell, pbc, cutoff)
     if pbc.any():
         volume = abs(np.linalg.det(nl_cell))
@@ -116,9 +154,20 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
                     f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom "
                     f"(limit {MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?"
                 )
-    i, j, S = _matscipy_nl("ijS", positions=positions, cell=nl_cell, pbc=pbc, cutoff=float(cutoff))
-    shifts = S.astype(np.float64) @ nl_cell
+    search = _search_cell(nl_cell, pbc, cutoff)
+    i, j, S = _matscipy_nl("ijS", positions=positions, cell=search, pbc=pbc, cutoff=float(cutoff))
+    shifts = S.astype(np.float64) @ search
     return i.astype(np.int64), j.astype(np.int64), shifts
+
+
+def _model_dtype_device(model):
+    """The dtype and device of ``model``'s first floating-point tensor (float64/cpu if none)."""
+    tensors = list(model.parameters()) + list(model.buffers()) \
+        if isinstance(model, torch.nn.Module) else []
+    for t in tensors:
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.float64, torch.device("cpu")
 
 
 def atoms_to_graph(
@@ -127,25 +176,45 @@ def atoms_to_graph(
     *,
     species: Optional[Sequence[str]] = None,
     cutoff: Optional[float] = None,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[torch.device | str] = None,
+    min_distance: Optional[float] = None,
 ) -> Graph:
     """Build the Graph of one ``ase.Atoms`` (neighbours within ``model.cutoff``).
 
     Give either ``model`` (anything with ``species`` and ``cutoff``) or both ``species`` and
-    ``cutoff``.
+    ``cutoff``. ``dtype`` and ``device`` default to the model's (float64 and cpu without one),
+    so ``model(atoms_to_graph(atoms, model))`` works as is.
+
+    ``min_distance`` (Å): two atoms (or an atom and its periodic image) closer than this raise
+    ``geoff.structure_checks.OverlapError`` (a ``ValueError``) naming them. Default: the
+    model's overlap threshold (``structure_checks.overlap_threshold``); 0 turns the check off.
     """
+    from .structure_checks import check_edge_lengths, check_overlaps, overlap_threshold
+
     if model is not None:
         species = list(model.species)
         cutoff = float(model.cutoff)
+        model_dtype, model_device = _model_dtype_device(model)
+        dtype = model_dtype if dtype is None else dtype
+        device = model_device if device is None else device
+    dtype = torch.float64 if dtype is None else dtype
+    device = "cpu" if device is None else device
     if species is None or cutoff is None:
         raise ValueError("atoms_to_graph needs a model, or both species= and cutoff=")
     if len(atoms) == 0:
         raise ValueError("the structure has no atoms; a graph needs at least one atom")
-    z = species_indices(atoms.get_chemical_symbols(), species)
+    if min_distance is None:
+        min_distance = overlap_threshold(model)
+    symbols = atoms.get_chemical_symbols()
+    z = species_indices(symbols, species)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     i, j, shifts = neighbour_list(atoms.positions, cell, pbc, cutoff)
+    if min_distance > cutoff:  # the graph's edges do not reach that far
+        check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
+    else:
+        check_edge_lengths(atoms.positions, i, j, shifts, min_distance, symbols)
     return {
         POSITIONS: torch.as_tensor(atoms.positions, dtype=dtype, device=device),
         SPECIES: torch.as_tensor(z, device=device),

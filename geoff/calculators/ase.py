@@ -30,6 +30,8 @@ class GeoffCalculator(Calculator):
         forces: which forces ``forces`` reports: ``"conservative"`` (-dE/dx) or ``"direct"``
             (the learned head). Default: the model's own head (conservative for
             ``force_head="conservative"`` and ``"both"``, direct for ``"direct"``).
+        check_overlaps: raise a ``ValueError`` naming two atoms closer than the model's
+            overlap threshold (``geoff.structure_checks``); ``False`` turns the check off.
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
@@ -46,8 +48,9 @@ class GeoffCalculator(Calculator):
                               "direct_forces"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
-                 forces: Optional[str] = None, **kwargs):
+                 forces: Optional[str] = None, check_overlaps: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if not isinstance(model, torch.nn.Module):
             from ..checkpoint import load
 
@@ -64,7 +67,8 @@ class GeoffCalculator(Calculator):
         return self.model.species
 
     def graph(self, atoms):
-        return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device)
+        return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
+                              min_distance=self.min_distance)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

@@ -32,7 +32,8 @@ from typing import Optional
 PLUGIN_NAME = "geoffplugin.so"      # the loader that LAMMPS opens (name must end in plugin.so)
 IMPL_NAME = "geoff_pair.so"          # the pair style itself, loaded by the loader
 SOURCE_FILES = ("CMakeLists.txt", "pair_geoff.h", "pair_geoff.cpp", "geoff_plugin.cpp",
-                "lammpsplugin_geoff.h")
+                "lammpsplugin_geoff.h", "zip_check.h", "geoff_format.h", "geoff_torch.h",
+                "layer_comm.h", "layer_comm.cpp", "layer_model.cpp")
 
 
 def _version(package: str) -> str:
@@ -94,8 +95,11 @@ def source_dir() -> Path:
 
 
 def _sources_hash(source: Path) -> str:
+    """A digest of every C++/CMake file in ``source`` (a change to any of them rebuilds)."""
     h = hashlib.sha256()
-    for name in SOURCE_FILES:
+    names = sorted({p.name for p in source.iterdir() if p.suffix in (".cpp", ".h", ".txt")}
+                   | set(SOURCE_FILES))
+    for name in names:
         p = source / name
         if p.exists():
             h.update(name.encode() + b"\0" + p.read_bytes())

@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-temperature-factor", type=float, default=5.0,
                    help="fail above this x the target temperature (default 5)")
     g.add_argument("--min-distance", type=float, default=None,
-                   help="Å (default: half the shortest starting distance, at most 1 Å below)")
+                   help="Å (default: half the shortest starting distance, at most 1 Å "
+                        "below, at least 0.5 Å; 0 turns the distance checks off)")
     g.add_argument("--check-bonds", action="store_true",
                    help="check bonds also for periodic structures (always on for molecules)")
 
@@ -92,6 +93,11 @@ def run(args) -> int:
         raise FileNotFoundError(f"no structure file {args.structure}")
     index = int(args.index) if args.index.lstrip("-").isdigit() else args.index
     atoms = ase.io.read(args.structure, index=index)
+    if isinstance(potential, str):  # a geoff checkpoint: check the structure before writing
+        from ..checkpoint import load  # anything (elements, NaN, overlapping atoms)
+        from ..graph import atoms_to_graph
+
+        atoms_to_graph(atoms, load(potential), min_distance=args.min_distance)
     criteria = FailureCriteria(max_force=args.max_force,
                                temperature_factor=args.max_temperature_factor,
                                min_distance=args.min_distance,

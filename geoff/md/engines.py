@@ -72,7 +72,8 @@ def make_calculator(potential, settings: MDSettings):
         raise ValueError("multiple time stepping needs a model with force_head='both' (one "
                          f"representation, both heads); this one is {model.force_head!r}")
     return GeoffCalculator(model, device=settings.device, dtype=settings.dtype,
-                           forces=settings.calculator_forces)
+                           forces=settings.calculator_forces,
+                           check_overlaps=settings.failure.min_distance != 0)  # 0: user said off
 
 
 def current_forces(atoms) -> Optional[np.ndarray]:

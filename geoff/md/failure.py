@@ -7,7 +7,9 @@ the new state fails one of the ``FailureCriteria``:
 * ``force``: a force component magnitude above ``max_force`` (eV/Å);
 * ``temperature``: T above ``temperature_factor`` x the target (NVT) or starting (NVE) T;
 * ``distance``: two atoms closer than ``min_distance`` (Å; by default ``min_distance_factor``
-  x the shortest distance of the starting structure, at most 1 Å below it);
+  x the shortest distance of the starting structure, at most 1 Å below it, and never below
+  the absolute floor ``geoff.structure_checks.OVERLAP_FLOOR`` = 0.5 Å, so a start with
+  overlapping atoms fails at step 0; ``min_distance=0`` turns the check off);
 * ``bond``: (molecules, i.e. non-periodic structures, or ``check_bonds=True``) a bond of the
   starting topology longer than ``bond_break_factor`` x (r_cov,i + r_cov,j), or a pair not
   bonded at the start closer than ``bond_form_factor`` x (r_cov,i + r_cov,j). The starting
@@ -26,6 +28,7 @@ import numpy as np
 from ase import units
 
 from ..graph import neighbour_list
+from ..structure_checks import OVERLAP_FLOOR
 from .fields import from_dict
 
 
@@ -85,10 +88,14 @@ class FailureMonitor:
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         self.min_distance = c.min_distance
-        if self.min_distance is None and c.min_distance_factor and len(atoms) > 1:
-            d0, _, _ = _shortest_distance(pos, cell, pbc, 6.0)
-            if np.isfinite(d0):
-                self.min_distance = max(c.min_distance_factor * d0, d0 - 1.0)
+        if self.min_distance is None:
+            # Never below the absolute overlap floor: a start with atoms on top of each other
+            # (shortest distance ~0) must fail at step 0, not set the threshold to ~0.
+            self.min_distance = OVERLAP_FLOOR
+            if c.min_distance_factor and len(atoms) > 1:
+                d0, _, _ = _shortest_distance(pos, cell, pbc, 6.0)
+                if np.isfinite(d0):
+                    self.min_distance = max(OVERLAP_FLOOR, c.min_distance_factor * d0, d0 - 1.0)
         self.check_bonds = c.check_bonds if c.check_bonds is not None else not np.any(pbc)
         self.bonds = None
         if self.check_bonds and len(atoms) > 1:

@@ -10,6 +10,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from ..structure_checks import record_training_distance, smallest_graph_distance
 from .dataset import GraphDataset
 
 
@@ -50,7 +51,8 @@ def normalisation(dataset: GraphDataset, species: Sequence[str], indices=None,
         energy_scale: ``"auto"`` (RMS of force components; RMS of the per-atom residual energy
             when no structure has forces), or a number in eV.
 
-    Returns ``{"atomic_energies": np.ndarray, "scale": float, "source": str}``.
+    Returns ``{"atomic_energies": np.ndarray, "scale": float, "source": str,
+    "min_distance": float}`` (the shortest pair distance of the structures, Å).
     """
     idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     n_species = len(species)
@@ -79,7 +81,10 @@ def normalisation(dataset: GraphDataset, species: Sequence[str], indices=None,
         scale, source = float(energy_scale), "given"
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"energy_scale must be a positive number of eV, got {energy_scale}")
-    return {"atomic_energies": shift, "scale": scale, "source": source}
+    # The closest contact the model sees in training sets its overlap threshold (Å).
+    min_distance = min((smallest_graph_distance(dataset[int(k)]) for k in idx), default=np.inf)
+    return {"atomic_energies": shift, "scale": scale, "source": source,
+            "min_distance": float(min_distance)}
 
 
 def _auto_scale(dataset, idx, counts, energies, has_e, shift):
@@ -127,6 +132,7 @@ def target_normalisation(dataset: GraphDataset, species: Sequence[str], indices=
 
 def apply(model, norm: Dict[str, object]) -> None:
     model.set_normalisation(np.asarray(norm["atomic_energies"]), float(norm["scale"]))
+    record_training_distance(model, float(norm.get("min_distance", np.inf)))
 
 
 def describe(norm: Dict[str, object], species: Sequence[str]) -> str:

@@ -310,6 +310,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   auto t0 = Clock::now();
   const int nlocal = atom->nlocal;
   const int n_edges = build_graph_layers();
+  stop_on_overlap();
   const int n = (int) graph_atoms.size();
   lc.t_graph += since(t0);
 

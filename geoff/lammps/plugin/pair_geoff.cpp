@@ -41,6 +41,7 @@
 #include "neighbor.h"
 #include "timer.h"
 #include "update.h"
+#include "zip_check.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -82,11 +83,17 @@ std::string join(const std::vector<std::string> &items)
   return out + "]";
 }
 
-// First line of a (possibly long) torch error message.
+// First line of a (possibly long) torch error message, printable ASCII only (it may quote
+// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
 std::string first_line(const std::string &text)
 {
   auto end = text.find('\n');
-  return end == std::string::npos ? text : text.substr(0, end);
+  std::string line = end == std::string::npos ? text : text.substr(0, end);
+  const auto advice = line.find(". This is an internal miniz error");    // torch's, not ours
+  if (advice != std::string::npos) line = line.substr(0, advice);
+  for (char &ch : line)
+    if ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E) ch = '?';
+  return line;
 }
 }    // namespace
 
@@ -95,8 +102,8 @@ std::string first_line(const std::string &text)
 PairGeoff::PairGeoff(LAMMPS *lmp) :
     Pair(lmp), torch_(new GeoffTorch), cutoff(0.0), n_layers(1), hops(1), global_frames(false),
     conservative(true), device_request("auto"), graph_request("auto"), periodic_graph(true),
-    t_graph(0.0), t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0),
-    reset_timers(true)
+    overlap_request(-1.0), overlap(0.5), min_rsq(0.0), min_i(-1), min_j(-1), t_graph(0.0),
+    t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0), reset_timers(true)
 {
   layers_.reset(new GeoffLayerComm);
   layered = false;
@@ -156,10 +163,15 @@ void PairGeoff::settings(int narg, char **arg)
         error->all(FLERR, "pair_style geoff graph must be auto, periodic, ghosts or layers, "
                    "got '{}'", graph_request);
       iarg += 2;
+    } else if (key == "overlap" && iarg + 1 < narg) {
+      overlap_request = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (overlap_request < 0.0)
+        error->all(FLERR, "pair_style geoff overlap must be >= 0 A (0 turns the check off)");
+      iarg += 2;
     } else {
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
-                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers]`",
+                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers] [overlap <A>]`",
                  key);
     }
   }
@@ -186,9 +198,18 @@ void PairGeoff::coeff(int narg, char **arg)
                model_file, elements.size(), ntypes, model_file,
                std::string(ntypes == 1 ? " Cu" : " Cu Zr ..."));
 
+  if (platform::path_is_directory(model_file))
+    error->all(FLERR, "pair_style geoff: model file '{}' is a folder; give the .pt file that "
+               "`geoff export` wrote ({})", model_file, EXPORT_HINT);
   if (!platform::file_is_readable(model_file))
     error->all(FLERR, "pair_style geoff: cannot open model file '{}' (no such file or not "
                "readable); {}", model_file, EXPORT_HINT);
+  // torch::jit::load checks no checksum: a damaged file must not load (or crash) silently.
+  const std::string damage = geoff_zip::zip_problem(model_file);
+  if (!damage.empty())
+    error->all(FLERR, "pair_style geoff: model file '{}' is not a TorchScript file that can be "
+               "loaded: it {}; re-export it ({}) or restore an intact copy", model_file, damage,
+               EXPORT_HINT);
 
   // TorchScript's profiling executor re-specialises the graph when shapes change, and the
   // graph's shape changes every step: plain execution is as fast and starts at once.
@@ -201,8 +222,13 @@ void PairGeoff::coeff(int narg, char **arg)
   try {
     torch_->module = torch::jit::load(model_file, torch::Device(torch::kCPU), extra);
   } catch (const std::exception &e) {
+    const std::string why = first_line(e.what());
+    if (why.find("constants.pkl") != std::string::npos)    // a torch.save zip: a checkpoint
+      error->all(FLERR, "pair_style geoff: '{}' is a torch.save file (a geoff checkpoint?), not "
+                 "a TorchScript export; convert it with `geoff export {} -o model.pt`",
+                 model_file, model_file);
     error->all(FLERR, "pair_style geoff: '{}' is not a TorchScript file ({}); {}", model_file,
-               first_line(e.what()), EXPORT_HINT);
+               why, EXPORT_HINT);
   }
   if (extra[METADATA_FILE].empty())
     error->all(FLERR,
@@ -232,6 +258,13 @@ void PairGeoff::coeff(int narg, char **arg)
     // (geoff.inference.receptive_hops): a direct force head reads one more neighbour shell.
     hops = meta.contains("receptive_hops") ? meta.at("receptive_hops").get<int>()
                                            : n_layers + (conservative ? 0 : 1);
+    // Overlap threshold (geoff.structure_checks): half the closest training contact, >= 0.5 A.
+    overlap = 0.5;
+    if (meta.contains("config") && meta["config"].is_object() &&
+        meta["config"].contains("min_train_distance") &&
+        meta["config"]["min_train_distance"].is_number())
+      overlap = std::max(0.5, 0.5 * meta["config"]["min_train_distance"].get<double>());
+    if (overlap_request >= 0.0) overlap = overlap_request;
   } catch (const json::exception &e) {
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
@@ -265,9 +298,9 @@ void PairGeoff::coeff(int narg, char **arg)
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
-                   "layer(s), {} torch thread(s)\n",
+                   "layer(s), {} torch thread(s), overlap check {} A\n",
                    model_name, model_file, model_dtype, torch_->device.str(), join(species),
-                   cutoff, n_layers, at::get_num_threads());
+                   cutoff, n_layers, at::get_num_threads(), overlap);
 }
 
 /* ----------------------------------------------------------------------
@@ -343,6 +376,10 @@ void PairGeoff::init_style()
 {
   if (type2species.empty())
     error->all(FLERR, "pair_style geoff needs `pair_coeff * * model.pt El1 El2 ...` before a run");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style geoff needs `units metal` (eV, A, ps: the units geoff models "
+               "are trained in), but the input uses `units {}`; put `units metal` before the "
+               "box is created", update->unit_style);
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style geoff needs `newton on` (the default): forces on ghost atoms "
                "are sent back to their owners");
@@ -356,6 +393,43 @@ void PairGeoff::init_style()
     error->all(FLERR, "pair_style geoff: model '{}' uses global frames, which see the whole "
                "structure: use graph periodic (the default on one rank)", model_file);
   periodic_graph = graph_request == "periodic" || (graph_request == "auto" && comm->nprocs == 1);
+
+  // A periodic box only a sliver thick needs ~ghost cutoff / thickness images of every atom
+  // per direction: refuse it before LAMMPS allocates them all. Thickness along dimension k =
+  // 1 / |row k of h^-1| (LAMMPS' h_inv: 1/lx 1/ly 1/lz and the inverse tilts).
+  const double *hi = domain->h_inv;
+  const double rows[3] = {std::sqrt(hi[0] * hi[0] + hi[5] * hi[5] + hi[4] * hi[4]),
+                          std::sqrt(hi[1] * hi[1] + hi[3] * hi[3]), std::fabs(hi[2])};
+  const int periodic[3] = {domain->xperiodic, domain->yperiodic, domain->zperiodic};
+  const double reach = std::max(comm->cutghostuser, cutoff + neighbor->skin);
+  double images = 1.0;
+  for (int k = 0; k < 3; ++k)
+    if (periodic[k]) images *= 2.0 * std::ceil(reach * rows[k]) + 1.0;
+  // Every atom closer to its own image than the overlap threshold (found by fuzzing: LAMMPS
+  // then overflows its neighbour list first, with advice that does not help).
+  const double *hb = domain->h;    // xprd yprd zprd yz xz xy
+  const double box[3][3] = {{hb[0], 0.0, 0.0}, {hb[5], hb[1], 0.0}, {hb[4], hb[3], hb[2]}};
+  double shortest = 1e300;
+  for (int a = -2; a <= 2; ++a)
+    for (int b = -2; b <= 2; ++b)
+      for (int c = -2; c <= 2; ++c) {
+        const int n[3] = {periodic[0] ? a : 0, periodic[1] ? b : 0, periodic[2] ? c : 0};
+        if (!n[0] && !n[1] && !n[2]) continue;
+        double v[3] = {0.0, 0.0, 0.0};
+        for (int k = 0; k < 3; ++k)
+          for (int d = 0; d < 3; ++d) v[d] += n[k] * box[k][d];
+        shortest = std::min(shortest, std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
+      }
+  if (overlap > 0.0 && shortest < overlap)
+    error->all(FLERR, "pair_style geoff: every atom is {:.4g} A from its own periodic image, "
+               "closer than the {} A overlap threshold: the periodic box is too small; check "
+               "its size and units, or turn the check off with `pair_style geoff overlap 0`",
+               shortest, overlap);
+  if (images > 1e5)
+    error->all(FLERR, "pair_style geoff: the periodic box is too thin for the {} A cutoff "
+               "(thicknesses {:.3g} {:.3g} {:.3g} A): every atom would need {:.3g} periodic "
+               "images; check the box size and units, or make thin directions non-periodic",
+               cutoff, 1.0 / rows[0], 1.0 / rows[1], 1.0 / rows[2], images);
   if (periodic_graph && atom->tag_enable == 0)
     error->all(FLERR, "pair_style geoff graph periodic needs atom IDs (atom_modify id yes)");
 
@@ -417,6 +491,8 @@ void PairGeoff::neighbours_within_cutoff(int nlist)
   adj_start.assign(nall, 0);
   adj_count.assign(nall, 0);
   adj.clear();
+  min_rsq = cutsq_model;
+  min_i = min_j = -1;
   for (int ii = 0; ii < nlist; ++ii) {
     const int i = ilist[ii];
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
@@ -426,7 +502,9 @@ void PairGeoff::neighbours_within_cutoff(int nlist)
     for (int jj = 0; jj < jnum; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz < cutsq_model) adj.push_back(j);
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      if (rsq < cutsq_model) adj.push_back(j);
+      if (rsq < min_rsq) min_rsq = rsq, min_i = i, min_j = j;
     }
     adj_count[i] = (int) adj.size() - adj_start[i];
   }
@@ -543,6 +621,24 @@ int PairGeoff::build_graph_ghosts()
   return (int) n_edges;
 }
 
+/* ----------------------------------------------------------------------
+   Two atoms of the last neighbour pass closer than the overlap threshold stop the run
+   (geoff.structure_checks): the model was never trained on such contacts.
+------------------------------------------------------------------------- */
+
+void PairGeoff::stop_on_overlap()
+{
+  if (!(overlap > 0.0 && min_i >= 0 && min_rsq < overlap * overlap)) return;
+  const tagint *tag = atom->tag;
+  error->one(FLERR,
+               "pair_style geoff: atoms {} and {} (atom IDs) are {:.4g} A apart, closer than "
+               "the {} A overlap threshold of model '{}': the model was never trained on such "
+               "contacts. Remove duplicated atoms (e.g. `delete_atoms overlap {} all all`), or "
+               "turn the check off with `pair_style geoff overlap 0`",
+               tag ? (long) tag[min_i] : (long) min_i, tag ? (long) tag[min_j] : (long) min_j,
+               std::sqrt(min_rsq), overlap, model_file, overlap);
+}
+
 /* ---------------------------------------------------------------------- */
 
 void PairGeoff::compute(int eflag, int vflag)
@@ -553,6 +649,7 @@ void PairGeoff::compute(int eflag, int vflag)
 
   auto t0 = Clock::now();
   const int n_edges = periodic_graph ? build_graph_periodic() : build_graph_ghosts();
+  stop_on_overlap();
   const int n = (int) graph_atoms.size();
   const int nlocal = atom->nlocal;
   const bool per_atom_virial = vflag_atom != 0;

