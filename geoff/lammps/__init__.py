@@ -47,8 +47,8 @@ def add_arguments(parser) -> None:
     b = sub.add_parser("build", help="compile the plugin (CMake) into geoff's cache folder")
     b.add_argument("-j", "--jobs", type=int, default=2, help="parallel compile jobs (2)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    b.add_argument("--source", default=None, help="the plugin source folder (default: geoff/lammps/plugin of this "
-                   "checkout's)")
+    b.add_argument("--source", default=None, help="the plugin's C++ source folder (default: "
+                   "geoff/lammps/plugin inside the installed package)")
     b.add_argument("--build-dir", default=None, help="CMake build folder (default: inside "
                    "the cache folder)")
     b.add_argument("-v", "--verbose", action="store_true", help="show CMake's output")
