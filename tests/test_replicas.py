@@ -130,3 +130,26 @@ def test_replica_plan_errors(mol_model):
                      temperatures=[300.0, 400.0])
     with pytest.raises(Exception, match="single-replica only"):
         run_replicas(mol_model, ethanol(), MDSettings(steps=1, forces="mts"), replicas=2)
+
+
+def test_cli_replicas(mol_model, tmp_path):
+    import json
+
+    import ase.io
+
+    from geoff.checkpoint import save
+    from geoff.cli import main
+
+    save(mol_model, tmp_path / "m.ckpt")
+    ase.io.write(tmp_path / "eth.xyz", ethanol())
+    out = tmp_path / "run"
+    code = main(["md", str(tmp_path / "m.ckpt"), str(tmp_path / "eth.xyz"), "--ensemble",
+                 "bussi", "--temperatures", "300", "600", "--steps", "6", "--tau", "20",
+                 "--seed", "7", "--out", str(out), "--threads", "1"])
+    assert code == 0
+    summary = json.loads((out / "replicas.json").read_text())
+    assert [(r["seed"], r["temperature_K"], r["steps_done"]) for r in summary["replicas"]] == \
+        [(7, 300.0, 6), (8, 600.0, 6)]
+    for r in range(2):
+        metrics = json.loads((out / f"replica_{r:03d}" / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["steps_done"] == 6

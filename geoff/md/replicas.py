@@ -96,7 +96,10 @@ def _prepare(structures, plans, n_dof, output):
         a = start.copy()
         a.calc = None
         initial_velocities(a, _start_temperature(s), s.seed, s.velocities)
-        out = Path(output) / f"replica_{r:03d}" if output is not None else None
+        if isinstance(output, (list, tuple)):
+            out = output[r]
+        else:
+            out = Path(output) / f"replica_{r:03d}" if output is not None else None
         reps.append(_Replica(a, s, n_dof, out))
     return reps
 
@@ -129,7 +132,8 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
 
     ``structures``: optional starting structures, one per replica (the same system as
     ``atoms``: species, cell and pbc; e.g. frames of an equilibrated run, with their momenta
-    when ``settings.velocities == "keep"``).
+    when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
+    ``replica_<r>/``) or one folder per replica.
     """
     settings = settings or MDSettings()
     if settings.forces == "mts":
