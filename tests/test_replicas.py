@@ -153,3 +153,42 @@ def test_cli_replicas(mol_model, tmp_path):
     for r in range(2):
         metrics = json.loads((out / f"replica_{r:03d}" / "metrics.json").read_text())
         assert metrics["status"] == "ok" and metrics["steps_done"] == 6
+
+
+def test_study_replicas_equal_the_per_seed_study(tmp_path):
+    """``replicas: true`` batches a cell's seeds; the study's numbers stay those of the
+    per-seed runs."""
+    import csv
+
+    from geoff.checkpoint import save
+    from geoff.md.study import run_study
+
+    save(small_model("schnet"), tmp_path / "cons.ckpt")
+    config = {
+        "name": "tiny-replicas",
+        "models": [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
+        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
+                                                  "a": 3.61, "cubic": True,
+                                                  "repeat": [1, 1, 2]}}],
+        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
+                       "tau_fs": 10, "time_ps": 0.01}],
+        "timesteps_fs": [1.0], "seeds": [0, 1, 2], "md": {"log_every": 2, "traj_every": 2},
+        "failure": {"min_distance_factor": None},
+        "analysis": {"jacobian_structures": 1},
+    }
+    rows = {}
+    for batched in (False, True):
+        out = tmp_path / f"out{batched}"
+        run_study({**config, "replicas": batched}, output=out, progress=False)
+        with open(out / "results.csv") as fh:
+            rows[batched] = list(csv.DictReader(fh))
+    assert len(rows[True]) == len(rows[False]) == 3
+    for a, b in zip(rows[False], rows[True]):
+        assert (a["seed"], a["status"], a["steps_done"]) == (b["seed"], b["status"],
+                                                              b["steps_done"]) != ("", "", "")
+        for key in ("drift_meV_atom_ps", "T_mean", "fluct_meV_atom"):
+            assert abs(float(a[key]) - float(b[key])) <= 1e-8 * max(1.0, abs(float(a[key]))), key
+    assert len({r["T_mean"] for r in rows[True]}) == 3  # three seeds, three trajectories
+    # batched: the seeds advanced together, so they share one integration time
+    assert len({r["steps_per_s"] for r in rows[True]}) == 1
+    assert len({r["steps_per_s"] for r in rows[False]}) == 3
