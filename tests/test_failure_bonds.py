@@ -38,3 +38,28 @@ def test_bond_length_criterion_is_off_by_default():
                              FailureCriteria(max_force=None, temperature_factor=None,
                                              min_distance_factor=None))
     assert monitor.check(1, _stretched((1, 2), 0.55)) is None
+
+
+def test_rdf_failure_time_finds_the_first_bad_window():
+    """A liquid-like box whose frames turn into a compressed copy after 0.5 ps: the RDF
+    error against the first frames' RDF crosses the threshold in the window ending at 0.6."""
+    from ase.build import bulk
+
+    from geoff.md.metrics import rdf
+    from geoff.md.rdf_failure import rdf_failure_time, rdf_window_errors
+
+    base = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    frames = []
+    for k in range(12):
+        a = base.copy()
+        a.rattle(0.05, seed=k)
+        if k >= 6:  # from 0.6 ps: a different structure (scaled by 0.8)
+            a.set_cell(a.cell * 0.8, scale_atoms=True)
+        a.info["time_ps"] = 0.1 * k
+        frames.append(a)
+    _, g_ref = rdf(frames[:5], 5.0, 50)
+    errors = rdf_window_errors(frames, g_ref, 0.2, 5.0, 50)
+    assert [round(t, 6) for t, _ in errors] == [0.2, 0.4, 0.6, 0.8, 1.0]  # 1.1 alone: too short
+    assert errors[0][1] < 0.5 and errors[3][1] > 1.0
+    assert abs(rdf_failure_time(frames, g_ref, 0.8, 0.2, 5.0, 50) - 0.6) < 1e-9
+    assert rdf_failure_time(frames[:5], g_ref, 0.8, 0.2, 5.0, 50) is None
