@@ -192,3 +192,25 @@ def test_study_replicas_equal_the_per_seed_study(tmp_path):
     # batched: the seeds advanced together, so they share one integration time
     assert len({r["steps_per_s"] for r in rows[True]}) == 1
     assert len({r["steps_per_s"] for r in rows[False]}) == 3
+
+
+def test_a_raising_batch_stops_every_running_replica(mol_model, monkeypatch):
+    """An exception in the batched step (not a NaN: that stays per replica) cannot be pinned
+    on one replica: all running replicas stop at that step with reason 'error'."""
+    import geoff.md.replicas as R
+
+    class Flaky(R.BatchedForces):
+        calls = 0
+
+        def __call__(self, positions):
+            Flaky.calls += 1
+            if Flaky.calls == 4:  # the start, then steps 1 and 2; step 3 raises
+                raise RuntimeError("device lost")
+            return super().__call__(positions)
+
+    monkeypatch.setattr(R, "BatchedForces", Flaky)
+    res = run_replicas(mol_model, ethanol(), MDSettings(steps=10, failure=NO_CHECKS),
+                       replicas=2)
+    assert [(r.failure.reason, r.failure.step, r.steps_done) for r in res] == \
+        [("error", 3, 3)] * 2
+    assert "device lost" in res[0].failure.message

@@ -32,7 +32,6 @@ from ase import units
 from scipy.linalg import expm
 
 from .integrators import canonical_ensemble
-from .nose_hoover import FOURTH_ORDER
 
 ForceFn = Callable[[np.ndarray], tuple]
 
@@ -174,4 +173,4 @@ def make_batched_integrator(ensemble: str, positions, momenta, masses, force_fn:
 
 
 __all__ = ["BatchedBussi", "BatchedIntegrator", "BatchedLangevin", "BatchedNoseHoover",
-           "FOURTH_ORDER", "make_batched_integrator"]
+           "make_batched_integrator"]

@@ -26,7 +26,7 @@ import numpy as np
 from ase import units
 
 from .engines import EngineUnavailable, model_or_calculator
-from .failure import FailureMonitor
+from .failure import Failure, FailureMonitor
 from .integrators import degrees_of_freedom
 from .recording import Recorder, RunResult, initial_velocities
 from .replica_forces import BatchedForces
@@ -124,6 +124,15 @@ def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved) -> 
     return failure is not None
 
 
+def _all_failed(reps, active, step: int, exc: Exception) -> None:
+    """A batched step raised (not a NaN, which stays per replica): every running replica
+    stops there with reason ``error``."""
+    for r in active:
+        reps[r].failure = Failure(step, "error", f"the batched step {step} raised "
+                                                 f"{type(exc).__name__}: {exc}")
+        reps[r].steps_done = step
+
+
 def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output=None,
                  replicas: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
                  temperatures: Optional[Sequence[float]] = None,
@@ -161,7 +170,12 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
                                                                    conserved)]
         while active and step < settings.steps:
             t0 = time.perf_counter()
-            integ.step(active)
+            try:
+                integ.step(active)
+            except Exception as exc:  # noqa: BLE001 - the batch cannot say which replica
+                wall += time.perf_counter() - t0
+                _all_failed(reps, active, step + 1, exc)
+                break
             wall += time.perf_counter() - t0
             step += 1
             conserved = integ.conserved()
