@@ -135,7 +135,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     systems = {"ethanol": (ethanol(), ["C", "H", "O"]), "cuzr200": (cuzr_box(), ["Cu", "Zr"])}
     rows = []
-    head = (f"device {args.device} ({torch.cuda.get_device_name() if 'cuda' in args.device else platform.processor() or platform.machine()}), "
+    where = torch.cuda.get_device_name() if "cuda" in args.device else \
+        (platform.processor() or platform.machine())
+    head = (f"device {args.device} ({where}), "
             f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
             f"load average before {os.getloadavg()[0]:.2f}")
     print(head)
