@@ -12,6 +12,13 @@ One trajectory:
   asymmetry, speed
 * ``geoff.md.references``: reference potentials (EMT, EAM, xTB)
 
+R replicas of one system as one batched graph (``geoff md --replicas``):
+
+* ``geoff.md.replicas``: ``run_replicas``; ``replica_forces`` (the batched force call),
+  ``replica_integrators`` and ``nose_hoover`` (vectorised NVE, Langevin, Bussi, NHC),
+  ``study_replicas`` (a study's seeds as replicas), ``rdf_failure`` (a liquid's time to
+  failure by windowed RDF error)
+
 A study (``geoff stability``), models x systems x ensembles x dt x seeds:
 
 * ``geoff.md.stability``: the config format and the names below in one place;
@@ -25,7 +32,7 @@ from importlib import import_module
 
 _EXPORTS = {"MDSettings": "settings", "Reference": "settings", "RunResult": "recording",
             "get_runner": "runners", "run_md": "runners", "FailureCriteria": "failure",
-            "run_study": "study", "load_config": "study_config"}
+            "run_study": "study", "load_config": "study_config", "run_replicas": "replicas"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -9,6 +9,16 @@ Writes ``<out>/trajectory.extxyz`` (flushed every frame), ``<out>/thermo.csv`` a
 and reason if the run failed: a NaN, a force above --max-force, T above --max-temperature-factor
 x the target, atoms closer than --min-distance, or a broken/formed bond in a molecule).
 Exit status 0 when the run completed, 3 when it failed (its trajectory is kept).
+
+Batched replicas (one graph, one device; ``geoff.md.replicas``):
+
+  geoff md model.ckpt ethanol.xyz --ensemble langevin -T 500 --replicas 128 --device cuda
+  geoff md model.ckpt ethanol.xyz --ensemble bussi --temperatures 300 500 700 900
+
+run seeds seed..seed+R-1 (or one replica per temperature), each writing what a single run
+writes under ``<out>/replica_<r>/`` (with its metrics.json), plus ``<out>/replicas.json`` (every
+replica's status, failure step and reason, and the batch's replica-steps/s). Exit status 3
+when any replica failed.
 """
 from __future__ import annotations
 
@@ -44,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mts-steps", type=int, default=4,
                    help="inner steps per conservative correction for --forces mts")
     p.add_argument("--engine", default="ase", choices=["ase", "lammps"])
+    p.add_argument("--replicas", type=int, default=None,
+                   help="advance R replicas (seeds seed..seed+R-1) as one batched graph")
+    p.add_argument("--temperatures", type=float, nargs="+", default=None,
+                   help="one replica per temperature (K), batched like --replicas")
     p.add_argument("-o", "--out", "--output", dest="out", default="md-output",
                    help="output folder (default md-output)")
     p.add_argument("--log-every", type=int, default=10, help="thermo every N steps")
@@ -81,7 +95,6 @@ def run(args) -> int:
     import ase.io
     import torch
 
-    from . import metrics as M
     from .failure import FailureCriteria
     from .runners import MDSettings, get_runner
     from .study_io import write_json
@@ -111,6 +124,8 @@ def run(args) -> int:
         traj_every=args.traj_every, trajectory_format=args.format, dtype=args.dtype,
         device=args.device, failure=criteria)
     out = Path(args.out)
+    if args.replicas or args.temperatures:
+        return _run_replicas(args, potential, atoms, settings, out)
     runner = get_runner(args.engine)
     reason = runner.unavailable(potential, settings)
     if reason:
@@ -119,19 +134,7 @@ def run(args) -> int:
           f"T = {settings.temperature_K:g} K, dt = {settings.timestep_fs:g} fs, "
           f"{settings.steps} steps -> {out}/")
     result = runner.run(potential, atoms, settings, out)
-    th = result.thermo
-    n = result.n_atoms
-    summary = {"status": "failed" if result.failed else "ok", "steps_done": result.steps_done,
-               "simulated_ps": result.time_ps, "steps_per_s": result.steps_per_s,
-               "drift_meV_atom_ps": M.energy_drift(th["time_ps"], th["conserved"], n),
-               "fluct_meV_atom": M.energy_fluctuation(th["time_ps"], th["conserved"], n),
-               **M.temperature_stats(th["temperature"], settings.temperature_K
-                                     if settings.ensemble != "nve" else None),
-               "settings": settings.to_dict(), "engine": args.engine,
-               "trajectory": result.trajectory}
-    if result.failure is not None:
-        summary.update(failure_step=result.failure.step, failure_reason=result.failure.reason,
-                       message=result.failure.message)
+    summary = _summary(result, settings, args.engine)
     write_json(out / "metrics.json", summary)
     print(f"  {result.steps_done} steps ({result.time_ps:.3g} ps) at "
           f"{result.steps_per_s:.1f} steps/s; drift {summary['drift_meV_atom_ps']:.3g} "
@@ -142,3 +145,52 @@ def run(args) -> int:
               f"{result.failure.message}")
         return 3
     return 0
+
+
+def _summary(result, settings, engine: str) -> dict:
+    """The metrics.json of one run (or one replica)."""
+    from . import metrics as M
+
+    th = result.thermo
+    n = result.n_atoms
+    summary = {"status": "failed" if result.failed else "ok", "steps_done": result.steps_done,
+               "simulated_ps": result.time_ps, "steps_per_s": result.steps_per_s,
+               "drift_meV_atom_ps": M.energy_drift(th["time_ps"], th["conserved"], n),
+               "fluct_meV_atom": M.energy_fluctuation(th["time_ps"], th["conserved"], n),
+               **M.temperature_stats(th["temperature"], settings.temperature_K
+                                     if settings.ensemble != "nve" else None),
+               "settings": settings.to_dict(), "engine": engine,
+               "trajectory": result.trajectory}
+    if result.failure is not None:
+        summary.update(failure_step=result.failure.step, failure_reason=result.failure.reason,
+                       message=result.failure.message)
+    return summary
+
+
+def _run_replicas(args, potential, atoms, settings, out: Path) -> int:
+    from .replicas import replica_steps_per_s, run_replicas
+    from .settings import MDSettings
+    from .study_io import write_json
+
+    if args.engine != "ase":
+        raise ValueError("--replicas runs in geoff's batched engine, not LAMMPS; drop "
+                         "--engine lammps")
+    results = run_replicas(potential, atoms, settings, out, replicas=args.replicas,
+                           temperatures=args.temperatures)
+    rows = []
+    for r, res in enumerate(results):
+        s = MDSettings.from_dict(res.settings)
+        summary = _summary(res, s, "replicas")
+        write_json(Path(res.thermo_path).parent / "metrics.json", summary)
+        rows.append({"replica": r, "seed": s.seed, "temperature_K": s.temperature_K,
+                     "status": summary["status"], "steps_done": res.steps_done,
+                     "failure_step": summary.get("failure_step"),
+                     "failure_reason": summary.get("failure_reason")})
+    speed = replica_steps_per_s(results)
+    write_json(out / "replicas.json", {"replicas": rows, "replica_steps_per_s": speed})
+    failed = [row for row in rows if row["status"] == "failed"]
+    print(f"  {len(results)} replicas, {speed:.1f} replica-steps/s; {len(failed)} failed")
+    for row in failed:
+        print(f"  replica {row['replica']} (seed {row['seed']}) FAILED at step "
+              f"{row['failure_step']} ({row['failure_reason']})")
+    return 3 if failed else 0

@@ -14,7 +14,10 @@ the new state fails one of the ``FailureCriteria``:
   starting topology longer than ``bond_break_factor`` x (r_cov,i + r_cov,j), or a pair not
   bonded at the start closer than ``bond_form_factor`` x (r_cov,i + r_cov,j). The starting
   topology is the pairs closer than ``bond_factor`` x (r_cov,i + r_cov,j) (ASE's covalent
-  radii); the gaps between the factors keep thermal vibrations from counting as events.
+  radii); the gaps between the factors keep thermal vibrations from counting as events;
+* ``bond_length``: (with ``max_bond_deviation``, Å) a bond of the starting topology whose
+  length differs from its starting (equilibrium) length by more than that: Fu et al.'s
+  criterion for molecules ("Forces are not Enough", TMLR 2023: 0.5 Å).
 
 The harness stops the run at that step, keeps what it has written, and reports the step and
 the reason.
@@ -42,6 +45,7 @@ class FailureCriteria:
     bond_factor: float = 1.2
     bond_break_factor: float = 1.75
     bond_form_factor: float = 1.0
+    max_bond_deviation: Optional[float] = None  # Å from the starting bond length (Fu: 0.5)
     check_every: int = 1
 
     @classmethod
@@ -55,7 +59,7 @@ class FailureCriteria:
 @dataclass
 class Failure:
     step: int
-    reason: str  # "nan" | "force" | "temperature" | "distance" | "bond" | "error"
+    reason: str  # "nan" | "force" | "temperature" | "distance" | "bond" | "bond_length" | "error"
     message: str
     details: dict = field(default_factory=dict)
 
@@ -106,6 +110,7 @@ class FailureMonitor:
             d = np.linalg.norm(pos[j] - pos[i] + shifts, axis=1)
             bonded = (i < j) & (d < c.bond_factor * (radii[i] + radii[j]))
             self.bonds = (i[bonded], j[bonded])
+            self.bond_lengths = d[bonded]  # the starting (equilibrium) lengths, Å
             self.bond_set = set(zip(i[bonded].tolist(), j[bonded].tolist()))
 
     def check(self, step: int, atoms, forces=None, energy=None, kinetic=None,
@@ -168,6 +173,15 @@ class FailureMonitor:
                 frac[:, pbc] -= np.round(frac[:, pbc])
                 vec = frac @ cell
             d = np.linalg.norm(vec, axis=1)
+            if c.max_bond_deviation is not None:
+                off = np.abs(d - self.bond_lengths)
+                k = int(np.argmax(off))
+                if off[k] > c.max_bond_deviation:
+                    return Failure(step, "bond_length",
+                                   f"bond {int(bi[k])}-{int(bj[k])} is {d[k]:.2f} Å, "
+                                   f"{off[k]:.2f} Å from its starting {self.bond_lengths[k]:.2f}"
+                                   f" Å (limit {c.max_bond_deviation:g} Å) at step {step}",
+                                   {"bond": [int(bi[k]), int(bj[k])], "distance": float(d[k])})
             limit = c.bond_break_factor * (radii[bi] + radii[bj])
             broken = np.nonzero(d > limit)[0]
             if len(broken):

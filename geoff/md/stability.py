@@ -30,6 +30,7 @@ YAML file (or the same dict)::
       - {name: nvt-600K, ensemble: bussi, temperature_K: 600, tau_fs: 100, time_ps: 1.0}
     timesteps_fs: [1.0, 2.0]
     seeds: [0, 1]
+    replicas: false                  # true: a cell's seeds advance as one batched graph
     md: {log_every: 10, traj_every: 20}      # MDSettings defaults for every run
     failure: {max_force: 20, temperature_factor: 3}
     analysis: {equilibration_fraction: 0.2, rdf_r_max: 6.0, rdf_bins: 150,

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the time steps (fs) of every ensemble")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is usually fastest for small cells)")
+    p.add_argument("--replicas", action="store_true",
+                   help="run the seeds of each model/system/ensemble/dt as one batched "
+                        "replica run (the config's `replicas: true`; ASE engine, geoff models)")
     p.add_argument("--resume", action="store_true",
                    help="reuse runs whose metrics.json already exists")
     p.add_argument("--only", nargs="+", default=None, metavar="MODEL",
@@ -71,6 +74,8 @@ def run(args) -> int:
         overrides["threads"] = args.threads
     if args.resume:
         overrides["resume"] = True
+    if args.replicas:
+        overrides["replicas"] = True
     if args.only:
         overrides["only"] = args.only
     if args.report_only:

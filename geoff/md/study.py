@@ -17,6 +17,7 @@ from .report import write_report
 from .runners import get_runner
 from .settings import MDSettings
 from .structures import build_structure
+from .study_replicas import batchable, replica_result
 from .study_config import ModelSpec, StudyConfig, label, load_config, run_settings
 from .study_io import RESULT_COLUMNS, read_frames, write_csv, write_json
 from .study_runs import Records, Run, RunRecord, plan
@@ -78,11 +79,12 @@ def _run_study(cfg: StudyConfig, root: Path, progress: Optional[bool]) -> dict:
     rows: List[dict] = []
     records: Records = {}
     potentials: Dict[str, object] = {}  # model name -> what the runner runs, loaded once
+    batches: dict = {}  # replicas: true: a cell's results, run once for all its seeds
     try:
         for run in runs:
             bar.set_postfix_str(f"{run.model.name} | {run.system['name']} | "
                                 f"{run.ensemble['name']} | dt={run.dt:g} fs | seed {run.seed}")
-            record, engine, settings = _execute(cfg, run, root, potentials, bar)
+            record, engine, settings = _execute(cfg, run, root, potentials, bar, batches)
             records[run.key] = record
             rows.append(_row(run, settings, record.metrics, engine))
             bar.update(1)
@@ -114,7 +116,8 @@ def _collect(cfg: StudyConfig, root: Path, rows: List[dict], records: Records,
             "models": model_rows}
 
 
-def _execute(cfg: StudyConfig, run: Run, root: Path, potentials: dict, bar):
+def _execute(cfg: StudyConfig, run: Run, root: Path, potentials: dict, bar,
+             batches: Optional[dict] = None):
     """(record, engine, settings) of one run: read from disk when resuming, else run."""
     directory = run.directory(root)
     engine = run.model.engine or cfg.engine
@@ -130,7 +133,7 @@ def _execute(cfg: StudyConfig, run: Run, root: Path, potentials: dict, bar):
             frames = read_frames(directory) if run.is_reference else []
             return (RunRecord(run, metrics, read_thermo(directory / "thermo.csv"), directory,
                               frames), metrics.get("engine", engine), settings)
-        result = _run_md(cfg, run, settings, engine, potentials, directory)
+        result = _run_md(cfg, run, settings, engine, potentials, directory, batches)
         metrics = analyse_run(result, settings, cfg.analysis)
     except EngineUnavailable as exc:
         metrics = {"status": "skipped", "message": str(exc)}
@@ -153,7 +156,7 @@ def _execute(cfg: StudyConfig, run: Run, root: Path, potentials: dict, bar):
 
 
 def _run_md(cfg: StudyConfig, run: Run, settings: MDSettings, engine: str, potentials: dict,
-            directory: Path):
+            directory: Path, batches: Optional[dict] = None):
     if not run.model.is_geoff and run.model.forces != "conservative":
         raise EngineUnavailable(
             f"forces={run.model.forces!r} is geoff's own (a model with a direct head); "
@@ -162,6 +165,8 @@ def _run_md(cfg: StudyConfig, run: Run, settings: MDSettings, engine: str, poten
         potentials[run.model.name] = run.model.potential(cfg.dtype)
     potential = potentials[run.model.name]
     atoms = build_structure(run.system["structure"], cfg.base_dir)
+    if cfg.replicas and batches is not None and batchable(run, settings, engine, potential):
+        return replica_result(cfg, run, settings, potential, atoms, directory, batches)
     runner = get_runner(engine)
     reason = runner.unavailable(potential, settings)
     if reason:

@@ -142,6 +142,7 @@ class StudyConfig:
     threads: Optional[int] = None  # torch intra-op threads (1 is fastest for small cells)
     only: Optional[List[str]] = None  # run only these models (names; "ref:emt" for a reference)
     report_only: bool = False  # run nothing: tables, plots and report from the runs on disk
+    replicas: bool = False  # the seeds of a cell as one batched run (geoff.md.study_replicas)
 
     def analysis_option(self, key, default):
         return self.analysis.get(key, default)
@@ -250,7 +251,8 @@ def load_config(config, checkpoints: Optional[Dict[str, str]] = None,
         resume=bool(raw.get("resume", False)),
         threads=int(raw["threads"]) if raw.get("threads") else None,
         only=[str(x) for x in raw["only"]] if raw.get("only") else None,
-        report_only=bool(raw.get("report_only", False)))
+        report_only=bool(raw.get("report_only", False)),
+        replicas=bool(raw.get("replicas", False)))
 
 
 def _read(config):

@@ -1,0 +1,206 @@
+"""The failure study's reading: time to failure per run, per checkpoint, against force MAE.
+
+Time to failure (ps) of a run: the step of its first failed criterion x dt; for the liquid's
+NVT runs also the end of the first RDF window past the threshold (``geoff.md.rdf_failure``),
+whichever comes first. A run that survived is censored at its length: medians over seeds are
+reported as ">= L" when half or more of the seeds survived.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+FIELDS = ["system", "budget", "model", "head", "forces", "ensemble", "seed", "status",
+          "failed", "ttf_ps", "length_ps", "failure_reason", "rdf_failure_ps",
+          "drift_meV_atom_ps", "force_mae_meV_A", "direct_force_mae_meV_A"]
+
+
+def _read_csv(path: Path) -> List[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _float(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _mae(out: Path, system: str, label: str, budget: str):
+    path = out / "train" / system / f"{label}-{budget}" / "test_metrics.json"
+    if not path.exists():
+        return float("nan"), float("nan")
+    m = json.loads(path.read_text())
+    return (_float(m.get("forces_mae_meV_A")), _float(m.get("direct_forces_mae_meV_A")))
+
+
+def _rdf_failure(folder: Path, row: dict, rdf_cfg: dict, g_ref):
+    import ase.io
+
+    from geoff.md.rdf_failure import rdf_failure_time
+
+    traj = (folder / "runs" / row["model"] / row["system"] / row["ensemble"] /
+            f"dt{float(row['dt_fs']):g}fs" / f"seed{row['seed']}" / "trajectory.extxyz")
+    if g_ref is None or not traj.exists():
+        return float("nan")
+    frames = [a for a in ase.io.read(traj, index=":") if "failure" not in a.info]
+    t = rdf_failure_time(frames, g_ref, rdf_cfg["threshold"], rdf_cfg["window_ps"],
+                         rdf_cfg.get("r_max", 6.0), rdf_cfg.get("n_bins", 120))
+    return float("nan") if t is None else t
+
+
+def _reference_rdf(folder: Path, system: dict, rows: List[dict]):
+    import ase.io
+
+    from geoff.md.metrics import rdf
+
+    rdf_cfg = system.get("rdf")
+    ref = [r for r in rows if r["model"].startswith("ref:") and r["ensemble"] == "nvt"]
+    if not rdf_cfg or not ref:
+        return None
+    r = ref[0]
+    traj = (folder / "runs" / r["model"].replace(":", "_") / r["system"] / "nvt" /
+            f"dt{float(r['dt_fs']):g}fs" / f"seed{r['seed']}" / "trajectory.extxyz")
+    frames = ase.io.read(traj, index=":")
+    return rdf(frames[len(frames) // 5:], rdf_cfg.get("r_max", 6.0), rdf_cfg.get("n_bins", 120))[1]
+
+
+def run_rows(cfg: dict, out: Path, checkpoints) -> List[dict]:
+    heads = {f"{label}": (model, head, forces) for label, model, head, forces in checkpoints}
+    rows = []
+    for system in cfg["systems"]:
+        for budget in cfg["train"]["budgets"]:
+            folder = out / "study" / f"{system['name']}-{budget}"
+            if not (folder / "results.csv").exists():
+                continue
+            results = _read_csv(folder / "results.csv")
+            g_ref = _reference_rdf(folder, system, results)
+            for r in results:
+                label = r["model"][: -len(budget) - 1]
+                if r["model"].startswith("ref:") or label not in heads:
+                    continue
+                model, head, forces = heads[label]
+                length = _float(r["simulated_ps"])
+                failed = r["status"] == "failed"
+                ttf = _float(r["failure_time_ps"]) if failed else length
+                rdf_t = float("nan")
+                if system.get("rdf") and r["ensemble"] == "nvt" and r["status"] in ("ok",
+                                                                                     "failed"):
+                    rdf_t = _rdf_failure(folder, r, system["rdf"], g_ref)
+                    if math.isfinite(rdf_t) and rdf_t < ttf:
+                        ttf, failed = rdf_t, True
+                mae, dmae = _mae(out, system["name"], label, budget)
+                rows.append({"system": system["name"], "budget": budget, "model": model,
+                             "head": head, "forces": forces, "ensemble": r["ensemble"],
+                             "seed": int(r["seed"]), "status": r["status"], "failed": failed,
+                             "ttf_ps": ttf, "length_ps": length,
+                             "failure_reason": r["failure_reason"] or
+                             ("rdf" if failed and math.isfinite(rdf_t) else ""),
+                             "rdf_failure_ps": rdf_t,
+                             "drift_meV_atom_ps": _float(r["drift_meV_atom_ps"]),
+                             "force_mae_meV_A": mae, "direct_force_mae_meV_A": dmae})
+    return rows
+
+
+def headline(rows: List[dict]) -> List[dict]:
+    """Per system, budget, model and head: NVT time to failure over seeds, NVE drift."""
+    keys = sorted({(r["system"], r["budget"], r["model"], r["head"]) for r in rows})
+    out = []
+    for key in keys:
+        mine = [r for r in rows if (r["system"], r["budget"], r["model"], r["head"]) == key]
+        nvt = [r for r in mine if r["ensemble"] == "nvt" and r["status"] in ("ok", "failed")]
+        nve = [r for r in mine if r["ensemble"] == "nve" and r["status"] in ("ok", "failed")]
+        ttf = np.array([r["ttf_ps"] for r in nvt])
+        n_failed = sum(r["failed"] for r in nvt)
+        censored = len(nvt) and n_failed * 2 <= len(nvt)
+        out.append({"system": key[0], "budget": key[1], "model": key[2], "head": key[3],
+                    "force_mae_meV_A": mine[0]["force_mae_meV_A"], "runs": len(nvt),
+                    "failed": n_failed,
+                    "median_ttf_ps": float(np.median(ttf)) if len(ttf) else float("nan"),
+                    "ttf_censored": bool(censored),
+                    "nve_drift_meV_atom_ps": float(np.median([r["drift_meV_atom_ps"]
+                                                              for r in nve]))
+                    if nve else float("nan"),
+                    "reasons": ",".join(sorted({r["failure_reason"] for r in nvt
+                                                if r["failed"]}))})
+    return out
+
+
+def _write_csv(path: Path, rows: List[dict]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _plot(head: List[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = sorted({h["system"] for h in head})
+    fig, axes = plt.subplots(1, max(len(systems), 1), figsize=(5 * max(len(systems), 1), 4),
+                             squeeze=False)
+    markers = {"conservative": "o", "direct": "s", "both": "^"}
+    for ax, system in zip(axes[0], systems):
+        for h in (h for h in head if h["system"] == system):
+            ax.scatter(h["force_mae_meV_A"], h["median_ttf_ps"],
+                       marker=markers.get(h["head"], "x"),
+                       facecolors="none" if h["ttf_censored"] else None,
+                       label=f"{h['model']}-{h['head']}-{h['budget']}")
+        ax.set_xscale("log")
+        ax.set_xlabel("test force MAE (meV/Å)")
+        ax.set_ylabel("median time to failure (ps; open: censored)")
+        ax.set_title(system)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(cfg: dict, out: Path, checkpoints) -> Path:
+    from scipy.stats import spearmanr
+
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = run_rows(cfg, out, checkpoints)
+    head = headline(rows)
+    _write_csv(folder / "failure.csv", rows)
+    _write_csv(folder / "headline.csv", head)
+    if head:
+        _plot(head, folder / "failure_vs_mae.png")
+    lines = [f"# {cfg['name']}: time to failure against force MAE", "",
+             f"Seeds {cfg['seeds']}, device {cfg['device']}, {cfg['dtype']}. Generated by "
+             "`benchmarks/stability_failure/run.py`; every run in `failure.csv`.", "",
+             "| system | budget | model | head | force MAE (meV/Å) | NVT runs | failed | "
+             "median TTF (ps) | NVE drift (meV/atom/ps) | reasons |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for h in head:
+        ttf = f"≥ {h['median_ttf_ps']:.3g}" if h["ttf_censored"] else f"{h['median_ttf_ps']:.3g}"
+        lines.append(f"| {h['system']} | {h['budget']} | {h['model']} | {h['head']} | "
+                     f"{h['force_mae_meV_A']:.1f} | {h['runs']} | {h['failed']} | {ttf} | "
+                     f"{h['nve_drift_meV_atom_ps']:.3g} | {h['reasons']} |")
+    lines.append("")
+    for system in sorted({h["system"] for h in head}):
+        mine = [h for h in head if h["system"] == system and math.isfinite(h["force_mae_meV_A"])]
+        if len(mine) >= 3:
+            rho = spearmanr([h["force_mae_meV_A"] for h in mine],
+                            [h["median_ttf_ps"] for h in mine]).statistic
+            lines.append(f"- {system}: Spearman rank correlation of force MAE and median time "
+                         f"to failure over {len(mine)} checkpoints: {rho:.2f}")
+        else:
+            lines.append(f"- {system}: fewer than 3 checkpoints, no rank correlation")
+    if head:
+        lines += ["", "![time to failure against force MAE](failure_vs_mae.png)"]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return folder / "report.md"

@@ -1,0 +1,106 @@
+"""One force call for R replicas of one system: the R copies become one batched Graph
+(``batch`` (R*N,), ``cell`` (R, 3, 3)) through the one ``EnergyModel``.
+
+Edges are built on the model's device when that is exact and cheap: a molecule (no periodic
+direction) or an orthorhombic fully periodic cell at least twice the cutoff wide, where the
+minimum image is the only image within the cutoff. All N(N-1) pairs of one replica are
+tested at once for all replicas (R N^2 work, which is what a GPU wants for the small systems
+replicas are for). Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per
+replica on the CPU, the exact list of the single-replica calculator.
+
+Replicas whose positions are not finite are not sent to the model (one blown-up replica must
+not poison the batch): their energies and forces come back NaN, which the failure monitor
+reports as ``nan`` for that replica alone.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from ..graph import neighbour_list, species_indices
+from ..inference import force_key, frozen, torch_dtype
+
+
+def _orthorhombic_wide(cell: np.ndarray, cutoff: float) -> bool:
+    off_diagonal = cell - np.diag(np.diag(cell))
+    return bool(np.all(np.abs(off_diagonal) < 1e-12) and np.all(np.diag(cell) > 2.0 * cutoff))
+
+
+class BatchedForces:
+    """``model`` on R replicas of ``atoms`` (same species, cell and pbc; own positions).
+
+    ``forces`` picks the head as in ``GeoffCalculator`` (``"conservative"`` or ``"direct"``).
+    Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å).
+    """
+
+    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative"):
+        self.device = torch.device(device)
+        self.dtype = torch_dtype(dtype)
+        self.key = force_key(model.force_head, forces)
+        self.model = frozen(model, self.device, self.dtype)
+        self.backward = self.key == "forces" and model.force_head != "direct"
+        self.cutoff = float(model.cutoff)
+        self.n_atoms = len(atoms)
+        self.cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        self.pbc = np.asarray(atoms.pbc, dtype=bool)
+        z = species_indices(atoms.get_chemical_symbols(), model.species)
+        self.species = torch.as_tensor(z, device=self.device)
+        self.on_device = (not self.pbc.any()) or (
+            self.pbc.all() and _orthorhombic_wide(self.cell, self.cutoff))
+        n = self.n_atoms
+        ii, jj = np.nonzero(~np.eye(n, dtype=bool))
+        self.ii = torch.as_tensor(ii, device=self.device)
+        self.jj = torch.as_tensor(jj, device=self.device)
+        self.box = torch.tensor(np.diag(self.cell).copy(), dtype=self.dtype, device=self.device)
+
+    def _edges_on_device(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(edge_index (2, E), shifts (E, 3)) of positions (k, N, 3), all pairs at once."""
+        k, n = pos.shape[0], self.n_atoms
+        vec = pos[:, self.jj] - pos[:, self.ii]  # (k, P, 3)
+        if self.pbc.any():
+            shifts = -torch.round(vec / self.box) * self.box
+            vec = vec + shifts
+        else:
+            shifts = torch.zeros_like(vec)
+        within = (vec * vec).sum(-1) < self.cutoff ** 2  # (k, P)
+        r, p = torch.nonzero(within, as_tuple=True)
+        edge_index = torch.stack([r * n + self.ii[p], r * n + self.jj[p]])
+        return edge_index, shifts[r, p]
+
+    def _edges_on_cpu(self, positions: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        edges, shifts = [], []
+        for r, x in enumerate(positions):
+            i, j, s = neighbour_list(x, self.cell, self.pbc, self.cutoff)
+            edges.append(np.stack([i, j]) + r * self.n_atoms)
+            shifts.append(s)
+        return (torch.as_tensor(np.concatenate(edges, axis=1), device=self.device),
+                torch.as_tensor(np.concatenate(shifts), dtype=self.dtype, device=self.device))
+
+    def graph(self, positions: np.ndarray) -> dict:
+        """The batched Graph of positions (k, N, 3)."""
+        k, n = positions.shape[:2]
+        pos = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
+        if self.on_device:
+            edge_index, shifts = self._edges_on_device(pos)
+        else:
+            edge_index, shifts = self._edges_on_cpu(positions)
+        cell = torch.as_tensor(self.cell, dtype=self.dtype, device=self.device)
+        return {"positions": pos.reshape(k * n, 3), "species": self.species.repeat(k),
+                "edge_index": edge_index, "shifts": shifts,
+                "cell": cell.unsqueeze(0).expand(k, 3, 3).contiguous(),
+                "pbc": torch.as_tensor(self.pbc, device=self.device).unsqueeze(0).expand(k, 3),
+                "batch": torch.arange(k, device=self.device).repeat_interleave(n)}
+
+    def __call__(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        positions = np.asarray(positions, dtype=np.float64)
+        k, n = positions.shape[:2]
+        energy = np.full(k, np.nan)
+        forces = np.full((k, n, 3), np.nan)
+        ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
+        if len(ok):
+            out = self.model(self.graph(positions[ok]), compute_forces=self.backward)
+            energy[ok] = out["energy"].detach().double().cpu().numpy()
+            forces[ok] = out[self.key].detach().double().cpu().numpy().reshape(len(ok), n, 3)
+        return energy, forces

@@ -1,0 +1,200 @@
+"""R independent replicas of one system advanced as one batched graph on one device.
+
+  results = run_replicas(model, atoms, MDSettings(ensemble="langevin", steps=1000, seed=0),
+                         replicas=8, output="runs/eth")            # seeds 0..7
+  results = run_replicas(model, atoms, settings, temperatures=[300, 500, 700])
+
+Replica r runs ``settings`` with seed ``settings.seed + r`` (or ``seeds[r]``) and temperature
+``temperatures[r]`` (default ``settings.temperature_K``): its Maxwell-Boltzmann start and its
+thermostat noise are those of the single run ``run_md(..., seed=seed_r)``, so it follows that
+run (tested to 1e-10 in float64). One force call per step serves all replicas still running
+(``geoff.md.replica_forces``); the integrators are vectorised (``geoff.md.replica_integrators``).
+
+Each replica is checked after every step by its own ``FailureMonitor``; a replica that fails
+is recorded with its step and reason, frozen and dropped from the batch, and the others go on.
+Each writes what a single run writes, under ``<output>/replica_<r>/`` (trajectory, thermo.csv),
+and gets its own ``RunResult``; ``wall_s`` is the batch's integration time (shared).
+Multiple time stepping and LAMMPS are single-replica only; so are reference calculators.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from ase import units
+
+from .engines import EngineUnavailable, model_or_calculator
+from .failure import Failure, FailureMonitor
+from .integrators import degrees_of_freedom
+from .recording import Recorder, RunResult, initial_velocities
+from .replica_forces import BatchedForces
+from .replica_integrators import make_batched_integrator
+from .settings import MDSettings
+
+
+def replica_plan(settings: MDSettings, replicas: Optional[int] = None,
+                 seeds: Optional[Sequence[int]] = None,
+                 temperatures: Optional[Sequence[float]] = None) -> List[MDSettings]:
+    """The settings of each replica: seeds seed..seed+R-1 unless given, temperatures from
+    ``temperatures`` (one per replica, or one for all)."""
+    n = replicas or (len(seeds) if seeds else None) or (len(temperatures) if temperatures
+                                                        else 1)
+    seeds = list(seeds) if seeds else [settings.seed + r for r in range(n)]
+    temps = list(temperatures) if temperatures else [settings.temperature_K]
+    if len(temps) == 1:
+        temps = temps * n
+    if len(seeds) != n or len(temps) != n:
+        raise ValueError(f"{n} replicas need {n} seeds and {n} temperatures (or one); got "
+                         f"{len(seeds)} seeds and {len(temps)} temperatures")
+    base = settings.to_dict()
+    plans = []
+    for s, t in zip(seeds, temps):
+        d = {**base, "seed": int(s), "temperature_K": float(t)}
+        if settings.init_temperature_K is not None and temperatures:
+            d["init_temperature_K"] = float(t)  # a temperature ladder starts on its rungs
+        plans.append(MDSettings.from_dict(d))
+    return plans
+
+
+def _same_system(atoms, structures, n: int) -> list:
+    if structures is None:
+        return [atoms] * n
+    if len(structures) != n:
+        raise ValueError(f"{n} replicas need {n} starting structures, got {len(structures)}")
+    for k, other in enumerate(structures):
+        if (list(other.numbers) != list(atoms.numbers) or list(other.pbc) != list(atoms.pbc)
+                or not np.allclose(other.cell.array, atoms.cell.array)):
+            raise ValueError(f"starting structure {k} is not the same system as the first "
+                             "(species order, cell and pbc must match): replicas batch one "
+                             "system")
+    return list(structures)
+
+
+def _start_temperature(s: MDSettings) -> float:
+    return s.init_temperature_K if s.init_temperature_K is not None else s.temperature_K
+
+
+class _Replica:
+    """One replica's atoms (for the monitor and the writer), monitor and recorder."""
+
+    def __init__(self, atoms, s: MDSettings, n_dof: int, output):
+        self.s = s
+        self.atoms = atoms
+        start = _start_temperature(s)
+        target = s.temperature_K if s.ensemble != "nve" else max(start, s.temperature_K)
+        self.monitor = FailureMonitor(atoms, s.failure, temperature_K=target)
+        self.recorder = Recorder(output, s.trajectory_format, len(atoms))
+        self.failure = None
+        self.steps_done = 0
+
+
+def _prepare(structures, plans, n_dof, output):
+    reps = []
+    for r, (s, start) in enumerate(zip(plans, structures)):
+        a = start.copy()
+        a.calc = None
+        initial_velocities(a, _start_temperature(s), s.seed, s.velocities)
+        if isinstance(output, (list, tuple)):
+            out = output[r]
+        else:
+            out = Path(output) / f"replica_{r:03d}" if output is not None else None
+        reps.append(_Replica(a, s, n_dof, out))
+    return reps
+
+
+def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved) -> bool:
+    """Check replica ``r`` after ``step`` steps; log and write when due. True if it failed."""
+    s, atoms = rep.s, rep.atoms
+    atoms.positions = integ.positions[r]
+    atoms.set_momenta(integ.momenta[r], apply_constraint=False)
+    energy, forces = float(integ.energy[r]), integ.forces[r]
+    kinetic = float(integ.kinetic([r])[0])
+    failure = rep.monitor.check(step, atoms, forces, energy, kinetic, n_dof)
+    t_ps = step * s.timestep_fs / 1000.0
+    if (step % s.log_every == 0 or failure is not None) and np.isfinite(energy):
+        rep.recorder.log(step, t_ps, energy, kinetic, float(conserved[r]),
+                         2.0 * kinetic / (n_dof * units.kB))
+    if step % s.traj_every == 0 or failure is not None:
+        info = {"failure": failure.reason} if failure is not None else {}
+        rep.recorder.frame(atoms, step, t_ps, energy, forces, keep=failure is None, **info)
+    rep.failure = failure
+    rep.steps_done = step
+    return failure is not None
+
+
+def _all_failed(reps, active, step: int, exc: Exception) -> None:
+    """A batched step raised (not a NaN, which stays per replica): every running replica
+    stops there with reason ``error``."""
+    for r in active:
+        reps[r].failure = Failure(step, "error", f"the batched step {step} raised "
+                                                 f"{type(exc).__name__}: {exc}")
+        reps[r].steps_done = step
+
+
+def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output=None,
+                 replicas: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
+                 temperatures: Optional[Sequence[float]] = None,
+                 structures: Optional[Sequence] = None) -> List[RunResult]:
+    """Run the replicas (see the module docstring); one ``RunResult`` per replica.
+
+    ``structures``: optional starting structures, one per replica (the same system as
+    ``atoms``: species, cell and pbc; e.g. frames of an equilibrated run, with their momenta
+    when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
+    ``replica_<r>/``) or one folder per replica.
+    """
+    settings = settings or MDSettings()
+    if settings.forces == "mts":
+        raise EngineUnavailable("multiple time stepping is single-replica only; run it with "
+                                "geoff md without --replicas")
+    model, calc = model_or_calculator(potential)
+    if model is None:
+        raise EngineUnavailable("batched replicas need a geoff model (an EnergyModel or a "
+                                "checkpoint); run a reference calculator one replica at a time")
+    plans = replica_plan(settings, replicas, seeds, temperatures)
+    n_dof = degrees_of_freedom(atoms, settings.ensemble)
+    structures = _same_system(atoms, structures, len(plans))
+    reps = _prepare(structures, plans, n_dof, output)
+    forces = BatchedForces(model, atoms, settings.device, settings.dtype,
+                           settings.calculator_forces)
+    integ = make_batched_integrator(
+        settings.ensemble, [r.atoms.positions for r in reps],
+        [r.atoms.get_momenta() for r in reps], atoms.get_masses(), forces,
+        settings.timestep_fs, [s.temperature_K for s in plans], settings.tau_fs,
+        [s.seed for s in plans], n_dof)
+    wall, step = 0.0, 0
+    try:
+        conserved = integ.conserved()
+        active = [r for r, rep in enumerate(reps) if not _observe(rep, integ, r, 0, n_dof,
+                                                                   conserved)]
+        while active and step < settings.steps:
+            t0 = time.perf_counter()
+            try:
+                integ.step(active)
+            except Exception as exc:  # noqa: BLE001 - the batch cannot say which replica
+                wall += time.perf_counter() - t0
+                _all_failed(reps, active, step + 1, exc)
+                break
+            wall += time.perf_counter() - t0
+            step += 1
+            conserved = integ.conserved()
+            active = [r for r in active if not _observe(reps[r], integ, r, step, n_dof,
+                                                        conserved)]
+    finally:
+        for rep in reps:
+            rep.recorder.close()
+    return [RunResult(engine="replicas", n_atoms=len(atoms), n_dof=n_dof,
+                      steps_requested=s.steps, steps_done=rep.steps_done, failure=rep.failure,
+                      thermo=rep.recorder.thermo(), frames=rep.recorder.frames, wall_s=wall,
+                      trajectory=str(rep.recorder.trajectory) if rep.recorder.trajectory
+                      else None,
+                      thermo_path=str(rep.recorder.thermo_path) if rep.recorder.thermo_path
+                      else None, settings=s.to_dict())
+            for rep, s in zip(reps, plans)]
+
+
+def replica_steps_per_s(results: Sequence[RunResult]) -> float:
+    """Replica-steps per second of integration of one batched run."""
+    wall = max((r.wall_s for r in results), default=float("nan"))
+    return sum(r.steps_done for r in results) / wall if wall and wall > 0 else float("nan")

@@ -1,0 +1,216 @@
+"""Batched replicas (float64): R replicas in one graph equal R single-replica runs of the
+existing ASE path (``run_md``) with the same seeds, to 1e-10 in positions and energies; a
+replica that fails stops alone, with its step and reason."""
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+
+from conftest import small_model
+from geoff.md import FailureCriteria, MDSettings, run_md
+from geoff.md.replica_forces import BatchedForces
+from geoff.md.replicas import replica_steps_per_s, run_replicas
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NO_CHECKS = FailureCriteria(max_force=None, temperature_factor=None, min_distance_factor=None,
+                            check_bonds=False)
+TOL = 1e-10
+
+
+def ethanol():
+    atoms = molecule("CH3CH2OH")
+    atoms.cell = np.zeros((3, 3))
+    return atoms
+
+
+def cuzr():
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    symbols = atoms.get_chemical_symbols()
+    for k in (0, 9, 18, 27):
+        symbols[k] = "Zr"
+    atoms.set_chemical_symbols(symbols)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def mol_model():
+    return small_model("schnet", species=("C", "H", "O"), cutoff=4.0)
+
+
+def assert_same(single, batched):
+    """Positions of every written frame, and the thermo log, agree to TOL."""
+    assert batched.steps_done == single.steps_done
+    assert len(batched.frames) == len(single.frames) > 1
+    for a, b in zip(single.frames, batched.frames):
+        assert a.info["step"] == b.info["step"]
+        np.testing.assert_allclose(b.positions, a.positions, rtol=0, atol=TOL)
+    for key in ("epot", "ekin", "conserved", "temperature"):
+        np.testing.assert_allclose(batched.thermo[key], single.thermo[key], rtol=TOL,
+                                   atol=TOL, err_msg=key)
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "langevin", "bussi", "nose-hoover"])
+def test_replicas_equal_single_runs_molecule(mol_model, ensemble):
+    s = MDSettings(ensemble=ensemble, temperature_K=500.0, timestep_fs=0.5, steps=40,
+                   seed=3, tau_fs=20.0, log_every=2, traj_every=5, failure=NO_CHECKS)
+    batched = run_replicas(mol_model, ethanol(), s, replicas=3)
+    assert [r.settings["seed"] for r in batched] == [3, 4, 5]
+    for r, res in enumerate(batched):
+        single = run_md(mol_model, ethanol(), s, seed=3 + r)
+        assert_same(single, res)
+    # different seeds are different trajectories
+    assert np.abs(batched[0].frames[-1].positions - batched[1].frames[-1].positions).max() > 1e-3
+
+
+@pytest.mark.parametrize("cutoff", [3.0, 4.0])  # 3 Å: edges on the device; 4 Å: matscipy
+def test_replicas_equal_single_runs_periodic(cutoff):
+    model = small_model("schnet", cutoff=cutoff)
+    assert BatchedForces(model, cuzr()).on_device == (cutoff == 3.0)
+    s = MDSettings(ensemble="langevin", timestep_fs=1.0, steps=20, seed=0, tau_fs=50.0,
+                   log_every=2, traj_every=5, failure=NO_CHECKS)
+    batched = run_replicas(model, cuzr(), s, temperatures=[300.0, 900.0])
+    assert [r.settings["seed"] for r in batched] == [0, 1]
+    for r, (res, t) in enumerate(zip(batched, (300.0, 900.0))):
+        assert_same(run_md(model, cuzr(), s, temperature_K=t, seed=r), res)
+
+
+def test_batched_forces_equal_the_calculator(mol_model):
+    from geoff.calculators import GeoffCalculator
+
+    atoms = ethanol()
+    pos = np.stack([atoms.positions + 0.05 * k for k in range(3)])
+    pos[1, 0] += 0.1
+    energy, forces = BatchedForces(mol_model, atoms)(pos)
+    calc = GeoffCalculator(mol_model, dtype="float64")
+    for k in range(3):
+        a = atoms.copy()
+        a.positions = pos[k]
+        a.calc = calc
+        assert abs(a.get_potential_energy() - energy[k]) < 1e-12
+        np.testing.assert_allclose(forces[k], a.get_forces(), atol=1e-12)
+
+
+def test_a_failing_replica_stops_alone(mol_model, tmp_path):
+    """Replica 1 starts with an H atom flying at its carbon (0.5 Å/fs): it must fail at step 1
+    on the distance criterion; replicas 0 and 2 (at rest) run on and equal single runs."""
+    from ase import units
+
+    starts = [ethanol() for _ in range(3)]
+    for a in starts:
+        a.set_momenta(np.zeros((len(a), 3)))
+    carbon, hydrogen = 0, 3  # a C-H bond of ethanol
+    bond = starts[1].positions[carbon] - starts[1].positions[hydrogen]
+    p = np.zeros((len(starts[1]), 3))
+    p[hydrogen] = 0.5 / units.fs * bond / np.linalg.norm(bond) * starts[1].get_masses()[hydrogen]
+    starts[1].set_momenta(p)
+    crit = FailureCriteria(max_force=None, temperature_factor=None, min_distance=0.8,
+                           check_bonds=False)
+    s = MDSettings(ensemble="nve", velocities="keep", timestep_fs=1.0, steps=30,
+                   log_every=1, traj_every=5, failure=crit)
+    res = run_replicas(mol_model, ethanol(), s, replicas=3, structures=starts,
+                       output=tmp_path)
+    assert res[1].failed and res[1].failure.reason == "distance"
+    assert res[1].failure.step == res[1].steps_done == 1
+    for r in (0, 2):
+        assert not res[r].failed and res[r].steps_done == 30
+        assert_same(run_md(mol_model, starts[r], s), res[r])
+    # each replica wrote what a single run writes; the failed one ends on its failure frame
+    import ase.io
+
+    frames = ase.io.read(tmp_path / "replica_001" / "trajectory.extxyz", index=":")
+    assert frames[-1].info["failure"] == "distance" and frames[-1].info["step"] == 1
+    assert (tmp_path / "replica_002" / "thermo.csv").read_text().count("\n") == 32
+    assert replica_steps_per_s(res) > 0
+
+
+def test_replica_plan_errors(mol_model):
+    with pytest.raises(ValueError, match="3 replicas need 3 seeds and 3 temperatures"):
+        run_replicas(mol_model, ethanol(), MDSettings(steps=1), replicas=3,
+                     temperatures=[300.0, 400.0])
+    with pytest.raises(Exception, match="single-replica only"):
+        run_replicas(mol_model, ethanol(), MDSettings(steps=1, forces="mts"), replicas=2)
+
+
+def test_cli_replicas(mol_model, tmp_path):
+    import json
+
+    import ase.io
+
+    from geoff.checkpoint import save
+    from geoff.cli import main
+
+    save(mol_model, tmp_path / "m.ckpt")
+    ase.io.write(tmp_path / "eth.xyz", ethanol())
+    out = tmp_path / "run"
+    code = main(["md", str(tmp_path / "m.ckpt"), str(tmp_path / "eth.xyz"), "--ensemble",
+                 "bussi", "--temperatures", "300", "600", "--steps", "6", "--tau", "20",
+                 "--seed", "7", "--out", str(out), "--threads", "1"])
+    assert code == 0
+    summary = json.loads((out / "replicas.json").read_text())
+    assert [(r["seed"], r["temperature_K"], r["steps_done"]) for r in summary["replicas"]] == \
+        [(7, 300.0, 6), (8, 600.0, 6)]
+    for r in range(2):
+        metrics = json.loads((out / f"replica_{r:03d}" / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["steps_done"] == 6
+
+
+def test_study_replicas_equal_the_per_seed_study(tmp_path):
+    """``replicas: true`` batches a cell's seeds; the study's numbers stay those of the
+    per-seed runs."""
+    import csv
+
+    from geoff.checkpoint import save
+    from geoff.md.study import run_study
+
+    save(small_model("schnet"), tmp_path / "cons.ckpt")
+    config = {
+        "name": "tiny-replicas",
+        "models": [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
+        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
+                                                  "a": 3.61, "cubic": True,
+                                                  "repeat": [1, 1, 2]}}],
+        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
+                       "tau_fs": 10, "time_ps": 0.01}],
+        "timesteps_fs": [1.0], "seeds": [0, 1, 2], "md": {"log_every": 2, "traj_every": 2},
+        "failure": {"min_distance_factor": None},
+        "analysis": {"jacobian_structures": 1},
+    }
+    rows = {}
+    for batched in (False, True):
+        out = tmp_path / f"out{batched}"
+        run_study({**config, "replicas": batched}, output=out, progress=False)
+        with open(out / "results.csv") as fh:
+            rows[batched] = list(csv.DictReader(fh))
+    assert len(rows[True]) == len(rows[False]) == 3
+    for a, b in zip(rows[False], rows[True]):
+        assert (a["seed"], a["status"], a["steps_done"]) == (b["seed"], b["status"],
+                                                              b["steps_done"]) != ("", "", "")
+        for key in ("drift_meV_atom_ps", "T_mean", "fluct_meV_atom"):
+            assert abs(float(a[key]) - float(b[key])) <= 1e-8 * max(1.0, abs(float(a[key]))), key
+    assert len({r["T_mean"] for r in rows[True]}) == 3  # three seeds, three trajectories
+    # batched: the seeds advanced together, so they share one integration time
+    assert len({r["steps_per_s"] for r in rows[True]}) == 1
+    assert len({r["steps_per_s"] for r in rows[False]}) == 3
+
+
+def test_a_raising_batch_stops_every_running_replica(mol_model, monkeypatch):
+    """An exception in the batched step (not a NaN: that stays per replica) cannot be pinned
+    on one replica: all running replicas stop at that step with reason 'error'."""
+    import geoff.md.replicas as R
+
+    class Flaky(R.BatchedForces):
+        calls = 0
+
+        def __call__(self, positions):
+            Flaky.calls += 1
+            if Flaky.calls == 4:  # the start, then steps 1 and 2; step 3 raises
+                raise RuntimeError("device lost")
+            return super().__call__(positions)
+
+    monkeypatch.setattr(R, "BatchedForces", Flaky)
+    res = run_replicas(mol_model, ethanol(), MDSettings(steps=10, failure=NO_CHECKS),
+                       replicas=2)
+    assert [(r.failure.reason, r.failure.step, r.steps_done) for r in res] == \
+        [("error", 3, 3)] * 2
+    assert "device lost" in res[0].failure.message
