@@ -14,6 +14,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import atoms_to_graph
 from ..inference import force_key, frozen, torch_dtype
+from ..neighbours import NeighbourCache
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -30,6 +31,10 @@ class GeoffCalculator(Calculator):
         forces: which forces ``forces`` reports: ``"conservative"`` (-dE/dx) or ``"direct"``
             (the learned head). Default: the model's own head (conservative for
             ``force_head="conservative"`` and ``"both"``, direct for ``"direct"``).
+        neighbour_list: ``"auto"`` (a torch cell list on CUDA, matscipy on the CPU),
+            ``"matscipy"`` or ``"torch"`` (see ``geoff.graph.atoms_to_graph``).
+        skin: Å; > 0 keeps a Verlet list built with ``cutoff + skin`` across calls
+            (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD).
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
@@ -46,7 +51,8 @@ class GeoffCalculator(Calculator):
                               "direct_forces"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
-                 forces: Optional[str] = None, **kwargs):
+                 forces: Optional[str] = None, neighbour_list: str = "auto",
+                 skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, torch.nn.Module):
             from ..checkpoint import load
@@ -58,13 +64,16 @@ class GeoffCalculator(Calculator):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.model = frozen(model, self.device, self.dtype)
+        self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
+        self.neighbour_list = self.neighbour_cache or neighbour_list
 
     @property
     def species(self):
         return self.model.species
 
     def graph(self, atoms):
-        return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device)
+        return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
+                              neighbour_list=self.neighbour_list)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
