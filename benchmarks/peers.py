@@ -12,23 +12,30 @@ Matched hyper-parameters (the issue's): MACE 64x0e+64x1o hidden, l_max 3, correl
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
 import subprocess
 import sys
 
 from speed import CUTOFF, PEERS_DIR
 
 PEER_PACKAGES = {"mace": ["mace-torch==0.3.16", "e3nn==0.4.4", "opt_einsum", "opt-einsum-fx",
-                          "torch-ema", "prettytable", "configargparse", "h5py"]}
+                          "torch-ema", "prettytable", "configargparse", "wcwidth", "h5py",
+                          "torchmetrics", "lightning-utilities", "pandas", "pytz", "tzdata",
+                          "python-dateutil", "six", "lmdb", "orjson"]}
 
 
 def install(peer: str) -> bool:
     target = PEERS_DIR / peer
     if (target / ".installed").exists():
         return True
+    wheels = os.environ.get("GEOFF_PEER_WHEELS")  # offline: a folder of wheels instead
+    packages = sorted(glob.glob(os.path.join(wheels, "*.whl"))) if wheels \
+        else PEER_PACKAGES[peer]
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                           "--target", str(target), *PEER_PACKAGES[peer]],
-                          capture_output=True, text=True)
+                           "--target", str(target), *(["--no-index"] if wheels else []),
+                           *packages], capture_output=True, text=True)
     if proc.returncode == 0:
         (target / ".installed").touch()
     else:
@@ -92,8 +99,6 @@ def time_mace(spec: dict) -> dict:
 
 
 def run_peers(args) -> str:
-    import os
-
     lines = ["| peer | structure | dtype | atoms | edges | model ms | calc ms | atoms/s (model) |",
              "|---|---|---|---|---|---|---|---|"]
     notes = ["schnetpack: not run (2.2 needs Python >= 3.12; this environment has 3.11)",

@@ -120,8 +120,8 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
 
 
 def run_series(args, name: str, kind: str, dtype: str) -> list:
-    """Every size for one (model, structure, dtype), in a fresh subprocess per size on the CPU
-    (so that the RSS growth is the size's own) and in-process on the GPU."""
+    """Every size for one (model, structure, dtype), each in a fresh subprocess (the RSS growth
+    is the size's own; an out-of-memory failure ends the series, not the run)."""
     rows = []
     sizes = list(args.sizes)
     k = 0
@@ -195,7 +195,7 @@ def header(args) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--structures", nargs="+", default=["cu", "cuzr"], choices=["cu", "cuzr"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--device", default="cpu")
