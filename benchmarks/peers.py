@@ -106,7 +106,8 @@ def run_peers(args) -> str:
     if not install("mace"):
         return "mace-torch did not install; peers not run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(PEERS_DIR / "mace"), os.path.dirname(__file__)]))
+        [str(PEERS_DIR / "mace"), os.path.dirname(os.path.abspath(__file__)),
+         os.environ.get("PYTHONPATH", "")]))
     for kind in args.structures:
         for dtype in args.dtypes:
             for n in args.sizes:
