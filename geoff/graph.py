@@ -179,6 +179,7 @@ def atoms_to_graph(
     dtype: Optional[torch.dtype] = None,
     device: Optional[torch.device | str] = None,
     min_distance: Optional[float] = None,
+    neighbour_list="auto",
 ) -> Graph:
     """Build the Graph of one ``ase.Atoms`` (neighbours within ``model.cutoff``).
 
@@ -189,6 +190,10 @@ def atoms_to_graph(
     ``min_distance`` (Å): two atoms (or an atom and its periodic image) closer than this raise
     ``geoff.structure_checks.OverlapError`` (a ``ValueError``) naming them. Default: the
     model's overlap threshold (``structure_checks.overlap_threshold``); 0 turns the check off.
+
+    ``neighbour_list``: ``"matscipy"`` (CPU), ``"torch"`` (a cell list on ``device``,
+    ``geoff.neighbours``), ``"auto"`` (torch on CUDA, else matscipy) or a callable
+    ``(positions, cell, pbc, cutoff) -> (i, j, shifts)`` such as a ``NeighbourCache``.
     """
     from .structure_checks import check_edge_lengths, check_overlaps, overlap_threshold
 
@@ -210,7 +215,7 @@ def atoms_to_graph(
     z = species_indices(symbols, species)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    i, j, shifts = neighbour_list(atoms.positions, cell, pbc, cutoff)
+    i, j, shifts = _edges(atoms.positions, cell, pbc, cutoff, neighbour_list, device)
     if min_distance > cutoff:  # the graph's edges do not reach that far
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
@@ -218,12 +223,31 @@ def atoms_to_graph(
     return {
         POSITIONS: torch.as_tensor(atoms.positions, dtype=dtype, device=device),
         SPECIES: torch.as_tensor(z, device=device),
-        EDGE_INDEX: torch.as_tensor(np.stack([i, j]), device=device),
+        EDGE_INDEX: torch.stack([torch.as_tensor(i, device=device),
+                                 torch.as_tensor(j, device=device)]),
         SHIFTS: torch.as_tensor(shifts, dtype=dtype, device=device),
         CELL: torch.as_tensor(cell, dtype=dtype, device=device).unsqueeze(0),
         PBC: torch.as_tensor(pbc, device=device).unsqueeze(0),
         BATCH: torch.zeros(len(atoms), dtype=torch.long, device=device),
     }
+
+
+def _edges(positions, cell, pbc, cutoff, method, device):
+    """(i, j, shifts) by the method ``atoms_to_graph`` was asked for (see there)."""
+    if method == "auto":
+        method = "torch" if torch.device(device).type == "cuda" else "matscipy"
+    if method == "matscipy":
+        return neighbour_list(positions, cell, pbc, cutoff)
+    if method == "torch":
+        from .neighbours import torch_neighbour_list
+
+        x = torch.as_tensor(positions, dtype=torch.float64, device=device)
+        return torch_neighbour_list(x, cell, pbc, cutoff)[:3]
+    if callable(method):
+        return method(torch.as_tensor(positions, dtype=torch.float64, device=device),
+                      cell, pbc, cutoff)
+    raise ValueError(f"neighbour_list must be 'auto', 'matscipy', 'torch' or a callable, "
+                     f"got {method!r}")
 
 
 def batch_graphs(graphs: List[Graph]) -> Graph:

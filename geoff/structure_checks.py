@@ -28,6 +28,7 @@ import json
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 OVERLAP_FRACTION = 0.5
 OVERLAP_FLOOR = 0.5  # Å
@@ -71,6 +72,11 @@ def shortest_edge(positions: np.ndarray, i: np.ndarray, j: np.ndarray, shifts: n
     """``(distance, i, j)`` of the shortest edge of a neighbour list (inf, -1, -1 if none)."""
     if len(i) == 0:
         return float("inf"), -1, -1
+    if torch.is_tensor(i):  # a list built on the device (torch cell list): reduce it there
+        x = torch.as_tensor(positions, dtype=shifts.dtype, device=shifts.device)
+        d = torch.linalg.norm(x[j] - x[i] + shifts, dim=1)  # (E,)
+        k = int(torch.argmin(d))
+        return float(d[k]), int(i[k]), int(j[k])
     d = np.linalg.norm(positions[j] - positions[i] + shifts, axis=1)
     k = int(np.argmin(d))
     return float(d[k]), int(i[k]), int(j[k])

@@ -14,6 +14,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import atoms_to_graph
 from ..inference import force_key, frozen, torch_dtype
+from ..neighbours import NeighbourCache
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -32,6 +33,10 @@ class GeoffCalculator(Calculator):
             ``force_head="conservative"`` and ``"both"``, direct for ``"direct"``).
         check_overlaps: raise a ``ValueError`` naming two atoms closer than the model's
             overlap threshold (``geoff.structure_checks``); ``False`` turns the check off.
+        neighbour_list: ``"auto"`` (a torch cell list on CUDA, matscipy on the CPU),
+            ``"matscipy"`` or ``"torch"`` (see ``geoff.graph.atoms_to_graph``).
+        skin: Å; > 0 keeps a Verlet list built with ``cutoff + skin`` across calls
+            (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD).
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
@@ -48,7 +53,8 @@ class GeoffCalculator(Calculator):
                               "direct_forces"]
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
-                 forces: Optional[str] = None, check_overlaps: bool = True, **kwargs):
+                 forces: Optional[str] = None, check_overlaps: bool = True,
+                 neighbour_list: str = "auto", skin: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if not isinstance(model, torch.nn.Module):
@@ -61,6 +67,8 @@ class GeoffCalculator(Calculator):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.model = frozen(model, self.device, self.dtype)
+        self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
+        self.neighbour_list = self.neighbour_cache or neighbour_list
 
     @property
     def species(self):
@@ -68,7 +76,8 @@ class GeoffCalculator(Calculator):
 
     def graph(self, atoms):
         return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
-                              min_distance=self.min_distance)
+                              min_distance=self.min_distance,
+                              neighbour_list=self.neighbour_list)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

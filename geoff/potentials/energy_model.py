@@ -197,11 +197,14 @@ class EnergyModel(nn.Module):
 
         scale = self.scale[species]  # (N,)
         energies = self.energy_head(h).squeeze(-1) * scale + self.atomic_energies[species]  # (N,)
+        # Summed in float64, returned in the model's dtype: a float32 sum over 1e5 atoms
+        # drifts by ~1e2 eV, a float64 one by < 0.01 eV (benchmarks/results/speed.md).
         if "n_local" in data:
             n_local = int(data["n_local"].reshape(-1)[0])
-            energy = scatter_sum(energies[:n_local], batch[:n_local], n_graphs)  # (B,)
+            energy = scatter_sum(energies[:n_local].double(), batch[:n_local], n_graphs)
         else:
-            energy = scatter_sum(energies, batch, n_graphs)  # (B,)
+            energy = scatter_sum(energies.double(), batch, n_graphs)  # (B,)
+        energy = energy.to(energies.dtype)
         out: Dict[str, Tensor] = {"energy": energy, "energies": energies}
         for prop, head in self.property_heads.items():
             out[prop] = head(h, species)  # (N,)

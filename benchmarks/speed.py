@@ -1,0 +1,236 @@
+"""Speed and memory of geoff's models (and optionally their peers) on FCC Cu and Cu64Zr36.
+
+One command prints the whole table (markdown) and, with ``--out``, writes it:
+
+    python benchmarks/speed.py                               # CPU: 32, 256, 864 atoms
+    python benchmarks/speed.py --device cuda --grow          # GPU: 864 ... until out of memory
+    python benchmarks/speed.py --peers                       # + mace-torch, schnetpack
+
+Structures: FCC Cu (a = 3.61 Å, rattled 0.05 Å) and Cu64Zr36 (a simple-cubic lattice at
+0.061 atoms/Å^3, 64:36 random species, rattled 0.3 Å: a dense random box, not a quenched
+glass), periodic, cutoff 5 Å. Random weights, energy + forces (one forward, one backward).
+
+Columns: ``model`` = the model called on a prepared graph (neighbour list built once, on the
+model's device); ``calc`` = one ``GeoffCalculator`` call (graph from ``ase.Atoms``, neighbour
+list, model, results back to numpy); both as medians, CUDA-synchronised. ``mem/atom``: GPU,
+``torch.cuda.max_memory_allocated`` minus what was allocated before the call, over N; CPU,
+growth of the process's peak RSS over the largest size, over N (an upper bound: it includes
+the allocator's caches). ``exponent``: slope of log(time) against log(N) over the sizes
+>= 256. ``--grow`` doubles the size after the last one until the model runs out of memory
+(or ``--max-atoms``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# The issue's hyper-parameters (64 channels for MACE, 128 for PaiNN and SchNet).
+MODELS = {
+    "schnet": dict(n_features=128, n_layers=3),
+    "painn": dict(n_features=128, n_layers=3),
+    "nequip": dict(n_features=64, n_layers=3, l_max=2),
+    "mace": dict(n_features=64, n_layers=2, l_max=3, hidden_l_max=1, correlation=3),
+}
+CUTOFF = 5.0
+PEERS_DIR = Path(os.environ.get("GEOFF_PEERS", Path.home() / ".cache" / "geoff-peers"))
+
+
+def structure(kind: str, n_atoms: int):
+    """FCC Cu of about ``n_atoms`` (4 k^3) or a dense random Cu64Zr36 box of exactly it."""
+    from ase import Atoms
+    from ase.build import bulk
+
+    if kind == "cu":
+        k = max(1, round((n_atoms / 4) ** (1 / 3)))
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (k, k, k)
+        atoms.rattle(0.05, seed=1)
+        return atoms
+    rng = np.random.default_rng(0)
+    k = int(np.ceil(n_atoms ** (1 / 3)))
+    spacing = 0.061 ** (-1 / 3)
+    grid = np.stack(np.meshgrid(*[np.arange(k)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    sites = grid[rng.permutation(len(grid))[:n_atoms]] * spacing
+    symbols = np.where(rng.random(n_atoms) < 0.64, "Cu", "Zr")
+    atoms = Atoms(symbols, positions=sites + rng.normal(0, 0.3, sites.shape),
+                  cell=np.eye(3) * k * spacing, pbc=True)
+    return atoms
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, device, repeats: int, budget_s: float) -> float:
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats and (time.perf_counter() - start < budget_s or len(times) < 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
+               budget_s: float) -> dict:
+    """One row for one size: model and calculator medians (s) and memory (bytes)."""
+    import torch
+
+    from geoff.calculators.ase import GeoffCalculator
+    from geoff.graph import atoms_to_graph
+    from geoff.potentials import build_model
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
+    calc = GeoffCalculator(model, device=device, dtype=dtype)
+    atoms = structure(kind, n_atoms)
+    graph = atoms_to_graph(atoms, calc.model, dtype=calc.dtype, device=dev)
+    row = {"atoms": len(atoms), "edges": int(graph["edge_index"].shape[1])}
+
+    def model_call():
+        calc.model(graph)["forces"].sum().item()
+
+    def calc_call():
+        calc.calculate(atoms, ["energy", "forces"], ["positions"])
+
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        model_call()
+        row["mem_bytes"] = torch.cuda.max_memory_allocated(dev) - before
+    row["model_s"] = _median_time(model_call, dev, repeats, budget_s)
+    row["calc_s"] = _median_time(calc_call, dev, repeats, budget_s)
+    return row
+
+
+def run_series(args, name: str, kind: str, dtype: str) -> list:
+    """Every size for one (model, structure, dtype), each in a fresh subprocess (the RSS growth
+    is the size's own; an out-of-memory failure ends the series, not the run)."""
+    rows = []
+    sizes = list(args.sizes)
+    k = 0
+    while k < len(sizes):
+        n = sizes[k]
+        cmd = [sys.executable, __file__, "--one", json.dumps(
+            dict(name=name, kind=kind, n=n, dtype=dtype, device=args.device,
+                 repeats=args.repeats, budget=args.budget, threads=args.threads))]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            oom = "out of memory" in proc.stderr.lower() or "OutOfMemory" in proc.stderr
+            rows.append({"atoms": n, "failed": "out of memory" if oom else
+                         proc.stderr.strip().splitlines()[-1][:120]})
+            break
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  {name} {kind} {dtype} {rows[-1]}", file=sys.stderr, flush=True)
+        if args.grow and k == len(sizes) - 1 and 2 * n <= args.max_atoms:
+            sizes.append(2 * n)
+        k += 1
+    return rows
+
+
+def one(spec: dict) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    row = time_geoff(spec["name"], spec["kind"], spec["n"], spec["dtype"], spec["device"],
+                     spec["repeats"], spec["budget"])
+    if "mem_bytes" not in row:  # CPU: peak RSS growth (KiB on Linux)
+        row["mem_bytes"] = 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+    print(json.dumps(row))
+
+
+def exponent(rows: list) -> float:
+    pts = [(r["atoms"], r["model_s"]) for r in rows if "model_s" in r and r["atoms"] >= 256]
+    if len(pts) < 2:
+        return float("nan")
+    n, t = np.log(np.array(pts)).T
+    return float(np.polyfit(n, t, 1)[0])
+
+
+def table(results: dict) -> str:
+    lines = ["| model | structure | dtype | atoms | edges | model ms | calc ms | calc/model "
+             "| atoms/s (model) | mem/atom KB | exponent | largest that ran |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, kind, dtype), rows in results.items():
+        ok = [r for r in rows if "model_s" in r]
+        largest = ok[-1]["atoms"] if ok else 0
+        fail = next((r for r in rows if "failed" in r), None)
+        note = f"{largest}" + (f" ({fail['atoms']}: {fail['failed']})" if fail else "")
+        for r in ok:
+            lines.append(
+                f"| {name} | {kind} | {dtype} | {r['atoms']} | {r['edges']} | "
+                f"{1e3 * r['model_s']:.2f} | {1e3 * r['calc_s']:.2f} | "
+                f"{r['calc_s'] / r['model_s']:.2f} | {r['atoms'] / r['model_s']:.3g} | "
+                f"{r['mem_bytes'] / r['atoms'] / 1e3:.1f} | {exponent(ok):.2f} | {note} |")
+    return "\n".join(lines)
+
+
+def header(args) -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor()
+    load = os.getloadavg()
+    return (f"machine: {platform.node()} ({dev or platform.machine()}), {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, threads {args.threads}, load average at start "
+            f"{load[0]:.1f}\ncommand: python benchmarks/speed.py {' '.join(sys.argv[1:])}\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--structures", nargs="+", default=["cu", "cuzr"], choices=["cu", "cuzr"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None,
+                        help="default: 32 256 864 (cpu), 864 32000 131072 (cuda)")
+    parser.add_argument("--grow", action="store_true", help="double after the last size")
+    parser.add_argument("--max-atoms", type=int, default=1_100_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds per timing")
+    parser.add_argument("--peers", action="store_true", help="install and time the peers")
+    parser.add_argument("--out", default=None, help="write the table (markdown) here")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        one(json.loads(args.one))
+        return 0
+    if args.sizes is None:
+        args.sizes = [32, 256, 864] if args.device == "cpu" else [864, 32000, 131072]
+    text = header(args)
+    results = {}
+    for name in args.models:
+        for kind in args.structures:
+            for dtype in args.dtypes:
+                results[(name, kind, dtype)] = run_series(args, name, kind, dtype)
+    text += "\n" + table(results) + "\n"
+    if args.peers:
+        from peers import run_peers  # benchmarks/peers.py
+
+        text += "\n" + run_peers(args) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Neighbour lists in torch (a cell list on the positions' own device) and their reuse.
+
+``torch_neighbour_list`` returns the same edges as the matscipy path of
+``geoff.graph.neighbour_list`` (same ``(i, j, shift)`` set, in another order) for every pbc
+combination, triclinic cells and cells smaller than the cutoff (several periodic images of
+an atom), but runs wherever the positions are: on a GPU it saves the copy to the host and the
+CPU search that dominate a calculator call at large sizes.
+
+``NeighbourCache`` keeps a list built with ``cutoff + skin`` across MD steps and only
+re-filters it by the cutoff while no atom has moved more than ``skin / 2`` (Verlet list).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# Candidate pairs examined at once; bounds the search's memory (about 100 bytes a candidate).
+CANDIDATE_CHUNK = 1 << 24
+
+
+def _search_cell(positions: Tensor, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
+    """The cell of the matscipy path (non-periodic axes replaced by vectors spanning the
+    structure), computed from the bounding box alone so that only 6 numbers leave the device."""
+    from .graph import _neighbour_cell
+
+    corners = torch.stack([positions.amin(0), positions.amax(0)]).cpu().double().numpy()
+    return _neighbour_cell(corners, cell, pbc, cutoff)
+
+
+def _bins(heights: np.ndarray, cutoff: float, n_atoms: int) -> np.ndarray:
+    """Bins per axis: at least ``cutoff`` wide, and not many more than atoms (a sparse
+    molecule in a large box would otherwise allocate millions of empty bins)."""
+    n_bins = np.maximum(np.floor(heights / cutoff), 1).astype(np.int64)
+    while n_bins.prod() > max(8 * n_atoms, 27) and n_bins.max() > 1:
+        n_bins = np.maximum(n_bins // 2, 1)
+    return n_bins
+
+
+def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Edges within ``cutoff`` (Å) of every atom, on ``positions.device``.
+
+    Args: positions (N, 3) Å (any float dtype; the search runs in float64), cell (3, 3) rows
+    in Å, pbc (3,) bool, cutoff Å.
+    Returns ``(i, j, shifts, images)``: int64 (E,), int64 (E,), float64 (E, 3) Cartesian
+    shifts in Å with ``r_ij = x_j - x_i + shifts``, and int64 (E, 3) integer cell images
+    (``shifts = images @ cell``).
+    """
+    if not math.isfinite(cutoff) or cutoff <= 0:
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+    if positions.ndim != 2 or positions.shape[1] != 3 or positions.shape[0] == 0:
+        raise ValueError(f"positions must be (N, 3) with N >= 1, got {tuple(positions.shape)}")
+    device = positions.device
+    x = positions.detach().to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError("the structure has non-finite (NaN or inf) positions")
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    cell_np = _search_cell(x, np.asarray(cell, dtype=np.float64), pbc, cutoff)
+    volume = abs(np.linalg.det(cell_np))
+    if pbc.all():
+        from .graph import MAX_NEIGHBOURS_PER_ATOM
+
+        expected = x.shape[0] / volume * 4.0 / 3.0 * np.pi * cutoff**3
+        if expected > MAX_NEIGHBOURS_PER_ATOM:
+            raise ValueError(
+                f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
+                f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
+    heights = volume / np.linalg.norm(np.cross(cell_np[[1, 2, 0]], cell_np[[2, 0, 1]]), axis=1)
+    n_bins = _bins(heights, cutoff, x.shape[0])
+    reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)  # bin offsets to visit
+    reach[~pbc] = np.minimum(reach[~pbc], n_bins[~pbc])
+
+    cell_t = torch.as_tensor(cell_np, device=device)
+    periodic = torch.as_tensor(pbc, device=device)
+    frac = x @ torch.linalg.inv(cell_t)  # (N, 3)
+    # Periodic axes: wrap into [0, 1) and remember the image; others: translate to start at 0.
+    wrap = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
+    frac = frac - wrap
+    frac = torch.where(periodic, frac, frac - frac.amin(0))
+    wrapped = frac @ cell_t  # (N, 3) positions inside the search cell
+    nb = torch.as_tensor(n_bins, device=device)
+    atom_bin = torch.minimum((frac * nb).long(), nb - 1).clamp_min(0)  # (N, 3)
+    flat = (atom_bin[:, 0] * nb[1] + atom_bin[:, 1]) * nb[2] + atom_bin[:, 2]
+    order = torch.argsort(flat)
+    count = torch.bincount(flat, minlength=int(n_bins.prod()))
+    start = torch.cumsum(count, 0) - count
+
+    ranges = [torch.arange(-r, r + 1, device=device) for r in reach.tolist()]
+    offsets = torch.cartesian_prod(*ranges).reshape(-1, 3)  # (K, 3)
+    per_atom = max(1, int(count.max()) * offsets.shape[0])
+    chunk = max(1, CANDIDATE_CHUNK // per_atom)
+    parts = [
+        _pairs(a, min(a + chunk, x.shape[0]), atom_bin, offsets, nb, periodic, count, start,
+               order, wrapped, cell_t, cutoff)
+        for a in range(0, x.shape[0], chunk)
+    ]
+    i = torch.cat([p[0] for p in parts])
+    j = torch.cat([p[1] for p in parts])
+    image = torch.cat([p[2] for p in parts])
+    # Back from wrapped to the caller's positions: x = wrapped + wrap @ cell.
+    images = image + wrap.long()[i] - wrap.long()[j]
+    return i, j, images.double() @ cell_t, images
+
+
+def _pairs(a: int, b: int, atom_bin, offsets, nb, periodic, count, start, order, wrapped,
+           cell_t, cutoff):
+    """Pairs (i, j, image of j) with atoms a <= i < b in the wrapped frame, within cutoff."""
+    device = wrapped.device
+    target = atom_bin[a:b, None, :] + offsets[None]  # (n, K, 3)
+    inside = ((target >= 0) & (target < nb)) | periodic  # non-periodic axes do not wrap
+    valid = inside.all(-1)
+    image = torch.div(target, nb, rounding_mode="floor") * periodic  # (n, K, 3)
+    target = target - image * nb
+    flat = (target[..., 0] * nb[1] + target[..., 1]) * nb[2] + target[..., 2]
+    flat = torch.where(valid, flat, torch.zeros_like(flat))
+    n_cand = torch.where(valid, count[flat], torch.zeros_like(flat)).reshape(-1)
+    group = torch.repeat_interleave(torch.arange(n_cand.shape[0], device=device), n_cand)
+    first = torch.cumsum(n_cand, 0) - n_cand
+    rank = torch.arange(group.shape[0], device=device) - first[group]
+    j = order[start[flat.reshape(-1)[group]] + rank]
+    i = a + torch.div(group, offsets.shape[0], rounding_mode="floor")
+    img = image.reshape(-1, 3)[group]
+    vec = wrapped[j] - wrapped[i] + img.double() @ cell_t
+    keep = (vec.square().sum(-1) < cutoff * cutoff) & ~((i == j) & (img == 0).all(-1))
+    return i[keep], j[keep], img[keep]
+
+
+class NeighbourCache:
+    """A Verlet list: edges within ``cutoff + skin``, re-filtered by ``cutoff`` every call and
+    rebuilt only when an atom moved more than ``skin / 2`` (Å) since the build, or the cell,
+    pbc or number of atoms changed. The edges returned are exactly those of a fresh build
+    (a pair within ``cutoff`` now was within ``cutoff + skin`` at the build).
+
+    Call it as ``cache(positions, cell, pbc, cutoff) -> (i, j, shifts)``, tensors on the
+    positions' device; ``atoms_to_graph(..., neighbour_list=cache)`` does. ``builds`` counts
+    the searches done.
+    """
+
+    def __init__(self, skin: float = 1.0):
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.skin = float(skin)
+        self.builds = 0
+        self._key: Optional[tuple] = None
+        self._reference: Optional[Tensor] = None
+
+    def _stale(self, x: Tensor, key: tuple) -> bool:
+        if key != self._key or self._reference is None or self._reference.shape != x.shape:
+            return True
+        moved = (x - self._reference).square().sum(-1).max()
+        return bool(moved > (0.5 * self.skin) ** 2)
+
+    def __call__(self, positions, cell, pbc, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+        x = torch.as_tensor(positions).detach().to(torch.float64)
+        cell = np.asarray(cell, dtype=np.float64)
+        pbc = np.asarray(pbc, dtype=bool).reshape(3)
+        key = (cell.tobytes(), pbc.tobytes(), float(cutoff))
+        if self._stale(x, key):
+            i, j, _, images = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
+            self._i, self._j, self._images = i, j, images
+            self._reference, self._key = x.clone(), key
+            self.builds += 1
+        # Images are 0 along non-periodic axes, so the user's cell gives the shifts.
+        shifts = self._images.double() @ torch.as_tensor(cell, device=x.device)
+        vec = x[self._j] - x[self._i] + shifts
+        keep = vec.square().sum(-1) < cutoff * cutoff
+        return self._i[keep], self._j[keep], shifts[keep]

@@ -1,0 +1,127 @@
+"""The torch cell list against matscipy, and the Verlet cache against fresh builds."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import rattled_triclinic, small_model
+from geoff.graph import atoms_to_graph, neighbour_list
+from geoff.neighbours import NeighbourCache, torch_neighbour_list
+
+PBCS = list(itertools.product([False, True], repeat=3))
+
+
+def edge_set(i, j, shifts, cell):
+    """{(i, j, integer image)}: shifts in Å mapped back to whole cell vectors."""
+    shifts = np.asarray(shifts, dtype=np.float64)
+    images = np.zeros_like(shifts) if not shifts.size else shifts @ np.linalg.pinv(cell)
+    return {(int(a), int(b), *np.rint(s).astype(int)) for a, b, s in zip(i, j, images)}
+
+
+def assert_same_edges(positions, cell, pbc, cutoff):
+    ri, rj, rs = neighbour_list(positions, cell, np.array(pbc), cutoff)
+    ti, tj, ts, _ = torch_neighbour_list(torch.as_tensor(positions), cell, pbc, cutoff)
+    ref = edge_set(ri, rj, rs, cell)
+    got = edge_set(ti.numpy(), tj.numpy(), ts.numpy(), cell)
+    assert len(ti) == len(got)  # no edge twice
+    assert got == ref
+    vec = positions[tj.numpy()] - positions[ti.numpy()] + ts.numpy()
+    assert np.all(np.linalg.norm(vec, axis=1) < cutoff)
+
+
+@pytest.mark.parametrize("pbc", PBCS)
+def test_triclinic_every_pbc_matches_matscipy(pbc):
+    atoms = rattled_triclinic(seed=4)
+    assert_same_edges(atoms.positions, atoms.cell.array, pbc, 4.5)
+
+
+@pytest.mark.parametrize("pbc", PBCS)
+def test_cell_smaller_than_cutoff_matches_matscipy(pbc):
+    atoms = bulk("Cu", "fcc", a=3.6) * (1, 2, 1)  # primitive cell ~2.5 Å, cutoff 2-3 cells
+    atoms.rattle(0.05, seed=2)
+    assert_same_edges(atoms.positions, atoms.cell.array, pbc, 6.0)
+
+
+def test_atoms_outside_the_cell_and_slab_with_singular_cell():
+    atoms = rattled_triclinic(seed=1)
+    atoms.positions += np.array([-7.3, 11.2, 30.1])  # far outside [0, 1) in every direction
+    assert_same_edges(atoms.positions, atoms.cell.array, (True, True, True), 4.0)
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 1)
+    slab.cell[2] = 0.0
+    assert_same_edges(slab.positions, slab.cell.array, (True, True, False), 4.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), pbc=st.sampled_from(PBCS), n=st.integers(1, 40),
+       cutoff=st.floats(1.5, 7.0), shear=st.floats(-0.4, 0.4))
+def test_random_structures_match_matscipy(seed, pbc, n, cutoff, shear):
+    rng = np.random.default_rng(seed)
+    lengths = rng.uniform(2.0, 12.0, 3)
+    cell = np.diag(lengths) + shear * np.triu(rng.uniform(-1, 1, (3, 3)) * lengths.mean(), 1)
+    positions = rng.uniform(-0.2, 1.2, (n, 3)) @ cell
+    assert_same_edges(positions, cell, pbc, cutoff)
+
+
+def test_atoms_to_graph_torch_equals_matscipy_graph():
+    atoms = rattled_triclinic(seed=3)
+    model = small_model("schnet")
+    ref = atoms_to_graph(atoms, model, neighbour_list="matscipy")
+    got = atoms_to_graph(atoms, model, neighbour_list="torch")
+    e_ref, e_got = model(ref), model(got)
+    torch.testing.assert_close(e_got["energy"], e_ref["energy"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(e_got["forces"], e_ref["forces"], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="neighbour_list must be"):
+        atoms_to_graph(atoms, model, neighbour_list="vesin")
+
+
+def test_unit_mistake_is_refused():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    with pytest.raises(ValueError, match="neighbours per atom"):
+        torch_neighbour_list(torch.as_tensor(atoms.positions), atoms.cell.array, [True] * 3, 40.0)
+
+
+def test_cache_gives_fresh_build_results_over_md():
+    from ase.md.verlet import VelocityVerlet
+    from ase.units import fs
+
+    from geoff.calculators.ase import GeoffCalculator
+
+    atoms = rattled_triclinic(seed=5)
+    atoms.set_momenta(np.random.default_rng(0).normal(0, 8.0, (len(atoms), 3)))
+    model = small_model("painn")
+    cached = GeoffCalculator(model, dtype="float64", skin=0.4)
+    fresh = GeoffCalculator(model, dtype="float64", neighbour_list="matscipy")
+    atoms.calc = cached
+    steps = []
+    dyn = VelocityVerlet(atoms, timestep=2.0 * fs)
+    dyn.attach(lambda: steps.append((atoms.get_potential_energy(), atoms.get_forces().copy(),
+                                     atoms.positions.copy())))
+    dyn.run(20)
+    for energy, forces, positions in steps:
+        probe = atoms.copy()
+        probe.positions = positions
+        probe.calc = fresh
+        assert abs(probe.get_potential_energy() - energy) <= 1e-12
+        np.testing.assert_allclose(probe.get_forces(), forces, rtol=0, atol=1e-12)
+    builds = cached.neighbour_cache.builds
+    assert 1 < builds < len(steps)  # reused between builds, and rebuilt when atoms moved
+
+
+def test_cache_rebuilds_on_cell_change():
+    atoms = rattled_triclinic(seed=6)
+    cache = NeighbourCache(skin=0.5)
+    cache(torch.as_tensor(atoms.positions), atoms.cell.array, atoms.pbc, 4.0)
+    cache(torch.as_tensor(atoms.positions), atoms.cell.array, atoms.pbc, 4.0)
+    assert cache.builds == 1
+    atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
+    i, j, s = cache(torch.as_tensor(atoms.positions), atoms.cell.array, atoms.pbc, 4.0)
+    assert cache.builds == 2
+    assert edge_set(i, j, s, atoms.cell.array) == edge_set(
+        *neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0), atoms.cell.array)
+    with pytest.raises(ValueError, match="skin"):
+        NeighbourCache(skin=-1.0)
