@@ -110,7 +110,8 @@ def run(args) -> int:
         from ..checkpoint import load  # anything (elements, NaN, overlapping atoms)
         from ..graph import atoms_to_graph
 
-        atoms_to_graph(atoms, load(potential), min_distance=args.min_distance)
+        potential = load(potential)  # loaded once: the run takes the model itself
+        atoms_to_graph(atoms, potential, min_distance=args.min_distance)
     criteria = FailureCriteria(max_force=args.max_force,
                                temperature_factor=args.max_temperature_factor,
                                min_distance=args.min_distance,
