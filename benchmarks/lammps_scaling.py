@@ -28,17 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from lammps_decks import FCC_CU_BOX  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
-DECK = """\
-units metal
-atom_style atomic
-boundary p p p
-lattice fcc 3.615
-region box block 0 {n} 0 {n} 0 {n}
-create_box 1 box
-create_atoms 1 box
-mass 1 63.546
+DECK = FCC_CU_BOX + """\
 pair_style geoff graph {graph}
 pair_coeff * * {model} Cu
 neighbor 1.0 bin

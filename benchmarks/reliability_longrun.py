@@ -25,17 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lammps_decks import FCC_CU_BOX  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "models" / "cu_schnet"
 REPEAT = 2  # 2x2x2 cubic cells = 32 atoms (7.23 Å box > the 4.5 Å cutoff): the cheapest cell
-DECK = """units metal
-atom_style atomic
-boundary p p p
-lattice fcc 3.615
-region box block 0 {n} 0 {n} 0 {n}
-create_box 1 box
-create_atoms 1 box
-mass 1 63.546
+DECK = FCC_CU_BOX + """\
 pair_style geoff
 pair_coeff * * {model} Cu
 neighbor 1.0 bin
