@@ -18,7 +18,9 @@ One event from a minimum ``x0`` (energy ``E0``) and a region (an atom and its fi
    every atom's force is below ``fmax`` eV/Å.
 3. *check*: the lowest curvature below ``-curvature_tol`` and the lowest one orthogonal to it
    (a deflated Lanczos) above ``-curvature_tol``: a first-order saddle.
-4. *relax*: step ``exit_step`` Å off the saddle along ``v``, away from ``x0``, and minimise.
+4. *relax*: step ``exit_step`` Å off the saddle along ``v``, away from ``x0``, and minimise;
+   if that falls back into ``x0``, the saddle joins ``x0`` to the minimum on the other side:
+   relax that side instead.
 
 ``activate`` returns an ``Event``; the caller decides whether it is centred on its atom.
 """
@@ -249,12 +251,17 @@ def _finish(potential, x0, e0, found, s: ArtSettings, event: Event, relax, displ
         event.status = "no_barrier"
         return
     sign = 1.0 if mode @ moved >= 0 else -1.0
-    final, e_final = relax(x + sign * s.exit_step * mode)
-    event.final_displacement = float(np.linalg.norm(
-        displacement(final, x0).reshape(-1, 3), axis=1).max())
-    event.final_energy_change = e_final - e0
-    event.status = ("accepted" if event.final_displacement > s.min_event_displacement
-                    else "no_event")
+    for side in (sign, -sign):  # away from x0 first; if that falls back to x0, the other side
+        final, e_final = relax(x + side * s.exit_step * mode)
+        event.final_displacement = float(np.linalg.norm(
+            displacement(final, x0).reshape(-1, 3), axis=1).max())
+        event.final_energy_change = e_final - e0
+        event.extra.setdefault("sides", []).append(
+            (event.final_displacement, event.final_energy_change))
+        if event.final_displacement > s.min_event_displacement:
+            event.status = "accepted"
+            return
+    event.status = "no_event"
 
 
 def fire_relax(potential: Potential, x: np.ndarray, fmax: float, steps: int = 2000,

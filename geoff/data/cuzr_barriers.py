@@ -111,7 +111,7 @@ def _atoms_task(glass, atoms: Atoms, indices, attempts, seed, shell, settings, d
                 break
             event = activate(engine, x0, e0, region, rng, art,
                              relax=lambda x: engine.relax(x, ftol=1e-4),
-                             displacement=engine.displacement)
+                             displacement=lambda a, b: drift_free(engine.displacement(a, b)))
             status = event.status
             if status == "accepted":
                 most = int(np.argmax(event.saddle_displacement))
@@ -125,6 +125,13 @@ def _atoms_task(glass, atoms: Atoms, indices, attempts, seed, shell, settings, d
         if rec["outcomes"]:
             records.append(rec)
     return glass, records
+
+
+def drift_free(displacement: np.ndarray) -> np.ndarray:
+    """A displacement (3N,) less its mean: the climb may translate the whole periodic cell
+    (a zero mode), which is no event."""
+    d = displacement.reshape(-1, 3)
+    return (d - d.mean(axis=0)).ravel()
 
 
 class _Inline:
