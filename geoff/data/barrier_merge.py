@@ -63,7 +63,8 @@ def histogram(frames, path) -> Path:
     ax.set_xlabel("barrier (eV)")
     ax.set_ylabel("atoms")
     ax.set_title(f"Cu64Zr36, {len(frames)} glasses")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
