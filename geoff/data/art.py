@@ -175,6 +175,7 @@ def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, eve
         if value >= 0:  # back in a basin: push on away from x0, as in the activation
             lost += 1
             if lost > s.max_recover:
+                event.extra["converge_exit"] = "lost_curvature"
                 return None
             uphill = mode if mode @ (x - x0) >= 0 else -mode  # away from x0 along the mode
             x, energy, forces = _increment(potential, x, uphill, s)
@@ -197,6 +198,7 @@ def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, eve
         energy, forces = potential(x)
         hv = hessian_product(potential, x, forces, s.fd_step)
         value, mode = lanczos_lowest(hv, mode, s.lanczos_warm, s.lanczos_tol)
+    event.extra["converge_exit"] = "max_converge"
     return None
 
 
