@@ -82,3 +82,22 @@ def test_scripted_chunked_model_takes_the_plain_path(name):
 def test_negative_chunk_is_refused():
     with pytest.raises(ValueError, match="edge_chunk must be >= 0"):
         set_edge_chunk(small_model("schnet"), -1)
+
+
+@pytest.mark.parametrize("name", ["painn", "mace"])
+def test_unsorted_edges_and_an_isolated_atom(name):
+    """Edges in any order (LAMMPS, hand-made graphs) and an atom without neighbours."""
+    from ase import Atoms
+
+    model = small_model(name)
+    atoms = rattled_triclinic()
+    atoms = Atoms(atoms.get_chemical_symbols() + ["Cu"],
+                  positions=list(atoms.positions) + [[30.0, 30.0, 30.0]], pbc=False)
+    graph = atoms_to_graph(atoms, model, dtype=torch.float64)
+    assert int((graph["edge_index"][0] == len(atoms) - 1).sum()) == 0  # isolated
+    order = torch.randperm(graph["edge_index"].shape[1], generator=torch.Generator().manual_seed(0))
+    graph["edge_index"], graph["shifts"] = graph["edge_index"][:, order], graph["shifts"][order]
+    plain = set_edge_chunk(model, 0)(graph)
+    chunked = set_edge_chunk(model, CHUNK)(graph)
+    for key in ("energy", "energies", "forces"):
+        _close(chunked[key], plain[key])

@@ -338,11 +338,13 @@ class Convolution(EdgeMessages):
         sh, rbf = edges[0], edges[1]  # (E, irreps_sh.dim), (E, n_rbf)
         return self.tp(nodes[0][senders], sh, self.radial(rbf))  # [(E, D_k)]
 
+    def finish(self, sums: List[Tensor]) -> List[Tensor]:
+        summed = torch.cat(sums, dim=1)  # (n, tp.dim)
+        summed = summed.index_select(1, self.tp.to_irreps) * self.norm  # (n, tp.irreps_out.dim)
+        return [self.linear_out(summed)]  # (n, irreps_out.dim)
+
     def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor) -> Tensor:
-        pieces = self.aggregate([self.linear_in(h)], [sh, rbf], edge_index, h.shape[0])
-        summed = torch.cat(pieces, dim=1)  # (N, tp.dim)
-        summed = summed.index_select(1, self.tp.to_irreps) * self.norm  # (N, tp.irreps_out.dim)
-        return self.linear_out(summed)  # (N, irreps_out.dim)
+        return self.aggregate([self.linear_in(h)], [sh, rbf], edge_index, h.shape[0])[0]
 
 
 class EdgeEmbedding(nn.Module):
