@@ -11,7 +11,8 @@
 # memory is torch.cuda.max_memory_allocated over one energy+forces call minus what was
 # allocated before it (model and graph), over N. Timing: model alone (--model-only), float32.
 # Needs ase (and matscipy) from .whl/ (carry it): installed under $WORK/py, no index.
-# Results: $OUT/memory_gpu_<model>.md and memory_gpu.log.
+# Results: $OUT/memory_gpu_<model>.md and memory_gpu.log. DEVICE=cpu (with tiny SIZES and
+# MAX_ATOMS) checks the script on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 V=${PYTHON:-python3}
@@ -23,11 +24,11 @@ if ! "$V" -c "import ase" 2>/dev/null; then
   "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .whl/*.whl
 fi
 export PYTHONPATH="$(pwd):$WORK/py${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/memory_gpu.log"
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi"; } | tee "$OUT/memory_gpu.log"
 for model in ${MODELS:-mace painn schnet}; do
   left=$(( T_END - $(date +%s) ))
   if (( left < 20 )); then echo "deadline: $model not run" | tee -a "$OUT/memory_gpu.log"; continue; fi
-  "$V" benchmarks/speed.py --device cuda --models "$model" --structures cu --dtypes float32 \
+  "$V" benchmarks/speed.py --device "${DEVICE:-cuda}" --models "$model" --structures cu --dtypes float32 \
     --edge-chunks ${CHUNKS:-0 131072} --sizes ${SIZES:-32000} --grow \
     --max-atoms "${MAX_ATOMS:-1100000}" --model-only --repeats 2 --budget 10 \
     --deadline "$left" --out "$OUT/memory_gpu_$model.md" 2>>"$OUT/memory_gpu.log" \

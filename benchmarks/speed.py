@@ -195,6 +195,9 @@ def table(results: dict) -> str:
         largest = ok[-1]["atoms"] if ok else 0
         fail = next((r for r in rows if "failed" in r), None)
         note = f"{largest}" + (f" ({fail['atoms']}: {fail['failed']})" if fail else "")
+        if not ok and fail:  # not even the first size ran: say why
+            lines.append(f"| {name} | {kind} | {dtype} | {_chunk_name(chunk)} | {fail['atoms']} "
+                         f"| | | | | | | | {fail['failed']} |")
         for r in ok:
             lines.append(
                 f"| {name} | {kind} | {dtype} | {_chunk_name(chunk)} | {r['atoms']} | "

@@ -101,3 +101,19 @@ def test_unsorted_edges_and_an_isolated_atom(name):
     chunked = set_edge_chunk(model, CHUNK)(graph)
     for key in ("energy", "energies", "forces"):
         _close(chunked[key], plain[key])
+
+
+def test_calculator_knob_sets_every_layer():
+    from geoff.calculators import GeoffCalculator
+
+    model = small_model("nequip")
+    atoms = rattled_triclinic()
+    plain = GeoffCalculator(model, dtype="float64", edge_chunk=0)
+    chunked = GeoffCalculator(model, dtype="float64", edge_chunk=CHUNK)
+    assert {m.edge_chunk for m in chunked.model.modules() if isinstance(m, EdgeMessages)} == {CHUNK}
+    assert {m.edge_chunk for m in plain.model.modules() if isinstance(m, EdgeMessages)} == {0}
+    plain_forces = plain.get_forces(atoms)
+    torch.testing.assert_close(torch.as_tensor(chunked.get_forces(atoms)),
+                               torch.as_tensor(plain_forces), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.as_tensor(chunked.get_stress(atoms)),
+                               torch.as_tensor(plain.get_stress(atoms)), rtol=1e-10, atol=1e-12)
