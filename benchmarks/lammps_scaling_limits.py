@@ -128,6 +128,9 @@ def largest(kind: str, args, path, workdir, log) -> dict:
             ok, tried, note = attempt(kind, size, args, path, workdir)
             tries.append((tried, ok, note))
             log(f"{kind}: {tried} atoms {'fits' if ok else 'fails'} {note}")
+            if not ok and "out of memory" not in note.lower():
+                log(f"{kind}: stopped: the failure is not running out of memory")
+                return {"fits": fits, "fails": None, "tries": tries}
             if ok:
                 fits = max(fits, tried)
             else:
@@ -174,7 +177,7 @@ def main(argv=None):
         rows.append(f"| {'model alone' if kind == 'alone' else 'pair_style geoff'} | "
                     f"{r['fits']} | {r['fails'] if r['fails'] else '-'} |")
     ratio = ""
-    if results.get("alone", {}).get("fits") and results.get("lammps", {}).get("fits"):
+    if all(results.get(k, {}).get("fits") and results[k]["fails"] for k in ("alone", "lammps")):
         ratio = (f"\n\npair_style geoff / model alone: "
                  f"{results['lammps']['fits'] / results['alone']['fits']:.2f}")
     text = (f"# Largest system on one device: {args.model}, {args.dtype}, {args.device}\n\n"
