@@ -50,7 +50,8 @@ class ArtSettings:
     lanczos_tol: float = 0.01  # stop Lanczos once the lowest Ritz value moves less than this
     max_recover: int = 12 # pushes allowed when the curvature turns positive while converging
     fd_step: float = 1e-3  # finite-difference step of Hessian-vector products
-    fmax: float = 0.05  # saddle convergence: every atom's |F| below this
+    fmax: float = 0.05  # saddle convergence: every atom's |F| below this, and
+    max_newton: float = 0.05  # the Newton step along the lowest mode |F.v|/|lambda| below this
     max_converge: int = 150  # FIRE steps towards the saddle ("not_converged")
     curvature_tol: float = 0.01  # first order: lowest < -tol, second-lowest > -tol
     check_iters: int = 20  # deflated Lanczos for the second-lowest curvature
@@ -170,7 +171,10 @@ def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, eve
     velocity, dt, alpha, n_positive, lost = np.zeros_like(x), 0.1, 0.1, 0, 0
     for k in range(s.max_converge):
         event.converge_steps = k
-        if value < 0 and _fmax(forces) < s.fmax:
+        # Converged: small forces, and the saddle along the mode (a Newton step away) is
+        # near too; on a shallow mode a force of fmax can still leave it far away.
+        if value < 0 and _fmax(forces) < s.fmax and \
+                abs(forces @ mode) < s.max_newton * abs(value):
             return x, energy, forces, value, mode
         if value >= 0:  # back in a basin: push on away from x0, as in the activation
             lost += 1
