@@ -73,3 +73,15 @@ def test_hessian_product_and_deflation_on_the_saddle_curvature():
     start -= (start @ vecs[:, 0]) * vecs[:, 0]  # the Krylov space then stays orthogonal to it
     value, _ = lanczos_lowest(deflated, start, iters=3, tol=1e-12)
     assert value == pytest.approx(vals[1], rel=1e-2)
+
+
+def test_masked_hessian_product_is_the_local_block():
+    """With a mask, H v is the Hessian block of the masked coordinates (here x, y)."""
+    x0, _ = minimum(-0.558, 1.442)
+    step = 1e-5
+    h = np.array([-(muller_brown(x0 + step * e)[1] - muller_brown(x0 - step * e)[1]) / (2 * step)
+                  for e in np.eye(3)])
+    mask = np.array([1.0, 1.0, 0.0])
+    hv = hessian_product(muller_brown, x0, muller_brown(x0)[1], 1e-5, mask=mask)
+    v = np.array([0.6, 0.8, 0.5])
+    assert np.allclose(hv(v), mask * (h @ (mask * v)), atol=1e-3)

@@ -48,9 +48,10 @@ class ArtSettings:
     lanczos_iters: int = 12  # cold-start Lanczos (activation)
     lanczos_warm: int = 5  # warm-start Lanczos (convergence)
     lanczos_tol: float = 0.01  # stop Lanczos once the lowest Ritz value moves less than this
-    max_recover: int = 12 # pushes allowed when the curvature turns positive while converging
+    max_recover: int = 8  # successive pushes allowed when the curvature turns positive while converging
     fd_step: float = 1e-3  # finite-difference step of Hessian-vector products
-    fmax: float = 0.05  # saddle convergence: every atom's |F| below this
+    fmax: float = 0.05  # saddle convergence: every atom's |F| below this, and
+    max_newton: float = 0.05  # the Newton step along the lowest mode |F.v|/|lambda| below this
     max_converge: int = 150  # FIRE steps towards the saddle ("not_converged")
     curvature_tol: float = 0.01  # first order: lowest < -tol, second-lowest > -tol
     check_iters: int = 20  # deflated Lanczos for the second-lowest curvature
@@ -115,14 +116,19 @@ def lanczos_lowest(hv: Callable[[np.ndarray], np.ndarray], start: np.ndarray, it
 
 
 def hessian_product(potential: Potential, x: np.ndarray, forces: np.ndarray, step: float,
-                    project: Optional[np.ndarray] = None):
+                    project: Optional[np.ndarray] = None, mask: Optional[np.ndarray] = None):
     """``v -> H v`` at ``x`` (forward differences of forces, one call each); with
-    ``project`` (a unit vector u), the deflated ``(1 - u u^T) H (1 - u u^T)``."""
+    ``project`` (a unit vector u), the deflated ``(1 - u u^T) H (1 - u u^T)``; with ``mask``
+    (3N,) of 0/1, the block of H on the masked coordinates (a local region)."""
 
     def hv(v):
+        if mask is not None:
+            v = v * mask
         if project is not None:
             v = v - (project @ v) * project
         out = -(potential(x + step * v)[1] - forces) / step
+        if mask is not None:
+            out = out * mask
         if project is not None:
             out = out - (project @ out) * project
         return out
@@ -151,35 +157,39 @@ def _increment(potential, x, direction, s: ArtSettings):
     return x, energy, forces
 
 
-def _push(potential, x, forces, direction, s: ArtSettings, event: Event):
+def _push(potential, x, forces, direction, s: ArtSettings, event: Event, mask):
     """Activation; returns ``(x, energy, forces, lowest curvature, its mode)`` or None."""
     mode = direction
     for k in range(s.max_push):
         x, energy, forces = _increment(potential, x, direction, s)
         event.push_steps = k + 1
         if k + 1 >= s.min_push:
-            hv = hessian_product(potential, x, forces, s.fd_step)
+            hv = hessian_product(potential, x, forces, s.fd_step, mask=mask)
             value, mode = lanczos_lowest(hv, mode, s.lanczos_iters, s.lanczos_tol)
             if value < s.eig_threshold:
                 return x, energy, forces, value, mode
     return None
 
 
-def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, event: Event):
+def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, event: Event,
+              mask):
     """FIRE on the min-mode force; returns ``(x, energy, forces, value, mode)`` or None."""
     velocity, dt, alpha, n_positive, lost = np.zeros_like(x), 0.1, 0.1, 0, 0
     for k in range(s.max_converge):
         event.converge_steps = k
-        if value < 0 and _fmax(forces) < s.fmax:
+        # Converged: small forces, and the saddle along the mode (a Newton step away) is
+        # near too; on a shallow mode a force of fmax can still leave it far away.
+        if value < 0 and _fmax(forces) < s.fmax and \
+                abs(forces @ mode) < s.max_newton * abs(value):
             return x, energy, forces, value, mode
+        lost = lost + 1 if value >= 0 else 0
         if value >= 0:  # back in a basin: push on away from x0, as in the activation
-            lost += 1
             if lost > s.max_recover:
                 event.extra["converge_exit"] = "lost_curvature"
                 return None
             uphill = mode if mode @ (x - x0) >= 0 else -mode  # away from x0 along the mode
             x, energy, forces = _increment(potential, x, uphill, s)
-            hv = hessian_product(potential, x, forces, s.fd_step)
+            hv = hessian_product(potential, x, forces, s.fd_step, mask=mask)
             value, mode = lanczos_lowest(hv, mode, s.lanczos_iters, s.lanczos_tol)
             velocity[:] = 0.0
             continue
@@ -196,7 +206,7 @@ def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, eve
         velocity = velocity + dt * drive
         x = x + _capped(dt * velocity, s.max_move)
         energy, forces = potential(x)
-        hv = hessian_product(potential, x, forces, s.fd_step)
+        hv = hessian_product(potential, x, forces, s.fd_step, mask=mask)
         value, mode = lanczos_lowest(hv, mode, s.lanczos_warm, s.lanczos_tol)
     event.extra["converge_exit"] = "max_converge"
     return None
@@ -205,10 +215,13 @@ def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, eve
 def activate(potential: Potential, x0: np.ndarray, e0: float, region: Sequence[int],
              rng: np.random.Generator, settings: Optional[ArtSettings] = None,
              relax: Optional[Callable[[np.ndarray], Tuple[np.ndarray, float]]] = None,
-             displacement: Optional[Callable] = None) -> Event:
+             displacement: Optional[Callable] = None,
+             local: Optional[Sequence[int]] = None) -> Event:
     """One attempt from the minimum ``x0`` (3N,) of energy ``e0`` (eV).
 
-    ``region``: atom indices pushed at activation. ``relax(x) -> (x_min, e_min)`` minimises
+    ``region``: atom indices pushed at activation. ``local``: atoms whose Hessian block gives
+    the curvatures (default all): it keeps the lowest mode on the event, not on a soft spot
+    elsewhere in the cell. ``relax(x) -> (x_min, e_min)`` minimises
     (default: FIRE here). ``displacement(a, b)``: ``a - b`` (default plain difference).
     Statuses: ``accepted``; ``no_negative_curvature`` (activation ran out of increments);
     ``not_converged``; ``not_first_order``; ``no_barrier`` (saddle not above ``e0``);
@@ -222,25 +235,31 @@ def activate(potential: Potential, x0: np.ndarray, e0: float, region: Sequence[i
     direction = np.zeros_like(x0).reshape(-1, 3)
     direction[list(region)] = rng.normal(size=(len(region), 3))
     direction = direction.ravel() / np.linalg.norm(direction)
+    mask = None
+    if local is not None:
+        mask = np.zeros_like(x0).reshape(-1, 3)
+        mask[list(local)] = 1.0
+        mask = mask.ravel()
     _, f0 = counted(x0)
-    pushed = _push(counted, x0, f0, direction, s, event)
+    pushed = _push(counted, x0, f0, direction, s, event, mask)
     if pushed is not None:
         event.status = "not_converged"
-        found = _converge(counted, x0, *pushed, s, event)
+        found = _converge(counted, x0, *pushed, s, event, mask)
         if found is not None:
-            _finish(counted, x0, e0, found, s, event, relax, displacement)
+            _finish(counted, x0, e0, found, s, event, relax, displacement, mask)
     event.force_calls = counted.calls
     return event
 
 
-def _finish(potential, x0, e0, found, s: ArtSettings, event: Event, relax, displacement):
+def _finish(potential, x0, e0, found, s: ArtSettings, event: Event, relax, displacement,
+            mask):
     """Check the saddle, relax off it, and set the event's status."""
     x, energy, forces, value, mode = found
     # The convergence's warm Lanczos is loose (lanczos_tol): refine the lowest pair first.
-    value, mode = lanczos_lowest(hessian_product(potential, x, forces, s.fd_step), mode,
-                                 s.check_iters, tol=1e-4)
-    hv = hessian_product(potential, x, forces, s.fd_step, project=mode)
-    start = np.random.default_rng(0).normal(size=x.size)
+    value, mode = lanczos_lowest(hessian_product(potential, x, forces, s.fd_step, mask=mask),
+                                 mode, s.check_iters, tol=1e-4)
+    hv = hessian_product(potential, x, forces, s.fd_step, project=mode, mask=mask)
+    start = np.random.default_rng(0).normal(size=x.size) * (1.0 if mask is None else mask)
     second, _ = lanczos_lowest(hv, start - (mode @ start) * mode, s.check_iters, tol=1e-4)
     moved = displacement(x, x0)
     event.barrier, event.curvature, event.second_curvature = energy - e0, value, second

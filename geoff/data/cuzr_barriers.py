@@ -96,6 +96,8 @@ def _engine_for(key, atoms: Atoms):
 def _atoms_task(glass, atoms: Atoms, indices, attempts, seed, shell, settings, deadline):
     """Attempts on ``indices`` of one glass; stops starting attempts at ``deadline``
     (``time.time()``). Returns one record per atom that was tried at least once."""
+    if deadline is not None and time.time() > deadline:
+        return glass, []
     engine = _engine_for((seed, glass), atoms)
     x0 = atoms.positions.ravel().copy()
     e0 = engine(x0)[0]
