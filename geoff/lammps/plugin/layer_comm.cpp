@@ -120,7 +120,9 @@ bool PairGeoff::init_style_layers()
   lc.probed = false;    // send lists are found again at the first call
   ghostneigh = 0;
   neighbor->add_request(this, NeighConst::REQ_FULL);
-  comm_forward = comm_reverse = std::max(lc.max_width, 1);
+  // A float32 model's rows travel as float pairs packed into LAMMPS' doubles (half the bytes).
+  lc.single = torch_->dtype == torch::kFloat32;
+  comm_forward = comm_reverse = std::max(lc.slots(lc.max_width), 1);
   std::string names;
   for (const auto &name : lc.names) names += (names.empty() ? "" : ", ") + name;
   if (comm->me == 0)
@@ -180,6 +182,20 @@ void PairGeoff::unpack_reverse_comm(int n, int *list, double *buf)
 {
   GeoffLayerComm &lc = *layers_;
   int m = 0;
+  if (lc.single) {    // each double holds two floats: add them as floats
+    for (int i = 0; i < n; ++i) {
+      double *dst = lc.buf.data() + (size_t) list[i] * lc.width + lc.col0;
+      for (int c = 0; c < lc.ncols; ++c) {
+        float a[2], b[2];
+        std::memcpy(a, dst + c, sizeof a);
+        std::memcpy(b, buf + m++, sizeof b);
+        a[0] += b[0];
+        a[1] += b[1];
+        std::memcpy(dst + c, a, sizeof a);
+      }
+    }
+    return;
+  }
   for (int i = 0; i < n; ++i) {
     double *dst = lc.buf.data() + (size_t) list[i] * lc.width + lc.col0;
     for (int c = 0; c < lc.ncols; ++c) dst[c] += buf[m++];
@@ -221,7 +237,8 @@ void PairGeoff::probe_send_rows()
    the ghost rows' (graph rows nlocal..n-1) values from their owners.
    rows_reverse: `ghosts` holds the gradients of the ghost rows; on return `send` holds what
    the other copies of the send_rows added up to (to be added to their own gradients).
-   T is the model's dtype (float or double); LAMMPS' buffers are doubles.
+   T is the model's dtype (float or double); LAMMPS' buffers are doubles, and a row of w
+   values takes lc.slots(w) of them (float32: two values per double, copied bit for bit).
 ------------------------------------------------------------------------- */
 
 void PairGeoff::exchange(int width, bool forward)
@@ -241,26 +258,21 @@ void PairGeoff::exchange(int width, bool forward)
 }
 
 namespace {
-// dst row rows[k] (of a width-`w` double matrix) <- src row k, for every k.
+// Row rows[k] of `dst` (a matrix of `stride` doubles per row) <- the w values of row k of
+// `src`, bit for bit (float32 rows are packed two values per double).
 template <typename T>
-void put_rows(double *dst, const T *src, const int *rows, size_t count, int w)
+void put_rows(double *dst, size_t stride, const T *src, const int *rows, size_t count, int w)
 {
-  for (size_t k = 0; k < count; ++k) {
-    double *d = dst + (size_t) rows[k] * w;
-    const T *s = src + k * w;
-    for (int c = 0; c < w; ++c) d[c] = s[c];
-  }
+  for (size_t k = 0; k < count; ++k)
+    std::memcpy(dst + (size_t) rows[k] * stride, src + k * w, sizeof(T) * w);
 }
 
-// dst row k <- src row rows[k], for every k.
+// Row k of `dst` <- the w values in row rows[k] of `src`.
 template <typename T>
-void get_rows(T *dst, const double *src, const int *rows, size_t count, int w)
+void get_rows(T *dst, const double *src, size_t stride, const int *rows, size_t count, int w)
 {
-  for (size_t k = 0; k < count; ++k) {
-    const double *s = src + (size_t) rows[k] * w;
-    T *d = dst + k * w;
-    for (int c = 0; c < w; ++c) d[c] = (T) s[c];
-  }
+  for (size_t k = 0; k < count; ++k)
+    std::memcpy(dst + k * w, src + (size_t) rows[k] * stride, sizeof(T) * w);
 }
 
 void grow(std::vector<double> &buf, size_t need)
@@ -275,11 +287,13 @@ void PairGeoff::rows_forward(const T *send, T *ghosts, int width)
   GeoffLayerComm &lc = *layers_;
   const int nlocal = atom->nlocal;
   const int n = (int) graph_atoms.size();
-  grow(lc.buf, (size_t) (nlocal + atom->nghost) * width);
+  const size_t stride = lc.slots(width);
+  grow(lc.buf, (size_t) (nlocal + atom->nghost) * stride);
   // Only the rows LAMMPS packs are written: every ghost is unpacked before it is relayed.
-  put_rows(lc.buf.data(), send, lc.send_rows.data(), lc.send_rows.size(), width);
-  exchange(width, true);
-  if (n > nlocal) get_rows(ghosts, lc.buf.data(), graph_atoms.data() + nlocal, n - nlocal, width);
+  put_rows(lc.buf.data(), stride, send, lc.send_rows.data(), lc.send_rows.size(), width);
+  exchange((int) stride, true);
+  if (n > nlocal)
+    get_rows(ghosts, lc.buf.data(), stride, graph_atoms.data() + nlocal, n - nlocal, width);
 }
 
 template <typename T>
@@ -289,14 +303,16 @@ void PairGeoff::rows_reverse(const T *ghosts, T *send, int width)
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const int n = (int) graph_atoms.size();
-  const size_t w = width;
-  grow(lc.buf, (size_t) nall * w);
+  const size_t stride = lc.slots(width);
+  grow(lc.buf, (size_t) nall * stride);
   // Every ghost is packed (zero unless it is a graph row); the send rows are summed into.
-  std::fill(lc.buf.begin() + (size_t) nlocal * w, lc.buf.begin() + (size_t) nall * w, 0.0);
-  for (int i : lc.send_rows) std::fill_n(lc.buf.begin() + (size_t) i * w, w, 0.0);
-  if (n > nlocal) put_rows(lc.buf.data(), ghosts, graph_atoms.data() + nlocal, n - nlocal, width);
-  exchange(width, false);
-  get_rows(send, lc.buf.data(), lc.send_rows.data(), lc.send_rows.size(), width);
+  std::fill(lc.buf.begin() + (size_t) nlocal * stride, lc.buf.begin() + (size_t) nall * stride,
+            0.0);
+  for (int i : lc.send_rows) std::fill_n(lc.buf.begin() + (size_t) i * stride, stride, 0.0);
+  if (n > nlocal)
+    put_rows(lc.buf.data(), stride, ghosts, graph_atoms.data() + nlocal, n - nlocal, width);
+  exchange((int) stride, false);
+  get_rows(send, lc.buf.data(), stride, lc.send_rows.data(), lc.send_rows.size(), width);
 }
 
 template void PairGeoff::rows_forward<float>(const float *, float *, int);
@@ -392,8 +408,12 @@ void PairGeoff::compute_layers(int eflag, int vflag)
 
   if (nlocal == 0) {
     // No atoms here: take part in every exchange (this rank may relay ghosts).
-    for (int k = 0; k + 1 < n_layers; ++k) rows_forward<double>(nullptr, nullptr, lc.widths[k]);
-    for (int k = n_layers - 2; k >= 0; --k) rows_reverse<double>(nullptr, nullptr, lc.widths[k]);
+    for (int k = 0; k + 1 < n_layers; ++k)
+      lc.single ? rows_forward<float>(nullptr, nullptr, lc.widths[k])
+                : rows_forward<double>(nullptr, nullptr, lc.widths[k]);
+    for (int k = n_layers - 2; k >= 0; --k)
+      lc.single ? rows_reverse<float>(nullptr, nullptr, lc.widths[k])
+                : rows_reverse<double>(nullptr, nullptr, lc.widths[k]);
   } else {
     run_layers(n_edges);
   }

@@ -45,6 +45,8 @@ struct GeoffLayerComm {
   // headroom, never shrunk or zeroed as a whole.
   std::vector<double> buf;
   int width = 0, col0 = 0, ncols = 0;
+  bool single = false;    // float32 model: two values per double (unpack_reverse adds floats)
+  int slots(int values) const { return single ? (values + 1) / 2 : values; }
 
   // Seconds on this rank since the run's setup, by phase (pair_style ... timing sync waits for
   // the device at each phase boundary, so that device work is counted where it runs):
