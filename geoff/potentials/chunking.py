@@ -117,8 +117,10 @@ class RowChunked(nn.Module):
 
     def map_rows(self, inputs: List[Tensor]) -> Tensor:
         """``rows(inputs)``, in checkpointed atom chunks when there are many atoms."""
+        if torch.jit.is_scripting():  # TorchScript cannot see ATOM_WEIGHT nor checkpoint
+            return self.rows(inputs)
         chunk = self.edge_chunk // self.ATOM_WEIGHT
-        if torch.jit.is_scripting() or chunk <= 0 or inputs[0].shape[0] <= chunk:
+        if chunk <= 0 or inputs[0].shape[0] <= chunk:
             return self.rows(inputs)
         return self._map_rows_chunked(inputs, chunk)
 
