@@ -174,7 +174,7 @@ def _push(potential, x, forces, direction, s: ArtSettings, event: Event, mask):
 def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, event: Event,
               mask):
     """FIRE on the min-mode force; returns ``(x, energy, forces, value, mode)`` or None."""
-    velocity, dt, alpha, n_positive, lost = np.zeros_like(x), 0.1, 0.1, 0, 0
+    fire, lost = _Fire(x.size, dt_max=0.5, max_move=s.max_move), 0
     for k in range(s.max_converge):
         event.converge_steps = k
         # Converged: small forces, and the saddle along the mode (a Newton step away) is
@@ -191,20 +191,9 @@ def _converge(potential, x0, x, energy, forces, value, mode, s: ArtSettings, eve
             x, energy, forces = _increment(potential, x, uphill, s)
             hv = hessian_product(potential, x, forces, s.fd_step, mask=mask)
             value, mode = lanczos_lowest(hv, mode, s.lanczos_iters, s.lanczos_tol)
-            velocity[:] = 0.0
+            fire.velocity[:] = 0.0
             continue
-        drive = forces - 2.0 * (forces @ mode) * mode
-        power = float(velocity @ drive)
-        if power > 0:
-            norm_d = np.linalg.norm(drive)
-            velocity = (1 - alpha) * velocity + alpha * np.linalg.norm(velocity) * drive / norm_d
-            n_positive += 1
-            if n_positive > 5:
-                dt, alpha = min(1.1 * dt, 0.5), 0.99 * alpha
-        else:
-            velocity[:], dt, alpha, n_positive = 0.0, 0.5 * dt, 0.1, 0
-        velocity = velocity + dt * drive
-        x = x + _capped(dt * velocity, s.max_move)
+        x = fire.step(x, forces - 2.0 * (forces @ mode) * mode)
         energy, forces = potential(x)
         hv = hessian_product(potential, x, forces, s.fd_step, mask=mask)
         value, mode = lanczos_lowest(hv, mode, s.lanczos_warm, s.lanczos_tol)
@@ -285,24 +274,34 @@ def _finish(potential, x0, e0, found, s: ArtSettings, event: Event, relax, displ
     event.status = "no_event"
 
 
+class _Fire:
+    """FIRE (Bitzek et al. 2006) with ASE's parameters and unit masses: ``step(x, drive)``."""
+
+    def __init__(self, size: int, dt_max: float, max_move: float):
+        self.velocity, self.dt, self.alpha, self.n_positive = np.zeros(size), 0.1, 0.1, 0
+        self.dt_max, self.max_move = dt_max, max_move
+
+    def step(self, x: np.ndarray, drive: np.ndarray) -> np.ndarray:
+        if float(self.velocity @ drive) > 0:
+            self.velocity = ((1 - self.alpha) * self.velocity + self.alpha
+                             * np.linalg.norm(self.velocity) * drive / np.linalg.norm(drive))
+            self.n_positive += 1
+            if self.n_positive > 5:
+                self.dt, self.alpha = min(1.1 * self.dt, self.dt_max), 0.99 * self.alpha
+        else:
+            self.velocity[:], self.dt, self.alpha, self.n_positive = 0.0, 0.5 * self.dt, 0.1, 0
+        self.velocity = self.velocity + self.dt * drive
+        return x + _capped(self.dt * self.velocity, self.max_move)
+
+
 def fire_relax(potential: Potential, x: np.ndarray, fmax: float, steps: int = 2000,
                max_move: float = 0.1) -> Tuple[np.ndarray, float]:
-    """FIRE minimisation (ASE's parameters, unit masses) to ``fmax`` eV/Å; ``(x, energy)``."""
-    velocity, dt, alpha, n_positive = np.zeros_like(x), 0.1, 0.1, 0
+    """FIRE minimisation to ``fmax`` eV/Å; returns ``(x, energy)``."""
+    fire = _Fire(x.size, dt_max=1.0, max_move=max_move)
     energy, forces = potential(x)
     for _ in range(steps):
         if _fmax(forces) < fmax:
             break
-        power = float(velocity @ forces)
-        if power > 0:
-            velocity = ((1 - alpha) * velocity
-                        + alpha * np.linalg.norm(velocity) * forces / np.linalg.norm(forces))
-            n_positive += 1
-            if n_positive > 5:
-                dt, alpha = min(1.1 * dt, 1.0), 0.99 * alpha
-        else:
-            velocity[:], dt, alpha, n_positive = 0.0, 0.5 * dt, 0.1, 0
-        velocity = velocity + dt * forces
-        x = x + _capped(dt * velocity, max_move)
+        x = fire.step(x, forces)
         energy, forces = potential(x)
     return x, energy
