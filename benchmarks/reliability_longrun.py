@@ -3,7 +3,7 @@ memory of the process sampled over the run.
 
   python benchmarks/reliability_longrun.py --engine md --steps 100000 --out longrun/md
   python benchmarks/reliability_longrun.py --engine lammps --steps 100000 --out longrun/lammps
-  python benchmarks/reliability_longrun.py --summary longrun/md longrun/lammps
+  python benchmarks/reliability_longrun.py --summary longrun/md longrun/lammps [--plot f.png]
 
 Each run writes ``<out>/rss.csv`` (wall seconds, resident set size in MiB, every --every
 seconds) and ``<out>/summary.json``: steps, wall time, energy drift (linear fit of the total
@@ -171,6 +171,31 @@ def analyse(engine: str, out: Path) -> dict:
             "rss_second_half_max_rel": float(late.max() / med - 1.0)}
 
 
+def plot(outs: list[Path], png: Path) -> None:
+    """Resident memory (MiB) and total-energy deviation (meV/atom) over each run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rss, ax_e) = plt.subplots(2, 1, figsize=(7, 6))
+    for out in outs:
+        engine = "md" if (out / "run").exists() else "lammps"
+        label = {"md": "geoff md (ASE)", "lammps": "LAMMPS pair_style geoff"}[engine]
+        rss = np.loadtxt(out / "rss.csv", delimiter=",", skiprows=1, ndmin=2)
+        rss = rss[rss[:, 1] > 0]
+        ax_rss.plot(rss[:, 0] / 60.0, rss[:, 1], label=label)
+        t, e = md_thermo(out / "run") if engine == "md" else lammps_thermo(out / "log.lammps")
+        ax_e.plot(t, 1000.0 * (e - e[0]) / (4 * REPEAT**3), label=label, lw=0.6)
+    ax_rss.set(xlabel="wall time (min)", ylabel="resident memory (MiB)", ylim=(0, None))
+    ax_e.set(xlabel="simulated time (ps)", ylabel="E_tot - E_tot(0) (meV/atom)")
+    for ax in (ax_rss, ax_e):
+        ax.legend(fontsize=8)
+    fig.suptitle("NVE, 32 Cu atoms, cu_schnet float64, dt 1 fs, CPU", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", choices=["md", "lammps"])
@@ -180,7 +205,10 @@ def main() -> int:
     p.add_argument("--log-every", type=int, default=100, help="thermo interval, steps")
     p.add_argument("--device", default="cpu", help="cpu or cuda (geoff md only)")
     p.add_argument("--summary", nargs="*", type=Path, help="re-analyse finished runs")
+    p.add_argument("--plot", type=Path, help="with --summary: write this PNG (RSS, E_tot)")
     a = p.parse_args()
+    if a.plot and a.summary:
+        plot(a.summary, a.plot)
     if a.summary:
         for out in a.summary:
             s = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \

@@ -213,8 +213,9 @@ def draw_cases(n, seed_=None):
     return cases
 
 
-def check_lammps(tmp_path, calculator, n, seed_=None):
-    """Draw n boxes, run them in a LAMMPS worker process, compare with the calculator."""
+def check_lammps(tmp_path, calculator, n, seed_=None, cases=None):
+    """Draw n boxes (or take ``cases``), run them in a LAMMPS worker process, compare with
+    the calculator."""
     import subprocess
     import sys
     from pathlib import Path
@@ -226,7 +227,7 @@ def check_lammps(tmp_path, calculator, n, seed_=None):
     if not is_built():
         pytest.skip("pair_style geoff is not built (geoff lammps build)")
     model = export(calculator.model, tmp_path / "fuzz.pt", dtype="float64")
-    cases = draw_cases(n, seed_)
+    cases = cases if cases is not None else draw_cases(n, seed_)
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     worker = Path(__file__).with_name("lammps_fuzz_worker.py")
     proc = subprocess.run([sys.executable, str(worker), str(model), str(tmp_path / "cases.json")],
@@ -247,6 +248,8 @@ def check_lammps(tmp_path, calculator, n, seed_=None):
         if "error" in row:
             # LAMMPS' own limits on boxes are clean errors, not crashes; say which.
             assert row["error"].strip(), case["fuzz"]
+            assert "overlap threshold" not in row["error"], \
+                f"{case['fuzz']}: LAMMPS saw an overlap the calculator did not: {row['error']}"
             record("lammps", f"ERROR where ASE ran: {row['error'][:50]}")
             continue
         assert np.isfinite(row["energy"]) and np.isfinite(row["forces"]).all(), case["fuzz"]
@@ -257,6 +260,23 @@ def check_lammps(tmp_path, calculator, n, seed_=None):
 
 def test_lammps_fast(tmp_path, calculator):
     check_lammps(tmp_path, calculator, 25)
+
+
+# Found by the slow run (seed 3): two atoms 1.3e-6 Å apart in a thin triclinic box gave
+# LAMMPS' "Neighbor list overflow, boost neigh_modify one" instead of naming the two atoms.
+THIN_BOX_NEAR_COINCIDENT = {
+    "lx": 1.9836065418561664, "ly": 0.44576005383060335, "lz": 1.0, "xy": -0.2940291378551104,
+    "xz": 0.9140183179272261, "yz": -0.1664474738821403, "pbc": [True, True, True],
+    "positions": [[3.347387615461562, -1.417051196444154, 3.0],
+                  [3.3473882580478302, -1.417050125467039, 2.999999571609154]],
+    "types": [1, 2], "fuzz": "thin box, pbc [1, 1, 1], near_coincident (seed 3)"}
+
+
+def test_lammps_regression_cases(tmp_path, calculator):
+    key = "ERROR (ASE: ValueError apart)"
+    before = COUNTS.get("lammps", {}).get(key, 0)
+    check_lammps(tmp_path, calculator, 1, cases=[THIN_BOX_NEAR_COINCIDENT])
+    assert COUNTS["lammps"][key] == before + 1  # the overlap error, not LAMMPS' overflow
 
 
 @pytest.mark.slow

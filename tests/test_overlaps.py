@@ -133,3 +133,16 @@ def test_geoff_md_reference_potential_fails_at_step_zero(tmp_path):
                   cwd=tmp_path)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "FAILED at step 0 (distance)" in r.stdout
+
+
+def test_gitignore_covers_what_decks_and_demo_write():
+    """The example decks write log.lammps (and log.cite), `make demo` demo-output/, `geoff md`
+    md-output/: none of them may show up as untracked files."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = ["log.lammps", "examples/lammps/log.lammps", "examples/lammps/log.cite",
+               "log.lammps.0", "demo-output/report.md", "md-output/thermo.csv"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *written], cwd=root,
+                       capture_output=True, text=True)
+    assert sorted(r.stdout.split()) == sorted(written), r.stdout + r.stderr

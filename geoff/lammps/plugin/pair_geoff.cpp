@@ -41,6 +41,7 @@
 #include "neighbor.h"
 #include "timer.h"
 #include "update.h"
+#include "overlap_check.h"
 #include "zip_check.h"
 
 #include <ATen/Parallel.h>
@@ -436,6 +437,10 @@ void PairGeoff::init_style()
                "closer than the {} A overlap threshold: the periodic box is too small; check "
                "its size and units, or turn the check off with `pair_style geoff overlap 0`",
                shortest, overlap);
+  // Coincident atoms can overflow LAMMPS' neighbour list in its first build, before compute()
+  // sees them: look for them now, from the positions (overlap_check.cpp).
+  const GeoffClosePair close = closest_owned_pair(lmp, overlap);
+  if (close.i >= 0) min_rsq = close.rsq, min_i = close.i, min_j = close.j, stop_on_overlap();
   if (images > 1e5)
     error->all(FLERR, "pair_style geoff: the periodic box is too thin for the {} A cutoff "
                "(thicknesses {:.3g} {:.3g} {:.3g} A): every atom would need {:.3g} periodic "
