@@ -269,7 +269,8 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
   }
-  read_layer_metadata(extra[METADATA_FILE]);    // graph layers: layer_comm.cpp
+  metadata_json = extra[METADATA_FILE];
+  read_layer_metadata(metadata_json);    // graph layers: layer_comm.cpp
   if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
@@ -297,9 +298,9 @@ void PairGeoff::coeff(int narg, char **arg)
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
+                   "{}: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
                    "layer(s), {} torch thread(s), overlap check {} A\n",
-                   model_name, model_file, model_dtype, torch_->device.str(), join(species),
+                   log_name, model_name, model_file, model_dtype, torch_->device.str(), join(species),
                    cutoff, n_layers, at::get_num_threads(), overlap);
 }
 
