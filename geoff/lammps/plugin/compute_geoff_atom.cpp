@@ -137,6 +137,16 @@ void ComputeGeoffAtom::init()
   if (!ghosts && atom->tag_enable == 0)
     error->all(FLERR, "compute geoff/atom needs atom IDs (atom_modify id yes)");
   if (ghosts) check_ghost_shell();
+  // The list's cutoff may exceed the pair style's: LAMMPS then needs ghosts out to cutoff +
+  // skin (one cutoff sphere, what the periodic graph reads), which costs little; a deeper
+  // shell (several ranks) is the user's choice, checked above.
+  const double one_shell = engine->cutoff + neighbor->skin;
+  if (comm->cutghostuser < one_shell) {
+    if (comm->me == 0 && force->pair && force->pair->cutforce < engine->cutoff)
+      utils::logmesg(lmp, "compute {} geoff/atom: ghost cutoff raised to the model's cutoff "
+                     "+ skin, {} A\n", id, one_shell);
+    comm->cutghostuser = one_shell;
+  }
 
   int flags = NeighConst::REQ_FULL | NeighConst::REQ_OCCASIONAL;
   if (ghosts) flags |= NeighConst::REQ_GHOST;
