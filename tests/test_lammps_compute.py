@@ -147,9 +147,9 @@ def dumped_frames(path):
     return frames
 
 
-def run_deck(workdir, path, label, ranks, comm=""):
+def run_deck(workdir, path, label, ranks, comm="", pair_cut=CUTOFF / 2):
     deck, dump = workdir / f"in.{label}", workdir / f"dump.{label}"
-    deck.write_text(DECK.format(pair_cut=CUTOFF / 2, comm=comm, model=path, dump=dump))
+    deck.write_text(DECK.format(pair_cut=pair_cut, comm=comm, model=path, dump=dump))
     command = [str(LMP), "-in", str(deck), "-log", "none"]
     if ranks > 1:
         command = [str(BIN / "mpirun"), "-np", str(ranks)] + command
@@ -165,7 +165,9 @@ def test_dumped_run_matches_ase(name, ranks, exported, workdir):
     model, path = exported(name)
     shell = model.n_layers * CUTOFF + 1.0
     comm = f"comm_modify cutoff {shell}" if ranks > 1 else ""
-    out, dump = run_deck(workdir, path, f"{name}_np{ranks}", ranks, comm)
+    # Several ranks: ghosts' neighbours come from LAMMPS within the pair style's cutoff.
+    pair_cut = CUTOFF if ranks > 1 else CUTOFF / 2
+    out, dump = run_deck(workdir, path, f"{name}_np{ranks}", ranks, comm, pair_cut)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "c_P[1] = barrier_mean, c_P[2] = barrier_min" in out.stdout
     frames = dumped_frames(dump)
@@ -186,10 +188,22 @@ def test_dumped_run_matches_ase(name, ranks, exported, workdir):
 def test_error_ghost_shell_too_thin(exported, workdir):
     """Several ranks without the ghost shell: the error names the comm_modify line."""
     model, path = exported("schnet")
-    out, _ = run_deck(workdir, path, "thin_shell", 2)
+    out, _ = run_deck(workdir, path, "thin_shell", 2, pair_cut=CUTOFF)
     assert out.returncode != 0
     need = model.n_layers * CUTOFF + 1.0
     assert "compute geoff/atom" in out.stdout and f"comm_modify cutoff {need:g}" in out.stdout, \
+        out.stdout[-3000:]
+
+
+def test_error_pair_cutoff_shorter_than_the_model(exported, workdir):
+    """Several ranks with a pair style whose cutoff is shorter than the model's: ghosts'
+    neighbours would be missing, so the compute stops and names the overlay to add."""
+    model, path = exported("schnet")
+    comm = f"comm_modify cutoff {model.n_layers * CUTOFF + 1.0}"
+    out, _ = run_deck(workdir, path, "short_pair", 2, comm, pair_cut=CUTOFF / 2)
+    assert out.returncode != 0
+    assert "the neighbours of ghost atoms come from the pair style's cutoff" in out.stdout
+    assert f"pair_style hybrid/overlay <your pair style ...> zero {CUTOFF:g}" in out.stdout, \
         out.stdout[-3000:]
 
 

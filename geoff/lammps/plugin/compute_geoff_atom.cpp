@@ -2,10 +2,11 @@
    compute geoff/atom: per-atom property heads of a geoff model during a run (see the header).
 
    Each evaluation (a dump or variable asking for c_ID): build this compute's occasional full
-   neighbour list (the model's cutoff, whatever the pair style's), let the private PairGeoff
-   build its graph from it, call model.forward(graph, compute_forces=False,
-   compute_stress=False) without autograd, and keep the first nlocal rows of each property
-   output (both graphs put the local atoms first, at their LAMMPS index).
+   neighbour list (the model's cutoff, whatever the pair style's; on several ranks a perpetual
+   list with the neighbours of ghosts, which LAMMPS cannot build occasionally), let the
+   private PairGeoff build its graph from it, call model.forward(graph,
+   compute_forces=False, compute_stress=False) without autograd, and keep the first nlocal
+   rows of each property output (both graphs put the local atoms first, at their index).
 ------------------------------------------------------------------------- */
 
 // LAMMPS headers first: they bring LAMMPS' own fmt, which must win over torch's.
@@ -148,17 +149,34 @@ void ComputeGeoffAtom::init()
     comm->cutghostuser = one_shell;
   }
 
-  int flags = NeighConst::REQ_FULL | NeighConst::REQ_OCCASIONAL;
-  if (ghosts) flags |= NeighConst::REQ_GHOST;
+  // LAMMPS builds no occasional list with ghost neighbours: on several ranks the list is a
+  // perpetual one (rebuilt at every reneighbouring, as the pair style's graph ghosts list).
+  const int flags = NeighConst::REQ_FULL |
+      (ghosts ? NeighConst::REQ_GHOST : NeighConst::REQ_OCCASIONAL);
   neighbor->add_request(this, flags)->set_cutoff(engine->cutoff);
 }
 
 // Several ranks (graph ghosts): a local atom's property reads atoms up to n_layers cutoffs
-// away, and atoms move up to skin/2 between neighbour-list builds.
+// away, and atoms move up to skin/2 between neighbour-list builds. LAMMPS finds the
+// neighbours of ghost atoms within the pair style's cutoff (+ skin), not the list's own
+// cutoff: that must reach the model's cutoff for every pair of types.
 void ComputeGeoffAtom::check_ghost_shell()
 {
   const double skin = neighbor->skin;
   const double cutoff = engine->cutoff;
+  const int ntypes = atom->ntypes;
+  double shortest = force->pair ? 1e300 : 0.0;
+  for (int i = 1; force->pair && i <= ntypes; ++i)
+    for (int j = i; j <= ntypes; ++j)
+      shortest = std::min(shortest, std::sqrt(force->pair->cutsq[i][j]));
+  if (shortest < cutoff - 1e-9)
+    error->all(FLERR,
+               "compute geoff/atom: on {} MPI ranks the neighbours of ghost atoms come from "
+               "the pair style's cutoff ({} A for some pair of atom types), shorter than the "
+               "{} A cutoff of model '{}'. Overlay a zero pair style that reaches it, e.g.\n\n"
+               "    pair_style hybrid/overlay <your pair style ...> zero {}\n"
+               "    pair_coeff * * zero\n\n(or run on one rank, where any pair style works)",
+               comm->nprocs, force->pair ? shortest : 0.0, cutoff, engine->model_file, cutoff);
   const double need = engine->n_layers * cutoff + skin;
   double have = std::max(comm->cutghostuser, cutoff + skin);
   if (force->pair) have = std::max(have, force->pair->cutforce + skin);
@@ -201,7 +219,7 @@ void ComputeGeoffAtom::evaluate()
   const int nlocal = atom->nlocal;
   const int k = (int) properties.size();
   values.assign((size_t) nlocal * k, 0.0);
-  neighbor->build_one(list);
+  if (!ghosts) neighbor->build_one(list);    // the ghosts list is kept current by LAMMPS
   if (nlocal == 0) return;
 
   PairGeoff &g = *engine;

@@ -9,8 +9,9 @@
    get 0. Units: the property's own (eV for barriers).
 
    The model is loaded, and each evaluation's graph is built, by a private PairGeoff (the
-   pair style's code: pair_geoff.cpp, layer_comm.cpp) on this compute's occasional full
-   neighbour list with the model's cutoff:
+   pair style's code: pair_geoff.cpp, layer_comm.cpp) on this compute's full neighbour list
+   with the model's cutoff (occasional on one rank; on several, a perpetual list with ghost
+   neighbours, rebuilt at each reneighbouring, since LAMMPS has no occasional ghost lists):
    - one MPI rank: the periodic graph (local atoms + shifts), the graph ASE builds;
    - several ranks: the ghosts graph (local atoms and ghosts with their neighbours), which
      needs a ghost shell of n_layers x cutoff + skin (`comm_modify cutoff`, checked in init).
