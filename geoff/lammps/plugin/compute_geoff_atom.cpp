@@ -142,8 +142,9 @@ void ComputeGeoffAtom::init()
   // skin (one cutoff sphere, what the periodic graph reads), which costs little; a deeper
   // shell (several ranks) is the user's choice, checked above.
   const double one_shell = engine->cutoff + neighbor->skin;
-  if (comm->cutghostuser < one_shell) {
-    if (comm->me == 0 && force->pair && force->pair->cutforce < engine->cutoff)
+  const double pair_shell = force->pair ? force->pair->cutforce + neighbor->skin : 0.0;
+  if (std::max(comm->cutghostuser, pair_shell) < one_shell) {
+    if (comm->me == 0)
       utils::logmesg(lmp, "compute {} geoff/atom: ghost cutoff raised to the model's cutoff "
                      "+ skin, {} A\n", id, one_shell);
     comm->cutghostuser = one_shell;
