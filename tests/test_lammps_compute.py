@@ -84,7 +84,7 @@ def lammps_properties(atoms, path, n_props):
         lmp.close()
 
 
-@pytest.mark.parametrize("name", ["schnet", "painn", "mace"])
+@pytest.mark.parametrize("name", ["schnet", "painn", "mace", "symgnn"])
 def test_run0_matches_ase(name, exported):
     """Both properties of every atom agree with the ASE calculator to 1e-8 on three cells."""
     model, path = exported(name)
