@@ -106,6 +106,28 @@ def test_single_property_is_a_vector(exported):
     assert np.abs(got - ase_properties(atoms, model, PROPS[:1])).max() < TOLERANCE
 
 
+def test_atoms_outside_the_group_get_zero(exported):
+    """compute P cu geoff/atom: the Cu atoms get their values (computed with the Zr atoms as
+    neighbours), the Zr atoms 0."""
+    model, path = exported("schnet", 1)
+    atoms = lammps_frame(structures()["cubic"])
+    lmp = lammps_instance()
+    try:
+        setup_box(lmp, atoms)
+        lmp.command("pair_style zero 2.0")
+        lmp.command("pair_coeff * *")
+        lmp.command("group cu type 1")
+        lmp.command(f"compute P cu geoff/atom {path} Cu Zr")
+        lmp.command("run 0")
+        got = np.ctypeslib.as_array(lmp.gather("c_P", 1, 1)).copy()
+    finally:
+        lmp.close()
+    ref = ase_properties(atoms, model, PROPS[:1])[:, 0]
+    cu = np.array(atoms.get_chemical_symbols()) == "Cu"
+    assert np.abs(got[cu] - ref[cu]).max() < TOLERANCE
+    assert (got[~cu] == 0).all() and (~cu).any()
+
+
 # ------------------------------------------------------------------ a run, 1 and 2 ranks
 
 DECK = """\
