@@ -44,12 +44,6 @@ class NeighRequest {
 namespace {
 const char *USAGE = "usage: `compute ID group geoff/atom model.pt El1 El2 ...` with one "
                     "element per atom type";
-
-std::string first_line(const std::string &text)
-{
-  auto end = text.find('\n');
-  return end == std::string::npos ? text : text.substr(0, end);
-}
 }    // namespace
 
 /* ---------------------------------------------------------------------- */

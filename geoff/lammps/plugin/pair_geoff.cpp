@@ -82,19 +82,6 @@ std::string join(const std::vector<std::string> &items)
   for (size_t k = 0; k < items.size(); ++k) out += (k ? ", '" : "'") + items[k] + "'";
   return out + "]";
 }
-
-// First line of a (possibly long) torch error message, printable ASCII only (it may quote
-// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
-std::string first_line(const std::string &text)
-{
-  auto end = text.find('\n');
-  std::string line = end == std::string::npos ? text : text.substr(0, end);
-  const auto advice = line.find(". This is an internal miniz error");    // torch's, not ours
-  if (advice != std::string::npos) line = line.substr(0, advice);
-  for (char &ch : line)
-    if ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E) ch = '?';
-  return line;
-}
 }    // namespace
 
 /* ---------------------------------------------------------------------- */
