@@ -13,7 +13,9 @@ Metadata keys: ``format`` (``"geoff-torchscript"``), ``format_version``, ``geoff
 since format 2, computed when reading format 1), ``dtype`` (``float32``/``float64``),
 ``device`` (``cpu``/``cuda``), ``force_head``, ``needs_global_frames`` (true for models that
 are not local, i.e. whose representation has ``is_local`` False, e.g. FAENet with global PCA
-frames: they cannot be split over MPI ranks) and ``config`` (the checkpoint's JSON config).
+frames: they cannot be split over MPI ranks), ``properties`` (the per-atom property heads'
+names, each an output (N,) of ``forward``; ``[]`` for an energy model; read by ``compute
+geoff/atom``) and ``config`` (the checkpoint's JSON config).
 
 Contract with the LAMMPS pair style (``geoff/lammps/plugin/pair_geoff.cpp``): the module's
 ``forward(graph, compute_forces, compute_stress)`` takes the Graph of ``geoff.graph`` with
@@ -79,6 +81,7 @@ def metadata(model, dtype: str, device: str) -> Dict[str, Any]:
         "device": "cuda" if str(device).startswith("cuda") else "cpu",
         "force_head": force_head,
         "needs_global_frames": needs_global_frames(model),
+        "properties": list(getattr(model, "properties", [])),
         "config": config,
     }
 
@@ -130,6 +133,18 @@ def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> 
     path = Path(path)
     atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
     return path
+
+
+def property_compute_hint(path, meta: Dict[str, Any]) -> str:
+    """The ``compute geoff/atom`` lines for an exported property model (``geoff export``)."""
+    names = meta["properties"]
+    columns = "c_P" if len(names) == 1 else " ".join(f"c_P[{k + 1}]" for k in range(len(names)))
+    shell = meta["n_layers"] * meta["cutoff"] + 2.0
+    return (f"per-atom properties {', '.join(names)} during a run (any pair style):\n"
+            f"  compute P all geoff/atom {path} {' '.join(meta['species'])}\n"
+            f"  dump d all custom 100 props.dump id type x y z {columns}\n"
+            f"  comm_modify cutoff {shell:g}   # MPI runs only: >= {meta['n_layers']} x cutoff "
+            "+ skin (skin 2.0 Å, metal units default)")
 
 
 def read_metadata(path) -> Dict[str, Any]:
@@ -258,4 +273,6 @@ def run(args) -> int:
               f"{meta.get('layer_comm_refusal') or 'not recorded'}")
     if meta["needs_global_frames"]:
         print("note: this model uses global frames (not local): run it on one MPI rank")
+    if meta.get("properties"):
+        print(property_compute_hint(path, meta))
     return 0

@@ -123,3 +123,26 @@ def test_cli_deck_hint_reads_the_reach(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "m.ckpt"), "-o", str(tmp_path / "m.pt")]) == 0
     out = capsys.readouterr().out
     assert "comm_modify cutoff 14 " in out and ">= 3 x cutoff" in out  # 3 x 4.0 Å + 2.0 Å
+
+
+def test_export_carries_property_names(tmp_path, capsys):
+    """A property model's export lists its heads (what compute geoff/atom reads) and `geoff
+    export` prints the compute's lines; an energy model lists none and prints no compute."""
+    energy = small_model("schnet")
+    assert read_metadata(export(energy, tmp_path / "e.pt"))["properties"] == []
+    model = small_model("schnet", properties=["barrier_mean", "barrier_min"])
+    meta = read_metadata(export(model, tmp_path / "p.pt"))
+    assert meta["properties"] == ["barrier_mean", "barrier_min"]
+    module, _ = load_exported(tmp_path / "p.pt")
+    graph = atoms_to_graph(rattled_triclinic(), model)
+    out = module(graph, False, False)
+    for name in meta["properties"]:
+        torch.testing.assert_close(out[name], model(graph, False, False)[name])
+    geoff.save(model, tmp_path / "p.ckpt")
+    assert cli(["export", str(tmp_path / "p.ckpt"), "-o", str(tmp_path / "p2.pt")]) == 0
+    printed = capsys.readouterr().out
+    assert f"compute P all geoff/atom {tmp_path / 'p2.pt'} Cu Zr" in printed
+    assert "c_P[1] c_P[2]" in printed
+    geoff.save(energy, tmp_path / "e.ckpt")
+    assert cli(["export", str(tmp_path / "e.ckpt"), "-o", str(tmp_path / "e2.pt")]) == 0
+    assert "geoff/atom" not in capsys.readouterr().out

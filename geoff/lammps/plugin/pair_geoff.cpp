@@ -83,19 +83,6 @@ std::string join(const std::vector<std::string> &items)
   for (size_t k = 0; k < items.size(); ++k) out += (k ? ", '" : "'") + items[k] + "'";
   return out + "]";
 }
-
-// First line of a (possibly long) torch error message, printable ASCII only (it may quote
-// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
-std::string first_line(const std::string &text)
-{
-  auto end = text.find('\n');
-  std::string line = end == std::string::npos ? text : text.substr(0, end);
-  const auto advice = line.find(". This is an internal miniz error");    // torch's, not ours
-  if (advice != std::string::npos) line = line.substr(0, advice);
-  for (char &ch : line)
-    if ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E) ch = '?';
-  return line;
-}
 }    // namespace
 
 /* ---------------------------------------------------------------------- */
@@ -277,7 +264,8 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
   }
-  read_layer_metadata(extra[METADATA_FILE]);    // graph layers: layer_comm.cpp
+  metadata_json = extra[METADATA_FILE];
+  read_layer_metadata(metadata_json);    // graph layers: layer_comm.cpp
   if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
@@ -305,9 +293,9 @@ void PairGeoff::coeff(int narg, char **arg)
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "pair_style geoff: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
+                   "{}: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
                    "layer(s), {} torch thread(s), overlap check {} A\n",
-                   model_name, model_file, model_dtype, torch_->device.str(), join(species),
+                   log_name, model_name, model_file, model_dtype, torch_->device.str(), join(species),
                    cutoff, n_layers, at::get_num_threads(), overlap);
 }
 

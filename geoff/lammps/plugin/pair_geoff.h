@@ -68,10 +68,15 @@ class PairGeoff : public Pair {
   void unpack_reverse_comm(int, int *, double *) override;
 
  protected:
+  // compute geoff/atom (compute_geoff_atom.cpp) drives a private PairGeoff: it shares the
+  // model loading (coeff) and the graph builders, not the force pass.
+  friend class ComputeGeoffAtom;
   std::unique_ptr<GeoffTorch> torch_;
 
   // From the model's metadata.
   std::string model_file, model_name, model_dtype, model_device;
+  std::string metadata_json;            // the export's metadata record, as read
+  std::string log_name = "pair_style geoff";    // who the load line of coeff names
   std::vector<std::string> species;    // element symbols of the model
   double cutoff;                        // Å
   int n_layers;                         // message-passing layers
