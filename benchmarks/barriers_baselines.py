@@ -120,6 +120,24 @@ def metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
             "spearman": float(rho), "n": int(ref.size)}
 
 
+def bootstrap_mae(pred: np.ndarray, ref: np.ndarray, n: int = 2000, seed: int = 0) -> list:
+    """95 % bootstrap interval of the MAE (eV), resampling test atoms with replacement.
+
+    Atoms of one glass are correlated, so this understates the spread over glasses."""
+    err = np.abs(np.asarray(pred) - ref)
+    idx = np.random.default_rng(seed).integers(0, err.size, size=(n, err.size))
+    return [float(v) for v in np.percentile(err[idx].mean(1), [2.5, 97.5])]
+
+
+def paired_mae_difference(pred_a: np.ndarray, pred_b: np.ndarray, ref: np.ndarray,
+                          n: int = 2000, seed: int = 0) -> dict:
+    """MAE(a) - MAE(b) (eV) on the same atoms, with its 95 % paired bootstrap interval."""
+    d = np.abs(np.asarray(pred_a) - ref) - np.abs(np.asarray(pred_b) - ref)
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(n, d.size))
+    lo, hi = np.percentile(d[idx].mean(1), [2.5, 97.5])
+    return {"difference": float(d.mean()), "ci": [float(lo), float(hi)]}
+
+
 def icosahedral_centres(atoms, cutoff: float = SHELL) -> np.ndarray:
     """Boolean (N,): atoms with 12 neighbours whose 12 bonds are all 1551-like (common-
     neighbour analysis: the bonded pair shares 5 neighbours joined by 5 bonds), i.e. the
