@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from barriers_baselines import (bootstrap_mae, descriptors, metrics, paired_mae_difference,  # noqa
                                 ridge_cv, ridge_fit, ridge_predict)
-from barriers_models import MODELS, PAPER, run_jobs  # noqa: E402
+from barriers_models import CUTOFF, MODELS, PAPER, run_jobs  # noqa: E402
 
 ELEMENTS = {29: "Cu", 40: "Zr"}
 
@@ -165,6 +165,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="model jobs in parallel")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, or a comma list (cuda:0,cuda:1) handed out round robin")
+    p.add_argument("--cutoff", type=float, default=CUTOFF, help="graph cutoff of every model, Å")
     p.add_argument("--test-glasses", type=int, default=None)
     p.add_argument("--deadline-s", type=float, default=None,
                    help="skip model jobs that would end later than this many seconds from now")
@@ -191,6 +192,7 @@ def main(argv=None):
     ref = labelled(test, args.target)[0]
     base = baselines(train, test, args.target)
     results = {"data": args.data, "target": args.target, "minutes": args.minutes,
+               "cutoff": args.cutoff,
                "device": args.device, "baselines": {k: score(v, ref) for k, v in base.items()},
                "models": {}, "_baseline_preds": {k: v.tolist() for k, v in base.items()},
                "split": {k: [f"{f.info.get('seed', '?')}/{f.info.get('glass', i)}"
@@ -219,7 +221,7 @@ def main(argv=None):
             write_dataset(val, files["val"])
         run_jobs(args.models, len(train), files, args.target, args.minutes, str(keep),
                  args.device.split(","), args.jobs, deadline, on_result=record,
-                 max_steps=args.max_steps)
+                 max_steps=args.max_steps, cutoff=args.cutoff)
     results["seconds"] = round(time.time() - start, 1)
     write_predictions(out.with_name(out.stem + "_predictions.csv"), test, args.target, results)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))

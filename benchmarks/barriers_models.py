@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 MODELS = ("schnet", "dimenet", "painn", "egnn", "nequip", "mace", "faenet", "symgnn")
-CUTOFF = 5.0  # Å, every job
+CUTOFF = 5.0  # Å, every job (the paper's graph cutoff too)
 BUDGET_HPARAMS = {
     "schnet": dict(n_features=32, n_layers=3, n_rbf=16),
     "dimenet": dict(n_features=32, n_layers=2, n_rbf=6, l_max=3),
@@ -69,7 +69,7 @@ def job_spec(row: str, n_train_glasses: int) -> Dict:
 
 def train_and_predict(row: str, spec: Dict, files: Dict[str, str], key: str, minutes: float,
                       workdir: str, device: str = "cpu", threads: int = 1,
-                      max_steps: int = 0, seed: int = 0) -> Dict:
+                      max_steps: int = 0, cutoff: float = CUTOFF, seed: int = 0) -> Dict:
     """Train one row's model, predict the labelled test atoms; metrics and predictions.
 
     Returns ``{"row", "pred" (labelled test atoms, file order), "seconds", "parameters",
@@ -84,7 +84,7 @@ def train_and_predict(row: str, spec: Dict, files: Dict[str, str], key: str, min
 
     torch.set_num_threads(max(int(threads), 1))
     out = Path(workdir) / row
-    cfg = dict(model=spec["model"], hparams=spec["hparams"], cutoff=CUTOFF,
+    cfg = dict(model=spec["model"], hparams=spec["hparams"], cutoff=cutoff,
                data=files["train"], val_data=files.get("val"), test_data=files["test"],
                val_fraction=0.0 if files.get("val") else 0.2, target=key, energy_weight=0.0,
                forces_weight=0.0, epochs=100000, max_time=minutes, progress=False,
@@ -108,7 +108,7 @@ def train_and_predict(row: str, spec: Dict, files: Dict[str, str], key: str, min
 def run_jobs(rows: Sequence[str], n_train_glasses: int, files: Dict[str, str], key: str,
              minutes: float, workdir: str, devices: Sequence[str] = ("cpu",), jobs: int = 1,
              deadline: Optional[float] = None, on_result=None,
-             max_steps: int = 0) -> List[Dict]:
+             max_steps: int = 0, cutoff: float = CUTOFF) -> List[Dict]:
     """Every row's ``train_and_predict``, ``jobs`` processes at a time, devices round robin.
 
     ``deadline`` (``time.time()`` seconds): rows not started by then are skipped, and a job is
@@ -134,7 +134,7 @@ def run_jobs(rows: Sequence[str], n_train_glasses: int, files: Dict[str, str], k
                 finish({"row": row, "error": "skipped: the deadline"})
                 continue
         tasks.append((row, job_spec(row, n_train_glasses), files, key, budget, workdir,
-                      devices[k % len(devices)], threads, max_steps))
+                      devices[k % len(devices)], threads, max_steps, cutoff))
     if jobs <= 1:  # in this process: no start-up cost (tests, one CPU)
         for task in tasks:
             finish(_guarded(task))

@@ -71,6 +71,7 @@ def test_paper_settings_and_unknown_rows():
         job_spec("nope", 1)
 
 
+@pytest.mark.slow
 def test_benchmark_writes_the_table(tmp_path):
     """Baselines (descriptors + ridge learn the smooth label), two model rows (one of them
     SymGNN at the paper's settings), the table, JSON, predictions and kept checkpoints."""
@@ -80,7 +81,7 @@ def test_benchmark_writes_the_table(tmp_path):
 
     write_dataset(glasses(5), tmp_path / "d.extxyz")
     res = main(["--data", str(tmp_path / "d.extxyz"), "--models", "schnet", "symgnn-paper",
-                "--minutes", "1", "--max-steps", "10", "--out", str(tmp_path / "r" / "barriers"),
+                "--minutes", "1", "--max-steps", "6", "--cutoff", "3.6", "--out", str(tmp_path / "r" / "barriers"),
                 "--keep", str(tmp_path / "models")])
     assert set(res["models"]) == {"schnet", "symgnn-paper"}
     assert res["labelled"]["test"] == res["baselines"]["mean"]["n"] > 10
