@@ -145,6 +145,7 @@ def main(argv=None):
     p.add_argument("--atoms", type=int, default=24, help="atoms explained per frame")
     p.add_argument("--output", default=None, help="per-atom output (default: the first head)")
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--device", default="cpu", help="where the masks are learned (cpu, cuda)")
     p.add_argument("--out", default="benchmarks/results/barriers_explain")
     args = p.parse_args(argv)
     model = load(args.model)
@@ -155,7 +156,8 @@ def main(argv=None):
         atoms = frames[f]
         ico = icosahedral_centres(atoms)
         for a in pick_atoms(atoms, ico, args.atoms):
-            ex = explain_atom(model, atoms, a, output=key, steps=args.steps)
+            ex = explain_atom(model, atoms, a, output=key, steps=args.steps,
+                              device=args.device)
             explained.append((int(atoms.numbers[a]), ex, bool(ico[a]), f))
             if picture is None or (ico[a] and atoms.numbers[a] == 29 and not picture[2]):
                 picture = (atoms, ex, bool(ico[a]))

@@ -8,7 +8,7 @@
 #
 # Environment: DATA (the labelled glasses), OUT (results), MINUTES (training budget per model,
 # default 5), DEVICES (cuda:0,cuda:1), JOBS (9), DEADLINE_S (520: seconds from the start after
-# which nothing new starts), EXPLAIN_ATOMS (24), PYTHON (python3). Needs the ase wheel in .whl/
+# which nothing new starts), EXPLAIN_ATOMS (60), PYTHON (python3). Needs the ase wheel in .whl/
 # (scipy, matplotlib, torch from the machine). Writes $OUT/barriers{.json,_table.md,_hist.png,
 # _predictions.csv}, $OUT/models/<row>/best.ckpt, $OUT/barriers_explain*, $OUT/*.log.
 set -uo pipefail
@@ -18,7 +18,7 @@ V=${PYTHON:-python3}
 OUT=${OUT:?set OUT}
 DATA=${DATA:-examples/barriers/cuzr_barriers.extxyz}
 MINUTES=${MINUTES:-5}; JOBS=${JOBS:-9}; DEADLINE_S=${DEADLINE_S:-520}
-DEVICES=${DEVICES:-cuda:0,cuda:1}; EXPLAIN_ATOMS=${EXPLAIN_ATOMS:-24}
+DEVICES=${DEVICES:-cuda:0,cuda:1}; EXPLAIN_ATOMS=${EXPLAIN_ATOMS:-60}
 WORK=${WORK:-$(mktemp -d /tmp/geoff-barriers.XXXXXX)}
 mkdir -p "$OUT" "$WORK/py"
 if ! "$V" -c "import ase" 2>/dev/null; then
@@ -55,7 +55,8 @@ PY
 left=$(( DEADLINE_S - ($(date +%s) - T0) ))
 if [ -n "$best" ] && [ "$left" -gt 90 ]; then
   OMP_NUM_THREADS=16 timeout "$left" "$V" benchmarks/barriers_explain.py "$OUT/models/$best/best.ckpt" "$DATA" \
-    --frames -1 --atoms "$EXPLAIN_ATOMS" --out "$OUT/barriers_explain" > "$OUT/explain.log" 2>&1
+    --frames -1 --atoms "$EXPLAIN_ATOMS" --device cuda:0 --out "$OUT/barriers_explain" \
+    > "$OUT/explain.log" 2>&1
   echo "barriers_explain.py ($best): exit $?, $(( $(date +%s) - T0 )) s" | tee -a "$OUT/env.log"
 else
   echo "explanations skipped (best row '$best', $left s left)" | tee -a "$OUT/env.log"

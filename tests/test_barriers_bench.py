@@ -98,3 +98,74 @@ def test_benchmark_writes_the_table(tmp_path):
     assert json.loads((tmp_path / "r" / "barriers.json").read_text())["models"]
     assert (tmp_path / "models" / "schnet" / "best.ckpt").exists()
     assert (tmp_path / "r" / "barriers_hist.png").stat().st_size > 1000
+
+
+def icosahedral_frames():
+    """A Cu13 icosahedron in a box (its centre is a full-icosahedron Cu, label 1.0; shell Cu
+    0.4) and an fcc Cu/Zr cell (no icosahedra, Cu labelled 0.5)."""
+    from ase.build import bulk
+    from ase.cluster import Icosahedron
+
+    ico = Icosahedron("Cu", 2)
+    ico.center(vacuum=6.0)
+    ico.pbc = True
+    centre = int(np.argmin(np.linalg.norm(ico.positions - ico.positions.mean(0), axis=1)))
+    ico.new_array("barrier_mean", np.where(np.arange(len(ico)) == centre, 1.0, 0.4))
+    fcc = bulk("Cu", "fcc", a=3.61, cubic=True) * 2
+    fcc.numbers[::4] = 40
+    fcc.new_array("barrier_mean", np.where(fcc.numbers == 29, 0.5, 0.7))
+    return [ico, fcc], centre
+
+
+def test_icosahedral_label_comparison():
+    from barriers_explain import compare_labels
+
+    frames, _ = icosahedral_frames()
+    out = compare_labels(frames, "barrier_mean")
+    assert out["icosahedral Cu"] == {"n": 1, "mean": 1.0, "sem": None}
+    assert out["other Cu"]["n"] == 12 + 24 and 0.4 < out["other Cu"]["mean"] < 0.5
+    assert 0 < out["mann_whitney_p"] <= 1
+
+
+def test_verdict_needs_every_piece_of_evidence():
+    from barriers_explain import verdict
+
+    labels = {"icosahedral Cu": {"n": 30, "mean": 0.9}, "other Cu": {"n": 300, "mean": 0.7},
+              "mann_whitney_p": 0.001}
+
+    def expl(share_ico, pred_ico):
+        return {"icosahedral Cu": {"n": 5, "own_shell_share": {"mean": share_ico},
+                                   "prediction": {"mean": pred_ico}},
+                "other Cu": {"n": 5, "own_shell_share": {"mean": 0.3},
+                             "prediction": {"mean": 0.7}}}
+
+    assert "agree with the hypothesis" in verdict(labels, expl(0.5, 0.9))
+    assert "does not support" in verdict(labels, expl(0.2, 0.9))  # explanations disagree
+    assert "does not support" in verdict(dict(labels, mann_whitney_p=0.3), expl(0.5, 0.9))
+    assert verdict(dict(labels, **{"icosahedral Cu": {"n": 0}}), expl(0.5, 0.9)).startswith(
+        "not testable")
+
+
+def test_explanation_script_writes_the_comparison(tmp_path):
+    """barriers_explain.main on a small model: the icosahedral centre is explained and
+    pictured, the global table and the verdict are written."""
+    from barriers_explain import main
+    from conftest import small_model
+
+    import ase.io
+    import geoff
+
+    frames, centre = icosahedral_frames()
+    ase.io.write(tmp_path / "d.extxyz", frames)
+    geoff.save(small_model("schnet", properties=["barrier_mean"]), tmp_path / "m.ckpt")
+    res = main([str(tmp_path / "m.ckpt"), str(tmp_path / "d.extxyz"), "--frames", "0",
+                "--atoms", "2", "--steps", "3", "--out", str(tmp_path / "e" / "ex")])
+    assert res["atoms"][0] == {"frame": 0, "atom": centre, "icosahedral": True, "element": 29}
+    assert res["explained"] == 2 and res["picture_atom"] == centre
+    ico = res["icosahedral_cu"]["explanations"]["icosahedral Cu"]
+    assert ico["n"] == 1 and ico["own_shell_edges"]["mean"] == 12  # its 12 bonds
+    assert 0 < ico["own_shell_share"]["mean"] <= 1
+    assert res["icosahedral_cu"]["verdict"]
+    assert set(res["by_pair_and_shell"]) == {"Cu-Cu"}
+    for name in ("ex.json", "ex.png", f"ex_atom{centre}.png", f"ex_atom{centre}.json"):
+        assert (tmp_path / "e" / name).exists(), name
