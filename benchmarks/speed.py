@@ -17,7 +17,13 @@ list, model, results back to numpy); both as medians, CUDA-synchronised. ``mem/a
 growth of the process's peak RSS over the largest size, over N (an upper bound: it includes
 the allocator's caches). ``exponent``: slope of log(time) against log(N) over the sizes
 >= 256. ``--grow`` doubles the size after the last one until the model runs out of memory
-(or ``--max-atoms``).
+(or ``--max-atoms``) or until ``--deadline`` seconds have passed.
+
+Memory levers (``geoff/potentials/chunking.py``): ``--edge-chunks 0 131072`` runs every
+series once per value (0 = the plain path, C = edges in checkpointed chunks of about C;
+default: the model's own default); ``--model-only`` skips the calculator timing (the memory
+runs at 1M atoms need the time). ``benchmarks/memory_gpu.sh`` is the GPU memory run.
+CPU memory is measured around the first model call only (peak RSS growth, fresh process).
 """
 from __future__ import annotations
 
@@ -86,18 +92,21 @@ def _median_time(fn, device, repeats: int, budget_s: float) -> float:
 
 
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
-               budget_s: float) -> dict:
+               budget_s: float, edge_chunk=None, with_calc: bool = True) -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes)."""
     import torch
 
     from geoff.calculators.ase import GeoffCalculator
     from geoff.graph import atoms_to_graph
     from geoff.potentials import build_model
+    from geoff.potentials.chunking import set_edge_chunk
 
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
     calc = GeoffCalculator(model, device=device, dtype=dtype)
+    if edge_chunk is not None:
+        set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)
     graph = atoms_to_graph(atoms, calc.model, dtype=calc.dtype, device=dev)
     row = {"atoms": len(atoms), "edges": int(graph["edge_index"].shape[1])}
@@ -114,30 +123,50 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
         torch.cuda.reset_peak_memory_stats(dev)
         model_call()
         row["mem_bytes"] = torch.cuda.max_memory_allocated(dev) - before
-    row["model_s"] = _median_time(model_call, dev, repeats, budget_s)
-    row["calc_s"] = _median_time(calc_call, dev, repeats, budget_s)
+    else:  # peak RSS growth over the first call (KiB on Linux): a fresh process per size
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        model_call()
+        row["first_s"] = time.perf_counter() - start
+        row["mem_bytes"] = 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    if repeats == 0 and "first_s" in row:  # CPU, slow sizes: the first call's time only
+        row["model_s"] = row["first_s"]
+    else:
+        row["model_s"] = _median_time(model_call, dev, repeats, budget_s)
+    row["calc_s"] = _median_time(calc_call, dev, repeats, budget_s) if with_calc else float("nan")
     return row
 
 
-def run_series(args, name: str, kind: str, dtype: str) -> list:
-    """Every size for one (model, structure, dtype), each in a fresh subprocess (the RSS growth
-    is the size's own; an out-of-memory failure ends the series, not the run)."""
+def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None) -> list:
+    """Every size for one (model, structure, dtype, edge chunk), each in a fresh subprocess
+    (the memory is the size's own; an out-of-memory failure ends the series, not the run)."""
     rows = []
     sizes = list(args.sizes)
     k = 0
     while k < len(sizes):
         n = sizes[k]
+        left = args.deadline_at - time.time()
+        if left < 5:
+            rows.append({"atoms": n, "failed": "deadline"})
+            break
         cmd = [sys.executable, __file__, "--one", json.dumps(
             dict(name=name, kind=kind, n=n, dtype=dtype, device=args.device,
-                 repeats=args.repeats, budget=args.budget, threads=args.threads))]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+                 repeats=args.repeats, budget=args.budget, threads=args.threads,
+                 edge_chunk=edge_chunk, calc=not args.model_only))]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=None if left == float("inf") else left)
+        except subprocess.TimeoutExpired:
+            rows.append({"atoms": n, "failed": "deadline"})
+            break
         if proc.returncode != 0:
             oom = "out of memory" in proc.stderr.lower() or "OutOfMemory" in proc.stderr
             rows.append({"atoms": n, "failed": "out of memory" if oom else
                          proc.stderr.strip().splitlines()[-1][:120]})
             break
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {name} {kind} {dtype} {rows[-1]}", file=sys.stderr, flush=True)
+        print(f"  {name} {kind} {dtype} chunk={edge_chunk} {rows[-1]}", file=sys.stderr,
+              flush=True)
         if args.grow and k == len(sizes) - 1 and 2 * n <= args.max_atoms:
             sizes.append(2 * n)
         k += 1
@@ -148,11 +177,9 @@ def one(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     row = time_geoff(spec["name"], spec["kind"], spec["n"], spec["dtype"], spec["device"],
-                     spec["repeats"], spec["budget"])
-    if "mem_bytes" not in row:  # CPU: peak RSS growth (KiB on Linux)
-        row["mem_bytes"] = 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+                     spec["repeats"], spec["budget"], spec.get("edge_chunk"),
+                     spec.get("calc", True))
     print(json.dumps(row))
 
 
@@ -165,21 +192,33 @@ def exponent(rows: list) -> float:
 
 
 def table(results: dict) -> str:
-    lines = ["| model | structure | dtype | atoms | edges | model ms | calc ms | calc/model "
-             "| atoms/s (model) | mem/atom KB | exponent | largest that ran |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, kind, dtype), rows in results.items():
+    lines = ["| model | structure | dtype | edge chunk | atoms | edges | model ms | calc ms "
+             "| calc/model | atoms/s (model) | mem/atom KB | exponent | largest that ran |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, kind, dtype, chunk), rows in results.items():
         ok = [r for r in rows if "model_s" in r]
         largest = ok[-1]["atoms"] if ok else 0
         fail = next((r for r in rows if "failed" in r), None)
         note = f"{largest}" + (f" ({fail['atoms']}: {fail['failed']})" if fail else "")
+        if not ok and fail:  # not even the first size ran: say why
+            lines.append(f"| {name} | {kind} | {dtype} | {_chunk_name(chunk)} | {fail['atoms']} "
+                         f"| | | | | | | | {fail['failed']} |")
         for r in ok:
             lines.append(
-                f"| {name} | {kind} | {dtype} | {r['atoms']} | {r['edges']} | "
+                f"| {name} | {kind} | {dtype} | {_chunk_name(chunk)} | {r['atoms']} | "
+                f"{r['edges']} | "
                 f"{1e3 * r['model_s']:.2f} | {1e3 * r['calc_s']:.2f} | "
                 f"{r['calc_s'] / r['model_s']:.2f} | {r['atoms'] / r['model_s']:.3g} | "
                 f"{r['mem_bytes'] / r['atoms'] / 1e3:.1f} | {exponent(ok):.2f} | {note} |")
     return "\n".join(lines)
+
+
+def _chunk_name(chunk) -> str:
+    from geoff.potentials.chunking import DEFAULT_EDGE_CHUNK
+
+    if chunk is None:
+        return f"default ({DEFAULT_EDGE_CHUNK})"
+    return "plain" if chunk == 0 else str(chunk)
 
 
 def header(args) -> str:
@@ -204,9 +243,15 @@ def main(argv=None) -> int:
     parser.add_argument("--grow", action="store_true", help="double after the last size")
     parser.add_argument("--max-atoms", type=int, default=1_100_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed calls (median); 0 on the CPU: time the first call only")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per timing")
     parser.add_argument("--peers", action="store_true", help="install and time the peers")
+    parser.add_argument("--edge-chunks", nargs="+", type=int, default=[None],
+                        help="edges per checkpointed chunk, one series each (0: plain path)")
+    parser.add_argument("--model-only", action="store_true", help="skip the calculator timing")
+    parser.add_argument("--deadline", type=float, default=float("inf"),
+                        help="seconds: start no size after it, stop a running one at it")
     parser.add_argument("--out", default=None, help="write the table (markdown) here")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -215,12 +260,15 @@ def main(argv=None) -> int:
         return 0
     if args.sizes is None:
         args.sizes = [32, 256, 864] if args.device == "cpu" else [864, 32000, 131072]
+    args.deadline_at = time.time() + args.deadline
     text = header(args)
     results = {}
     for name in args.models:
         for kind in args.structures:
             for dtype in args.dtypes:
-                results[(name, kind, dtype)] = run_series(args, name, kind, dtype)
+                for chunk in args.edge_chunks:
+                    results[(name, kind, dtype, chunk)] = run_series(args, name, kind, dtype,
+                                                                     chunk)
     text += "\n" + table(results) + "\n"
     if args.peers:
         from peers import run_peers  # benchmarks/peers.py

@@ -96,3 +96,62 @@ def test_icosahedral_centre_and_descriptors():
     fcc.numbers[::4] = 40
     x = descriptors(fcc)
     assert x.shape[0] == len(fcc) and np.isfinite(x).all()
+
+
+TINY_QUENCH = dict(melt_ps=0.2, hold_ps=0.05, interval_ps=0.02, quench_rate_K_per_ps=2000.0)
+
+
+def test_generator_writes_each_glass_and_merges(tmp_path):
+    """Two 32-atom glasses over 2 processes, 2 atoms x 1 attempt each: every glass is written
+    to glass_dir with its records; the merge joins them, with statistics and a histogram."""
+    from geoff.data.barrier_merge import histogram_path, merge
+    from geoff.data.cuzr_barriers import generate
+    from geoff.data.io import read_dataset
+
+    frames, prov = generate(n=2, seed=3, n_atoms=32, atoms_per_glass=2, attempts=1, jobs=2,
+                            quench=TINY_QUENCH, glass_dir=tmp_path / "g")
+    assert [f.info["glass"] for f in frames] == [0, 1]
+    assert prov["attempts"] == 4 == sum(prov["attempt_outcomes"].values())
+    assert 0 <= prov["accepted_fraction"] <= prov["converged_fraction"] <= 1
+    assert prov["force_calls_per_attempt"] > 10
+    for frame in frames:
+        assert frame.arrays["barrier_attempts"].sum() == 2
+        labelled = np.isfinite(frame.arrays["barrier_mean"])
+        assert np.array_equal(labelled, frame.arrays["n_events"] > 0)
+        assert np.all(frame.arrays["barrier_mean"][labelled] > 0)
+    files = sorted((tmp_path / "g").glob("glass_*.extxyz"))
+    assert [f.name for f in files] == ["glass_000.extxyz", "glass_001.extxyz"]
+    merged = merge(files, tmp_path / "all.extxyz")
+    assert merged["attempts"] == 4 and merged["labelled_atoms"] == prov["labelled_atoms"]
+    assert len(read_dataset(tmp_path / "all.extxyz")) == 2
+    assert histogram_path(tmp_path / "all.extxyz").stat().st_size > 1000
+
+
+def test_generator_deadline_keeps_the_glasses_without_attempts(tmp_path):
+    from geoff.data.cuzr_barriers import generate
+
+    frames, prov = generate(n=1, seed=4, n_atoms=32, atoms_per_glass=4, attempts=2,
+                            quench=TINY_QUENCH, deadline_s=0.0)
+    (frame,) = frames
+    assert prov["attempts"] == 0 and prov["labelled_atoms"] == 0
+    assert frame.arrays["barrier_attempts"].sum() == 0
+    assert np.isnan(frame.arrays["barrier_mean"]).all()
+    assert np.abs(frame.get_forces()).max() < 1e-3  # the glass itself is still relaxed
+
+
+def test_statistics_count_outcomes_and_labels():
+    from ase import Atoms
+
+    from geoff.data.barrier_merge import statistics
+
+    frame = Atoms("Cu3", positions=np.eye(3))
+    frame.new_array("barrier_mean", np.array([0.5, np.nan, 1.5]))
+    records = [{"outcomes": ["accepted", "not_converged"], "barriers": [0.5], "force_calls": 300,
+                "seconds": 2.0},
+               {"outcomes": ["accepted", "not_centred"], "barriers": [1.5], "force_calls": 500,
+                "seconds": 2.0}]
+    stats = statistics([frame], records)
+    assert stats["attempts"] == 4 and stats["accepted_fraction"] == 0.5
+    assert stats["converged_fraction"] == 0.75 and stats["labelled_atoms"] == 2
+    assert stats["force_calls_per_attempt"] == 200 and stats["seconds_per_attempt"] == 1.0
+    assert stats["barrier_mean_eV"]["max"] == 1.5 and stats["event_barriers_eV"]["n"] == 2

@@ -7,6 +7,7 @@ virials summing to the global virial on every rank count. Then thin sub-domains 
 ranks, and the models that keep the ghost shell. Needs the plugin (`geoff lammps build`).
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,45 @@ def test_thin_subdomains_and_empty_ranks(serial_runs, workdir):
     rel = relative_difference(serial, table)
     assert rel < TOLERANCE, f"thin sub-domains differ from serial by {rel:.2e}"
     assert_per_atom_virials_sum(table, "thin sub-domains")
+
+
+def test_synchronised_timing_and_sent_rows(serial_runs, workdir):
+    """`timing sync` changes no result; the summary gives the per-phase breakdown and the rows
+    each rank sends (only atoms LAMMPS sends as ghosts leave the device, never more than its
+    own atoms)."""
+    path, serial = serial_runs("schnet")
+    table, _, stdout = lammps_run(workdir, path, "sync_np2", 2, "layers timing sync")
+    assert relative_difference(serial, table) < TOLERANCE
+    phases = re.search(r"pair geoff phases \(ms per step, mean over ranks, device synchronised\)"
+                       r": graph (\S+), upload (\S+), forward (\S+), backward (\S+), "
+                       r"device<->host rows (\S+), comm (\S+), results (\S+)", stdout)
+    assert phases, stdout[-2000:]
+    ms = [float(v) for v in phases.groups()]
+    assert all(v >= 0 for v in ms) and ms[2] > 0 and ms[3] > 0
+    rows = re.search(r"graph = (\d+) own atoms \+ (\d+) ghost rows \((\d+) rows sent\)", stdout)
+    own, ghosts, sent = map(int, rows.groups())
+    assert 0 < sent <= own and ghosts > 0
+
+
+def test_float32_layers_match_serial(workdir):
+    """float32 (the GPU dtype): the exchanges pass rows in the model's dtype; 2 ranks agree
+    with the serial float32 run over 10 steps to float32 precision."""
+    path = export(small_model("painn", cutoff=CUTOFF), workdir / "painn32.pt", dtype="float32")
+    case = dict(TRICLINIC, temp=300, steps=10)
+    serial, _, _ = lammps_run(workdir, path, "f32_serial", case=case)
+    table, _, stdout = lammps_run(workdir, path, "f32_np2", 2, case=case)
+    assert "graph layers" in stdout
+    assert relative_difference(serial, table) < 1e-5
+
+
+def test_timing_keyword_is_checked():
+    lmp = lammps_instance()
+    try:
+        lmp.command("units metal")
+        with pytest.raises(Exception, match="timing must be fast or sync, got 'often'"):
+            lmp.command("pair_style geoff timing often")
+    finally:
+        lmp.close()
 
 
 # ----------------------------------------------------------------- which models, metadata

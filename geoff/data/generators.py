@@ -79,6 +79,8 @@ def generate(name: str, n: Optional[int] = None, seed: int = 0, path=None,
     if path is not None:
         write_dataset(frames, path)
         write_provenance(path, provenance)
+        if hasattr(module, "after_write"):  # e.g. a histogram next to the data
+            module.after_write(path, frames, provenance)
     return (frames, provenance) if return_provenance else frames
 
 

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor, nn
 from e3nn import o3
 
-from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+from .chunking import EdgeMessages
+from .layers import BesselBasis, PolynomialCutoff, mlp
 
 # Build options for e3nn's code-generated modules (Linear, self-connection products). Their
 # einsum-path search (opt_einsum_fx) costs ~0.3 s per module at build time and buys nothing
@@ -309,7 +310,7 @@ class EdgeTensorProduct(nn.Module):
         return pieces
 
 
-class Convolution(nn.Module):
+class Convolution(EdgeMessages):
     """m_i = norm * Linear_out( sum_j TP(Linear_in(h_j), Y_ij; R(r_ij)) ): an equivariant message.
 
     ``TP`` is the channel-wise ("uvu") tensor product of every input block with every
@@ -318,7 +319,8 @@ class Convolution(nn.Module):
     come from an MLP on the radial basis. ``Y_ij`` is expected to carry the cutoff envelope
     already. This is NequIP's interaction and MACE's atomic basis ``A_i`` (``norm =
     1/sqrt(avg)`` in NequIP, ``1/avg`` in MACE). ``Linear_out`` mixes the paths that lead to
-    the same irrep.
+    the same irrep. The radial MLP and the tensor product are per-edge (``messages``; chunked
+    by ``EdgeMessages``).
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps,
@@ -332,13 +334,17 @@ class Convolution(nn.Module):
         self.norm = float(norm)
         self.irreps_out = irreps_out
 
+    def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
+        sh, rbf = edges[0], edges[1]  # (E, irreps_sh.dim), (E, n_rbf)
+        return self.tp(nodes[0][senders], sh, self.radial(rbf))  # [(E, D_k)]
+
+    def finish(self, sums: List[Tensor]) -> List[Tensor]:
+        summed = torch.cat(sums, dim=1)  # (n, tp.dim)
+        summed = summed.index_select(1, self.tp.to_irreps) * self.norm  # (n, tp.irreps_out.dim)
+        return [self.linear_out(summed)]  # (n, irreps_out.dim)
+
     def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor) -> Tensor:
-        i, j = edge_index[0], edge_index[1]
-        x = self.linear_in(h)[j]  # (E, irreps_in.dim)
-        pieces = self.tp(x, sh, self.radial(rbf))  # [(E, D_k)]
-        summed = torch.cat([scatter_sum(p, i, h.shape[0]) for p in pieces], dim=1)  # (N, tp.dim)
-        summed = summed.index_select(1, self.tp.to_irreps) * self.norm  # (N, tp.irreps_out.dim)
-        return self.linear_out(summed)  # (N, irreps_out.dim)
+        return self.aggregate([self.linear_in(h)], [sh, rbf], edge_index, h.shape[0])[0]
 
 
 class EdgeEmbedding(nn.Module):

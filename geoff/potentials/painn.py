@@ -18,17 +18,21 @@ Departures from the paper:
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .layers import BesselBasis, PolynomialCutoff, mlp, scatter_sum
+from .chunking import EdgeMessages
+from .layers import BesselBasis, PolynomialCutoff, mlp
 from .representation import LayeredRepresentation
 
 
-class PaiNNMessage(nn.Module):
-    """Neighbours' scalars and vectors -> residual updates of the receiver's s and v."""
+class PaiNNMessage(EdgeMessages):
+    """Neighbours' scalars and vectors -> residual updates of the receiver's s and v.
+
+    The filters and the messages are per-edge (``messages``; chunked by ``EdgeMessages``).
+    """
 
     def __init__(self, n_features: int, n_rbf: int, act: str):
         super().__init__()
@@ -36,16 +40,20 @@ class PaiNNMessage(nn.Module):
         self.phi = mlp([n_features, n_features, 3 * n_features], act=act)
         self.filter = nn.Linear(n_rbf, 3 * n_features)
 
-    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
-                unit: Tensor):
-        i, j = edge_index[0], edge_index[1]
+    def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
+        phi_s, v = nodes[0], nodes[1]  # (N, 3F), (N, 3, F)
+        rbf, envelope, unit = edges[0], edges[1], edges[2]  # (E, n_rbf), (E,), (E, 3)
         # The envelope on every message makes energies and forces vanish smoothly at the cutoff.
-        x = self.phi(s)[j] * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
+        x = phi_s[senders] * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
         ds, dv_v, dv_r = torch.split(x, self.n_features, dim=-1)
         # Vector message: gated neighbour vectors plus a gated edge direction (both equivariant).
-        dv = v[j] * dv_v.unsqueeze(1) + unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
-        n = s.shape[0]
-        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)  # (N, F), (N, 3, F)
+        dv = v[senders] * dv_v.unsqueeze(1) + unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
+        return [ds, dv]
+
+    def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
+                unit: Tensor):
+        ds, dv = self.aggregate([self.phi(s), v], [rbf, envelope, unit], edge_index, s.shape[0])
+        return s + ds, v + dv  # (N, F), (N, 3, F)
 
 
 class PaiNNUpdate(nn.Module):

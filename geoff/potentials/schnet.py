@@ -5,17 +5,21 @@ sees no force jumps) instead of the cosine cutoff, and Gaussian bases on [0, cut
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .layers import GaussianBasis, PolynomialCutoff, mlp, scatter_sum
+from .chunking import EdgeMessages
+from .layers import GaussianBasis, PolynomialCutoff, mlp
 from .representation import LayeredRepresentation
 
 
-class CFConv(nn.Module):
-    """One interaction: h_i += mlp( sum_j W(r_ij) * lin(h_j) ), W a filter network on r."""
+class CFConv(EdgeMessages):
+    """One interaction: h_i += mlp( sum_j W(r_ij) * lin(h_j) ), W a filter network on r.
+
+    The filter and the messages are per-edge (``messages``; chunked by ``EdgeMessages``).
+    """
 
     def __init__(self, n_features: int, n_rbf: int, act: str):
         super().__init__()
@@ -23,11 +27,14 @@ class CFConv(nn.Module):
         self.in_lin = nn.Linear(n_features, n_features, bias=False)
         self.out = mlp([n_features, n_features, n_features], act=act)
 
-    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor) -> Tensor:
-        i, j = edge_index[0], edge_index[1]
+    def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
+        rbf, envelope = edges[0], edges[1]  # (E, n_rbf), (E,)
         w = self.filter(rbf) * envelope.unsqueeze(-1)  # (E, F)
-        messages = self.in_lin(h)[j] * w  # (E, F)
-        return h + self.out(scatter_sum(messages, i, h.shape[0]))  # (N, F)
+        return [nodes[0][senders] * w]  # (E, F)
+
+    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor) -> Tensor:
+        summed = self.aggregate([self.in_lin(h)], [rbf, envelope], edge_index, h.shape[0])
+        return h + self.out(summed[0])  # (N, F)
 
 
 class SchNet(LayeredRepresentation):

@@ -117,9 +117,12 @@ bool PairGeoff::init_style_layers()
   if (atom->tag_enable == 0)
     error->all(FLERR, "pair_style geoff graph layers needs atom IDs (atom_modify id yes)");
   periodic_graph = false;
+  lc.probed = false;    // send lists are found again at the first call
   ghostneigh = 0;
   neighbor->add_request(this, NeighConst::REQ_FULL);
-  comm_forward = comm_reverse = std::max(lc.max_width, 1);
+  // A float32 model's rows travel as float pairs packed into LAMMPS' doubles (half the bytes).
+  lc.single = torch_->dtype == torch::kFloat32;
+  comm_forward = comm_reverse = std::max(lc.slots(lc.max_width), 1);
   std::string names;
   for (const auto &name : lc.names) names += (names.empty() ? "" : ", ") + name;
   if (comm->me == 0)
@@ -131,12 +134,20 @@ bool PairGeoff::init_style_layers()
 }
 
 /* ----------------------------------------------------------------------
-   LAMMPS communication of the buffer's columns [col0, col0 + ncols).
+   LAMMPS communication of the buffer's columns [col0, col0 + ncols). While probing (one
+   column), pack_forward_comm marks the local atoms LAMMPS sends and the values are unused.
 ------------------------------------------------------------------------- */
 
 int PairGeoff::pack_forward_comm(int n, int *list, double *buf, int, int *)
 {
-  const GeoffLayerComm &lc = *layers_;
+  GeoffLayerComm &lc = *layers_;
+  if (lc.probing) {
+    for (int i = 0; i < n; ++i) {
+      lc.sent[list[i]] = 1;
+      buf[i] = 0.0;
+    }
+    return n;
+  }
   int m = 0;
   for (int i = 0; i < n; ++i) {
     const double *src = lc.buf.data() + (size_t) list[i] * lc.width + lc.col0;
@@ -148,6 +159,7 @@ int PairGeoff::pack_forward_comm(int n, int *list, double *buf, int, int *)
 void PairGeoff::unpack_forward_comm(int n, int first, double *buf)
 {
   GeoffLayerComm &lc = *layers_;
+  if (lc.probing) return;
   int m = 0;
   for (int i = first; i < first + n; ++i) {
     double *dst = lc.buf.data() + (size_t) i * lc.width + lc.col0;
@@ -170,6 +182,20 @@ void PairGeoff::unpack_reverse_comm(int n, int *list, double *buf)
 {
   GeoffLayerComm &lc = *layers_;
   int m = 0;
+  if (lc.single) {    // each double holds two floats: add them as floats
+    for (int i = 0; i < n; ++i) {
+      double *dst = lc.buf.data() + (size_t) list[i] * lc.width + lc.col0;
+      for (int c = 0; c < lc.ncols; ++c) {
+        float a[2], b[2];
+        std::memcpy(a, dst + c, sizeof a);
+        std::memcpy(b, buf + m++, sizeof b);
+        a[0] += b[0];
+        a[1] += b[1];
+        std::memcpy(dst + c, a, sizeof a);
+      }
+    }
+    return;
+  }
   for (int i = 0; i < n; ++i) {
     double *dst = lc.buf.data() + (size_t) list[i] * lc.width + lc.col0;
     for (int c = 0; c < lc.ncols; ++c) dst[c] += buf[m++];
@@ -177,13 +203,42 @@ void PairGeoff::unpack_reverse_comm(int n, int *list, double *buf)
 }
 
 /* ----------------------------------------------------------------------
+   send_rows: the local atoms in LAMMPS' forward send lists, found by a one-column forward
+   exchange. The lists change only when LAMMPS rebuilds them (with the neighbour list), so this
+   runs on the first call of a run and after every build: every rank at the same steps.
+------------------------------------------------------------------------- */
+
+void PairGeoff::probe_send_rows()
+{
+  GeoffLayerComm &lc = *layers_;
+  if (lc.probed && neighbor->ago != 0) return;
+  auto t = Clock::now();
+  const int nlocal = atom->nlocal;
+  lc.sent.assign(nlocal + atom->nghost, 0);
+  lc.probing = true;
+  comm->forward_comm(this, 1);
+  lc.probing = false;
+  lc.probed = true;
+  lc.send_rows.clear();
+  for (int i = 0; i < nlocal; ++i)
+    if (lc.sent[i]) lc.send_rows.push_back(i);
+  torch_->send_index = torch::from_blob(lc.send_rows.data(), {(int64_t) lc.send_rows.size()},
+                                        torch::kInt32)
+                           .to(torch::kInt64)
+                           .to(torch_->device);
+  lc.t_comm += since(t);
+}
+
+/* ----------------------------------------------------------------------
    The exchanges. exchange: lc.buf (nall x width doubles) through LAMMPS, forward (owners to
    their ghosts) or reverse (ghosts summed onto their owners), in passes of at most
    comm_forward columns; every rank makes the same calls, with or without atoms.
-   rows_forward / rows_reverse: the same for a host matrix (rows, width) of the graph's rows
-   (graph_atoms): forward replaces the ghost rows by their owners' values; reverse adds the
-   ghost rows' gradients onto their owners (here or on other ranks) and zeroes the ghost rows,
-   whose values were overwritten by the forward exchange, so nothing upstream depends on them.
+   rows_forward: `send` holds the send_rows' values (n_send, width); on return `ghosts` holds
+   the ghost rows' (graph rows nlocal..n-1) values from their owners.
+   rows_reverse: `ghosts` holds the gradients of the ghost rows; on return `send` holds what
+   the other copies of the send_rows added up to (to be added to their own gradients).
+   T is the model's dtype (float or double); LAMMPS' buffers are doubles, and a row of w
+   values takes lc.slots(w) of them (float32: two values per double, copied bit for bit).
 ------------------------------------------------------------------------- */
 
 void PairGeoff::exchange(int width, bool forward)
@@ -202,32 +257,68 @@ void PairGeoff::exchange(int width, bool forward)
   ++lc.n_comms;
 }
 
-void PairGeoff::rows_forward(double *rows, int width)
+namespace {
+// Row rows[k] of `dst` (a matrix of `stride` doubles per row) <- the w values of row k of
+// `src`, bit for bit (float32 rows are packed two values per double).
+template <typename T>
+void put_rows(double *dst, size_t stride, const T *src, const int *rows, size_t count, int w)
 {
-  GeoffLayerComm &lc = *layers_;
-  const int nlocal = atom->nlocal;
-  const int n = (int) graph_atoms.size();
-  lc.buf.assign((size_t) (nlocal + atom->nghost) * width, 0.0);
-  if (n > 0) std::memcpy(lc.buf.data(), rows, sizeof(double) * nlocal * width);
-  exchange(width, true);
-  for (int r = nlocal; r < n; ++r)
-    std::memcpy(rows + (size_t) r * width, lc.buf.data() + (size_t) graph_atoms[r] * width,
-                sizeof(double) * width);
+  for (size_t k = 0; k < count; ++k)
+    std::memcpy(dst + (size_t) rows[k] * stride, src + k * w, sizeof(T) * w);
 }
 
-void PairGeoff::rows_reverse(double *rows, int width)
+// Row k of `dst` <- the w values in row rows[k] of `src`.
+template <typename T>
+void get_rows(T *dst, const double *src, size_t stride, const int *rows, size_t count, int w)
+{
+  for (size_t k = 0; k < count; ++k)
+    std::memcpy(dst + k * w, src + (size_t) rows[k] * stride, sizeof(T) * w);
+}
+
+void grow(std::vector<double> &buf, size_t need)
+{
+  if (buf.size() < need) buf.resize(need + need / 4);
+}
+}    // namespace
+
+template <typename T>
+void PairGeoff::rows_forward(const T *send, T *ghosts, int width)
 {
   GeoffLayerComm &lc = *layers_;
   const int nlocal = atom->nlocal;
   const int n = (int) graph_atoms.size();
-  lc.buf.assign((size_t) (nlocal + atom->nghost) * width, 0.0);
-  for (int r = nlocal; r < n; ++r)
-    std::memcpy(lc.buf.data() + (size_t) graph_atoms[r] * width, rows + (size_t) r * width,
-                sizeof(double) * width);
-  exchange(width, false);
-  for (size_t k = 0; k < (size_t) nlocal * width; ++k) rows[k] += lc.buf[k];
-  if (n > nlocal) std::fill(rows + (size_t) nlocal * width, rows + (size_t) n * width, 0.0);
+  const size_t stride = lc.slots(width);
+  grow(lc.buf, (size_t) (nlocal + atom->nghost) * stride);
+  // Only the rows LAMMPS packs are written: every ghost is unpacked before it is relayed.
+  put_rows(lc.buf.data(), stride, send, lc.send_rows.data(), lc.send_rows.size(), width);
+  exchange((int) stride, true);
+  if (n > nlocal)
+    get_rows(ghosts, lc.buf.data(), stride, graph_atoms.data() + nlocal, n - nlocal, width);
 }
+
+template <typename T>
+void PairGeoff::rows_reverse(const T *ghosts, T *send, int width)
+{
+  GeoffLayerComm &lc = *layers_;
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int n = (int) graph_atoms.size();
+  const size_t stride = lc.slots(width);
+  grow(lc.buf, (size_t) nall * stride);
+  // Every ghost is packed (zero unless it is a graph row); the send rows are summed into.
+  std::fill(lc.buf.begin() + (size_t) nlocal * stride, lc.buf.begin() + (size_t) nall * stride,
+            0.0);
+  for (int i : lc.send_rows) std::fill_n(lc.buf.begin() + (size_t) i * stride, stride, 0.0);
+  if (n > nlocal)
+    put_rows(lc.buf.data(), stride, ghosts, graph_atoms.data() + nlocal, n - nlocal, width);
+  exchange((int) stride, false);
+  get_rows(send, lc.buf.data(), stride, lc.send_rows.data(), lc.send_rows.size(), width);
+}
+
+template void PairGeoff::rows_forward<float>(const float *, float *, int);
+template void PairGeoff::rows_forward<double>(const double *, double *, int);
+template void PairGeoff::rows_reverse<float>(const float *, float *, int);
+template void PairGeoff::rows_reverse<double>(const double *, double *, int);
 
 /* ----------------------------------------------------------------------
    The graph: rows (locals, then ghosts owned elsewhere, one row per atom ID), edges into the
@@ -313,28 +404,31 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   stop_on_overlap();
   const int n = (int) graph_atoms.size();
   lc.t_graph += since(t0);
+  probe_send_rows();
 
-  auto t1 = Clock::now();
-  const double comm_before = lc.t_comm;
   if (nlocal == 0) {
     // No atoms here: take part in every exchange (this rank may relay ghosts).
-    for (int k = 0; k + 1 < n_layers; ++k) rows_forward(nullptr, lc.widths[k]);
-    for (int k = n_layers - 2; k >= 0; --k) rows_reverse(nullptr, lc.widths[k]);
+    for (int k = 0; k + 1 < n_layers; ++k)
+      lc.single ? rows_forward<float>(nullptr, nullptr, lc.widths[k])
+                : rows_forward<double>(nullptr, nullptr, lc.widths[k]);
+    for (int k = n_layers - 2; k >= 0; --k)
+      lc.single ? rows_reverse<float>(nullptr, nullptr, lc.widths[k])
+                : rows_reverse<double>(nullptr, nullptr, lc.widths[k]);
   } else {
     run_layers(n_edges);
   }
-  lc.t_model += since(t1) - (lc.t_comm - comm_before);
 
   lc.sum_rows += n;
   lc.sum_ghost_rows += n - nlocal;
   lc.sum_edges += n_edges;
   lc.sum_local += nlocal;
+  lc.sum_send += lc.send_rows.size();
   ++lc.n_calls;
   if (reset_timers) {    // the setup call is not counted (as LAMMPS' loop time)
     lc.reset();
     reset_timers = false;
   }
-  pvector[0] = lc.t_model;
+  pvector[0] = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
   pvector[1] = lc.t_graph + lc.t_comm + lc.t_scatter;
   pvector[2] = (double) lc.n_calls;
   pvector[3] = lc.n_calls ? lc.sum_rows / lc.n_calls : (double) n;
@@ -342,16 +436,19 @@ void PairGeoff::compute_layers(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   End of a run: the timing summary (mean over ranks, and the slowest rank's communication).
+   End of a run: the timing summary (mean over ranks, and the slowest rank's communication),
+   then the per-phase breakdown in ms per step.
 ------------------------------------------------------------------------- */
 
 void PairGeoff::finish_layers()
 {
   const GeoffLayerComm &lc = *layers_;
-  double mine[9] = {lc.t_graph, lc.t_model, lc.t_comm, lc.t_scatter, (double) lc.n_calls,
-                    lc.sum_rows, lc.sum_ghost_rows, lc.sum_edges, lc.sum_local};
-  double sum[9], max_comm = 0.0;
-  MPI_Allreduce(mine, sum, 9, MPI_DOUBLE, MPI_SUM, world);
+  const double model = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
+  double mine[15] = {lc.t_graph, model, lc.t_comm, lc.t_scatter, (double) lc.n_calls,
+                     lc.sum_rows, lc.sum_ghost_rows, lc.sum_edges, lc.sum_local,
+                     lc.t_upload, lc.t_forward, lc.t_backward, lc.t_xfer, lc.sum_send, 0.0};
+  double sum[15], max_comm = 0.0;
+  MPI_Allreduce(mine, sum, 15, MPI_DOUBLE, MPI_SUM, world);
   MPI_Allreduce(&lc.t_comm, &max_comm, 1, MPI_DOUBLE, MPI_MAX, world);
   if (comm->me != 0 || sum[4] <= 0) return;
   const double p = comm->nprocs;
@@ -368,7 +465,15 @@ void PairGeoff::finish_layers()
   if (loop > 0)
     mesg += fmt::format("; of the loop time {:.4g} s: model {:.1f}%, comm {:.1f}%", loop,
                         100.0 * sum[1] / p / loop, 100.0 * sum[2] / p / loop);
-  mesg += fmt::format("; graph = {:.0f} own atoms + {:.0f} ghost rows", sum[8] / sum[4],
-                      sum[6] / sum[4]);
+  mesg += fmt::format("; graph = {:.0f} own atoms + {:.0f} ghost rows ({:.0f} rows sent)",
+                      sum[8] / sum[4], sum[6] / sum[4], sum[13] / sum[4]);
+  const double ms = 1000.0 / std::max(sum[4], 1.0);    // mean over ranks, per call
+  mesg += fmt::format(
+      "\npair geoff phases (ms per step, mean over ranks{}): graph {:.4g}, upload {:.4g}, "
+      "forward {:.4g}, backward {:.4g}, device<->host rows {:.4g}, comm {:.4g}, results "
+      "{:.4g}", torch_->sync_timing ? ", device synchronised" : "; device work is counted "
+      "where the host waits for it: `pair_style geoff ... timing sync` to attribute it",
+      sum[0] * ms, sum[9] * ms, sum[10] * ms, sum[11] * ms, sum[12] * ms, sum[2] * ms,
+      sum[3] * ms);
   utils::logmesg(lmp, mesg + "\n");
 }

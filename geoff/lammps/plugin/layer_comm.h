@@ -2,7 +2,7 @@
    pair_style geoff graph layers: per-layer communication under MPI (see layer_comm.cpp).
 
    The state that PairGeoff keeps for it: what the export says about the model's node
-   features, the atom ID -> graph row lookup, the buffer that
+   features, the atom ID -> graph row lookup, the rows other ranks need, the buffer that
    LAMMPS' forward/reverse communication reads and writes (one row of doubles per LAMMPS
    atom, owned and ghost), and the timers of the summary printed at the end of a run.
 ------------------------------------------------------------------------- */
@@ -32,19 +32,36 @@ struct GeoffLayerComm {
   std::vector<int> tag_row;                          // atom ID -> row (dense IDs)
   std::unordered_map<tagint, int> tag_row_sparse;    // atom ID -> row (sparse IDs)
 
+  // Rows LAMMPS sends to other ranks (or to its own periodic images): the local atoms that
+  // appear in a forward send list, sorted; found by a one-column probe exchange after each
+  // neighbour-list build. Only these rows leave the device before a forward exchange, and
+  // only they receive gradients from a reverse exchange.
+  std::vector<int> send_rows;
+  std::vector<char> sent;    // mark per LAMMPS atom, filled by the probe
+  bool probing = false, probed = false;
+
   // Communication buffer: nall x width doubles, LAMMPS atom index major; a pass sends
-  // columns [col0, col0 + ncols) (several passes when width exceeds comm_forward).
+  // columns [col0, col0 + ncols) (several passes when width exceeds comm_forward). Grown with
+  // headroom, never shrunk or zeroed as a whole.
   std::vector<double> buf;
   int width = 0, col0 = 0, ncols = 0;
+  bool single = false;    // float32 model: two values per double (unpack_reverse adds floats)
+  int slots(int values) const { return single ? (values + 1) / 2 : values; }
 
-  // Seconds on this rank since the run's setup, and sizes (summed over calls).
-  double t_graph = 0, t_model = 0, t_comm = 0, t_scatter = 0;
-  double sum_rows = 0, sum_ghost_rows = 0, sum_edges = 0, sum_local = 0;
+  // Seconds on this rank since the run's setup, by phase (pair_style ... timing sync waits for
+  // the device at each phase boundary, so that device work is counted where it runs):
+  // graph = neighbour list -> graph on the host; upload = graph to the device; forward =
+  // embedding, layers, readout; backward = their gradients; xfer = exchanged rows between
+  // device and host; comm = LAMMPS' MPI exchanges (waiting for other ranks included);
+  // scatter = forces, energies and virials into LAMMPS' arrays (results to the host included).
+  double t_graph = 0, t_upload = 0, t_forward = 0, t_backward = 0, t_xfer = 0, t_comm = 0,
+         t_scatter = 0;
+  double sum_rows = 0, sum_ghost_rows = 0, sum_edges = 0, sum_local = 0, sum_send = 0;
   long n_calls = 0, n_comms = 0;
   void reset()
   {
-    t_graph = t_model = t_comm = t_scatter = 0;
-    sum_rows = sum_ghost_rows = sum_edges = sum_local = 0;
+    t_graph = t_upload = t_forward = t_backward = t_xfer = t_comm = t_scatter = 0;
+    sum_rows = sum_ghost_rows = sum_edges = sum_local = sum_send = 0;
     n_calls = n_comms = 0;
   }
 };

@@ -110,7 +110,76 @@ torch::Tensor host(const torch::Tensor &t)
 {
   return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
 }
+
+double seconds_since(Clock::time_point t0)
+{
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 }    // namespace
+
+/* ----------------------------------------------------------------------
+   The device side of an exchange. Forward: the send rows of `flat` (n, width) go to the host
+   in one copy (index_select on the device), the ghost rows come back in one copy into a clone
+   of `flat`. Reverse: the ghost rows' gradients go to the host in one copy; what the other
+   copies of the send rows add up to comes back in one copy and is added on the device
+   (index_add_), and the ghost rows' gradients are zeroed (their values were overwritten by
+   the forward exchange, so nothing upstream depends on them). Staging buffers are pinned on a
+   GPU and reused; the timers count these copies as xfer, LAMMPS' exchange as comm.
+------------------------------------------------------------------------- */
+
+torch::Tensor PairGeoff::ghosts_forward(const torch::Tensor &flat)
+{
+  GeoffLayerComm &lc = *layers_;
+  GeoffTorch &tm = *torch_;
+  auto t = Clock::now();
+  const double comm_before = lc.t_comm;
+  const int64_t nlocal = atom->nlocal, n = flat.size(0), w = flat.size(1);
+  const int64_t nsend = (int64_t) lc.send_rows.size(), ng = n - nlocal;
+  const auto dtype = flat.scalar_type();
+  torch::Tensor send = tm.send_rows.rows(nsend, w, dtype, tm.on_gpu());
+  torch::Tensor ghosts = tm.ghost_rows.rows(ng, w, dtype, tm.on_gpu());
+  if (nsend > 0)
+    send.copy_(flat.index_select(0, tm.send_index));    // waits for the device
+  else
+    tm.wait();    // the previous copy out of `ghosts` may still be running
+  if (dtype == torch::kFloat32)
+    rows_forward(send.data_ptr<float>(), ghosts.data_ptr<float>(), (int) w);
+  else
+    rows_forward(send.data_ptr<double>(), ghosts.data_ptr<double>(), (int) w);
+  torch::Tensor out = flat.detach().clone();    // the next piece starts a new graph
+  if (ng > 0) out.narrow(0, nlocal, ng).copy_(ghosts, /*non_blocking=*/tm.on_gpu());
+  tm.sync();
+  lc.t_xfer += seconds_since(t) - (lc.t_comm - comm_before);
+  return out;
+}
+
+torch::Tensor PairGeoff::ghosts_reverse(const torch::Tensor &grad)
+{
+  GeoffLayerComm &lc = *layers_;
+  GeoffTorch &tm = *torch_;
+  auto t = Clock::now();
+  const double comm_before = lc.t_comm;
+  const int64_t nlocal = atom->nlocal, n = grad.size(0), w = grad.size(1);
+  const int64_t nsend = (int64_t) lc.send_rows.size(), ng = n - nlocal;
+  const auto dtype = grad.scalar_type();
+  torch::Tensor send = tm.send_rows.rows(nsend, w, dtype, tm.on_gpu());
+  torch::Tensor ghosts = tm.ghost_rows.rows(ng, w, dtype, tm.on_gpu());
+  if (ng > 0)
+    ghosts.copy_(grad.narrow(0, nlocal, ng));    // waits for the device
+  else
+    tm.wait();    // the previous copy out of `send` may still be running
+  if (dtype == torch::kFloat32)
+    rows_reverse(ghosts.data_ptr<float>(), send.data_ptr<float>(), (int) w);
+  else
+    rows_reverse(ghosts.data_ptr<double>(), send.data_ptr<double>(), (int) w);
+  torch::Tensor out = grad.detach().clone();
+  if (ng > 0) out.narrow(0, nlocal, ng).zero_();
+  if (nsend > 0)
+    out.index_add_(0, tm.send_index, send.to(out.device(), /*non_blocking=*/tm.on_gpu()));
+  tm.sync();
+  lc.t_xfer += seconds_since(t) - (lc.t_comm - comm_before);
+  return out;
+}
 
 namespace LAMMPS_NS {
 // What the forward pass keeps for the backward pass.
@@ -128,7 +197,8 @@ struct GeoffLayerTape {
 
 void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
 {
-  const GeoffLayerComm &lc = *layers_;
+  GeoffLayerComm &lc = *layers_;
+  auto t0 = Clock::now();
   const int nlocal = atom->nlocal;
   const int n = (int) graph_atoms.size();
   const int L = n_layers;
@@ -143,6 +213,10 @@ void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
   if (vflag_global || vflag_atom) tape.shifts.requires_grad_(true);
 
   auto &module = torch_->module;
+  torch_->sync();
+  lc.t_upload += seconds_since(t0);
+  auto t1 = Clock::now();
+  const double xfer_before = lc.t_xfer + lc.t_comm;
   auto first = module.get_method("lammps_embed")({graph}).toTuple();
   tape.state0 = typed(first->elements()[0]);
   tape.geometry_out = typed(first->elements()[1]);
@@ -160,14 +234,13 @@ void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
       error->one(FLERR, "pair_style geoff: model '{}' sends {} doubles per atom after layer "
                  "{}, its metadata says {}; re-export it", model_file, flat.size(1), k,
                  lc.widths[k]);
-    torch::Tensor rows = host(flat);
-    if (rows.data_ptr() == flat.data_ptr()) rows = rows.clone();
-    rows_forward(rows.data_ptr<double>(), lc.widths[k]);
-    unflatten(rows.to(flat.device(), flat.scalar_type()), tape.outs[k], lc.names,
-              tape.ins[k + 1], true);
+    torch_->sync();
+    unflatten(ghosts_forward(flat), tape.outs[k], lc.names, tape.ins[k + 1], true);
   }
   tape.energies = module.get_method("lammps_energies")(
       {tape.ins[L], tape.geometry, graph.at("species"), (int64_t) nlocal}).toTensor();
+  torch_->sync();
+  lc.t_forward += seconds_since(t1) - (lc.t_xfer + lc.t_comm - xfer_before);
 }
 
 /* ----------------------------------------------------------------------
@@ -176,7 +249,9 @@ void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
 
 void PairGeoff::layers_backward(GeoffLayerTape &tape)
 {
-  const GeoffLayerComm &lc = *layers_;
+  GeoffLayerComm &lc = *layers_;
+  auto t0 = Clock::now();
+  const double xfer_before = lc.t_xfer + lc.t_comm;
   const int n = (int) graph_atoms.size();
   const int L = n_layers;
   Grads g_geometry;    // summed over the pieces
@@ -209,11 +284,9 @@ void PairGeoff::layers_backward(GeoffLayerTape &tape)
                                ? it->second
                                : torch::zeros_like(tape.ins[k + 1].at(name)));
       }
-      torch::Tensor flat = flatten(grads, lc.names, n);
-      torch::Tensor rows = host(flat).clone();
-      rows_reverse(rows.data_ptr<double>(), lc.widths[k]);
+      torch_->sync();
       TensorDict owned;
-      unflatten(rows.to(flat.device(), flat.scalar_type()), tape.outs[k], lc.names, owned,
+      unflatten(ghosts_reverse(flatten(grads, lc.names, n)), tape.outs[k], lc.names, owned,
                 false);
       for (const auto &kv : owned) g[kv.key()] = kv.value();
     }
@@ -227,11 +300,13 @@ void PairGeoff::layers_backward(GeoffLayerTape &tape)
   auto leaves = backward(outputs, grad_outputs,
                          {{"positions", tape.positions}, {"shifts", tape.shifts}});
   const torch::Tensor &gp = leaves["positions"];
-  tape.forces = host(gp.defined() ? -gp : torch::zeros_like(tape.positions));
+  tape.forces = gp.defined() ? -gp : torch::zeros_like(tape.positions);
   if (tape.shifts.requires_grad()) {
     const torch::Tensor &gs = leaves["shifts"];
-    tape.edge_grad = host(gs.defined() ? gs : torch::zeros_like(tape.shifts));
+    tape.edge_grad = gs.defined() ? gs : torch::zeros_like(tape.shifts);
   }
+  torch_->sync();
+  lc.t_backward += seconds_since(t0) - (lc.t_xfer + lc.t_comm - xfer_before);
 }
 
 /* ----------------------------------------------------------------------
@@ -243,18 +318,29 @@ void PairGeoff::run_layers(int n_edges)
 {
   GeoffLayerComm &lc = *layers_;
   GeoffLayerTape tape;
+  const int n = (int) graph_atoms.size();
+  const int nlocal = atom->nlocal;
+  torch::Tensor results;
   try {
     layers_forward(tape, n_edges);
     layers_backward(tape);
-    tape.energies = host(tape.energies);
+    auto t = Clock::now();
+    // Forces (n,3), energies (nlocal,) and edge gradients (E,3) to the host in one copy.
+    std::vector<torch::Tensor> parts{tape.forces.reshape({-1}), tape.energies.reshape({-1})};
+    if (tape.edge_grad.defined()) parts.push_back(tape.edge_grad.reshape({-1}));
+    results = host(torch::cat(parts));
+    lc.t_scatter += seconds_since(t);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style geoff: model '{}' failed (graph layers) on {} atoms / {} "
                "edges: {}", model_file, graph_atoms.size(), n_edges,
                std::string(e.what()).substr(0, 400));
   }
   auto t = Clock::now();
-  scatter_forces(tape.forces.data_ptr<double>(), (int) graph_atoms.size());    // ghosts: LAMMPS
-  add_energies(tape.energies.data_ptr<double>(), tape.energies.sum().item<double>());
-  if (tape.edge_grad.defined()) add_edge_virials(tape.edge_grad.data_ptr<double>(), n_edges);
-  lc.t_scatter += std::chrono::duration<double>(Clock::now() - t).count();
+  const double *forces = results.data_ptr<double>();
+  const double *energies = forces + 3 * (size_t) n;
+  const double total = results.narrow(0, 3 * (int64_t) n, nlocal).sum().item<double>();
+  scatter_forces(forces, n);    // ghosts: LAMMPS
+  add_energies(energies, total);
+  if (tape.edge_grad.defined()) add_edge_virials(energies + nlocal, n_edges);
+  lc.t_scatter += seconds_since(t);
 }

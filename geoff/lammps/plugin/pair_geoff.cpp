@@ -163,6 +163,12 @@ void PairGeoff::settings(int narg, char **arg)
         error->all(FLERR, "pair_style geoff graph must be auto, periodic, ghosts or layers, "
                    "got '{}'", graph_request);
       iarg += 2;
+    } else if (key == "timing" && iarg + 1 < narg) {
+      const std::string how = arg[iarg + 1];
+      if (how != "fast" && how != "sync")
+        error->all(FLERR, "pair_style geoff timing must be fast or sync, got '{}'", how);
+      torch_->sync_timing = how == "sync";
+      iarg += 2;
     } else if (key == "overlap" && iarg + 1 < narg) {
       overlap_request = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
       if (overlap_request < 0.0)
@@ -171,7 +177,8 @@ void PairGeoff::settings(int narg, char **arg)
     } else {
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
-                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers] [overlap <A>]`",
+                 "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers] [overlap <A>] "
+                 "[timing fast|sync]`",
                  key);
     }
   }
@@ -350,6 +357,9 @@ void PairGeoff::choose_device()
     // One GPU per rank of a node, round robin.
     int ndev = (int) torch::cuda::device_count();
     torch_->device = torch::Device(torch::kCUDA, node_rank % std::max(ndev, 1));
+    // The graph's size changes every step: growable segments keep the caching allocator from
+    // fragmenting (set before the first CUDA allocation; a user's own setting wins).
+    setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", /*overwrite=*/0);
   } else {
     torch_->device = torch::Device(torch::kCPU);
   }
@@ -362,6 +372,7 @@ void PairGeoff::choose_device()
   }
 
   try {
+    c10::DeviceGuard guard(torch_->device);    // this rank's GPU is the current one
     torch_->module.to(torch_->device);
     torch_->module.eval();
   } catch (const std::exception &e) {
@@ -644,6 +655,8 @@ void PairGeoff::stop_on_overlap()
 void PairGeoff::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  // This rank's GPU is the current device (pinned buffers, streams and kernels go there).
+  c10::DeviceGuard guard(torch_->device);
   if (layered) return compute_layers(eflag, vflag);    // every rank, atoms or not
   if (list->inum == 0) return;    // no local atoms: no energy, no forces
 

@@ -1,7 +1,8 @@
 /* -*- c++ -*- ----------------------------------------------------------
    pair_style geoff: geoff (GEOmetric Force Fields) TorchScript models in LAMMPS.
 
-   pair_style geoff [device auto|cpu|cuda] [graph auto|periodic|ghosts]
+   pair_style geoff [device auto|cpu|cuda] [graph auto|periodic|layers|ghosts] [overlap <A>]
+                    [timing fast|sync]
    pair_coeff * * model.pt Cu Zr          (one element per atom type)
 
    The model file is written by `geoff export`; it carries its own metadata (species,
@@ -35,6 +36,10 @@ PairStyle(geoff,PairGeoff);
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace at {
+class Tensor;    // torch::Tensor
+}
 
 namespace LAMMPS_NS {
 
@@ -105,10 +110,14 @@ class PairGeoff : public Pair {
   bool init_style_layers();      // chooses graph layers; true if this run uses it
   void compute_layers(int eflag, int vflag);
   int build_graph_layers();      // returns the number of edges
+  void probe_send_rows();                     // which local rows LAMMPS sends
   void exchange(int width, bool forward);     // LAMMPS forward/reverse comm of the buffer
-  void rows_forward(double *rows, int width);    // ghost rows <- their owners' values
-  void rows_reverse(double *rows, int width);    // ghost rows' gradients -> their owners
+  // Host side of one exchange, in the model's dtype T (layer_comm.cpp explains the rows).
+  template <typename T> void rows_forward(const T *send, T *ghosts, int width);
+  template <typename T> void rows_reverse(const T *ghosts, T *send, int width);
   void run_layers(int n_edges);                  // layer_model.cpp: the model in pieces
+  at::Tensor ghosts_forward(const at::Tensor &flat);    // device side of the exchanges
+  at::Tensor ghosts_reverse(const at::Tensor &grad);
   void layers_forward(GeoffLayerTape &tape, int n_edges);
   void layers_backward(GeoffLayerTape &tape);
 
