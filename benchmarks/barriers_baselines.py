@@ -42,10 +42,7 @@ def descriptors(atoms) -> np.ndarray:
     z = atoms.numbers
     i, j, d = neighbor_list("ijd", atoms, RADIAL_CUTOFF)
     cols: List[np.ndarray] = []
-    pe = atoms.arrays.get("energies")
-    if pe is None and atoms.calc is not None:
-        pe = atoms.calc.results.get("energies")
-    cols.append(np.zeros(n) if pe is None else np.asarray(pe, dtype=float))
+    cols.append(per_atom_energies(atoms)[0])
     cols.append((z == ELEMENTS[1]).astype(float))
     for el in ELEMENTS:
         sel = (z[j] == el)
@@ -55,6 +52,36 @@ def descriptors(atoms) -> np.ndarray:
             cols.append(np.bincount(i[sel], weights=w, minlength=n))
     cols += list(_angular(atoms).T)
     return np.column_stack(cols)
+
+
+def per_atom_energies(atoms):
+    """(EAM per-atom energies (N,) eV, their source): the frame's ``energies`` array, else the
+    Mendelev EAM through LAMMPS, else matscipy's EAM, else zeros (source ``"missing"``)."""
+    pe = atoms.arrays.get("energies")
+    if pe is None and atoms.calc is not None:
+        pe = atoms.calc.results.get("energies")
+    if pe is not None:
+        return np.asarray(pe, dtype=float), "data"
+    try:
+        from geoff.data.eam_engine import EamEngine
+
+        engine = EamEngine(atoms)
+        try:
+            return engine.energies(atoms.positions.ravel()), "lammps"
+        finally:
+            engine.close()
+    except Exception:  # no lammps module (the GPU machine): matscipy reads the same file
+        pass
+    try:
+        from matscipy.calculators.eam import EAM
+
+        from geoff.data.cuzr_eam import potential_file
+
+        copy = atoms.copy()
+        copy.calc = EAM(str(potential_file()), kind="eam/fs")
+        return np.asarray(copy.get_potential_energies(), dtype=float), "matscipy"
+    except Exception:
+        return np.zeros(len(atoms)), "missing"
 
 
 def _angular(atoms) -> np.ndarray:
