@@ -1,19 +1,28 @@
-"""Per-atom barrier benchmark on held-out glasses: baselines and geoff models.
+"""Per-atom barrier benchmark on held-out glasses: baselines and every geoff model.
 
   .venv/bin/python benchmarks/barriers.py --data examples/barriers/cuzr_barriers.extxyz \
-      --models schnet painn symgnn --minutes 2 --out benchmarks/results/barriers.md
+      --minutes 2 --jobs 2 --out benchmarks/results/barriers
+  python3 benchmarks/barriers.py --data D.extxyz --device cuda:0,cuda:1 --jobs 9 --minutes 6
 
-Split by glass (one frame = one glass): the last ``--test-glasses`` frames are the test set,
-the one before them validation (when at least three remain), the rest training. Baselines:
-the global and per-element mean of the training atoms, and descriptors + ridge
-(``barriers_baselines.py``). Models: ``geoff.training.train`` with ``target`` = the label,
-energy and force weights 0 (property only), ``--minutes`` of training each (CPU, one thread),
-small hyper-parameters (``HPARAMS``). Metrics on the labelled test atoms: MAE (eV), R²,
-Spearman. Also writes the barrier histogram next to the table.
+Split by glass (one frame = one glass): the last ``--test-glasses`` frames (default a fifth,
+at least one) are the test set, the one before them validation (when at least two remain
+for training), the rest training. Rows: the global and per-element mean of the training
+atoms, descriptors + ridge (``barriers_baselines.py``), the eight zoo models at one wall-clock
+budget and SymGNN at the paper's settings (``barriers_models.py``: ``--models`` picks rows,
+``all`` = the eight + ``symgnn-paper``). Metrics on the labelled test atoms: MAE (eV) with a
+95 % bootstrap interval over atoms, R², Spearman; and, for SymGNN, the paired bootstrap of its
+MAE minus each other model's (the paper's claim: symmetrisation helps).
+
+Writes ``<out>.json`` (everything, updated as each job finishes), ``<out>_table.md``,
+``<out>_predictions.csv`` (every test atom: glass, index, element, label, each row's
+prediction), ``<out>_hist.png`` (label histogram) and keeps each model's ``best.ckpt`` under
+``--keep`` (for ``barriers_explain.py``). ``--deadline-s`` skips jobs that cannot finish in
+time (GPU calls have a wall-clock limit).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -23,72 +32,65 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from barriers_baselines import descriptors, metrics, ridge_cv, ridge_fit, ridge_predict  # noqa
+from barriers_baselines import (bootstrap_mae, descriptors, metrics, paired_mae_difference,  # noqa
+                                ridge_cv, ridge_fit, ridge_predict)
+from barriers_models import CUTOFF, MODELS, PAPER, run_jobs  # noqa: E402
 
-HPARAMS = {
-    "schnet": dict(n_features=32, n_layers=3, n_rbf=16),
-    "painn": dict(n_features=32, n_layers=3, n_rbf=16),
-    "symgnn": dict(n_features=32, n_layers=3, n_rbf=16, n_samples=4),
-    "faenet": dict(n_features=32, n_layers=3, n_rbf=16),
-    "egnn": dict(n_features=32, n_layers=3, n_rbf=16),
-    "nequip": dict(n_features=16, n_layers=3, l_max=2, n_rbf=8),
-    "mace": dict(n_features=16, n_layers=2, l_max=2, correlation=2, n_rbf=8),
-    "dimenet": dict(n_features=32, n_layers=2, n_rbf=6, l_max=3),
-}
+ELEMENTS = {29: "Cu", 40: "Zr"}
 
 
 def labelled(frames, key):
-    """(values, species numbers, glass index) of the labelled atoms."""
+    """(values, species numbers, glass index, atom index) of the labelled atoms."""
     v = np.concatenate([f.arrays[key] for f in frames])
     z = np.concatenate([f.numbers for f in frames])
     g = np.concatenate([np.full(len(f), k) for k, f in enumerate(frames)])
+    a = np.concatenate([np.arange(len(f)) for f in frames])
     ok = np.isfinite(v)
-    return v[ok], z[ok], g[ok]
+    return v[ok], z[ok], g[ok], a[ok]
+
+
+def split(frames, test_glasses=None):
+    """(train, val, test) lists of frames, by glass (see the module docstring)."""
+    n_test = test_glasses or max(1, len(frames) // 5)
+    if len(frames) < n_test + 1:
+        raise SystemExit(f"need at least {n_test + 1} glasses (one to train on, "
+                         f"{n_test} to test on); the data has {len(frames)}")
+    test, rest = frames[-n_test:], frames[:-n_test]
+    val = rest[-1:] if len(rest) >= 3 else []
+    return (rest[:-1] if val else rest), val, test
 
 
 def baselines(train, test, key):
-    y_tr, z_tr, _ = labelled(train, key)
-    y_te, z_te, _ = labelled(test, key)
-    rows = {"mean": metrics(np.full_like(y_te, y_tr.mean()), y_te)}
-    per_el = np.array([y_tr[z_tr == z].mean() if (z_tr == z).any() else y_tr.mean()
-                       for z in z_te])
-    rows["per-element mean"] = metrics(per_el, y_te)
+    """Predictions of the labelled test atoms by the three baselines: {row: array}."""
+    y_tr, z_tr, _, _ = labelled(train, key)
+    _, z_te, _, _ = labelled(test, key)
+    rows = {"mean": np.full(z_te.shape, y_tr.mean())}
+    rows["per-element mean"] = np.array([y_tr[z_tr == z].mean() if (z_tr == z).any()
+                                         else y_tr.mean() for z in z_te])
     xs = [descriptors(f)[np.isfinite(f.arrays[key])] for f in train]
     ys = [f.arrays[key][np.isfinite(f.arrays[key])] for f in train]
     alpha = ridge_cv(xs, ys)
     model = ridge_fit(np.concatenate(xs), np.concatenate(ys), alpha)
     x_te = np.concatenate([descriptors(f)[np.isfinite(f.arrays[key])] for f in test])
-    rows[f"descriptors + ridge (alpha {alpha:g})"] = metrics(ridge_predict(model, x_te), y_te)
+    rows[f"descriptors + ridge (alpha {alpha:g})"] = ridge_predict(model, x_te)
     return rows
 
 
-def train_model(name, files, key, minutes, workdir, seed=0):
-    import geoff
-    from geoff.calculators.ase import GeoffCalculator
-    from geoff.data.io import read_dataset
-    from geoff.training import train
-
-    cfg = dict(model=name, hparams=HPARAMS.get(name, {}), cutoff=5.0, data=str(files["train"]),
-               val_data=str(files["val"]) if files.get("val") else None,
-               test_data=str(files["test"]), val_fraction=0.0 if files.get("val") else 0.2,
-               target=key, energy_weight=0.0, forces_weight=0.0, batch_size=1, lr=3e-3,
-               epochs=100000, max_time=minutes, progress=False, num_threads=1, seed=seed,
-               out=str(workdir / name), overwrite=True)
-    t0 = time.perf_counter()
-    train(cfg)
-    seconds = time.perf_counter() - t0
-    model = geoff.load(workdir / name / "best.ckpt")
-    preds, refs = [], []
-    for atoms in read_dataset(files["test"]):
-        atoms.calc = GeoffCalculator(model)
-        atoms.get_potential_energy()
-        ok = np.isfinite(atoms.arrays[key])
-        preds.append(atoms.calc.results[key][ok])
-        refs.append(atoms.arrays[key][ok])
-    row = metrics(np.concatenate(preds), np.concatenate(refs))
-    row.update(seconds=round(seconds, 1),
-               parameters=int(sum(p.numel() for p in model.parameters())))
+def score(pred, ref) -> dict:
+    row = metrics(np.asarray(pred), ref)
+    row["mae_ci"] = bootstrap_mae(np.asarray(pred), ref)
     return row
+
+
+def symmetrisation(results, ref) -> dict:
+    """For each SymGNN row: MAE(SymGNN) - MAE(other) per other model, paired bootstrap CI."""
+    preds = {k: np.asarray(v["pred"]) for k, v in results["models"].items() if "pred" in v}
+    out = {}
+    for sym in ("symgnn", PAPER):
+        if sym in preds:
+            out[sym] = {k: paired_mae_difference(preds[sym], p, ref)
+                        for k, p in preds.items() if k not in ("symgnn", PAPER)}
+    return out
 
 
 def histogram(frames, key, path):
@@ -97,12 +99,12 @@ def histogram(frames, key, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    y, z, _ = labelled(frames, key)
+    y, z, _, _ = labelled(frames, key)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     bins = np.linspace(0, max(float(y.max()), 0.1), 25)
-    for el, name, colour in ((29, "Cu", "#c8702a"), (40, "Zr", "#3a6fb0")):
-        ax.hist(y[z == el], bins=bins, alpha=0.7, label=f"{name} ({(z == el).sum()})",
-                color=colour)
+    for el, colour in ((29, "#c8702a"), (40, "#3a6fb0")):
+        ax.hist(y[z == el], bins=bins, alpha=0.7, color=colour,
+                label=f"{ELEMENTS[el]} ({(z == el).sum()})")
     ax.set_xlabel(f"{key} (eV)")
     ax.set_ylabel("atoms")
     ax.legend()
@@ -112,58 +114,120 @@ def histogram(frames, key, path):
 
 
 def table(results) -> str:
-    """The markdown table of every row (baselines, then models)."""
-    lines = ["| predictor | MAE (eV) | R² | Spearman | test atoms | train time (s) | parameters |",
-             "|---|---|---|---|---|---|---|"]
-    rows = [(k, v) for k, v in results["baselines"].items()] + \
-        [(k, v) for k, v in results["models"].items()]
-    for name, r in rows:
-        lines.append(f"| {name} | {r['mae']:.3f} | {r['r2']:.2f} | {r['spearman']:.2f} | "
-                     f"{r['n']} | {r.get('seconds', '')} | {r.get('parameters', '')} |")
+    """The markdown table of every row (baselines, then models by MAE) and the SymGNN test."""
+    lines = ["| predictor | MAE (eV) [95 % CI] | R² | Spearman | test atoms | train (s) | "
+             "parameters |", "|---|---|---|---|---|---|---|"]
+    models = sorted(((k, v) for k, v in results["models"].items() if "mae" in v),
+                    key=lambda kv: kv[1]["mae"])
+    for name, r in list(results["baselines"].items()) + models:
+        lo, hi = r["mae_ci"]
+        lines.append(f"| {name} | {r['mae']:.3f} [{lo:.3f}, {hi:.3f}] | {r['r2']:.2f} | "
+                     f"{r['spearman']:.2f} | {r['n']} | {r.get('seconds', '')} | "
+                     f"{r.get('parameters', '')} |")
+    for name, r in results["models"].items():
+        if "error" in r:
+            lines.append(f"| {name} | not run: {r['error'][:80]} | | | | | |")
+    for sym, diffs in results.get("symmetrisation", {}).items():
+        lines.append(f"\n{sym}: MAE({sym}) − MAE(other), eV, paired bootstrap 95 % CI "
+                     "(negative: SymGNN better)\n")
+        lines.append("| other | difference [95 % CI] |\n|---|---|")
+        for other, d in sorted(diffs.items(), key=lambda kv: kv[1]["difference"]):
+            lines.append(f"| {other} | {d['difference']:+.4f} [{d['ci'][0]:+.4f}, "
+                         f"{d['ci'][1]:+.4f}] |")
     return "\n".join(lines) + "\n"
+
+
+def write_predictions(path, test, key, results):
+    _, z, g, a = labelled(test, key)
+    ref = labelled(test, key)[0]
+    rows = {**{k: v for k, v in results["_baseline_preds"].items()},
+            **{k: v["pred"] for k, v in results["models"].items() if "pred" in v}}
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["glass_seed", "atom", "element", key] + list(rows))
+        seeds = [int(f.info.get("seed", k)) * 1000 + int(f.info.get("glass", k))
+                 for k, f in enumerate(test)]
+        for n in range(ref.size):
+            w.writerow([seeds[g[n]], int(a[n]), ELEMENTS.get(int(z[n]), z[n]),
+                        f"{ref[n]:.5f}"] + [f"{float(v[n]):.5f}" for v in rows.values()])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="extxyz, one glass per frame")
+    p.add_argument("--target", default="barrier_mean")
+    p.add_argument("--models", nargs="*", default=["all"],
+                   help=f"rows: {' '.join(MODELS)} gemnet {PAPER}, or 'all' "
+                        "(the eight and symgnn-paper)")
+    p.add_argument("--minutes", type=float, default=2.0, help="training budget per model")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="also stop each model after this many optimizer steps (0: no cap)")
+    p.add_argument("--jobs", type=int, default=1, help="model jobs in parallel")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, or a comma list (cuda:0,cuda:1) handed out round robin")
+    p.add_argument("--cutoff", type=float, default=CUTOFF, help="graph cutoff of every model, Å")
+    p.add_argument("--test-glasses", type=int, default=None)
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="skip model jobs that would end later than this many seconds from now")
+    p.add_argument("--keep", default="runs/barriers", help="folder for the trained models")
+    p.add_argument("--out", default="benchmarks/results/barriers",
+                   help="output prefix: <out>.json, <out>_table.md, <out>_hist.png, ...")
+    args = p.parse_args(argv)
+    if args.models == ["all"]:
+        args.models = list(MODELS) + [PAPER]
+    return args
 
 
 def main(argv=None):
     from geoff.data.io import read_dataset, write_dataset
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--target", default="barrier_mean")
-    p.add_argument("--models", nargs="*", default=["schnet", "painn", "symgnn"])
-    p.add_argument("--minutes", type=float, default=2.0)
-    p.add_argument("--test-glasses", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results/barriers.md")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
+    start = time.time()
+    deadline = start + args.deadline_s if args.deadline_s else None
     frames = read_dataset(args.data)
-    n_test = args.test_glasses
-    if len(frames) < n_test + 1:
-        raise SystemExit(f"need at least {n_test + 1} glasses, {args.data} has {len(frames)}")
-    test = frames[-n_test:]
-    rest = frames[:-n_test]
-    val = rest[-1:] if len(rest) >= 3 else []
-    train = rest[:-1] if val else rest
+    train, val, test = split(frames, args.test_glasses)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     histogram(frames, args.target, out.with_name(out.stem + "_hist.png"))
-    results = {"baselines": baselines(train, test, args.target), "models": {}}
+    ref = labelled(test, args.target)[0]
+    base = baselines(train, test, args.target)
+    results = {"data": args.data, "target": args.target, "minutes": args.minutes,
+               "cutoff": args.cutoff,
+               "device": args.device, "baselines": {k: score(v, ref) for k, v in base.items()},
+               "models": {}, "_baseline_preds": {k: v.tolist() for k, v in base.items()},
+               "split": {k: [f"{f.info.get('seed', '?')}/{f.info.get('glass', i)}"
+                             for i, f in enumerate(v)]
+                         for k, v in (("train", train), ("val", val), ("test", test))},
+               "labelled": {k: int(labelled(v, args.target)[0].size) if v else 0
+                            for k, v in (("train", train), ("val", val), ("test", test))}}
+
+    def record(res):
+        row = res["row"]
+        body = {k: v for k, v in res.items() if k != "row"}
+        results["models"][row] = dict(body, **score(body["pred"], ref)) if "pred" in body \
+            else body
+        results["symmetrisation"] = symmetrisation(results, ref)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        out.with_name(out.stem + "_table.md").write_text(table(results))
+        print(row, {k: v for k, v in results["models"][row].items() if k != "pred"}, flush=True)
+
+    keep = Path(args.keep)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        files = {"train": tmp / "train.extxyz", "test": tmp / "test.extxyz"}
+        files = {"train": f"{tmp}/train.extxyz", "test": f"{tmp}/test.extxyz"}
         write_dataset(train, files["train"])
         write_dataset(test, files["test"])
         if val:
-            files["val"] = tmp / "val.extxyz"
+            files["val"] = f"{tmp}/val.extxyz"
             write_dataset(val, files["val"])
-        for name in args.models:
-            results["models"][name] = train_model(name, files, args.target, args.minutes, tmp)
-            print(name, results["models"][name], flush=True)
-    results["split"] = {k: [int(f.info.get("seed", -1)) for f in v]
-                        for k, v in (("train", train), ("val", val), ("test", test))}
-    results["labelled"] = {k: int(labelled(v, args.target)[0].size) if v else 0
-                           for k, v in (("train", train), ("val", val), ("test", test))}
+        run_jobs(args.models, len(train), files, args.target, args.minutes, str(keep),
+                 args.device.split(","), args.jobs, deadline, on_result=record,
+                 max_steps=args.max_steps, cutoff=args.cutoff)
+    results["seconds"] = round(time.time() - start, 1)
+    write_predictions(out.with_name(out.stem + "_predictions.csv"), test, args.target, results)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     out.with_name(out.stem + "_table.md").write_text(table(results))
-    print(json.dumps(results, indent=1))
+    print(table(results))
+    return results
 
 
 if __name__ == "__main__":

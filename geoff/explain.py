@@ -57,7 +57,7 @@ def receptive_edges(edge_index: torch.Tensor, atom: int, n_layers: int) -> torch
     """Boolean (E,): edges whose receiver is at most ``n_layers - 1`` hops from ``atom``."""
     receiver, sender = edge_index[0], edge_index[1]
     n_atoms = int(edge_index.max()) + 1 if edge_index.numel() else atom + 1
-    near = torch.zeros(max(n_atoms, atom + 1), dtype=torch.bool)
+    near = torch.zeros(max(n_atoms, atom + 1), dtype=torch.bool, device=edge_index.device)
     near[atom] = True
     for _ in range(n_layers - 1):  # information flows sender -> receiver
         near = near.clone().index_fill_(0, sender[near[receiver]], True)
@@ -82,20 +82,23 @@ def _predict(model, graph, key: str, atom: int, mask: Optional[torch.Tensor]) ->
 
 def explain_atom(model, atoms, atom: int, output: Optional[str] = None, steps: int = 200,
                  lr: float = 0.1, sparsity: float = 0.05, entropy: float = 0.05,
-                 tolerance: float = 0.01, top_k: int = 10, seed: int = 0) -> Explanation:
+                 tolerance: float = 0.01, top_k: int = 10, seed: int = 0,
+                 device: str = "cpu") -> Explanation:
     """Learn the edge mask of atom ``atom``'s prediction (see the module docstring).
 
     ``tolerance``: the prediction change (output unit, e.g. eV) that costs as much as the
-    penalties; ``top_k``: edges counted as "top" for the fidelity figures.
+    penalties; ``top_k``: edges counted as "top" for the fidelity figures; ``device``: where
+    the mask is learned (``"cuda"`` is ~30x faster for a 3-layer model on a 150-atom glass).
     """
-    model = frozen(model, dtype="float64")  # a private float64 copy: only the mask learns
+    # a private float64 copy: only the mask learns
+    model = frozen(model, device=device, dtype="float64")
     rep = getattr(model, "representation", None)  # None: a wrapper that masks by itself
     if rep is not None and not getattr(rep, "edge_gate", ""):
         raise ValueError(f"{model.model_name or type(rep).__name__} does not "
                          "apply graph['edge_mask'] to its messages (no EDGE_GATE): explain a "
                          "model that does (schnet, painn, egnn, nequip, mace, symgnn, faenet)")
     key = _output_key(model, output)
-    graph = atoms_to_graph(atoms, model, dtype=torch.float64)
+    graph = atoms_to_graph(atoms, model, dtype=torch.float64, device=device)
     dtype = graph["positions"].dtype
     edge_index = graph["edge_index"]
     field_ = receptive_edges(edge_index, atom, model.n_layers)
@@ -105,9 +108,10 @@ def explain_atom(model, atoms, atom: int, output: Optional[str] = None, steps: i
     with torch.no_grad():
         reference = float(_predict(model, graph, key, atom, None))
     gen = torch.Generator().manual_seed(seed)
-    logits = (2.0 + 0.1 * torch.randn(n_field, generator=gen, dtype=dtype)).requires_grad_(True)
+    logits = (2.0 + 0.1 * torch.randn(n_field, generator=gen, dtype=dtype)).to(
+        edge_index.device).requires_grad_(True)
     optimiser = torch.optim.Adam([logits], lr=lr)
-    ones = torch.ones(edge_index.shape[1], dtype=dtype)
+    ones = torch.ones(edge_index.shape[1], dtype=dtype, device=edge_index.device)
     for _ in range(steps):
         m = torch.sigmoid(logits)
         mask = ones.masked_scatter(field_, m)
@@ -118,34 +122,34 @@ def explain_atom(model, atoms, atom: int, output: Optional[str] = None, steps: i
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    importance = torch.sigmoid(logits).detach()
+    importance = torch.sigmoid(logits).detach().cpu()
     return _explanation(model, atoms, graph, key, atom, reference, field_, importance, top_k,
                         steps)
 
 
 def _explanation(model, atoms, graph, key, atom, reference, field_, importance, top_k,
                  steps) -> Explanation:
-    edge_index, shifts = graph["edge_index"], graph["shifts"]
-    index = torch.nonzero(field_).reshape(-1)
+    device = graph["edge_index"].device
+    edge_index, shifts = graph["edge_index"].cpu(), graph["shifts"].cpu()
+    pos = graph["positions"].cpu()
+    index = torch.nonzero(field_.cpu()).reshape(-1)
     order = torch.argsort(importance, descending=True)
     k = min(top_k, len(order))
     symbols = atoms.get_chemical_symbols()
-    pos = graph["positions"]
-    edges = []
-    for rank in order.tolist():
-        e = int(index[rank])
-        i, j = int(edge_index[0, e]), int(edge_index[1, e])
-        vec = pos[j] - pos[i] + shifts[e]
-        edges.append({"edge": e, "receiver": i, "sender": j, "pair": _pair(symbols[i], symbols[j]),
-                      "distance": float(torch.linalg.norm(vec)), "shift": shifts[e].tolist(),
-                      "importance": float(importance[rank])})
-    top = index[order[:k]]
-    dtype = pos.dtype
+    ranked = index[order]  # edge ids, most important first
+    recv, send = edge_index[0, ranked].tolist(), edge_index[1, ranked].tolist()
+    dist = torch.linalg.norm(pos[edge_index[1, ranked]] - pos[edge_index[0, ranked]]
+                             + shifts[ranked], dim=-1).tolist()
+    edges = [{"edge": int(e), "receiver": i, "sender": j, "pair": _pair(symbols[i], symbols[j]),
+              "distance": d, "shift": shifts[e].tolist(), "importance": float(w)}
+             for e, i, j, d, w in zip(ranked.tolist(), recv, send, dist, importance[order])]
+    top = ranked[:k].to(device)
+    dtype = graph["positions"].dtype
     with torch.no_grad():
-        removed = torch.ones(edge_index.shape[1], dtype=dtype)
+        removed = torch.ones(edge_index.shape[1], dtype=dtype, device=device)
         removed[top] = 0.0
-        kept = torch.ones(edge_index.shape[1], dtype=dtype)
-        kept[index] = 0.0
+        kept = torch.ones(edge_index.shape[1], dtype=dtype, device=device)
+        kept[index.to(device)] = 0.0
         kept[top] = 1.0
         fid = {"removed": abs(float(_predict(model, graph, key, atom, removed)) - reference),
                "kept": abs(float(_predict(model, graph, key, atom, kept)) - reference),
