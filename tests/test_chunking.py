@@ -69,7 +69,7 @@ def test_chunked_training_gradients_equal_plain(name):
         _close(a, b)
 
 
-@pytest.mark.parametrize("name", ["painn", "nequip"])
+@pytest.mark.parametrize("name", CHUNKED)
 def test_scripted_chunked_model_takes_the_plain_path(name):
     model = set_edge_chunk(small_model(name), CHUNK)
     graph = _graph(model)

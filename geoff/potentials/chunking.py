@@ -42,6 +42,11 @@ from .layers import scatter_sum
 DEFAULT_EDGE_CHUNK = 2 ** 17
 
 
+# One atom's activations in a ``RowChunked`` module weigh about as much as this many edges'
+# messages (MACE-style, 64 channels, correlation 3: ~500 KB per atom, ~50 KB per edge).
+ATOM_WEIGHT = 8
+
+
 class EdgeMessages(nn.Module):
     """Base of the modules that sum per-edge messages into atoms (see the module docstring).
 
@@ -103,24 +108,20 @@ class RowChunked(nn.Module):
     plain. The knob is the same ``edge_chunk`` as ``EdgeMessages``'s.
     """
 
-    # One atom's activations weigh about as much as this many edges' messages (MACE-style,
-    # 64 channels, correlation 3: ~500 KB per atom against ~50 KB per edge).
-    ATOM_WEIGHT = 8
     edge_chunk: int
 
     def __init__(self, edge_chunk: int = DEFAULT_EDGE_CHUNK):
         super().__init__()
         self.edge_chunk = int(edge_chunk)
+        self.atom_weight = ATOM_WEIGHT  # an instance attribute, for TorchScript
 
     def rows(self, inputs: List[Tensor]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement rows")
 
     def map_rows(self, inputs: List[Tensor]) -> Tensor:
         """``rows(inputs)``, in checkpointed atom chunks when there are many atoms."""
-        if torch.jit.is_scripting():  # TorchScript cannot see ATOM_WEIGHT nor checkpoint
-            return self.rows(inputs)
-        chunk = self.edge_chunk // self.ATOM_WEIGHT
-        if chunk <= 0 or inputs[0].shape[0] <= chunk:
+        chunk = self.edge_chunk // self.atom_weight
+        if torch.jit.is_scripting() or chunk <= 0 or inputs[0].shape[0] <= chunk:
             return self.rows(inputs)
         return self._map_rows_chunked(inputs, chunk)
 
