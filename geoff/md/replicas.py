@@ -12,9 +12,18 @@ run (tested to 1e-10 in float64). One force call per step serves all replicas st
 
 Each replica is checked after every step by its own ``FailureMonitor``; a replica that fails
 is recorded with its step and reason, frozen and dropped from the batch, and the others go on.
-Each writes what a single run writes, under ``<output>/replica_<r>/`` (trajectory, thermo.csv),
-and gets its own ``RunResult``; ``wall_s`` is the batch's integration time (shared).
-Multiple time stepping and LAMMPS are single-replica only; so are reference calculators.
+The checks that run every step (non-finite values, force, temperature) are first evaluated
+for all replicas at once (``suspects``); only a suspect replica, or every replica on a step
+when the distance and bond checks, the log or the trajectory are due, goes through its
+monitor one by one, so the Python loop over replicas runs every ``check_every`` steps, not
+every step. Each writes what a single run writes, under ``<output>/replica_<r>/``
+(trajectory, thermo.csv), and gets its own ``RunResult``; ``wall_s`` is the batch's
+integration time (shared).
+
+Multiple time stepping (``forces="mts"``, a ``force_head="both"`` model, NVE or Bussi) is
+batched too (``BatchedMTS``). ``deadline`` (``time.time()`` seconds) stops the batch where it
+is: the replicas still running end without a failure and ``steps_done < steps_requested``, a
+censored run (kept, not lost). LAMMPS and reference calculators are single-replica only.
 """
 from __future__ import annotations
 
@@ -104,6 +113,34 @@ def _prepare(structures, plans, n_dof, output):
     return reps
 
 
+def suspects(integ, reps, active, n_dof: int) -> np.ndarray:
+    """Of the replicas ``active``, those that may fail a per-step check of their monitor
+    (non-finite state, force above ``max_force``, temperature above its limit): the same
+    tests as ``FailureMonitor.check`` before its ``check_every`` gate, for all at once."""
+    idx = np.asarray(active)
+    k = len(idx)
+    bad = ~(np.isfinite(integ.positions[idx].reshape(k, -1)).all(1)
+            & np.isfinite(integ.momenta[idx].reshape(k, -1)).all(1)
+            & np.isfinite(integ.forces[idx].reshape(k, -1)).all(1)
+            & np.isfinite(integ.energy[idx]))
+    c = reps[idx[0]].monitor.criteria if k else None
+    if k and c.max_force is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= np.abs(integ.forces[idx]).reshape(k, -1).max(1) > c.max_force
+    if k and c.temperature_factor:
+        limits = np.array([c.temperature_factor * (reps[r].monitor.temperature_K or np.inf)
+                           for r in idx])
+        with np.errstate(invalid="ignore"):
+            bad |= 2.0 * integ.kinetic(idx) / (n_dof * units.kB) > limits
+    return idx[bad]
+
+
+def _due(s: MDSettings, step: int) -> bool:
+    """Whether every replica goes through its monitor and recorder at ``step``."""
+    return (step % max(s.failure.check_every, 1) == 0 or step % s.log_every == 0
+            or step % s.traj_every == 0)
+
+
 def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved) -> bool:
     """Check replica ``r`` after ``step`` steps; log and write when due. True if it failed."""
     s, atoms = rep.s, rep.atoms
@@ -113,7 +150,9 @@ def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved) -> 
     kinetic = float(integ.kinetic([r])[0])
     failure = rep.monitor.check(step, atoms, forces, energy, kinetic, n_dof)
     t_ps = step * s.timestep_fs / 1000.0
-    if (step % s.log_every == 0 or failure is not None) and np.isfinite(energy):
+    # multiple time stepping: energies are comparable only at synchronised (outer) steps
+    if (integ.synchronised and (step % s.log_every == 0 or failure is not None)
+            and np.isfinite(energy)):
         rep.recorder.log(step, t_ps, energy, kinetic, float(conserved[r]),
                          2.0 * kinetic / (n_dof * units.kB))
     if step % s.traj_every == 0 or failure is not None:
@@ -133,25 +172,57 @@ def _all_failed(reps, active, step: int, exc: Exception) -> None:
         reps[r].steps_done = step
 
 
+def _integrate(integ, reps, settings: MDSettings, n_dof: int,
+               deadline: Optional[float]) -> float:
+    """Advance the replicas until they are done, failed or past ``deadline``; the
+    integration wall time (s)."""
+    wall, step = 0.0, 0
+    conserved = integ.conserved()
+    active = [r for r, rep in enumerate(reps) if not _observe(rep, integ, r, 0, n_dof,
+                                                               conserved)]
+    while active and step < settings.steps:
+        if deadline is not None and time.time() > deadline:
+            break  # censored: the running replicas keep steps_done = step, no failure
+        t0 = time.perf_counter()
+        try:
+            integ.step(active)
+        except Exception as exc:  # noqa: BLE001 - the batch cannot say which replica
+            wall += time.perf_counter() - t0
+            _all_failed(reps, active, step + 1, exc)
+            return wall
+        wall += time.perf_counter() - t0
+        step += 1
+        look = active if _due(settings, step) else suspects(integ, reps, active, n_dof)
+        if len(look):
+            conserved = integ.conserved()
+            failed = {r for r in look if _observe(reps[r], integ, r, step, n_dof, conserved)}
+            active = [r for r in active if r not in failed]
+    for r in active:  # still running: done (or stopped at the deadline) at this step
+        reps[r].steps_done = step
+    return wall
+
+
 def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output=None,
                  replicas: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
                  temperatures: Optional[Sequence[float]] = None,
-                 structures: Optional[Sequence] = None) -> List[RunResult]:
+                 structures: Optional[Sequence] = None,
+                 deadline: Optional[float] = None) -> List[RunResult]:
     """Run the replicas (see the module docstring); one ``RunResult`` per replica.
 
     ``structures``: optional starting structures, one per replica (the same system as
     ``atoms``: species, cell and pbc; e.g. frames of an equilibrated run, with their momenta
     when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
-    ``replica_<r>/``) or one folder per replica.
+    ``replica_<r>/``) or one folder per replica. ``deadline``: ``time.time()`` after which
+    the batch stops (censored runs; see the module docstring).
     """
     settings = settings or MDSettings()
-    if settings.forces == "mts":
-        raise EngineUnavailable("multiple time stepping is single-replica only; run it with "
-                                "geoff md without --replicas")
     model, calc = model_or_calculator(potential)
     if model is None:
         raise EngineUnavailable("batched replicas need a geoff model (an EnergyModel or a "
                                 "checkpoint); run a reference calculator one replica at a time")
+    if settings.forces == "mts" and model.force_head != "both":
+        raise ValueError("multiple time stepping needs a model with force_head='both' (one "
+                         f"representation, both heads); this one is {model.force_head!r}")
     plans = replica_plan(settings, replicas, seeds, temperatures)
     n_dof = degrees_of_freedom(atoms, settings.ensemble)
     structures = _same_system(atoms, structures, len(plans))
@@ -162,25 +233,9 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
         settings.ensemble, [r.atoms.positions for r in reps],
         [r.atoms.get_momenta() for r in reps], atoms.get_masses(), forces,
         settings.timestep_fs, [s.temperature_K for s in plans], settings.tau_fs,
-        [s.seed for s in plans], n_dof)
-    wall, step = 0.0, 0
+        [s.seed for s in plans], n_dof, settings.forces, settings.mts_steps)
     try:
-        conserved = integ.conserved()
-        active = [r for r, rep in enumerate(reps) if not _observe(rep, integ, r, 0, n_dof,
-                                                                   conserved)]
-        while active and step < settings.steps:
-            t0 = time.perf_counter()
-            try:
-                integ.step(active)
-            except Exception as exc:  # noqa: BLE001 - the batch cannot say which replica
-                wall += time.perf_counter() - t0
-                _all_failed(reps, active, step + 1, exc)
-                break
-            wall += time.perf_counter() - t0
-            step += 1
-            conserved = integ.conserved()
-            active = [r for r in active if not _observe(reps[r], integ, r, step, n_dof,
-                                                        conserved)]
+        wall = _integrate(integ, reps, settings, n_dof, deadline)
     finally:
         for rep in reps:
             rep.recorder.close()
