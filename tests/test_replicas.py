@@ -279,3 +279,15 @@ def test_suspects_flag_what_the_monitor_fails(mol_model):
                              float(integ.kinetic([r])[0]), n_dof) is not None:
             expected.add(r)
     assert flagged == expected and 2 in flagged and len(flagged) >= 2
+
+
+def test_deadline_from_env(monkeypatch):
+    from geoff.md.study_replicas import deadline_from_env
+
+    monkeypatch.delenv("GEOFF_REPLICA_DEADLINE", raising=False)
+    monkeypatch.delenv("GEOFF_REPLICA_WALL_S", raising=False)
+    assert deadline_from_env(100.0) is None
+    monkeypatch.setenv("GEOFF_REPLICA_WALL_S", "30")
+    assert deadline_from_env(100.0) == 130.0
+    monkeypatch.setenv("GEOFF_REPLICA_DEADLINE", "120")
+    assert deadline_from_env(100.0) == 120.0
