@@ -291,3 +291,30 @@ def test_deadline_from_env(monkeypatch):
     assert deadline_from_env(100.0) == 130.0
     monkeypatch.setenv("GEOFF_REPLICA_DEADLINE", "120")
     assert deadline_from_env(100.0) == 120.0
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_geometry_screen_never_misses_a_failure(periodic):
+    """The all-pairs screen flags every replica whose monitor fails a distance or bond
+    criterion (it may flag more, never fewer), molecules and orthorhombic cells alike."""
+    from geoff.md.failure import FailureMonitor
+    from geoff.md.replica_checks import GeometryScreen
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3) if periodic else ethanol()
+    crit = FailureCriteria(max_force=None, temperature_factor=None, max_bond_deviation=0.5,
+                           check_bonds=True, min_distance_factor=0.8)
+    monitors = [FailureMonitor(atoms, crit) for _ in range(40)]
+    screen = GeometryScreen.build(monitors, atoms)
+    assert screen is not None
+    rng = np.random.default_rng(0)
+    pos = np.stack([atoms.positions + rng.normal(scale=0.02 * k, size=atoms.positions.shape)
+                    for k in range(40)])
+    flagged = set(screen.flag(pos, np.arange(40)).tolist())
+    failed = set()
+    for k in range(40):
+        a = atoms.copy()
+        a.positions = pos[k]
+        if monitors[k].check(0, a) is not None:
+            failed.add(k)
+    assert failed <= flagged
+    assert 0 < len(failed) < 40 and 0 in set(range(40)) - flagged  # some fail, the start not

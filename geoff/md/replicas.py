@@ -12,11 +12,12 @@ run (tested to 1e-10 in float64). One force call per step serves all replicas st
 
 Each replica is checked after every step by its own ``FailureMonitor``; a replica that fails
 is recorded with its step and reason, frozen and dropped from the batch, and the others go on.
-The checks that run every step (non-finite values, force, temperature) are first evaluated
-for all replicas at once (``suspects``); only a suspect replica, or every replica on a step
-when the distance and bond checks, the log or the trajectory are due, goes through its
-monitor one by one, so the Python loop over replicas runs every ``check_every`` steps, not
-every step. Each writes what a single run writes, under ``<output>/replica_<r>/``
+The checks are first evaluated for all replicas at once: every step the per-step tests
+(non-finite values, force, temperature: ``suspects``), every ``check_every`` steps the
+distance and bond criteria (``geoff.md.replica_checks.GeometryScreen``, all pair distances
+of all replicas); only a replica they flag goes through its own monitor, which decides
+exactly as in a single run. So the Python loop over replicas runs only for flagged replicas
+and on log and trajectory steps. Each writes what a single run writes, under ``<output>/replica_<r>/``
 (trajectory, thermo.csv), and gets its own ``RunResult``; ``wall_s`` is the batch's
 integration time (shared).
 
@@ -38,6 +39,7 @@ from .engines import EngineUnavailable, model_or_calculator
 from .failure import Failure, FailureMonitor
 from .integrators import degrees_of_freedom
 from .recording import Recorder, RunResult, initial_velocities
+from .replica_checks import GeometryScreen
 from .replica_forces import BatchedForces
 from .replica_integrators import make_batched_integrator
 from .settings import MDSettings
@@ -135,20 +137,33 @@ def suspects(integ, reps, active, n_dof: int) -> np.ndarray:
     return idx[bad]
 
 
-def _due(s: MDSettings, step: int) -> bool:
-    """Whether every replica goes through its monitor and recorder at ``step``."""
-    return (step % max(s.failure.check_every, 1) == 0 or step % s.log_every == 0
-            or step % s.traj_every == 0)
+def _to_look_at(integ, reps, active, step: int, s: MDSettings, n_dof: int, screen):
+    """(replicas to check, replicas only to record) after ``step``: the suspects of the
+    per-step tests, plus on a check step those the geometry screen flags (all of them without
+    a screen); on a log or trajectory step every other running replica is recorded."""
+    check = set(suspects(integ, reps, active, n_dof).tolist())
+    if step % max(s.failure.check_every, 1) == 0:
+        if screen is None:
+            check = set(active)
+        else:
+            act = np.asarray(active)
+            check |= set(act[screen.flag(integ.positions, act)].tolist())
+    record = []
+    if step % s.log_every == 0 or step % s.traj_every == 0:
+        record = [r for r in active if r not in check]
+    return sorted(check), record
 
 
-def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved) -> bool:
-    """Check replica ``r`` after ``step`` steps; log and write when due. True if it failed."""
+def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved,
+             check: bool = True) -> bool:
+    """Check replica ``r`` after ``step`` steps (unless ``check`` is false: a replica that the
+    vectorised tests cleared); log and write when due. True if it failed."""
     s, atoms = rep.s, rep.atoms
     atoms.positions = integ.positions[r]
     atoms.set_momenta(integ.momenta[r], apply_constraint=False)
     energy, forces = float(integ.energy[r]), integ.forces[r]
     kinetic = float(integ.kinetic([r])[0])
-    failure = rep.monitor.check(step, atoms, forces, energy, kinetic, n_dof)
+    failure = rep.monitor.check(step, atoms, forces, energy, kinetic, n_dof) if check else None
     t_ps = step * s.timestep_fs / 1000.0
     # multiple time stepping: energies are comparable only at synchronised (outer) steps
     if (integ.synchronised and (step % s.log_every == 0 or failure is not None)
@@ -172,10 +187,10 @@ def _all_failed(reps, active, step: int, exc: Exception) -> None:
         reps[r].steps_done = step
 
 
-def _integrate(integ, reps, settings: MDSettings, n_dof: int,
-               deadline: Optional[float]) -> float:
+def _integrate(integ, reps, settings: MDSettings, n_dof: int, deadline: Optional[float],
+               screen=None) -> float:
     """Advance the replicas until they are done, failed or past ``deadline``; the
-    integration wall time (s)."""
+    integration wall time (s). ``screen``: a ``GeometryScreen`` of the replicas, or None."""
     wall, step = 0.0, 0
     conserved = integ.conserved()
     active = [r for r, rep in enumerate(reps) if not _observe(rep, integ, r, 0, n_dof,
@@ -192,10 +207,12 @@ def _integrate(integ, reps, settings: MDSettings, n_dof: int,
             return wall
         wall += time.perf_counter() - t0
         step += 1
-        look = active if _due(settings, step) else suspects(integ, reps, active, n_dof)
-        if len(look):
+        check, record = _to_look_at(integ, reps, active, step, settings, n_dof, screen)
+        if check or record:
             conserved = integ.conserved()
-            failed = {r for r in look if _observe(reps[r], integ, r, step, n_dof, conserved)}
+            failed = {r for r in check if _observe(reps[r], integ, r, step, n_dof, conserved)}
+            for r in record:
+                _observe(reps[r], integ, r, step, n_dof, conserved, check=False)
             active = [r for r in active if r not in failed]
     for r in active:  # still running: done (or stopped at the deadline) at this step
         reps[r].steps_done = step
@@ -235,7 +252,8 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
         settings.timestep_fs, [s.temperature_K for s in plans], settings.tau_fs,
         [s.seed for s in plans], n_dof, settings.forces, settings.mts_steps)
     try:
-        wall = _integrate(integ, reps, settings, n_dof, deadline)
+        screen = GeometryScreen.build([rep.monitor for rep in reps], atoms)
+        wall = _integrate(integ, reps, settings, n_dof, deadline, screen)
     finally:
         for rep in reps:
             rep.recorder.close()
