@@ -131,7 +131,8 @@ def test_replica_plan_errors(mol_model):
     with pytest.raises(ValueError, match="3 replicas need 3 seeds and 3 temperatures"):
         run_replicas(mol_model, ethanol(), MDSettings(steps=1), replicas=3,
                      temperatures=[300.0, 400.0])
-    with pytest.raises(Exception, match="single-replica only"):
+    # multiple time stepping is batched (test_batched_mts_equals_single_runs), on "both" models
+    with pytest.raises(ValueError, match="needs a model with force_head='both'"):
         run_replicas(mol_model, ethanol(), MDSettings(steps=1, forces="mts"), replicas=2)
 
 
@@ -217,3 +218,103 @@ def test_a_raising_batch_stops_every_running_replica(mol_model, monkeypatch):
     assert [(r.failure.reason, r.failure.step, r.steps_done) for r in res] == \
         [("error", 3, 3)] * 2
     assert "device lost" in res[0].failure.message
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "bussi"])
+def test_batched_mts_equals_single_runs(ensemble):
+    """Multiple time stepping of a force_head="both" model, batched, follows the single
+    ``MultipleTimeStepVerlet`` runs of the same seeds (positions and the synchronised-step
+    thermo log to 1e-10)."""
+    model = small_model("schnet", species=("C", "H", "O"), cutoff=4.0, force_head="both")
+    s = MDSettings(ensemble=ensemble, forces="mts", mts_steps=3, temperature_K=500.0,
+                   timestep_fs=0.5, steps=25, seed=2, tau_fs=20.0, log_every=3,
+                   traj_every=5, failure=NO_CHECKS)
+    batched = run_replicas(model, ethanol(), s, replicas=2)
+    for r, res in enumerate(batched):
+        assert_same(run_md(model, ethanol(), s, seed=2 + r), res)
+    assert np.abs(batched[0].frames[-1].positions - batched[1].frames[-1].positions).max() > 1e-3
+
+
+def test_deadline_censors_the_batch(mol_model, tmp_path):
+    """Past the deadline the batch stops: no failure, fewer steps than asked, files kept."""
+    import time
+
+    s = MDSettings(ensemble="langevin", steps=50, failure=NO_CHECKS, log_every=1)
+    res = run_replicas(mol_model, ethanol(), s, replicas=2, output=tmp_path,
+                       deadline=time.time() - 1.0)
+    assert [(r.failed, r.steps_done, r.steps_requested) for r in res] == [(False, 0, 50)] * 2
+    assert (tmp_path / "replica_000" / "thermo.csv").read_text().count("\n") == 2
+
+
+def test_suspects_flag_what_the_monitor_fails(mol_model):
+    """The vectorised per-step tests flag exactly the replicas whose monitor fails a
+    per-step criterion (here: a force limit and a temperature limit)."""
+    from geoff.md.failure import FailureMonitor
+    from geoff.md.integrators import degrees_of_freedom
+    from geoff.md.replica_integrators import make_batched_integrator
+    from geoff.md.replicas import suspects
+
+    atoms = ethanol()
+    pos = np.stack([atoms.positions, atoms.positions * 0.9, atoms.positions])
+    mom = np.zeros_like(pos)
+    mom[2, 0] = 3.0  # a hot replica
+    n_dof = degrees_of_freedom(atoms, "nve")
+    integ = make_batched_integrator("nve", pos, mom, atoms.get_masses(),
+                                    BatchedForces(mol_model, atoms), 0.5, [300.0] * 3, 100.0,
+                                    [0, 1, 2], n_dof)
+    fmax = np.abs(integ.forces).reshape(3, -1).max(1)
+    crit = FailureCriteria(max_force=float(fmax.min() + fmax.max()) / 2, temperature_factor=2.0,
+                           min_distance=0.0, check_bonds=False, check_every=100)
+
+    class Rep:
+        monitor = FailureMonitor(atoms, crit, temperature_K=300.0)
+
+    flagged = set(suspects(integ, [Rep] * 3, [0, 1, 2], n_dof).tolist())
+    expected = set()
+    for r in range(3):
+        a = atoms.copy()
+        a.positions, a.calc = pos[r], None
+        a.set_momenta(mom[r])
+        if Rep.monitor.check(1, a, integ.forces[r], float(integ.energy[r]),
+                             float(integ.kinetic([r])[0]), n_dof) is not None:
+            expected.add(r)
+    assert flagged == expected and 2 in flagged and len(flagged) >= 2
+
+
+def test_deadline_from_env(monkeypatch):
+    from geoff.md.study_replicas import deadline_from_env
+
+    monkeypatch.delenv("GEOFF_REPLICA_DEADLINE", raising=False)
+    monkeypatch.delenv("GEOFF_REPLICA_WALL_S", raising=False)
+    assert deadline_from_env(100.0) is None
+    monkeypatch.setenv("GEOFF_REPLICA_WALL_S", "30")
+    assert deadline_from_env(100.0) == 130.0
+    monkeypatch.setenv("GEOFF_REPLICA_DEADLINE", "120")
+    assert deadline_from_env(100.0) == 120.0
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_geometry_screen_never_misses_a_failure(periodic):
+    """The all-pairs screen flags every replica whose monitor fails a distance or bond
+    criterion (it may flag more, never fewer), molecules and orthorhombic cells alike."""
+    from geoff.md.failure import FailureMonitor
+    from geoff.md.replica_checks import GeometryScreen
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3) if periodic else ethanol()
+    crit = FailureCriteria(max_force=None, temperature_factor=None, max_bond_deviation=0.5,
+                           check_bonds=True, min_distance_factor=0.8)
+    monitors = [FailureMonitor(atoms, crit) for _ in range(40)]
+    screen = GeometryScreen.build(monitors, atoms)
+    assert screen is not None
+    rng = np.random.default_rng(0)
+    pos = np.stack([atoms.positions + rng.normal(scale=0.02 * k, size=atoms.positions.shape)
+                    for k in range(40)])
+    flagged = set(screen.flag(pos, np.arange(40)).tolist())
+    failed = set()
+    for k in range(40):
+        a = atoms.copy()
+        a.positions = pos[k]
+        if monitors[k].check(0, a) is not None:
+            failed.add(k)
+    assert failed <= flagged
+    assert 0 < len(failed) < 40 and 0 in set(range(40)) - flagged  # some fail, the start not

@@ -2,8 +2,10 @@
 
 Time to failure (ps) of a run: the step of its first failed criterion x dt; for the liquid's
 NVT runs also the end of the first RDF window past the threshold (``geoff.md.rdf_failure``),
-whichever comes first. A run that survived is censored at its length: medians over seeds are
-reported as ">= L" when half or more of the seeds survived.
+whichever comes first. A run that survived is censored at its length (``stopped``: it was
+cut short by its process's deadline, not by its planned length); medians over seeds are
+reported as ">= L" when half or more of the seeds survived. The liquid's reference RDF is
+``<data-dir>/<system>.rdf_ref.json`` (``run.py data``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import List
 import numpy as np
 
 FIELDS = ["system", "budget", "model", "head", "forces", "ensemble", "seed", "status",
-          "failed", "ttf_ps", "length_ps", "failure_reason", "rdf_failure_ps",
+          "failed", "ttf_ps", "length_ps", "stopped", "failure_reason", "rdf_failure_ps",
           "drift_meV_atom_ps", "force_mae_meV_A", "direct_force_mae_meV_A"]
 
 
@@ -55,23 +57,15 @@ def _rdf_failure(folder: Path, row: dict, rdf_cfg: dict, g_ref):
     return float("nan") if t is None else t
 
 
-def _reference_rdf(folder: Path, system: dict, rows: List[dict]):
-    import ase.io
-
-    from geoff.md.metrics import rdf
-
-    rdf_cfg = system.get("rdf")
-    ref = [r for r in rows if r["model"].startswith("ref:") and r["ensemble"] == "nvt"]
-    if not rdf_cfg or not ref:
+def _reference_rdf(data_dir: Path, system: dict):
+    """g(r) of the system's reference potential (``run.py data``), or None."""
+    path = Path(data_dir) / f"{system['name']}.rdf_ref.json"
+    if not system.get("rdf") or not path.exists():
         return None
-    r = ref[0]
-    traj = (folder / "runs" / r["model"].replace(":", "_") / r["system"] / "nvt" /
-            f"dt{float(r['dt_fs']):g}fs" / f"seed{r['seed']}" / "trajectory.extxyz")
-    frames = ase.io.read(traj, index=":")
-    return rdf(frames[len(frames) // 5:], rdf_cfg.get("r_max", 6.0), rdf_cfg.get("n_bins", 120))[1]
+    return np.asarray(json.loads(path.read_text())["g"])
 
 
-def run_rows(cfg: dict, out: Path, checkpoints) -> List[dict]:
+def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path) -> List[dict]:
     heads = {f"{label}": (model, head, forces) for label, model, head, forces in checkpoints}
     rows = []
     for system in cfg["systems"]:
@@ -80,7 +74,7 @@ def run_rows(cfg: dict, out: Path, checkpoints) -> List[dict]:
             if not (folder / "results.csv").exists():
                 continue
             results = _read_csv(folder / "results.csv")
-            g_ref = _reference_rdf(folder, system, results)
+            g_ref = _reference_rdf(data_dir, system)
             for r in results:
                 label = r["model"][: -len(budget) - 1]
                 if r["model"].startswith("ref:") or label not in heads:
@@ -89,6 +83,8 @@ def run_rows(cfg: dict, out: Path, checkpoints) -> List[dict]:
                 length = _float(r["simulated_ps"])
                 failed = r["status"] == "failed"
                 ttf = _float(r["failure_time_ps"]) if failed else length
+                stopped = not failed and r["status"] == "ok" and \
+                    _float(r["steps_done"]) < _float(r["steps_requested"])
                 rdf_t = float("nan")
                 if system.get("rdf") and r["ensemble"] == "nvt" and r["status"] in ("ok",
                                                                                      "failed"):
@@ -99,7 +95,7 @@ def run_rows(cfg: dict, out: Path, checkpoints) -> List[dict]:
                 rows.append({"system": system["name"], "budget": budget, "model": model,
                              "head": head, "forces": forces, "ensemble": r["ensemble"],
                              "seed": int(r["seed"]), "status": r["status"], "failed": failed,
-                             "ttf_ps": ttf, "length_ps": length,
+                             "ttf_ps": ttf, "length_ps": length, "stopped": stopped,
                              "failure_reason": r["failure_reason"] or
                              ("rdf" if failed and math.isfinite(rdf_t) else ""),
                              "rdf_failure_ps": rdf_t,
@@ -124,6 +120,9 @@ def headline(rows: List[dict]) -> List[dict]:
                     "failed": n_failed,
                     "median_ttf_ps": float(np.median(ttf)) if len(ttf) else float("nan"),
                     "ttf_censored": bool(censored),
+                    "nvt_stopped": sum(bool(r["stopped"]) for r in nvt),
+                    "nvt_max_ps": max((r["length_ps"] for r in nvt), default=float("nan")),
+                    "nve_runs": len(nve), "nve_failed": sum(r["failed"] for r in nve),
                     "nve_drift_meV_atom_ps": float(np.median([r["drift_meV_atom_ps"]
                                                               for r in nve]))
                     if nve else float("nan"),
@@ -168,12 +167,12 @@ def _plot(head: List[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: dict, out: Path, checkpoints) -> Path:
+def write_report(cfg: dict, out: Path, checkpoints, data_dir: Path) -> Path:
     from scipy.stats import spearmanr
 
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = run_rows(cfg, out, checkpoints)
+    rows = run_rows(cfg, out, checkpoints, data_dir)
     head = headline(rows)
     _write_csv(folder / "failure.csv", rows)
     _write_csv(folder / "headline.csv", head)
@@ -183,13 +182,16 @@ def write_report(cfg: dict, out: Path, checkpoints) -> Path:
              f"Seeds {cfg['seeds']}, device {cfg['device']}, {cfg['dtype']}. Generated by "
              "`benchmarks/stability_failure/run.py`; every run in `failure.csv`.", "",
              "| system | budget | model | head | force MAE (meV/Å) | NVT runs | failed | "
-             "median TTF (ps) | NVE drift (meV/atom/ps) | reasons |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "stopped by deadline | median TTF (ps) | longest NVT (ps) | NVE failed | "
+             "NVE drift (meV/atom/ps) | reasons |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for h in head:
         ttf = f"≥ {h['median_ttf_ps']:.3g}" if h["ttf_censored"] else f"{h['median_ttf_ps']:.3g}"
         lines.append(f"| {h['system']} | {h['budget']} | {h['model']} | {h['head']} | "
-                     f"{h['force_mae_meV_A']:.1f} | {h['runs']} | {h['failed']} | {ttf} | "
-                     f"{h['nve_drift_meV_atom_ps']:.3g} | {h['reasons']} |")
+                     f"{h['force_mae_meV_A']:.1f} | {h['runs']} | {h['failed']} | "
+                     f"{h['nvt_stopped']} | {ttf} | {h['nvt_max_ps']:.3g} | "
+                     f"{h['nve_failed']}/{h['nve_runs']} | {h['nve_drift_meV_atom_ps']:.3g} | "
+                     f"{h['reasons']} |")
     lines.append("")
     for system in sorted({h["system"] for h in head}):
         mine = [h for h in head if h["system"] == system and math.isfinite(h["force_mae_meV_A"])]

@@ -1,19 +1,27 @@
 """The failure study of issue 16, from data to report, in one script.
 
-  python benchmarks/stability_failure/run.py all --out OUT            # the study (GPU)
   python benchmarks/stability_failure/run.py all --out OUT --pilot    # the CPU pilot
-  python benchmarks/stability_failure/run.py {data,train,study,report} --out OUT [--pilot]
+  python benchmarks/stability_failure/run.py {data,train,study,collect,report} --out OUT
+  python benchmarks/stability_failure/run.py {train-jobs,md-jobs} --out OUT --gpus 2 ...
+  benchmarks/stability_failure/gpu_call.sh {call1,call2}             # the GPU study
 
 Stages (each skips what OUT already holds, so a stopped study resumes):
 
-* ``data``: ``geoff data`` per system (study.yaml ``systems[].data``) and its start structure;
-* ``train``: every model x head x budget (``geoff train``, same split and schedule);
-* ``study``: per system and budget, one ``geoff stability`` config with every checkpoint, an
-  NVT run and an NVE leg per seed, the seeds batched as replicas (``replicas: true``), the
-  system's failure criteria (molecules: Fu et al.'s bond criterion; the liquid: an atom floor
-  and a temperature runaway);
-* ``report``: time to failure of every run (for the liquid also the first 5 ps window whose
-  RDF error passes the threshold), joined with each checkpoint's test force MAE:
+* ``data`` (here, on a CPU: xTB and LAMMPS are not on the GPU machine): ``geoff data`` per
+  system (``systems[].data``), gzip'd into ``--data-dir`` (committed:
+  ``benchmarks/stability_failure/data/``), the start structure, and for a liquid the
+  reference RDF of a Mendelev EAM run (``<system>.rdf_ref.json``);
+* ``train``: every model x head x budget (``geoff train``, same split and schedule), one
+  after the other; ``train-jobs`` prints the same as shell lines for ``gpu_call.sh call1``
+  (budgets from ``costs.json``: see ``jobs.py``);
+* ``study``: per system and budget, one ``geoff stability`` config (``study/<system>-
+  <budget>/config.yaml``) with every checkpoint, an NVT (Bussi) run and an NVE leg, the seeds
+  batched as replicas, the system's failure criteria (molecules: Fu et al.'s bond criterion;
+  the liquid: an atom floor and a temperature runaway); run in this process; ``md-jobs``
+  writes the configs and prints one ``--only <checkpoint>`` process per line instead;
+* ``collect``: ``geoff stability --report-only`` per study folder (its results.csv);
+* ``report``: time to failure of every run (for the liquid also the first RDF window whose
+  error passes the threshold), joined with each checkpoint's test force MAE:
   ``OUT/report/failure.csv`` (every run), ``headline.csv`` / ``report.md`` (per model, head
   and budget) and ``failure_vs_mae.png`` (median time to failure against force MAE).
 """
@@ -31,10 +39,11 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from jobs import md_jobs, read_costs, train_jobs  # noqa: E402
 from report import write_report  # noqa: E402
 
 
-def load(path: Path, pilot: bool) -> dict:
+def load(path: Path, pilot: bool, systems=None) -> dict:
     cfg = yaml.safe_load(Path(path).read_text())
     if pilot:
         over = cfg.pop("pilot")
@@ -44,7 +53,24 @@ def load(path: Path, pilot: bool) -> dict:
             else:
                 cfg[key] = value
     cfg.pop("pilot", None)
+    if systems:
+        unknown = sorted(set(systems) - {s["name"] for s in cfg["systems"]})
+        if unknown:
+            raise ValueError(f"--systems: no system {unknown} in the config")
+        cfg["systems"] = [s for s in cfg["systems"] if s["name"] in systems]
     return cfg
+
+
+def data_file(data_dir: Path, system: str) -> Path:
+    return Path(data_dir) / f"{system}.extxyz.gz"
+
+
+def start_file(data_dir: Path, system: str) -> Path:
+    return Path(data_dir) / f"{system}.start.extxyz"
+
+
+def rdf_file(data_dir: Path, system: str) -> Path:
+    return Path(data_dir) / f"{system}.rdf_ref.json"
 
 
 def geoff(*args: str) -> None:
@@ -63,18 +89,31 @@ def checkpoints(cfg: dict):
     return out
 
 
+
 # --------------------------------------------------------------------------------------------
-def stage_data(cfg: dict, out: Path) -> None:
+def stage_data(cfg: dict, out: Path, data_dir: Path) -> None:
+    import gzip
+    import shutil
+    import tempfile
+
     import ase.io
 
+    data_dir.mkdir(parents=True, exist_ok=True)
     for system in cfg["systems"]:
-        data = out / "data" / f"{system['name']}.extxyz"
+        data = data_file(data_dir, system["name"])
         if not data.exists():
-            data.parent.mkdir(parents=True, exist_ok=True)
-            geoff("data", *system["data"], "-o", data, "--seed", "0")
-        start = out / "data" / f"{system['name']}.start.extxyz"
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / f"{system['name']}.extxyz"
+                geoff("data", *system["data"], "-o", raw, "--seed", "0", "--quiet")
+                with open(raw, "rb") as src, gzip.open(data, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                shutil.copy(raw.with_suffix(".provenance.json"),
+                            data_dir / f"{system['name']}.provenance.json")
+        start = start_file(data_dir, system["name"])
         if not start.exists():
             ase.io.write(start, start_structure(system["start"], data))
+        if system.get("rdf") and not rdf_file(data_dir, system["name"]).exists():
+            reference_rdf(system, start, rdf_file(data_dir, system["name"]))
 
 
 def start_structure(spec: dict, data: Path):
@@ -93,23 +132,39 @@ def start_structure(spec: dict, data: Path):
     raise ValueError(f"no frame of {data} at >= {spec['liquid_frame_min_K']} K")
 
 
-def stage_train(cfg: dict, out: Path) -> None:
-    t = cfg["train"]
-    for system in cfg["systems"]:
-        data = out / "data" / f"{system['name']}.extxyz"
-        for label, model, head, _ in checkpoints(cfg):
-            for budget, flags in t["budgets"].items():
-                run = out / "train" / system["name"] / f"{label}-{budget}"
-                if (run / "test_metrics.json").exists():
-                    continue
-                hp = (t.get("hparams") or {}).get(model)
-                geoff("train", "--data", data, "--model", model, "--force-head", head,
-                      "--device", cfg["device"], *t["flags"], *flags,
-                      *(["--hparams", *hp] if hp else []), "--out", run, "--overwrite")
+def reference_rdf(system: dict, start: Path, path: Path) -> None:
+    """g(r) of the reference potential (``rdf.reference``: a ``geoff.md.references`` name)
+    at the system's temperature: a Bussi NVT run from the start structure, the first third
+    dropped as equilibration; written as JSON (r, g, how it was made)."""
+    import ase.io
+
+    from geoff.md import FailureCriteria, MDSettings, run_md
+    from geoff.md.metrics import rdf
+    from geoff.md.settings import Reference
+
+    spec = system["rdf"]
+    ref = spec["reference"]
+    s = MDSettings(ensemble="bussi", temperature_K=system["temperature_K"],
+                   timestep_fs=system["dt_fs"], steps=int(ref["steps"]), tau_fs=100.0, seed=0,
+                   log_every=ref["every"], traj_every=ref["every"],
+                   failure=FailureCriteria(max_force=None, temperature_factor=None))
+    result = run_md(Reference(ref["name"], dict(ref.get("options") or {})), ase.io.read(start), s)
+    frames = result.frames[len(result.frames) // 3:]
+    r, g = rdf(frames, spec.get("r_max", 6.0), spec.get("n_bins", 120))
+    path.write_text(json.dumps({"reference": ref, "temperature_K": system["temperature_K"],
+                                "timestep_fs": system["dt_fs"], "frames": len(frames),
+                                "steps_done": result.steps_done, "r": r.tolist(),
+                                "g": g.tolist()}, indent=1) + "\n")
+
+
+def stage_train(cfg: dict, out: Path, data_dir: Path, costs) -> None:
+    for line in train_jobs(cfg, out, data_dir, checkpoints(cfg), 0, costs):
+        print("+", line, flush=True)
+        subprocess.run(line, shell=True, check=True)
 
 
 # --------------------------------------------------------------------------------------------
-def stability_config(cfg: dict, system: dict, budget: str, out: Path) -> dict:
+def stability_config(cfg: dict, system: dict, budget: str, out: Path, data_dir: Path) -> dict:
     """The ``geoff stability`` config of one system and training budget."""
     models = []
     for label, model, head, forces in checkpoints(cfg):
@@ -124,46 +179,84 @@ def stability_config(cfg: dict, system: dict, budget: str, out: Path) -> dict:
     nve = {"name": "nve", "ensemble": "nve", "temperature_K": T, **system["nve"]}
     return {"name": f"{cfg['name']}-{system['name']}-{budget}", "models": models,
             "systems": [{"name": system["name"],
-                         "structure": {"file": str(out / "data" /
-                                                   f"{system['name']}.start.extxyz")},
-                         "reference": system.get("reference")}],
+                         "structure": {"file": str(start_file(data_dir, system["name"]))}}],
             "ensembles": [nvt, nve], "timesteps_fs": [system["dt_fs"]],
             "seeds": cfg["seeds"], "replicas": True, "device": cfg["device"],
-            "dtype": cfg["dtype"], "md": dict(cfg["report"]["md"]),
+            "dtype": cfg["dtype"], "md": {**cfg["report"]["md"], **(system.get("md") or {})},
             "failure": system.get("failure") or {},
-            "analysis": {"jacobian_structures": 1,
+            "analysis": {"jacobian_structures": 1, "reference_runs": False,
                          "rdf_r_max": (system.get("rdf") or {}).get("r_max", 6.0)}}
 
 
-def stage_study(cfg: dict, out: Path) -> None:
+def write_studies(cfg: dict, out: Path, data_dir: Path) -> list:
+    """[(config path, folder, [model names])] of every system and budget; writes the configs."""
+    studies = []
     for system in cfg["systems"]:
         for budget in cfg["train"]["budgets"]:
             folder = out / "study" / f"{system['name']}-{budget}"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / "config.yaml"
-            path.write_text(yaml.safe_dump(stability_config(cfg, system, budget, out)))
-            geoff("stability", path, "--out", folder, "--resume", "--no-progress")
+            config = stability_config(cfg, system, budget, out, data_dir)
+            path.write_text(yaml.safe_dump(config))
+            studies.append((path, folder, [m["name"] for m in config["models"]]))
+    return studies
+
+
+def stage_study(cfg: dict, out: Path, data_dir: Path) -> None:
+    for path, folder, _ in write_studies(cfg, out, data_dir):
+        geoff("stability", path, "--out", folder, "--resume", "--no-progress")
+
+
+def stage_collect(cfg: dict, out: Path, data_dir: Path) -> None:
+    for path, folder, _ in write_studies(cfg, out, data_dir):
+        geoff("stability", path, "--out", folder, "--report-only", "--no-progress")
 
 
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["all", "data", "train", "study", "report"])
+    p.add_argument("stage", choices=["all", "data", "train", "study", "collect", "report",
+                                     "train-jobs", "md-jobs"])
     p.add_argument("--config", default=str(HERE / "study.yaml"))
     p.add_argument("--out", required=True)
     p.add_argument("--pilot", action="store_true", help="the config's CPU pilot")
+    p.add_argument("--data-dir", default=None,
+                   help="data, start structures, reference RDFs (default: this folder's data/; "
+                        "the pilot's: OUT/data)")
+    p.add_argument("--systems", nargs="+", default=None, help="only these systems")
+    p.add_argument("--costs", default=str(HERE / "costs.json"), help="costs.py's output")
+    p.add_argument("--gpus", type=int, default=0, help="*-jobs: CUDA devices to spread over")
+    p.add_argument("--seconds", type=float, default=420.0,
+                   help="md-jobs: wall seconds of every MD process from now")
+    p.add_argument("--device", default=None, help="override the config's device")
     args = p.parse_args(argv)
-    cfg = load(Path(args.config), args.pilot)
+    cfg = load(Path(args.config), args.pilot, args.systems)
+    if args.device:
+        cfg["device"] = args.device
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(args.data_dir or (out / "data" if args.pilot else HERE / "data")).resolve()
+    costs = read_costs(Path(args.costs))
+    if args.stage == "train-jobs":
+        print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs)))
+        return 0
+    if args.stage == "md-jobs":
+        studies = [(c, f, name) for c, f, names in write_studies(cfg, out, data_dir)
+                   for name in names]
+        print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
+        return 0
     (out / "study_config.json").write_text(json.dumps(copy.deepcopy(cfg), indent=1))
-    stages = ["data", "train", "study", "report"] if args.stage == "all" else [args.stage]
+    stages = ["data", "train", "study", "collect", "report"] if args.stage == "all" \
+        else [args.stage]
     for stage in stages:
         print(f"== {stage}", flush=True)
         if stage == "report":
-            print(write_report(cfg, out, checkpoints(cfg)))
+            print(write_report(cfg, out, checkpoints(cfg), data_dir))
+        elif stage == "train":
+            stage_train(cfg, out, data_dir, costs)
         else:
-            {"data": stage_data, "train": stage_train, "study": stage_study}[stage](cfg, out)
+            {"data": stage_data, "study": stage_study, "collect": stage_collect}[stage](
+                cfg, out, data_dir)
     return 0
 
 

@@ -32,7 +32,8 @@ class BatchedForces:
     """``model`` on R replicas of ``atoms`` (same species, cell and pbc; own positions).
 
     ``forces`` picks the head as in ``GeoffCalculator`` (``"conservative"`` or ``"direct"``).
-    Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å).
+    Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å);
+    ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
     """
 
     def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative"):
@@ -41,6 +42,7 @@ class BatchedForces:
         self.key = force_key(model.force_head, forces)
         self.model = frozen(model, self.device, self.dtype)
         self.backward = self.key == "forces" and model.force_head != "direct"
+        self.force_head = model.force_head
         self.cutoff = float(model.cutoff)
         self.n_atoms = len(atoms)
         self.cell = np.asarray(atoms.cell.array, dtype=np.float64)
@@ -93,14 +95,37 @@ class BatchedForces:
                 "pbc": torch.as_tensor(self.pbc, device=self.device).unsqueeze(0).expand(k, 3),
                 "batch": torch.arange(k, device=self.device).repeat_interleave(n)}
 
-    def __call__(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def _evaluate(self, positions, keys, backward: bool):
+        """(energy (k,), *arrays (k, N, 3) of ``keys``) of positions (k, N, 3); NaN for the
+        replicas whose positions are not finite."""
         positions = np.asarray(positions, dtype=np.float64)
         k, n = positions.shape[:2]
         energy = np.full(k, np.nan)
-        forces = np.full((k, n, 3), np.nan)
+        arrays = [np.full((k, n, 3), np.nan) for _ in keys]
         ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
         if len(ok):
-            out = self.model(self.graph(positions[ok]), compute_forces=self.backward)
+            out = self.model(self.graph(positions[ok]), compute_forces=backward)
             energy[ok] = out["energy"].detach().double().cpu().numpy()
-            forces[ok] = out[self.key].detach().double().cpu().numpy().reshape(len(ok), n, 3)
-        return energy, forces
+            for key, array in zip(keys, arrays):
+                array[ok] = out[key].detach().double().cpu().numpy().reshape(len(ok), n, 3)
+        return (energy, *arrays)
+
+    def __call__(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        return self._evaluate(positions, (self.key,), self.backward)
+
+    # multiple time stepping (a force_head="both" model): one call gives both force sets
+    def split(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(energy (k,), conservative forces, direct forces (k, N, 3)): forward + backward."""
+        self._need_both()
+        return self._evaluate(positions, ("forces", "direct_forces"), True)
+
+    def direct(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(energy (k,), direct forces (k, N, 3)): the forward pass only."""
+        self._need_both()
+        return self._evaluate(positions, ("direct_forces",), False)
+
+    def _need_both(self) -> None:
+        if self.force_head != "both":
+            raise ValueError("multiple time stepping needs a model with force_head='both' "
+                             f"(one representation, both heads); this one is "
+                             f"{self.force_head!r}")

@@ -10,6 +10,9 @@ ensemble        step (per replica)                            conserved quantity
                 Verlet (as ``ase.md.bussi.Bussi``)
 ``nose-hoover`` Nose-Hoover chain, Suzuki-Yoshida 4th order    E_pot + E_kin + thermostat
                 (as ``ase.md.nose_hoover_chain``)
+MTS (``nve``,   r-RESPA: direct inner steps, a conservative     E_pot + E_kin (- transferred),
+``bussi``)      correction every M (as ``integrators.           at synchronised steps only
+                MultipleTimeStepVerlet``), Bussi per outer step
 ==============  ============================================  ===============================
 
 Replica r has its own temperature, thermostat state and random stream
@@ -31,7 +34,7 @@ import numpy as np
 from ase import units
 from scipy.linalg import expm
 
-from .integrators import canonical_ensemble
+from .integrators import bussi_alpha, canonical_ensemble
 
 ForceFn = Callable[[np.ndarray], tuple]
 
@@ -55,6 +58,9 @@ class BatchedIntegrator:
         self.n_dof = int(n_dof)
         self.energy, self.forces = force_fn(self.positions)
         self.bath = np.zeros(len(self.positions))  # energy given to the bath, eV
+
+    #: energies are comparable (and the state complete) after this step; MTS: outer steps
+    synchronised = True
 
     @property
     def n_replicas(self) -> int:
@@ -159,18 +165,84 @@ class BatchedNoseHoover(BatchedIntegrator):
         self.momenta[idx] = self.chain.integrate(self.momenta[idx], self.masses, half, idx)
 
 
+class BatchedMTS(BatchedIntegrator):
+    """Multiple time stepping of R replicas, step for step ``MultipleTimeStepVerlet``:
+    ``mts_steps`` inner velocity-Verlet steps with direct forces inside outer half kicks of
+    (F_cons - F_direct); with ``thermostat`` a Bussi rescaling over each outer step (one
+    ``bussi_alpha`` draw per replica). ``forces``: a ``BatchedForces`` of a
+    ``force_head="both"`` model (its ``split`` and ``direct``). ``forces`` (R, N, 3) holds
+    what drove the last step: conservative at synchronised steps, direct between them."""
+
+    def __init__(self, positions, momenta, masses, forces, timestep_fs, temperatures_K,
+                 tau_fs, seeds, n_dof, mts_steps: int = 4, thermostat: bool = False):
+        if int(mts_steps) < 1:
+            raise ValueError(f"mts_steps must be >= 1, got {mts_steps}")
+        self.mts_steps, self.thermostat, self.inner = int(mts_steps), thermostat, 0
+        self.split_fn = forces.split
+        self.direct_fn = forces.direct
+        super().__init__(positions, momenta, masses, self._first, timestep_fs,
+                         temperatures_K, tau_fs, seeds, n_dof)
+        self.decay = math.exp(-self.mts_steps * self.dt / self.tau) if thermostat else 1.0
+        self.target = 0.5 * units.kB * self.temperatures * self.n_dof  # (R,)
+
+    def _first(self, positions):
+        """The starting state: energy and conservative forces; keeps the split."""
+        energy, cons, fast = self.split_fn(positions)
+        self.slow, self.fast = cons - fast, fast
+        return energy, cons
+
+    @property
+    def synchronised(self) -> bool:
+        return self.inner % self.mts_steps == 0
+
+    def step(self, active) -> None:
+        idx = np.asarray(active)
+        dt, big, m = self.dt, self.mts_steps * self.dt, self.masses
+        p = self.momenta[idx]
+        if self.synchronised:
+            if self.thermostat:
+                kinetic = self.kinetic(idx)
+                alpha = np.array([bussi_alpha(k, self.target[r], self.n_dof, self.decay,
+                                              self.rngs[r]) for r, k in zip(idx, kinetic)])
+                self.bath[idx] -= (alpha ** 2 - 1.0) * kinetic
+                p = alpha[:, None, None] * p
+            p = p + 0.5 * big * self.slow[idx]
+        p = p + 0.5 * dt * self.fast[idx]
+        self.positions[idx] = self.positions[idx] + dt * p / m
+        self.inner += 1
+        if self.synchronised:
+            energy, cons, fast = self.split_fn(self.positions[idx])
+            self.slow[idx], self.forces[idx] = cons - fast, cons
+            p = p + 0.5 * dt * fast + 0.5 * big * self.slow[idx]
+        else:
+            energy, fast = self.direct_fn(self.positions[idx])
+            self.forces[idx] = fast
+            p = p + 0.5 * dt * fast
+        self.energy[idx], self.fast[idx] = energy, fast
+        self.momenta[idx] = p
+
+
 _CLASSES = {"nve": BatchedIntegrator, "langevin": BatchedLangevin, "bussi": BatchedBussi,
             "nose-hoover": BatchedNoseHoover}
 
 
 def make_batched_integrator(ensemble: str, positions, momenta, masses, force_fn: ForceFn,
                             timestep_fs: float, temperatures_K, tau_fs: float, seeds,
-                            n_dof: int) -> BatchedIntegrator:
-    """The batched integrator of ``ensemble`` (see the module docstring)."""
-    cls = _CLASSES[canonical_ensemble(ensemble)]
-    return cls(positions, momenta, masses, force_fn, timestep_fs, temperatures_K, tau_fs,
-               seeds, n_dof)
+                            n_dof: int, forces: str = "conservative",
+                            mts_steps: int = 4) -> BatchedIntegrator:
+    """The batched integrator of ``ensemble`` (see the module docstring); ``forces="mts"``
+    (``nve`` or ``bussi``) needs ``force_fn`` to be a ``BatchedForces`` of a "both" model."""
+    ensemble = canonical_ensemble(ensemble)
+    if forces == "mts":
+        if ensemble not in ("nve", "bussi"):
+            raise ValueError(f"multiple time stepping supports ensembles 'nve' and 'bussi', "
+                             f"not {ensemble!r}")
+        return BatchedMTS(positions, momenta, masses, force_fn, timestep_fs, temperatures_K,
+                          tau_fs, seeds, n_dof, mts_steps=mts_steps,
+                          thermostat=ensemble == "bussi")
+    return _CLASSES[ensemble](positions, momenta, masses, force_fn, timestep_fs,
+                              temperatures_K, tau_fs, seeds, n_dof)
 
 
-__all__ = ["BatchedBussi", "BatchedIntegrator", "BatchedLangevin", "BatchedNoseHoover",
-           "make_batched_integrator"]
+__all__ = ["BatchedBussi", "BatchedIntegrator", "BatchedLangevin", "BatchedMTS",
+           "BatchedNoseHoover", "make_batched_integrator"]

@@ -12,9 +12,19 @@ run (tested to 1e-10 in float64). One force call per step serves all replicas st
 
 Each replica is checked after every step by its own ``FailureMonitor``; a replica that fails
 is recorded with its step and reason, frozen and dropped from the batch, and the others go on.
-Each writes what a single run writes, under ``<output>/replica_<r>/`` (trajectory, thermo.csv),
-and gets its own ``RunResult``; ``wall_s`` is the batch's integration time (shared).
-Multiple time stepping and LAMMPS are single-replica only; so are reference calculators.
+The checks are first evaluated for all replicas at once: every step the per-step tests
+(non-finite values, force, temperature: ``suspects``), every ``check_every`` steps the
+distance and bond criteria (``geoff.md.replica_checks.GeometryScreen``, all pair distances
+of all replicas); only a replica they flag goes through its own monitor, which decides
+exactly as in a single run. So the Python loop over replicas runs only for flagged replicas
+and on log and trajectory steps. Each writes what a single run writes, under ``<output>/replica_<r>/``
+(trajectory, thermo.csv), and gets its own ``RunResult``; ``wall_s`` is the batch's
+integration time (shared).
+
+Multiple time stepping (``forces="mts"``, a ``force_head="both"`` model, NVE or Bussi) is
+batched too (``BatchedMTS``). ``deadline`` (``time.time()`` seconds) stops the batch where it
+is: the replicas still running end without a failure and ``steps_done < steps_requested``, a
+censored run (kept, not lost). LAMMPS and reference calculators are single-replica only.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ from .engines import EngineUnavailable, model_or_calculator
 from .failure import Failure, FailureMonitor
 from .integrators import degrees_of_freedom
 from .recording import Recorder, RunResult, initial_velocities
+from .replica_checks import GeometryScreen
 from .replica_forces import BatchedForces
 from .replica_integrators import make_batched_integrator
 from .settings import MDSettings
@@ -104,16 +115,59 @@ def _prepare(structures, plans, n_dof, output):
     return reps
 
 
-def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved) -> bool:
-    """Check replica ``r`` after ``step`` steps; log and write when due. True if it failed."""
+def suspects(integ, reps, active, n_dof: int) -> np.ndarray:
+    """Of the replicas ``active``, those that may fail a per-step check of their monitor
+    (non-finite state, force above ``max_force``, temperature above its limit): the same
+    tests as ``FailureMonitor.check`` before its ``check_every`` gate, for all at once."""
+    idx = np.asarray(active)
+    k = len(idx)
+    bad = ~(np.isfinite(integ.positions[idx].reshape(k, -1)).all(1)
+            & np.isfinite(integ.momenta[idx].reshape(k, -1)).all(1)
+            & np.isfinite(integ.forces[idx].reshape(k, -1)).all(1)
+            & np.isfinite(integ.energy[idx]))
+    c = reps[idx[0]].monitor.criteria if k else None
+    if k and c.max_force is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= np.abs(integ.forces[idx]).reshape(k, -1).max(1) > c.max_force
+    if k and c.temperature_factor:
+        limits = np.array([c.temperature_factor * (reps[r].monitor.temperature_K or np.inf)
+                           for r in idx])
+        with np.errstate(invalid="ignore"):
+            bad |= 2.0 * integ.kinetic(idx) / (n_dof * units.kB) > limits
+    return idx[bad]
+
+
+def _to_look_at(integ, reps, active, step: int, s: MDSettings, n_dof: int, screen):
+    """(replicas to check, replicas only to record) after ``step``: the suspects of the
+    per-step tests, plus on a check step those the geometry screen flags (all of them without
+    a screen); on a log or trajectory step every other running replica is recorded."""
+    check = set(suspects(integ, reps, active, n_dof).tolist())
+    if step % max(s.failure.check_every, 1) == 0:
+        if screen is None:
+            check = set(active)
+        else:
+            act = np.asarray(active)
+            check |= set(act[screen.flag(integ.positions, act)].tolist())
+    record = []
+    if step % s.log_every == 0 or step % s.traj_every == 0:
+        record = [r for r in active if r not in check]
+    return sorted(check), record
+
+
+def _observe(rep: _Replica, integ, r: int, step: int, n_dof: int, conserved,
+             check: bool = True) -> bool:
+    """Check replica ``r`` after ``step`` steps (unless ``check`` is false: a replica that the
+    vectorised tests cleared); log and write when due. True if it failed."""
     s, atoms = rep.s, rep.atoms
     atoms.positions = integ.positions[r]
     atoms.set_momenta(integ.momenta[r], apply_constraint=False)
     energy, forces = float(integ.energy[r]), integ.forces[r]
     kinetic = float(integ.kinetic([r])[0])
-    failure = rep.monitor.check(step, atoms, forces, energy, kinetic, n_dof)
+    failure = rep.monitor.check(step, atoms, forces, energy, kinetic, n_dof) if check else None
     t_ps = step * s.timestep_fs / 1000.0
-    if (step % s.log_every == 0 or failure is not None) and np.isfinite(energy):
+    # multiple time stepping: energies are comparable only at synchronised (outer) steps
+    if (integ.synchronised and (step % s.log_every == 0 or failure is not None)
+            and np.isfinite(energy)):
         rep.recorder.log(step, t_ps, energy, kinetic, float(conserved[r]),
                          2.0 * kinetic / (n_dof * units.kB))
     if step % s.traj_every == 0 or failure is not None:
@@ -133,25 +187,59 @@ def _all_failed(reps, active, step: int, exc: Exception) -> None:
         reps[r].steps_done = step
 
 
+def _integrate(integ, reps, settings: MDSettings, n_dof: int, deadline: Optional[float],
+               screen=None) -> float:
+    """Advance the replicas until they are done, failed or past ``deadline``; the
+    integration wall time (s). ``screen``: a ``GeometryScreen`` of the replicas, or None."""
+    wall, step = 0.0, 0
+    conserved = integ.conserved()
+    active = [r for r, rep in enumerate(reps) if not _observe(rep, integ, r, 0, n_dof,
+                                                               conserved)]
+    while active and step < settings.steps:
+        if deadline is not None and time.time() > deadline:
+            break  # censored: the running replicas keep steps_done = step, no failure
+        t0 = time.perf_counter()
+        try:
+            integ.step(active)
+        except Exception as exc:  # noqa: BLE001 - the batch cannot say which replica
+            wall += time.perf_counter() - t0
+            _all_failed(reps, active, step + 1, exc)
+            return wall
+        wall += time.perf_counter() - t0
+        step += 1
+        check, record = _to_look_at(integ, reps, active, step, settings, n_dof, screen)
+        if check or record:
+            conserved = integ.conserved()
+            failed = {r for r in check if _observe(reps[r], integ, r, step, n_dof, conserved)}
+            for r in record:
+                _observe(reps[r], integ, r, step, n_dof, conserved, check=False)
+            active = [r for r in active if r not in failed]
+    for r in active:  # still running: done (or stopped at the deadline) at this step
+        reps[r].steps_done = step
+    return wall
+
+
 def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output=None,
                  replicas: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
                  temperatures: Optional[Sequence[float]] = None,
-                 structures: Optional[Sequence] = None) -> List[RunResult]:
+                 structures: Optional[Sequence] = None,
+                 deadline: Optional[float] = None) -> List[RunResult]:
     """Run the replicas (see the module docstring); one ``RunResult`` per replica.
 
     ``structures``: optional starting structures, one per replica (the same system as
     ``atoms``: species, cell and pbc; e.g. frames of an equilibrated run, with their momenta
     when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
-    ``replica_<r>/``) or one folder per replica.
+    ``replica_<r>/``) or one folder per replica. ``deadline``: ``time.time()`` after which
+    the batch stops (censored runs; see the module docstring).
     """
     settings = settings or MDSettings()
-    if settings.forces == "mts":
-        raise EngineUnavailable("multiple time stepping is single-replica only; run it with "
-                                "geoff md without --replicas")
     model, calc = model_or_calculator(potential)
     if model is None:
         raise EngineUnavailable("batched replicas need a geoff model (an EnergyModel or a "
                                 "checkpoint); run a reference calculator one replica at a time")
+    if settings.forces == "mts" and model.force_head != "both":
+        raise ValueError("multiple time stepping needs a model with force_head='both' (one "
+                         f"representation, both heads); this one is {model.force_head!r}")
     plans = replica_plan(settings, replicas, seeds, temperatures)
     n_dof = degrees_of_freedom(atoms, settings.ensemble)
     structures = _same_system(atoms, structures, len(plans))
@@ -162,25 +250,10 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
         settings.ensemble, [r.atoms.positions for r in reps],
         [r.atoms.get_momenta() for r in reps], atoms.get_masses(), forces,
         settings.timestep_fs, [s.temperature_K for s in plans], settings.tau_fs,
-        [s.seed for s in plans], n_dof)
-    wall, step = 0.0, 0
+        [s.seed for s in plans], n_dof, settings.forces, settings.mts_steps)
     try:
-        conserved = integ.conserved()
-        active = [r for r, rep in enumerate(reps) if not _observe(rep, integ, r, 0, n_dof,
-                                                                   conserved)]
-        while active and step < settings.steps:
-            t0 = time.perf_counter()
-            try:
-                integ.step(active)
-            except Exception as exc:  # noqa: BLE001 - the batch cannot say which replica
-                wall += time.perf_counter() - t0
-                _all_failed(reps, active, step + 1, exc)
-                break
-            wall += time.perf_counter() - t0
-            step += 1
-            conserved = integ.conserved()
-            active = [r for r in active if not _observe(reps[r], integ, r, step, n_dof,
-                                                        conserved)]
+        screen = GeometryScreen.build([rep.monitor for rep in reps], atoms)
+        wall = _integrate(integ, reps, settings, n_dof, deadline, screen)
     finally:
         for rep in reps:
             rep.recorder.close()

@@ -7,26 +7,46 @@ others pick up their ``RunResult`` from the cache. Each replica equals its singl
 study's numbers do not change; only the wall time does (a replica's ``steps_per_s`` is the
 batch's steps per second of integration: all its replicas advance together).
 
-Cells that cannot be batched (LAMMPS, multiple time stepping, reference calculators) run one
-seed at a time as before.
+Cells that cannot be batched (LAMMPS, reference calculators) run one seed at a time as
+before; multiple time stepping is batched (on a ``force_head="both"`` model).
+
+Wall-clock limits for a study split over processes with a time limit (the failure study on a
+GPU): ``GEOFF_REPLICA_DEADLINE`` (Unix time) and ``GEOFF_REPLICA_WALL_S`` (seconds per
+batched run) stop a batched run at the earlier of the two; its replicas are then censored
+(``status`` ok, ``steps_done`` < ``steps_requested``) and written like finished ones, so a
+stopped study keeps what it ran.
 """
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from .engines import model_or_calculator
 from .settings import MDSettings
 
 
 def batchable(run, settings: MDSettings, engine: str, potential) -> bool:
-    if engine != "ase" or settings.forces == "mts" or run.is_reference:
+    if engine != "ase" or run.is_reference:
         return False
     try:
         model, _ = model_or_calculator(potential)
     except TypeError:
         return False
-    return model is not None
+    return model is not None and (settings.forces != "mts" or model.force_head == "both")
+
+
+def deadline_from_env(now: Optional[float] = None) -> Optional[float]:
+    """The ``time.time()`` at which a batched run starting ``now`` stops (see the module
+    docstring), or None without the environment variables."""
+    now = time.time() if now is None else now
+    limits = []
+    if os.environ.get("GEOFF_REPLICA_DEADLINE"):
+        limits.append(float(os.environ["GEOFF_REPLICA_DEADLINE"]))
+    if os.environ.get("GEOFF_REPLICA_WALL_S"):
+        limits.append(now + float(os.environ["GEOFF_REPLICA_WALL_S"]))
+    return min(limits) if limits else None
 
 
 def replica_result(cfg, run, settings: MDSettings, potential, atoms, directory: Path,
@@ -44,7 +64,8 @@ def replica_result(cfg, run, settings: MDSettings, potential, atoms, directory: 
         outputs = [_directory(run, s, root) for s in seeds]
         assert outputs[seeds.index(run.seed)] == Path(directory), "run folder layout changed"
         results = run_replicas(potential, atoms, settings, outputs, seeds=seeds,
-                               temperatures=[p.temperature_K for p in plans])
+                               temperatures=[p.temperature_K for p in plans],
+                               deadline=deadline_from_env())
         cache[cell] = dict(zip(seeds, results))
     return cache[cell].pop(run.seed)
 
