@@ -95,16 +95,13 @@ def train_jobs(cfg: dict, out: Path, data_dir: Path, checkpoints, gpus: int,
                costs: Optional[dict], python: str = sys.executable) -> List[str]:
     """One ``geoff train`` line per system, checkpoint and budget, long budgets first (they
     take the cores while the short ones cycle through the rest)."""
-    import ase.io
-
     t = cfg["train"]
     jobs = []
     for budget_name, budget in sorted(t["budgets"].items(),
                                       key=lambda kv: -_seconds(kv[1])):
         for system in cfg["systems"]:
             data = data_dir / f"{system['name']}.extxyz.gz"
-            n_frames = sum(1 for _ in ase.io.iread(data)) if not isinstance(budget, list) \
-                else 0
+            n_frames = count_frames(data) if not isinstance(budget, list) else 0
             for label, model, head, _ in checkpoints:
                 run = out / "train" / system["name"] / f"{label}-{budget_name}"
                 if (run / "test_metrics.json").exists():
@@ -122,8 +119,18 @@ def train_jobs(cfg: dict, out: Path, data_dir: Path, checkpoints, gpus: int,
     return jobs
 
 
+def count_frames(data: Path) -> int:
+    """Frames of a data file: its provenance JSON's ``n_frames`` (``geoff data``), else read."""
+    provenance = Path(str(data).replace(".extxyz.gz", ".provenance.json"))
+    if provenance.exists():
+        return int(json.loads(provenance.read_text())["n_frames"])
+    import ase.io
+
+    return sum(1 for _ in ase.io.iread(data))
+
+
 def _seconds(budget) -> float:
-    return float(budget["seconds"]) if isinstance(budget, dict) else 0.0
+    return float(budget.get("seconds") or 0.0) if isinstance(budget, dict) else 0.0
 
 
 def md_jobs(cfg: dict, studies: List[tuple], gpus: int, seconds: float,
