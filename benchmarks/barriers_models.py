@@ -97,7 +97,7 @@ def train_and_predict(row: str, spec: Dict, files: Dict[str, str], key: str, min
     model = geoff.load(out / "best.ckpt")
     preds = []
     for atoms in read_dataset(files["test"]):
-        atoms.calc = GeoffCalculator(model)
+        atoms.calc = GeoffCalculator(model, dtype="float64")
         atoms.get_potential_energy()
         preds.append(np.asarray(atoms.calc.results[key])[np.isfinite(atoms.arrays[key])])
     return {"row": row, "pred": np.concatenate(preds).tolist(), "seconds": round(seconds, 1),
