@@ -127,55 +127,36 @@ double seconds_since(Clock::time_point t0)
    GPU and reused; the timers count these copies as xfer, LAMMPS' exchange as comm.
 ------------------------------------------------------------------------- */
 
-torch::Tensor PairGeoff::ghosts_forward(const torch::Tensor &flat)
+torch::Tensor PairGeoff::ghosts_exchange(const torch::Tensor &rows, bool forward)
 {
   GeoffLayerComm &lc = *layers_;
   GeoffTorch &tm = *torch_;
   auto t = Clock::now();
   const double comm_before = lc.t_comm;
-  const int64_t nlocal = atom->nlocal, n = flat.size(0), w = flat.size(1);
+  const int64_t nlocal = atom->nlocal, n = rows.size(0), w = rows.size(1);
   const int64_t nsend = (int64_t) lc.send_rows.size(), ng = n - nlocal;
-  const auto dtype = flat.scalar_type();
-  torch::Tensor send = tm.send_rows.rows(nsend, w, dtype, tm.on_gpu());
-  torch::Tensor ghosts = tm.ghost_rows.rows(ng, w, dtype, tm.on_gpu());
-  if (nsend > 0)
-    send.copy_(flat.index_select(0, tm.send_index));    // waits for the device
+  const auto dtype = rows.scalar_type();
+  const bool f32 = dtype == torch::kFloat32, gpu = tm.on_gpu();
+  torch::Tensor send = tm.send_rows.rows(nsend, w, dtype, gpu);
+  torch::Tensor ghosts = tm.ghost_rows.rows(ng, w, dtype, gpu);
+  // Device -> host (a blocking copy: it also ends any earlier copy out of the staging).
+  torch::Tensor out_host = forward ? send : ghosts;
+  if (out_host.numel() > 0)
+    out_host.copy_(forward ? rows.index_select(0, tm.send_index) : rows.narrow(0, nlocal, ng));
   else
-    tm.wait();    // the previous copy out of `ghosts` may still be running
-  if (dtype == torch::kFloat32)
-    rows_forward(send.data_ptr<float>(), ghosts.data_ptr<float>(), (int) w);
+    tm.wait();
+  if (forward)
+    f32 ? rows_forward(send.data_ptr<float>(), ghosts.data_ptr<float>(), (int) w)
+        : rows_forward(send.data_ptr<double>(), ghosts.data_ptr<double>(), (int) w);
   else
-    rows_forward(send.data_ptr<double>(), ghosts.data_ptr<double>(), (int) w);
-  torch::Tensor out = flat.detach().clone();    // the next piece starts a new graph
-  if (ng > 0) out.narrow(0, nlocal, ng).copy_(ghosts, /*non_blocking=*/tm.on_gpu());
-  tm.sync();
-  lc.t_xfer += seconds_since(t) - (lc.t_comm - comm_before);
-  return out;
-}
-
-torch::Tensor PairGeoff::ghosts_reverse(const torch::Tensor &grad)
-{
-  GeoffLayerComm &lc = *layers_;
-  GeoffTorch &tm = *torch_;
-  auto t = Clock::now();
-  const double comm_before = lc.t_comm;
-  const int64_t nlocal = atom->nlocal, n = grad.size(0), w = grad.size(1);
-  const int64_t nsend = (int64_t) lc.send_rows.size(), ng = n - nlocal;
-  const auto dtype = grad.scalar_type();
-  torch::Tensor send = tm.send_rows.rows(nsend, w, dtype, tm.on_gpu());
-  torch::Tensor ghosts = tm.ghost_rows.rows(ng, w, dtype, tm.on_gpu());
-  if (ng > 0)
-    ghosts.copy_(grad.narrow(0, nlocal, ng));    // waits for the device
-  else
-    tm.wait();    // the previous copy out of `send` may still be running
-  if (dtype == torch::kFloat32)
-    rows_reverse(ghosts.data_ptr<float>(), send.data_ptr<float>(), (int) w);
-  else
-    rows_reverse(ghosts.data_ptr<double>(), send.data_ptr<double>(), (int) w);
-  torch::Tensor out = grad.detach().clone();
-  if (ng > 0) out.narrow(0, nlocal, ng).zero_();
-  if (nsend > 0)
-    out.index_add_(0, tm.send_index, send.to(out.device(), /*non_blocking=*/tm.on_gpu()));
+    f32 ? rows_reverse(ghosts.data_ptr<float>(), send.data_ptr<float>(), (int) w)
+        : rows_reverse(ghosts.data_ptr<double>(), send.data_ptr<double>(), (int) w);
+  // Host -> device, into a copy outside any autograd graph (the next piece starts anew).
+  torch::Tensor out = rows.detach().clone();
+  if (forward && ng > 0) out.narrow(0, nlocal, ng).copy_(ghosts, /*non_blocking=*/gpu);
+  if (!forward && ng > 0) out.narrow(0, nlocal, ng).zero_();
+  if (!forward && nsend > 0)
+    out.index_add_(0, tm.send_index, send.to(out.device(), /*non_blocking=*/gpu));
   tm.sync();
   lc.t_xfer += seconds_since(t) - (lc.t_comm - comm_before);
   return out;
@@ -235,7 +216,7 @@ void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
                  "{}, its metadata says {}; re-export it", model_file, flat.size(1), k,
                  lc.widths[k]);
     torch_->sync();
-    unflatten(ghosts_forward(flat), tape.outs[k], lc.names, tape.ins[k + 1], true);
+    unflatten(ghosts_exchange(flat, true), tape.outs[k], lc.names, tape.ins[k + 1], true);
   }
   tape.energies = module.get_method("lammps_energies")(
       {tape.ins[L], tape.geometry, graph.at("species"), (int64_t) nlocal}).toTensor();
@@ -286,8 +267,8 @@ void PairGeoff::layers_backward(GeoffLayerTape &tape)
       }
       torch_->sync();
       TensorDict owned;
-      unflatten(ghosts_reverse(flatten(grads, lc.names, n)), tape.outs[k], lc.names, owned,
-                false);
+      torch::Tensor owned_rows = ghosts_exchange(flatten(grads, lc.names, n), false);
+      unflatten(owned_rows, tape.outs[k], lc.names, owned, false);
       for (const auto &kv : owned) g[kv.key()] = kv.value();
     }
     std::vector<torch::Tensor> outputs, grad_outputs;

@@ -121,8 +121,7 @@ class PairGeoff : public Pair {
   template <typename T> void rows_forward(const T *send, T *ghosts, int width);
   template <typename T> void rows_reverse(const T *ghosts, T *send, int width);
   void run_layers(int n_edges);                  // layer_model.cpp: the model in pieces
-  at::Tensor ghosts_forward(const at::Tensor &flat);    // device side of the exchanges
-  at::Tensor ghosts_reverse(const at::Tensor &grad);
+  at::Tensor ghosts_exchange(const at::Tensor &rows, bool forward);    // its device side
   void layers_forward(GeoffLayerTape &tape, int n_edges);
   void layers_backward(GeoffLayerTape &tape);
 
