@@ -8,15 +8,18 @@ What is generated
 worker process, then relaxed in LAMMPS to its inherent structure (conjugate gradient).
 
 In each glass ``atoms_per_glass`` atoms (default all, in a seeded random order) get
-``attempts`` activation attempts each (every atom's first attempt is queued before any
-second one, so that a deadline leaves as many labelled atoms as it can) (``art.activate``, ART-nouveau style): push the atom
-and its first shell (``shell`` Å, default 3.4) in 0.1 Å increments along a random direction,
-relaxing the perpendicular forces, until the lowest curvature (Lanczos on finite-difference
-Hessian-vector products) is below -0.3 eV/Å²; converge along the lowest mode to max force
-0.05 eV/Å; check one negative curvature (lowest < -0.05 eV/Å², the lowest orthogonal to it
-> -0.05 eV/Å²); relax into the next minimum. An event is accepted when its barrier is > 0,
-the final minimum differs from the start (some atom moved > 0.1 Å) and it is *centred*:
-the atom moving most from the minimum to the saddle is the sampled atom or in its shell.
+``attempts`` activation attempts each (``art.activate``, ART-nouveau style; every atom's
+first attempt is queued before any second one, so that a deadline leaves as many labelled
+atoms as it can): push the atom and its first shell (``shell`` Å, default 3.4) in 0.1 Å
+increments along a random direction, relaxing the perpendicular forces, until the lowest
+curvature (Lanczos on finite-difference Hessian-vector products) is below -0.3 eV/Å²;
+converge along the lowest mode to max force 0.05 eV/Å (and a Newton step to the saddle
+along it below 0.05 Å); check one negative curvature (lowest < -0.01 eV/Å², the lowest
+orthogonal to it > -0.01 eV/Å²); relax into the next minimum (from the other side of the
+saddle if the first falls back into the start). An event is accepted when its barrier is
+> 0, the final minimum differs from the start (some atom moved > 0.1 Å, the cell's net drift
+removed) and it is *centred*: the atom moving most from the minimum to the saddle is the
+sampled atom or in its shell. Settings: ``art`` (``ArtSettings`` field overrides).
 
 Labels (per-atom extxyz arrays; NaN for atoms without an accepted event): ``barrier_mean``
 and ``barrier_min`` (eV, over the accepted events), ``n_events`` (accepted) and
@@ -54,8 +57,8 @@ N_ATOMS = 200
 SHELL = 3.4  # Å: first-shell radius (first minimum of g(r) of Cu64Zr36 is ~3.4-3.7 Å)
 QUENCH = dict(melt_ps=4.0, hold_ps=0.5, interval_ps=0.1, quench_rate_K_per_ps=100.0)
 CHUNK = 4  # atoms per task: small, so that a deadline cuts glasses evenly
-CENTRING = "the atom moving most from the minimum to the saddle is the sampled atom or " \
-           f"within its first shell"
+CENTRING = ("the atom moving most from the minimum to the saddle is the sampled atom or "
+            "within its first shell")
 
 
 def make_glass(seed: int, glass: int, n_atoms: int, quench: Dict) -> Atoms:
