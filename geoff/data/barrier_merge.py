@@ -55,11 +55,15 @@ def histogram(frames, path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    values = {}
     for key in ("barrier_mean", "barrier_min"):
         v = np.concatenate([f.arrays[key] for f in frames])
-        v = v[np.isfinite(v)]
+        values[key] = v[np.isfinite(v)]
+    top = max((v.max() for v in values.values() if v.size), default=1.0)
+    bins = np.linspace(0.0, top, 41)  # shared, so the two histograms compare bin by bin
+    for key, v in values.items():
         if v.size:
-            ax.hist(v, bins=40, alpha=0.6, label=f"{key} ({v.size} atoms)")
+            ax.hist(v, bins=bins, alpha=0.6, label=f"{key} ({v.size} atoms)")
     ax.set_xlabel("barrier (eV)")
     ax.set_ylabel("atoms")
     ax.set_title(f"Cu64Zr36, {len(frames)} glasses")

@@ -8,14 +8,18 @@ What is generated
 worker process, then relaxed in LAMMPS to its inherent structure (conjugate gradient).
 
 In each glass ``atoms_per_glass`` atoms (default all, in a seeded random order) get
-``attempts`` activation attempts each (``art.activate``, ART-nouveau style): push the atom
-and its first shell (``shell`` Å, default 3.4) in 0.1 Å increments along a random direction,
-relaxing the perpendicular forces, until the lowest curvature (Lanczos on finite-difference
-Hessian-vector products) is below -0.3 eV/Å²; converge along the lowest mode to max force
-0.05 eV/Å; check one negative curvature (lowest < -0.05 eV/Å², the lowest orthogonal to it
-> -0.05 eV/Å²); relax into the next minimum. An event is accepted when its barrier is > 0,
-the final minimum differs from the start (some atom moved > 0.1 Å) and it is *centred*:
-the atom moving most from the minimum to the saddle is the sampled atom or in its shell.
+``attempts`` activation attempts each (``art.activate``, ART-nouveau style; every atom's
+first attempt is queued before any second one, so that a deadline leaves as many labelled
+atoms as it can): push the atom and its first shell (``shell`` Å, default 3.4) in 0.1 Å
+increments along a random direction, relaxing the perpendicular forces, until the lowest
+curvature (Lanczos on finite-difference Hessian-vector products) is below -0.3 eV/Å²;
+converge along the lowest mode to max force 0.05 eV/Å (and a Newton step to the saddle
+along it below 0.05 Å); check one negative curvature (lowest < -0.01 eV/Å², the lowest
+orthogonal to it > -0.01 eV/Å²); relax into the next minimum (from the other side of the
+saddle if the first falls back into the start). An event is accepted when its barrier is
+> 0, the final minimum differs from the start (some atom moved > 0.1 Å, the cell's net drift
+removed) and it is *centred*: the atom moving most from the minimum to the saddle is the
+sampled atom or in its shell. Settings: ``art`` (``ArtSettings`` field overrides).
 
 Labels (per-atom extxyz arrays; NaN for atoms without an accepted event): ``barrier_mean``
 and ``barrier_min`` (eV, over the accepted events), ``n_events`` (accepted) and
@@ -31,6 +35,7 @@ soon as it is done, so a killed run keeps its finished glasses (``barrier_merge`
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import multiprocessing
 import time
@@ -52,8 +57,8 @@ N_ATOMS = 200
 SHELL = 3.4  # Å: first-shell radius (first minimum of g(r) of Cu64Zr36 is ~3.4-3.7 Å)
 QUENCH = dict(melt_ps=4.0, hold_ps=0.5, interval_ps=0.1, quench_rate_K_per_ps=100.0)
 CHUNK = 4  # atoms per task: small, so that a deadline cuts glasses evenly
-CENTRING = "the atom moving most from the minimum to the saddle is the sampled atom or " \
-           f"within its first shell"
+CENTRING = ("the atom moving most from the minimum to the saddle is the sampled atom or "
+            "within its first shell")
 
 
 def make_glass(seed: int, glass: int, n_atoms: int, quench: Dict) -> Atoms:
@@ -93,9 +98,9 @@ def _engine_for(key, atoms: Atoms):
     return _ENGINE["engine"]
 
 
-def _atoms_task(glass, atoms: Atoms, indices, attempts, seed, shell, settings, deadline):
-    """Attempts on ``indices`` of one glass; stops starting attempts at ``deadline``
-    (``time.time()``). Returns one record per atom that was tried at least once."""
+def _atoms_task(glass, atoms: Atoms, indices, attempt, seed, shell, settings, deadline):
+    """Attempt number ``attempt`` on each of ``indices`` of one glass; no attempt starts
+    after ``deadline`` (``time.time()``). Returns one record per atom tried."""
     if deadline is not None and time.time() > deadline:
         return glass, []
     engine = _engine_for((seed, glass), atoms)
@@ -105,12 +110,10 @@ def _atoms_task(glass, atoms: Atoms, indices, attempts, seed, shell, settings, d
     records = []
     for index in indices:
         start = time.perf_counter()
-        rng = np.random.default_rng([seed, glass, int(index)])
+        rng = np.random.default_rng([seed, glass, int(index), attempt])
         region = first_shell(atoms, int(index), shell)
         rec = {"index": int(index), "barriers": [], "outcomes": [], "force_calls": 0}
-        for _ in range(attempts):
-            if deadline is not None and time.time() > deadline:
-                break
+        if deadline is None or time.time() <= deadline:
             event = activate(engine, x0, e0, region, rng, art,
                              relax=lambda x: engine.relax(x, ftol=1e-4),
                              displacement=lambda a, b: drift_free(engine.displacement(a, b)))
@@ -169,8 +172,13 @@ def generate(n: int = DEFAULT_N, seed: int = 0, progress: Optional[Callable[[int
     open_chunks: Dict[int, int] = {}
     pool = _executor(jobs)
     pending = {pool.submit(_glass_task, seed, g, n_atoms, quench) for g in range(n)}
+    # First attempts on every atom of every glass go before second attempts anywhere, so
+    # that a deadline leaves as many labelled atoms as possible.
+    later = collections.deque()
     try:
-        while pending:
+        while pending or later:
+            while later and len(pending) < 2 * jobs:  # keep the workers fed, no more
+                pending.add(pool.submit(_atoms_task, *later.popleft()))
             done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for future in done:
                 result = future.result()
@@ -179,9 +187,12 @@ def generate(n: int = DEFAULT_N, seed: int = 0, progress: Optional[Callable[[int
                     glasses[glass] = atoms
                     seconds[glass] += sec
                     chunks = _chunks(atoms, seed, glass, atoms_per_glass)
-                    open_chunks[glass] = len(chunks)
-                    pending |= {pool.submit(_atoms_task, glass, atoms, c, attempts, seed, shell,
-                                            settings, deadline) for c in chunks}
+                    open_chunks[glass] = len(chunks) * attempts
+                    tasks = [(glass, atoms, c, a, seed, shell, settings, deadline)
+                             for a in range(attempts) for c in chunks]
+                    first = tasks[:len(chunks)]
+                    pending |= {pool.submit(_atoms_task, *t) for t in first}
+                    later.extend(tasks[len(chunks):])
                 else:
                     glass, recs = result
                     records[glass] += recs
@@ -225,10 +236,14 @@ def labelled_frame(atoms: Atoms, records: List[Dict], seed: int, glass: int,
     n = len(atoms)
     mean, low = np.full(n, np.nan), np.full(n, np.nan)
     accepted, tried = np.zeros(n, dtype=int), np.zeros(n, dtype=int)
-    for rec in records:
+    barriers: Dict[int, List[float]] = {}
+    for rec in records:  # one record per atom and attempt
         i = rec["index"]
-        mean[i], low[i] = barrier_labels(rec["barriers"])
-        accepted[i], tried[i] = len(rec["barriers"]), len(rec["outcomes"])
+        barriers.setdefault(i, []).extend(rec["barriers"])
+        tried[i] += len(rec["outcomes"])
+    for i, values in barriers.items():
+        mean[i], low[i] = barrier_labels(values)
+        accepted[i] = len(values)
     out = label(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
                 energies=atoms.get_potential_energies())
     out.new_array("barrier_mean", mean)

@@ -1,4 +1,10 @@
-"""Activation events on any ASE calculator: ART-nouveau-style push, dimer climb, checks, relax.
+"""Activation events on any ASE calculator (a single push, then ASE's dimer), and the helpers
+the barrier generator shares: ``first_shell``, ``centred``, ``barrier_labels``.
+
+``cuzr-barriers`` no longer uses ``search_event``: from a 0.4 Å push the dimer accepted 0 of
+16 attempts on a 100-atom glass (it started in the positive-curvature basin). The generator
+uses ``geoff.data.art`` (incremental ART-style activation with Lanczos curvatures) instead;
+``search_event`` stays as the ASE-only variant for any calculator (and its tests).
 
 One event from a relaxed structure ``minimum`` (energy ``E0``) and a region (an atom and its
 first shell):
