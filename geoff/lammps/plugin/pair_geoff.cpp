@@ -293,10 +293,10 @@ void PairGeoff::coeff(int narg, char **arg)
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "{}: {} model '{}' ({}, {}), species {}, cutoff {} A, {} "
-                   "layer(s), {} torch thread(s), overlap check {} A\n",
-                   log_name, model_name, model_file, model_dtype, torch_->device.str(), join(species),
-                   cutoff, n_layers, at::get_num_threads(), overlap);
+                   "{}: {} model '{}' ({}, {}), species {}, cutoff {} A, {} layer(s), {} "
+                   "torch thread(s), overlap check {} A\n",
+                   log_name, model_name, model_file, model_dtype, torch_->device.str(),
+                   join(species), cutoff, n_layers, at::get_num_threads(), overlap);
 }
 
 /* ----------------------------------------------------------------------
