@@ -20,6 +20,11 @@ Forces, stress (autograd through the strain) and double backward (training with
 ``create_graph=True``) go through the recomputation unchanged; the sums differ from the
 plain path only by float round-off (a different summation order).
 
+Known cost besides the recomputation: the backward pass of a chunk's gather of sender
+features writes a zero-filled (N, D) gradient (autograd's index backward), so the gathers
+cost O(N D E / C) over a layer; at ~1M atoms and C = 131,072 edges that is ~320 full-size
+writes per node tensor per layer (measure on the GPU before raising the chunk count).
+
 The chunked path is Python-only: under TorchScript (``geoff export``, the LAMMPS plugin)
 ``aggregate`` always takes the plain path.
 
