@@ -70,7 +70,8 @@ class EdgeMessages(nn.Module):
         self.edge_chunk = int(edge_chunk)
 
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement messages")
+        # A plain string: TorchScript may compile this stub (it cannot take type(self)).
+        raise NotImplementedError("an EdgeMessages subclass must implement messages")
 
     def finish(self, sums: List[Tensor]) -> List[Tensor]:
         """Per-atom map of the message sums [(n, ...)] (identity unless overridden)."""
@@ -121,7 +122,7 @@ class RowChunked(nn.Module):
         self.atom_weight = ATOM_WEIGHT  # an instance attribute, for TorchScript
 
     def rows(self, inputs: List[Tensor]) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not implement rows")
+        raise NotImplementedError("a RowChunked subclass must implement rows")
 
     def map_rows(self, inputs: List[Tensor]) -> Tensor:
         """``rows(inputs)``, in checkpointed atom chunks when there are many atoms."""
