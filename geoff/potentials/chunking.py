@@ -20,6 +20,11 @@ Forces, stress (autograd through the strain) and double backward (training with
 ``create_graph=True``) go through the recomputation unchanged; the sums differ from the
 plain path only by float round-off (a different summation order).
 
+Known cost besides the recomputation: the backward pass of a chunk's gather of sender
+features writes a zero-filled (N, D) gradient (autograd's index backward), so the gathers
+cost O(N D E / C) over a layer; at ~1M atoms and C = 131,072 edges that is ~320 full-size
+writes per node tensor per layer (measure on the GPU before raising the chunk count).
+
 The chunked path is Python-only: under TorchScript (``geoff export``, the LAMMPS plugin)
 ``aggregate`` always takes the plain path.
 
@@ -65,7 +70,8 @@ class EdgeMessages(nn.Module):
         self.edge_chunk = int(edge_chunk)
 
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement messages")
+        # A plain string: TorchScript may compile this stub (it cannot take type(self)).
+        raise NotImplementedError("an EdgeMessages subclass must implement messages")
 
     def finish(self, sums: List[Tensor]) -> List[Tensor]:
         """Per-atom map of the message sums [(n, ...)] (identity unless overridden)."""
@@ -116,7 +122,7 @@ class RowChunked(nn.Module):
         self.atom_weight = ATOM_WEIGHT  # an instance attribute, for TorchScript
 
     def rows(self, inputs: List[Tensor]) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} does not implement rows")
+        raise NotImplementedError("a RowChunked subclass must implement rows")
 
     def map_rows(self, inputs: List[Tensor]) -> Tensor:
         """``rows(inputs)``, in checkpointed atom chunks when there are many atoms."""
