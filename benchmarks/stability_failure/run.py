@@ -208,8 +208,17 @@ def stage_study(cfg: dict, out: Path, data_dir: Path) -> None:
 
 
 def stage_collect(cfg: dict, out: Path, data_dir: Path) -> None:
+    """``geoff stability --report-only`` of every study folder, all at once (a GPU call has
+    cores to spare and little time)."""
+    procs = []
     for path, folder, _ in write_studies(cfg, out, data_dir):
-        geoff("stability", path, "--out", folder, "--report-only", "--no-progress")
+        cmd = [sys.executable, "-m", "geoff.cli", "stability", str(path), "--out", str(folder),
+               "--report-only", "--no-progress"]
+        print("+", " ".join(cmd), flush=True)
+        procs.append(subprocess.Popen(cmd))
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"collect failed: {failed}")
 
 
 # --------------------------------------------------------------------------------------------
