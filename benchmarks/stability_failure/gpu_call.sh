@@ -105,7 +105,11 @@ call2)
     for t in "$CALL1"/train-*.tgz; do
         [[ -f "$t" ]] && tar -xzf "$t" -C "$WORK/sf"
     done
-    say "$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l) checkpoints from $CALL1"
+    n_ckpt=$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l)
+    say "$n_ckpt checkpoints from $CALL1"
+    if [[ "$n_ckpt" -eq 0 ]]; then
+        say "no checkpoints: put call 1's train-<system>.tgz in $CALL1 (or set CALL1)"; exit 1
+    fi
     if [[ "$DEVICE" == cuda* ]]; then  # batched replica speed with and without the checks
         timeout 75 "$PYTHON" benchmarks/replicas_speed.py --device "$DEVICE" --replicas 128 \
             --models schnet mace --systems ethanol --steps 20 \
