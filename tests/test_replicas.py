@@ -159,13 +159,25 @@ def test_cli_replicas(mol_model, tmp_path):
         assert metrics["status"] == "ok" and metrics["steps_done"] == 6
 
 
+def study_rows(config: dict, tmp_path) -> dict:
+    """{batched: results.csv rows} of the study run per seed (False) and batched (True)."""
+    import csv
+
+    from geoff.md.study import run_study
+
+    rows = {}
+    for batched in (False, True):
+        out = tmp_path / f"out{batched}"
+        run_study({**config, "replicas": batched}, output=out, progress=False)
+        with open(out / "results.csv") as fh:
+            rows[batched] = list(csv.DictReader(fh))
+    return rows
+
+
 def test_study_replicas_equal_the_per_seed_study(tmp_path):
     """``replicas: true`` batches a cell's seeds; the study's numbers stay those of the
     per-seed runs."""
-    import csv
-
     from geoff.checkpoint import save
-    from geoff.md.study import run_study
 
     save(small_model("schnet"), tmp_path / "cons.ckpt")
     config = {
@@ -180,12 +192,7 @@ def test_study_replicas_equal_the_per_seed_study(tmp_path):
         "failure": {"min_distance_factor": None},
         "analysis": {"jacobian_structures": 1},
     }
-    rows = {}
-    for batched in (False, True):
-        out = tmp_path / f"out{batched}"
-        run_study({**config, "replicas": batched}, output=out, progress=False)
-        with open(out / "results.csv") as fh:
-            rows[batched] = list(csv.DictReader(fh))
+    rows = study_rows(config, tmp_path)
     assert len(rows[True]) == len(rows[False]) == 3
     for a, b in zip(rows[False], rows[True]):
         assert (a["seed"], a["status"], a["steps_done"]) == (b["seed"], b["status"],
@@ -318,3 +325,30 @@ def test_geometry_screen_never_misses_a_failure(periodic):
             failed.add(k)
     assert failed <= flagged
     assert 0 < len(failed) < 40 and 0 in set(range(40)) - flagged  # some fail, the start not
+
+
+def test_study_batches_mts_cells(tmp_path):
+    """A study's MTS cell (a "both" model) runs its seeds as one batch, with the numbers of
+    the per-seed runs."""
+    from geoff.checkpoint import save
+
+    save(small_model("schnet", force_head="both"), tmp_path / "both.ckpt")
+    config = {
+        "name": "tiny-mts",
+        "models": [{"name": "mts", "checkpoint": str(tmp_path / "both.ckpt"), "forces": "mts",
+                    "mts_steps": 2}],
+        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
+                                                  "a": 3.61, "cubic": True,
+                                                  "repeat": [1, 1, 2]}}],
+        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
+                       "tau_fs": 10, "time_ps": 0.008}],
+        "timesteps_fs": [1.0], "seeds": [0, 1], "md": {"log_every": 2, "traj_every": 2},
+        "failure": {"min_distance_factor": None}, "analysis": {"jacobian_structures": 1},
+    }
+    rows = study_rows(config, tmp_path)
+    assert [(r["seed"], r["status"], r["steps_done"]) for r in rows[True]] == \
+        [(r["seed"], r["status"], r["steps_done"]) for r in rows[False]] == \
+        [("0", "ok", "8"), ("1", "ok", "8")]
+    for a, b in zip(rows[False], rows[True]):
+        assert abs(float(a["T_mean"]) - float(b["T_mean"])) <= 1e-8 * float(a["T_mean"])
+    assert len({r["steps_per_s"] for r in rows[True]}) == 1  # one batch

@@ -13,8 +13,9 @@
 #        MACE-style, with and without the per-step checks: OUT/replicas_speed_gpu.json), then
 #        one `geoff stability --only <checkpoint>` process per system, budget and checkpoint,
 #        all at once (run.py md-jobs: NVT then the NVE leg, seeds batched as replicas,
-#        censored at the deadline), then collect and report: OUT/report.tgz (report/, every
-#        study's results.csv, summary.csv, report.md, logs) and OUT/call2.log.
+#        censored at the deadline), then the report (from every run's metrics.json) and, with
+#        the time left, each study's own tables: OUT/report.tgz (report/, logs, and where
+#        collect finished every study's results.csv, summary.csv, report.md) and call2.log.
 #
 # Environment: DEADLINE_S (520: the call stops and packs by then), SYSTEMS ("ethanol
 # cuzr-liquid"), GPUS (all the machine has; 0 on a CPU), JOBS (training processes at once:
@@ -104,18 +105,25 @@ call2)
     for t in "$CALL1"/train-*.tgz; do
         [[ -f "$t" ]] && tar -xzf "$t" -C "$WORK/sf"
     done
-    say "$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l) checkpoints from $CALL1"
+    n_ckpt=$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l)
+    say "$n_ckpt checkpoints from $CALL1"
+    if [[ "$n_ckpt" -eq 0 ]]; then
+        say "no checkpoints: put call 1's train-<system>.tgz in $CALL1 (or set CALL1)"; exit 1
+    fi
     if [[ "$DEVICE" == cuda* ]]; then  # batched replica speed with and without the checks
         timeout 75 "$PYTHON" benchmarks/replicas_speed.py --device "$DEVICE" --replicas 128 \
             --models schnet mace --systems ethanol --steps 20 \
             --out "$OUT/replicas_speed_gpu.json" || say "replica speed stopped"
     fi
-    md_s=$(( $(left) - 100 ))  # 100 s for collect, report and packing
+    md_s=$(( $(left) - 100 ))  # 100 s for the report, collect and packing
     sf md-jobs --gpus "$GPUS" --seconds "$md_s" > "$WORK/md-jobs.txt" || exit 1
     run_jobs "$WORK/md-jobs.txt" "$(wc -l < "$WORK/md-jobs.txt")" $(( md_s + 20 ))
-    sf collect > "$WORK/collect.log" 2>&1 || say "collect failed (see collect.log)"
-    tail -3 "$WORK/collect.log"
-    sf report || say "report failed"
+    # the report reads every run's metrics.json: it comes first; collect (each study's own
+    # results.csv and report) only with the time left
+    timeout $(( $(left) - 40 )) "$PYTHON" "$here/run.py" report --out "$WORK/sf" \
+        --systems $SYSTEMS "${pilot[@]}" || say "report failed or stopped"
+    timeout $(( $(left) - 20 )) "$PYTHON" "$here/run.py" collect --out "$WORK/sf" \
+        --systems $SYSTEMS "${pilot[@]}" > "$WORK/collect.log" 2>&1 || say "collect stopped"
     cp "$WORK/collect.log" "$WORK/sf/"
     (cd "$WORK/sf" && tar -czf "$OUT/report.tgz" report collect.log study/*/results.csv \
         study/*/summary.csv study/*/report.md study/*/models.csv study/*/config.yaml \

@@ -3,7 +3,7 @@ spread over the GPUs (``CUDA_VISIBLE_DEVICES`` round robin), each stopped by a d
 
 Budgets. Every checkpoint of a system and budget trains the same number of epochs (same
 split, schedule and hyper-parameters; only the budget differs). A budget is ``{epochs: N}``
-or ``{seconds: S}``: the epochs the slowest checkpoint of the system trains in S seconds of
+(or N per system), or ``{seconds: S}``: the epochs the slowest checkpoint of the system trains in S seconds of
 one GPU process, from the CPU cost of its training step (``costs.json``, ``costs.py``) and an
 assumed GPU speed-up over one CPU thread (``train.gpu_speedup``, per system, stated in the
 README):
@@ -45,6 +45,8 @@ def budget_flags(cfg: dict, system: str, labels: List[str], budget, n_frames: in
     t = cfg["train"]
     seconds = budget.get("seconds")
     epochs = budget.get("epochs")
+    if isinstance(epochs, dict):
+        epochs = epochs[system]
     if epochs is None:
         epochs = budget_epochs(cfg, system, labels, seconds, n_frames, costs)
     limit = budget.get("max_seconds") or seconds * t.get("max_time_factor", 1.25)

@@ -2,7 +2,7 @@
 
 Time to failure (ps) of a run: the step of its first failed criterion x dt; for the liquid's
 NVT runs also the end of the first RDF window past the threshold (``geoff.md.rdf_failure``),
-whichever comes first. A run that survived is censored at its length (``stopped``: it was
+whichever comes first (read from each run's ``metrics.json``). A run that survived is censored at its length (``stopped``: it was
 cut short by its process's deadline, not by its planned length); medians over seeds are
 reported as ">= L" when half or more of the seeds survived. The liquid's reference RDF is
 ``<data-dir>/<system>.rdf_ref.json`` (``run.py data``).
@@ -22,9 +22,11 @@ FIELDS = ["system", "budget", "model", "head", "forces", "ensemble", "seed", "st
           "drift_meV_atom_ps", "force_mae_meV_A", "direct_force_mae_meV_A"]
 
 
-def _read_csv(path: Path) -> List[dict]:
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
+def _run_metrics(folder: Path) -> List[dict]:
+    """Every run's ``metrics.json`` under a study folder (what each ``geoff stability --only``
+    process wrote, whether or not a collecting pass made ``results.csv``)."""
+    return [json.loads(p.read_text())
+            for p in sorted(Path(folder).glob("runs/*/*/*/*/*/metrics.json"))]
 
 
 def _float(x) -> float:
@@ -71,20 +73,18 @@ def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path) -> List[dict]:
     for system in cfg["systems"]:
         for budget in cfg["train"]["budgets"]:
             folder = out / "study" / f"{system['name']}-{budget}"
-            if not (folder / "results.csv").exists():
-                continue
-            results = _read_csv(folder / "results.csv")
+            results = _run_metrics(folder)
             g_ref = _reference_rdf(data_dir, system)
             for r in results:
                 label = r["model"][: -len(budget) - 1]
                 if r["model"].startswith("ref:") or label not in heads:
                     continue
                 model, head, forces = heads[label]
-                length = _float(r["simulated_ps"])
+                length = _float(r.get("simulated_ps"))
                 failed = r["status"] == "failed"
-                ttf = _float(r["failure_time_ps"]) if failed else length
+                ttf = _float(r.get("failure_time_ps")) if failed else length
                 stopped = not failed and r["status"] == "ok" and \
-                    _float(r["steps_done"]) < _float(r["steps_requested"])
+                    _float(r.get("steps_done")) < _float(r.get("steps_requested"))
                 rdf_t = float("nan")
                 if system.get("rdf") and r["ensemble"] == "nvt" and r["status"] in ("ok",
                                                                                      "failed"):
@@ -96,10 +96,10 @@ def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path) -> List[dict]:
                              "head": head, "forces": forces, "ensemble": r["ensemble"],
                              "seed": int(r["seed"]), "status": r["status"], "failed": failed,
                              "ttf_ps": ttf, "length_ps": length, "stopped": stopped,
-                             "failure_reason": r["failure_reason"] or
+                             "failure_reason": r.get("failure_reason") or
                              ("rdf" if failed and math.isfinite(rdf_t) else ""),
                              "rdf_failure_ps": rdf_t,
-                             "drift_meV_atom_ps": _float(r["drift_meV_atom_ps"]),
+                             "drift_meV_atom_ps": _float(r.get("drift_meV_atom_ps")),
                              "force_mae_meV_A": mae, "direct_force_mae_meV_A": dmae})
     return rows
 

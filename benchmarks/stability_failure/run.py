@@ -113,7 +113,7 @@ def stage_data(cfg: dict, out: Path, data_dir: Path) -> None:
         if not start.exists():
             ase.io.write(start, start_structure(system["start"], data))
         if system.get("rdf") and not rdf_file(data_dir, system["name"]).exists():
-            reference_rdf(system, start, rdf_file(data_dir, system["name"]))
+            reference_rdf(system, start, rdf_file(data_dir, system["name"]), data)
 
 
 def start_structure(spec: dict, data: Path):
@@ -132,29 +132,41 @@ def start_structure(spec: dict, data: Path):
     raise ValueError(f"no frame of {data} at >= {spec['liquid_frame_min_K']} K")
 
 
-def reference_rdf(system: dict, start: Path, path: Path) -> None:
-    """g(r) of the reference potential (``rdf.reference``: a ``geoff.md.references`` name)
-    at the system's temperature: a Bussi NVT run from the start structure, the first third
-    dropped as equilibration; written as JSON (r, g, how it was made)."""
+def reference_rdf(system: dict, start: Path, path: Path, data: Path) -> None:
+    """g(r) of the reference potential at the system's temperature, as JSON (r, g, how it was
+    made): ``rdf.reference: {data_at_K: T}`` from the data's own frames at T (the reference
+    potential made them), or ``{name, steps, every}`` from a Bussi NVT run of that
+    ``geoff.md.references`` potential from the start structure (first third dropped)."""
     import ase.io
 
-    from geoff.md import FailureCriteria, MDSettings, run_md
     from geoff.md.metrics import rdf
-    from geoff.md.settings import Reference
 
     spec = system["rdf"]
     ref = spec["reference"]
+    if "data_at_K" in ref:
+        frames = [a for a in ase.io.iread(data)
+                  if abs(float(a.info.get("temperature_K", -1)) - ref["data_at_K"]) < 1.0]
+        steps = 0
+    else:
+        frames, steps = _reference_run(system, ref, start)
+    r, g = rdf(frames, spec.get("r_max", 6.0), spec.get("n_bins", 120))
+    path.write_text(json.dumps({"reference": ref, "temperature_K": system["temperature_K"],
+                                "frames": len(frames), "steps_done": steps, "r": r.tolist(),
+                                "g": g.tolist()}, indent=1) + "\n")
+
+
+def _reference_run(system: dict, ref: dict, start: Path):
+    import ase.io
+
+    from geoff.md import FailureCriteria, MDSettings, run_md
+    from geoff.md.settings import Reference
+
     s = MDSettings(ensemble="bussi", temperature_K=system["temperature_K"],
                    timestep_fs=system["dt_fs"], steps=int(ref["steps"]), tau_fs=100.0, seed=0,
                    log_every=ref["every"], traj_every=ref["every"],
                    failure=FailureCriteria(max_force=None, temperature_factor=None))
     result = run_md(Reference(ref["name"], dict(ref.get("options") or {})), ase.io.read(start), s)
-    frames = result.frames[len(result.frames) // 3:]
-    r, g = rdf(frames, spec.get("r_max", 6.0), spec.get("n_bins", 120))
-    path.write_text(json.dumps({"reference": ref, "temperature_K": system["temperature_K"],
-                                "timestep_fs": system["dt_fs"], "frames": len(frames),
-                                "steps_done": result.steps_done, "r": r.tolist(),
-                                "g": g.tolist()}, indent=1) + "\n")
+    return result.frames[len(result.frames) // 3:], result.steps_done
 
 
 def stage_train(cfg: dict, out: Path, data_dir: Path, costs) -> None:
@@ -208,8 +220,17 @@ def stage_study(cfg: dict, out: Path, data_dir: Path) -> None:
 
 
 def stage_collect(cfg: dict, out: Path, data_dir: Path) -> None:
+    """``geoff stability --report-only`` of every study folder, all at once (a GPU call has
+    cores to spare and little time)."""
+    procs = []
     for path, folder, _ in write_studies(cfg, out, data_dir):
-        geoff("stability", path, "--out", folder, "--report-only", "--no-progress")
+        cmd = [sys.executable, "-m", "geoff.cli", "stability", str(path), "--out", str(folder),
+               "--report-only", "--no-progress"]
+        print("+", " ".join(cmd), flush=True)
+        procs.append(subprocess.Popen(cmd))
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"collect failed: {failed}")
 
 
 # --------------------------------------------------------------------------------------------
