@@ -173,6 +173,7 @@ def plot(outs: list[Path], png: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("NVE, 32 Cu atoms, cu_schnet float64, dt 1 fs, CPU", fontsize=10)
     fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
 
 
