@@ -4,6 +4,7 @@ memory of the process sampled over the run.
   python benchmarks/reliability_longrun.py --engine md --steps 100000 --out longrun/md
   python benchmarks/reliability_longrun.py --engine lammps --steps 100000 --out longrun/lammps
   python benchmarks/reliability_longrun.py --summary longrun/md longrun/lammps [--plot f.png]
+      [--collect benchmarks/results/reliability_longrun]
 
 Each run writes ``<out>/rss.csv`` (wall seconds, resident set size in MiB, every --every
 seconds) and ``<out>/summary.json``: steps, wall time, energy drift (linear fit of the total
@@ -193,7 +194,23 @@ def plot(outs: list[Path], png: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("NVE, 32 Cu atoms, cu_schnet float64, dt 1 fs, CPU", fontsize=10)
     fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
+
+
+def collect(summary: dict, out: Path, dest: Path) -> None:
+    """<engine>.summary.json, .rss.csv, .thermo (md: thermo.csv, LAMMPS: its log), .in.nve."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    engine = summary["engine"]
+    (dest / f"{engine}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    files = {"rss.csv": "rss.csv", "in.nve": "in.nve"}
+    files.update({"run/thermo.csv": "thermo.csv"} if engine == "md" else
+                 {"log.lammps": "thermo.txt"})
+    for src, name in files.items():
+        if (out / src).exists():
+            shutil.copyfile(out / src, dest / f"{engine}.{name}")
 
 
 def main() -> int:
@@ -206,15 +223,19 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (geoff md only)")
     p.add_argument("--summary", nargs="*", type=Path, help="re-analyse finished runs")
     p.add_argument("--plot", type=Path, help="with --summary: write this PNG (RSS, E_tot)")
+    p.add_argument("--collect", type=Path, help="with --summary: copy each run's summary, "
+                   "rss.csv, thermo and deck into this folder as <engine>.*")
     a = p.parse_args()
     if a.plot and a.summary:
         plot(a.summary, a.plot)
     if a.summary:
         for out in a.summary:
             s = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \
-                else {"engine": "md" if (out / "run").exists() else "lammps"}
+                else {"engine": "md" if (out / "run").exists() else "lammps", "finished": False}
             s.update(analyse(s["engine"], out))
             print(json.dumps(s, indent=1))
+            if a.collect:
+                collect(s, out, a.collect)
         return 0
     print(json.dumps(run(a.engine, a.steps, a.out, a.every, a.log_every, a.device), indent=1))
     return 0

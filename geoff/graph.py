@@ -74,8 +74,6 @@ def _neighbour_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cu
             )
     if np.all(pbc):
         return cell
-    extent = np.ptp(positions, axis=0).max() if len(positions) else 0.0
-    length = extent + 2.0 * cutoff + 1.0
     out = cell.copy()
     periodic = [cell[k] for k in range(3) if pbc[k]]
     # Orthonormal basis of the complement of the periodic vectors.
@@ -85,7 +83,10 @@ def _neighbour_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cu
     else:
         complement = np.eye(3)
     for k, vec in zip([k for k in range(3) if not pbc[k]], complement):
-        out[k] = vec * length
+        # The extent across this direction only: along a periodic one atoms may lie millions
+        # of cells apart (a re-wrap through a near-singular cell), which is no vacuum to span.
+        extent = np.ptp(positions @ vec) if len(positions) else 0.0
+        out[k] = vec * (extent + 2.0 * cutoff + 1.0)
     return out
 
 

@@ -90,3 +90,27 @@ def test_errors_name_the_problem():
     bad.positions[0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         atoms_to_graph(bad, species=["Cu"], cutoff=4.0)
+
+
+def test_non_periodic_search_cell_ignores_the_periodic_extent():
+    """Atoms ~2e6 Å apart along the one periodic vector (fuzz, calculator seed 14: ASE's wrap
+    through a near-singular cell) once gave 2e6 Å non-periodic search vectors and 8 GB of
+    bins; the vectors now span the structure across them only, and the edges are unchanged."""
+    from geoff.graph import _neighbour_cell
+
+    cell = np.array([[3.3725414437056997, 0.7073963710689242, 1.0],
+                     [0.0, 6.4323899366197965, -0.4850339496268544],
+                     [-5.655078175662061, 2.3388894625725922, -1.9425819952974266]])
+    pos = np.array([[6.004830845062444, 3.0, 6.941287928941723],
+                    [3.7955019666747756, 0.0, 1.071006104078405],
+                    [0.5, 2.00001, 1.8373377672003357],
+                    [7.168068772056989, 7.370774396193128, 10.0]])
+    pbc = np.array([True, False, False])
+    far = pos + np.array([[6e5], [-2e5], [1e5], [0.0]]) * cell[0]  # periodic translations
+    search = _neighbour_cell(far, cell, pbc, 4.0)
+    assert np.linalg.norm(search[1:], axis=1).max() < 50.0
+    lengths = []
+    for p in (pos, far):
+        i, j, s = neighbour_list(p, cell, pbc, 4.0)
+        lengths.append(np.sort(np.linalg.norm(p[j] - p[i] + s, axis=1)))
+    np.testing.assert_allclose(lengths[1], lengths[0], atol=1e-6)
