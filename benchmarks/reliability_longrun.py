@@ -46,8 +46,10 @@ run {steps}
 """
 
 
-def rss_mib(pid: int) -> float:
-    """Resident set size (MiB) of ``pid`` and its children (0 when gone)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size (MiB) of ``pid`` and its children (0 when gone). ``field="RssAnon"``
+    counts anonymous memory only: what a leak grows. VmRSS also counts mapped library pages,
+    which the kernel takes back under memory pressure (RSS then drops in steps)."""
     total = 0.0
     pids = [pid]
     try:
@@ -58,7 +60,7 @@ def rss_mib(pid: int) -> float:
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     total += float(line.split()[1]) / 1024.0
         except OSError:
             pass
@@ -133,13 +135,16 @@ def run(engine: str, steps: int, out: Path, every: float, log_every: int,
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = command(engine, steps, out, log_every, device)
     t0 = time.time()
-    with open(out / "stdout.txt", "w") as log, open(out / "rss.csv", "w", newline="") as fh:
+    with open(out / "stdout.txt", "w") as log, open(out / "rss.csv", "w", newline="") as fh, \
+            open(out / "rss_anon.csv", "w", newline="") as fa:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
         w = csv.writer(fh)
         w.writerow(["wall_s", "rss_mib"] + (["gpu_mib"] if device != "cpu" else []))
         while proc.poll() is None:
             gpu = [f"{gpu_mib(proc.pid):.0f}"] if device != "cpu" else []
             w.writerow([f"{time.time() - t0:.1f}", f"{rss_mib(proc.pid):.2f}"] + gpu)
+            fa.write(f"{time.time() - t0:.1f},{rss_mib(proc.pid, 'RssAnon'):.2f}\n")
+            fa.flush()
             fh.flush()
             time.sleep(every)
     wall = time.time() - t0
@@ -162,7 +167,17 @@ def analyse(engine: str, out: Path) -> dict:
         g = rss[len(rss) // 2:, 2]
         gpu = {"gpu_median_mib": float(np.median(g)), "gpu_max_mib": float(rss[:, 2].max()),
                "gpu_second_half_range_mib": float(g.max() - g.min())}
-    return gpu | {"n_atoms": n_atoms, "thermo_rows": int(len(t)), "simulated_ps": float(t[-1]) if len(t) else 0.0,
+    anon = {}
+    if (out / "rss_anon.csv").exists():
+        a = np.loadtxt(out / "rss_anon.csv", delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1))
+        a = a[a[:, 1] > 0]
+        if len(a) > 3:
+            half = a[len(a) // 2:, 1]
+            m = float(np.median(half))
+            anon = {"anon_samples": int(len(a)), "anon_median_mib": m,
+                    "anon_second_half_min_rel": float(half.min() / m - 1.0),
+                    "anon_second_half_max_rel": float(half.max() / m - 1.0)}
+    return gpu | anon | {"n_atoms": n_atoms, "thermo_rows": int(len(t)), "simulated_ps": float(t[-1]) if len(t) else 0.0,
             "drift_meV_atom_ps": float(drift(t, e, n_atoms)),
             "etot_range_meV_atom": float(1000 * (e.max() - e.min()) / n_atoms) if len(e) else None,
             "rss_samples": int(len(rss)), "rss_median_mib": med,
@@ -205,7 +220,7 @@ def collect(summary: dict, out: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     engine = summary["engine"]
     (dest / f"{engine}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    files = {"rss.csv": "rss.csv", "in.nve": "in.nve"}
+    files = {"rss.csv": "rss.csv", "rss_anon.csv": "rss_anon.csv", "in.nve": "in.nve"}
     files.update({"run/thermo.csv": "thermo.csv"} if engine == "md" else
                  {"log.lammps": "thermo.txt"})
     for src, name in files.items():
