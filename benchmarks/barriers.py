@@ -116,17 +116,17 @@ def histogram(frames, key, path):
 def table(results) -> str:
     """The markdown table of every row (baselines, then models by MAE) and the SymGNN test."""
     lines = ["| predictor | MAE (eV) [95 % CI] | R² | Spearman | test atoms | train (s) | "
-             "parameters |", "|---|---|---|---|---|---|---|"]
+             "steps (epochs) | parameters |", "|---|---|---|---|---|---|---|---|"]
     models = sorted(((k, v) for k, v in results["models"].items() if "mae" in v),
                     key=lambda kv: kv[1]["mae"])
     for name, r in list(results["baselines"].items()) + models:
         lo, hi = r["mae_ci"]
         lines.append(f"| {name} | {r['mae']:.3f} [{lo:.3f}, {hi:.3f}] | {r['r2']:.2f} | "
                      f"{r['spearman']:.2f} | {r['n']} | {r.get('seconds', '')} | "
-                     f"{r.get('parameters', '')} |")
+                     f"{_steps(r)} | {r.get('parameters', '')} |")
     for name, r in results["models"].items():
         if "error" in r:
-            lines.append(f"| {name} | not run: {r['error'][:80]} | | | | | |")
+            lines.append(f"| {name} | not run: {r['error'][:80]} | | | | | | |")
     for sym, diffs in results.get("symmetrisation", {}).items():
         lines.append(f"\n{sym}: MAE({sym}) − MAE(other), eV, paired bootstrap 95 % CI "
                      "(negative: SymGNN better)\n")
@@ -135,6 +135,10 @@ def table(results) -> str:
             lines.append(f"| {other} | {d['difference']:+.4f} [{d['ci'][0]:+.4f}, "
                          f"{d['ci'][1]:+.4f}] |")
     return "\n".join(lines) + "\n"
+
+
+def _steps(row) -> str:
+    return f"{row['steps']} ({row.get('epochs')})" if row.get("steps") is not None else ""
 
 
 def write_predictions(path, test, key, results):

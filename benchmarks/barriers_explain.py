@@ -168,7 +168,7 @@ def main(argv=None):
     plot_global(table, out.with_suffix(".png"))
     atoms, ex, _ = picture
     plot_neighbourhood(atoms, ex, out.with_name(f"{out.name}_atom{ex.atom}.png"))
-    ex.to_json(out.with_name(f"{out.name}_atom{ex.atom}.json"))
+    ex.to_json(out.with_name(f"{out.name}_atom{ex.atom}.json"), max_edges=200)
     labels, explanations = compare_labels(frames, key), compare_explanations(explained)
     result = {"model": args.model, "data": args.data, "frames": args.frames, "output": key,
               "steps": args.steps, "explained": len(exs), "picture_atom": ex.atom,

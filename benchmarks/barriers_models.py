@@ -102,7 +102,19 @@ def train_and_predict(row: str, spec: Dict, files: Dict[str, str], key: str, min
         preds.append(np.asarray(atoms.calc.results[key])[np.isfinite(atoms.arrays[key])])
     return {"row": row, "pred": np.concatenate(preds).tolist(), "seconds": round(seconds, 1),
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            "checkpoint": str(out / "best.ckpt"), "device": device}
+            "checkpoint": str(out / "best.ckpt"), "device": device, **training_summary(out)}
+
+
+def training_summary(run_dir) -> Dict:
+    """Optimizer steps, epochs and why training stopped (the run folder's summary.json): a
+    wall-clock budget buys very different numbers of steps per model and machine."""
+    import json
+
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return {}
+    summary = json.loads(path.read_text())
+    return {k: summary.get(k) for k in ("steps", "epochs", "stopped_by")}
 
 
 def run_jobs(rows: Sequence[str], n_train_glasses: int, files: Dict[str, str], key: str,

@@ -47,9 +47,15 @@ class Explanation:
     def top(self, k: Optional[int] = None) -> List[Dict]:
         return self.edges[: self.top_k if k is None else k]
 
-    def to_json(self, path) -> None:
+    def to_json(self, path, max_edges: Optional[int] = None) -> None:
+        """Write the explanation; ``max_edges`` keeps only the most important edges (a
+        3-layer field holds ~5,000 edges: ~1 MB) and records how many there were."""
+        data = asdict(self)
+        data["n_edges"] = len(self.edges)
+        if max_edges is not None:
+            data["edges"] = data["edges"][:max_edges]
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump(asdict(self), fh, indent=1)
+            json.dump(data, fh, indent=1)
             fh.write("\n")
 
 
