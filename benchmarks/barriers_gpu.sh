@@ -21,11 +21,11 @@ MINUTES=${MINUTES:-5}; JOBS=${JOBS:-9}; DEADLINE_S=${DEADLINE_S:-520}
 DEVICES=${DEVICES:-cuda:0,cuda:1}; EXPLAIN_ATOMS=${EXPLAIN_ATOMS:-60}
 WORK=${WORK:-$(mktemp -d /tmp/geoff-barriers.XXXXXX)}
 mkdir -p "$OUT" "$WORK/py"
-if ! "$V" -c "import ase" 2>/dev/null; then
-  "$V" -m pip install --quiet --no-deps --no-index --target "$WORK/py" .whl/ase-*.whl
+if ! "$V" -c "import ase, matscipy" 2>/dev/null; then
+  "$V" -m pip install --quiet --no-deps --no-index --target "$WORK/py" .whl/*.whl  # ase, matscipy
 fi
 export PYTHONPATH="$(pwd):$WORK/py${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-"$V" -c "import ase, scipy, matplotlib, torch; print('torch', torch.__version__, 'gpus', torch.cuda.device_count())" \
+"$V" -c "import ase, matscipy, scipy, matplotlib, torch; print('torch', torch.__version__, 'gpus', torch.cuda.device_count())" \
   2>&1 | tee "$OUT/env.log" || { echo "missing a package (see env.log)"; exit 1; }
 [ -f "$DATA" ] || { echo "no data at $DATA" | tee -a "$OUT/env.log"; exit 1; }
 if command -v nvidia-cuda-mps-control >/dev/null; then
