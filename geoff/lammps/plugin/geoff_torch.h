@@ -12,6 +12,7 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -60,6 +61,12 @@ struct GeoffTorch {
 
 // First line of a (possibly long) torch error message, printable ASCII only (it may quote
 // bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
+// Wall seconds since t0 (the phase timers of the timing summaries).
+inline double seconds_since(std::chrono::steady_clock::time_point t0)
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 inline std::string first_line(const std::string &text)
 {
   auto end = text.find('\n');

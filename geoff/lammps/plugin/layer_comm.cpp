@@ -51,11 +51,6 @@ using namespace LAMMPS_NS;
 
 namespace {
 using Clock = std::chrono::steady_clock;
-
-double since(Clock::time_point t0)
-{
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 }    // namespace
 
 /* ----------------------------------------------------------------------
@@ -217,7 +212,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   const int n_edges = build_graph_layers();
   stop_on_overlap();
   const int n = (int) graph_atoms.size();
-  lc.t_graph += since(t0);
+  lc.t_graph += seconds_since(t0);
   probe_send_rows();
 
   if (nlocal == 0) {

@@ -27,11 +27,6 @@ using namespace LAMMPS_NS;
 
 namespace {
 using Clock = std::chrono::steady_clock;
-
-double since(Clock::time_point t0)
-{
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 }    // namespace
 
 /* ----------------------------------------------------------------------
@@ -127,7 +122,7 @@ void PairGeoff::probe_send_rows()
                                         torch::kInt32)
                            .to(torch::kInt64)
                            .to(torch_->device);
-  lc.t_comm += since(t);
+  lc.t_comm += seconds_since(t);
 }
 
 /* ----------------------------------------------------------------------
@@ -154,7 +149,7 @@ void PairGeoff::exchange(int width, bool forward)
     else
       comm->reverse_comm(this, lc.ncols);
   }
-  lc.t_comm += since(t);
+  lc.t_comm += seconds_since(t);
   ++lc.n_comms;
 }
 

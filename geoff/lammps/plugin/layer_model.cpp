@@ -111,10 +111,6 @@ torch::Tensor host(const torch::Tensor &t)
   return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
 }
 
-double seconds_since(Clock::time_point t0)
-{
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 }    // namespace
 
 /* ----------------------------------------------------------------------

@@ -72,10 +72,6 @@ const char *METADATA_FILE = GEOFF_METADATA_FILE;
 const char *EXPORT_HINT = "export a geoff checkpoint with `geoff export model.ckpt -o model.pt`";
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0)
-{
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 std::string join(const std::vector<std::string> &items)
 {
