@@ -39,7 +39,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from jobs import md_jobs, read_costs, train_jobs  # noqa: E402
+from jobs import md_jobs, md_jobs_until, read_costs, train_jobs  # noqa: E402
 from report import write_report  # noqa: E402
 
 
@@ -47,6 +47,10 @@ def load(path: Path, pilot: bool, systems=None) -> dict:
     cfg = yaml.safe_load(Path(path).read_text())
     if pilot:
         over = cfg.pop("pilot")
+        # pilot systems run only when --systems names them (the CPU dry run of call 3)
+        optional = over.pop("optional_systems", None) or []
+        if systems:
+            over["systems"] = over["systems"] + [s for s in optional if s["name"] in systems]
         for key, value in over.items():
             if isinstance(value, dict) and isinstance(cfg.get(key), dict) and key != "models":
                 cfg[key] = {**cfg[key], **value}
@@ -194,7 +198,8 @@ def stability_config(cfg: dict, system: dict, budget: str, out: Path, data_dir: 
                          "structure": {"file": str(start_file(data_dir, system["name"]))}}],
             "ensembles": [nvt, nve], "timesteps_fs": [system["dt_fs"]],
             "seeds": cfg["seeds"], "replicas": True, "device": cfg["device"],
-            "dtype": cfg["dtype"], "md": {**cfg["report"]["md"], **(system.get("md") or {})},
+            "dtype": cfg["dtype"], "md": {**cfg["report"]["md"], **(cfg.get("md") or {}),
+                                         **(system.get("md") or {})},
             "failure": system.get("failure") or {},
             "analysis": {"jacobian_structures": 1, "reference_runs": False,
                          "rdf_r_max": (system.get("rdf") or {}).get("r_max", 6.0)}}
@@ -250,6 +255,13 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=420.0,
                    help="md-jobs: wall seconds of every MD process from now")
     p.add_argument("--device", default=None, help="override the config's device")
+    p.add_argument("--missing-only", action="store_true",
+                   help="train-jobs: only runs without a checkpoint (reuse an earlier call's)")
+    p.add_argument("--studies", nargs="+", default=None,
+                   help="md-jobs: only these study folders (e.g. ethanol-long)")
+    p.add_argument("--until", type=float, default=None,
+                   help="md-jobs: every process stops by this Unix time (jobs.md_jobs_until)")
+    p.add_argument("--nice", type=int, default=0, help="md-jobs --until: CPU priority")
     args = p.parse_args(argv)
     cfg = load(Path(args.config), args.pilot, args.systems)
     if args.device:
@@ -259,12 +271,16 @@ def main(argv=None) -> int:
     data_dir = Path(args.data_dir or (out / "data" if args.pilot else HERE / "data")).resolve()
     costs = read_costs(Path(args.costs))
     if args.stage == "train-jobs":
-        print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs)))
+        print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs,
+                                   missing_only=args.missing_only)))
         return 0
     if args.stage == "md-jobs":
         studies = [(c, f, name) for c, f, names in write_studies(cfg, out, data_dir)
-                   for name in names]
-        print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
+                   for name in names if args.studies is None or f.name in args.studies]
+        if args.until:
+            print("\n".join(md_jobs_until(cfg, studies, args.gpus, args.until, args.nice)))
+        else:
+            print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
         return 0
     (out / "study_config.json").write_text(json.dumps(copy.deepcopy(cfg), indent=1))
     stages = ["data", "train", "study", "collect", "report"] if args.stage == "all" \
