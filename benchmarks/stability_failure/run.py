@@ -238,11 +238,28 @@ def stage_collect(cfg: dict, out: Path, data_dir: Path) -> None:
         raise RuntimeError(f"collect failed: {failed}")
 
 
+def call3_plan(cfg: dict) -> str:
+    """``gpu_call.sh call3``'s plan (the config's ``call3:`` block) as shell assignments: the
+    stages as ``study:nice`` words, only the studies of the config's systems."""
+    import shlex
+
+    plan = cfg["call3"]
+    names = [s["name"] for s in cfg["systems"]]
+    studies = {f"{s}-{b}" for s in names for b in cfg["train"]["budgets"]}
+
+    def stage(key):
+        return " ".join(f"{k}:{int(v)}" for k, v in plan[key].items() if k in studies)
+    return "\n".join(f"PLAN_{k.upper()}={shlex.quote(str(v))}" for k, v in {
+        "deadline_s": int(plan["deadline_s"]), "train_until_s": int(plan["train_until_s"]),
+        "report_s": int(plan["report_s"]), "stage_a": stage("stage_a"),
+        "stage_b": stage("stage_b"), "systems": " ".join(names)}.items())
+
+
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=["all", "data", "train", "study", "collect", "report",
-                                     "train-jobs", "md-jobs"])
+                                     "train-jobs", "md-jobs", "call3-plan"])
     p.add_argument("--config", default=str(HERE / "study.yaml"))
     p.add_argument("--out", required=True)
     p.add_argument("--pilot", action="store_true", help="the config's CPU pilot")
@@ -262,6 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--until", type=float, default=None,
                    help="md-jobs: every process stops by this Unix time (jobs.md_jobs_until)")
     p.add_argument("--nice", type=int, default=0, help="md-jobs --until: CPU priority")
+    p.add_argument("--workers", type=int, default=1,
+                   help="report: processes reading the liquid's trajectories (RDF criterion)")
     args = p.parse_args(argv)
     cfg = load(Path(args.config), args.pilot, args.systems)
     if args.device:
@@ -270,6 +289,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data_dir or (out / "data" if args.pilot else HERE / "data")).resolve()
     costs = read_costs(Path(args.costs))
+    if args.stage == "call3-plan":
+        print(call3_plan(cfg))
+        return 0
     if args.stage == "train-jobs":
         print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs,
                                    missing_only=args.missing_only)))
@@ -288,7 +310,7 @@ def main(argv=None) -> int:
     for stage in stages:
         print(f"== {stage}", flush=True)
         if stage == "report":
-            print(write_report(cfg, out, checkpoints(cfg), data_dir))
+            print(write_report(cfg, out, checkpoints(cfg), data_dir, args.workers))
         elif stage == "train":
             stage_train(cfg, out, data_dir, costs)
         else:
