@@ -203,7 +203,7 @@ def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
     jobs = []
     for config, folder, name in studies:
         env = {"CUDA_VISIBLE_DEVICES": len(jobs) % gpus} if gpus else {}
-        env.update(OMP_NUM_THREADS=1, GEOFF_REPLICA_DEADLINE=f"{deadline:.0f}")
+        env.update(OMP_NUM_THREADS=1, GEOFF_REPLICA_DEADLINE=int(deadline))
         prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
         args = [python, "-m", "geoff.cli", "stability", config, "--out", folder, "--only",
                 name, "--resume", "--no-progress", "--threads", "1"]
