@@ -165,3 +165,34 @@ def test_test_mae_matches_a_direct_evaluation(tmp_path):
         res.append(a.get_forces() - ref.get_forces())
     assert got["forces_mae_meV_A"] == pytest.approx(1000 * np.abs(res).mean(), rel=1e-9)
     assert "direct_forces_mae_meV_A" in got and got["n_structures"] == 2
+
+
+def test_rdf_times_in_parallel_equal_serial(tmp_path):
+    """The report reads the liquid's trajectories over worker processes: same times."""
+    import ase.io
+    from ase.build import bulk
+
+    from report import _rdf_times
+
+    tasks = []
+    for seed in range(3):
+        folder = tmp_path / f"s{seed}"
+        row = {"model": "m", "system": "cu", "ensemble": "nvt", "dt_fs": 1.0, "seed": seed}
+        run = folder / "runs" / "m" / "cu" / "nvt" / "dt1fs" / f"seed{seed}"
+        run.mkdir(parents=True)
+        frames = []
+        for k in range(6):
+            a = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+            a.rattle(0.05 + 0.2 * k * seed, seed=k)  # seed 0 stays a crystal
+            a.info["time_ps"] = 0.5 * k
+            frames.append(a)
+        ase.io.write(run / "trajectory.extxyz", frames)
+        tasks.append((folder, row, {"threshold": 0.2, "window_ps": 1.0, "r_max": 3.6,
+                                    "n_bins": 36}, None))
+    from geoff.md.metrics import rdf
+
+    _, g_ref = rdf(frames[:1], 3.6, 36)
+    tasks = [t[:3] + (g_ref,) for t in tasks]
+    serial = _rdf_times(tasks, 1)
+    assert np.array_equal(np.asarray(serial), np.asarray(_rdf_times(tasks, 2)), equal_nan=True)
+    assert np.isfinite(serial).any()

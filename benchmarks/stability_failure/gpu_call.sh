@@ -90,7 +90,7 @@ trap on_exit EXIT
 
 pack3() {  # OUT/results.tgz: what call 3 made (small files; the new checkpoints to reuse)
     [[ -d "$WORK/sf" ]] || return 0
-    cp -f "$WORK/sf/report/report.md" "$OUT/report.md" 2>/dev/null
+    cp -f "$WORK/sf/report/report.md" "$WORK/sf/report/failure_vs_mae.png" "$OUT/" 2>/dev/null
     (cd "$WORK/sf" && find report study -maxdepth 1 -type f 2>/dev/null
      find study -path '*/runs/*' -name metrics.json 2>/dev/null
      find study -path '*/logs/*' -name '*.log' 2>/dev/null
