@@ -100,7 +100,7 @@ pack3() {  # OUT/results.tgz: what call 3 made (small files; the new checkpoints
          2>/dev/null
      for run in $(cat "$WORK/trained.txt" 2>/dev/null); do  # runs this call trained
          find "train/$run" -maxdepth 1 -type f ! -name last.ckpt ! -name '*.png' 2>/dev/null
-     done; ls *.log *.txt 2>/dev/null) | sort -u > "$WORK/pack.txt"
+     done; ls *.log *.txt *.json 2>/dev/null) | sort -u > "$WORK/pack.txt"
     tar -czf "$OUT/results.tgz" -C "$WORK/sf" -T "$WORK/pack.txt" && \
         say "packed $(wc -l < "$WORK/pack.txt") files: $(du -h "$OUT/results.tgz" | cut -f1)"
 }
@@ -122,9 +122,28 @@ md_stage() {  # NAME "study:nice ...": one job file of MD processes, all stopped
     : > "$WORK/md-$1.txt"
     for item in $2; do
         sf md-jobs --gpus "$GPUS" --studies "${item%%:*}" --until "$MD_UNTIL" \
-            --nice "${item##*:}" >> "$WORK/md-$1.txt" || say "md-jobs ${item%%:*} failed"
+            --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" >> "$WORK/md-$1.txt" \
+            || say "md-jobs ${item%%:*} failed"
     done
     run_jobs "$WORK/md-$1.txt" "$(wc -l < "$WORK/md-$1.txt")" $(( MD_UNTIL - $(date +%s) + 45 ))
+}
+
+graphs_check() {  # CUDA_GRAPHS (auto): kept only where captured forces equal the eager ones
+    CUDA_GRAPHS="${CUDA_GRAPHS:-auto}"
+    [[ "$CUDA_GRAPHS" == false ]] && { say "CUDA graphs off (CUDA_GRAPHS=false)"; return; }
+    local e="$WORK/sf/train/ethanol" ckpts=()
+    for c in schnet-conservative schnet-direct mace-both nequip-conservative; do
+        [[ -f "$e/$c-long/best.ckpt" ]] && ckpts+=("$e/$c-long/best.ckpt")
+    done
+    [[ ${#ckpts[@]} -eq 0 ]] && ckpts=("$e"/*/best.ckpt)
+    timeout 90 "$PYTHON" "$here/graphs_check.py" --start "$here/data/ethanol.start.extxyz" \
+        --device "$DEVICE" --json "$WORK/sf/graphs_check.json" "${ckpts[@]}"
+    local rc=$?
+    case $rc in
+        0) say "CUDA graphs: captured forces equal the eager ones: cuda_graphs=$CUDA_GRAPHS" ;;
+        2) CUDA_GRAPHS=false; say "CUDA graphs: not in this geoff (eager MD)" ;;
+        *) CUDA_GRAPHS=false; say "CUDA graphs: check failed or disagreed (rc $rc): eager MD" ;;
+    esac
 }
 
 call3() {
@@ -145,6 +164,7 @@ call3() {
         "$WORK/sf/train" --device "$DEVICE" --data-dir "${DATA_DIR:-$here/data}" \
         > "$WORK/test_mae.log" 2>&1 &
     local mae=$!
+    graphs_check
     say "stage A: $PLAN_STAGE_A; MD stops at $(( MD_UNTIL - T0 )) s"
     md_stage a "$PLAN_STAGE_A" &
     local stage_a=$!

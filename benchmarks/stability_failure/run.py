@@ -279,12 +279,18 @@ def main(argv=None) -> int:
     p.add_argument("--until", type=float, default=None,
                    help="md-jobs: every process stops by this Unix time (jobs.md_jobs_until)")
     p.add_argument("--nice", type=int, default=0, help="md-jobs --until: CPU priority")
+    p.add_argument("--cuda-graphs", default=None, choices=["auto", "true", "false"],
+                   help="md-jobs: override the config's md.cuda_graphs")
     p.add_argument("--workers", type=int, default=1,
                    help="report: processes reading the liquid's trajectories (RDF criterion)")
     args = p.parse_args(argv)
     cfg = load(Path(args.config), args.pilot, args.systems)
     if args.device:
         cfg["device"] = args.device
+    if args.cuda_graphs:
+        cfg["md"] = {**(cfg.get("md") or {}),
+                     "cuda_graphs": {"true": True, "false": False}.get(args.cuda_graphs,
+                                                                       args.cuda_graphs)}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data_dir or (out / "data" if args.pilot else HERE / "data")).resolve()
