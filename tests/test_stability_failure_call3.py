@@ -151,8 +151,14 @@ def test_test_mae_matches_a_direct_evaluation(tmp_path):
     model = small_model("schnet", species=("C", "H", "O"), cutoff=4.0, force_head="both")
     save(model, run / "best.ckpt")
     (run / "split_test.txt").write_text("# geoff split 'test'\n1\n3\n")
+    training = run.parent / "still-training"  # skipped: its trainer will test it
+    training.mkdir()
+    save(model, training / "best.ckpt")
+    (tmp_path / "skip.txt").write_text("eth/still-training\n")
     subprocess.run([sys.executable, str(HERE / "test_mae.py"), str(tmp_path / "train"),
-                    "--data-dir", str(tmp_path)], check=True, capture_output=True)
+                    "--data-dir", str(tmp_path), "--skip", str(tmp_path / "skip.txt")],
+                   check=True, capture_output=True)
+    assert not (training / "test_metrics.json").exists()
     got = json.loads((run / "test_metrics.json").read_text())
     from geoff.calculators import GeoffCalculator
 
@@ -196,3 +202,17 @@ def test_rdf_times_in_parallel_equal_serial(tmp_path):
     serial = _rdf_times(tasks, 1)
     assert np.array_equal(np.asarray(serial), np.asarray(_rdf_times(tasks, 2)), equal_nan=True)
     assert np.isfinite(serial).any()
+
+
+def test_plot_skips_checkpoints_without_a_test_mae(tmp_path):
+    """A system whose checkpoints all lack a test MAE (training stopped before its test)
+    must not break the report's plot."""
+    from report import _plot
+
+    rows = _rows()
+    head = headline(rows)
+    for h in head:
+        h["force_mae_meV_A"] = float("nan")
+    other = [{**h, "system": "asp", "force_mae_meV_A": 50.0} for h in headline(rows)]
+    _plot(head + other, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0

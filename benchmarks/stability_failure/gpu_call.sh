@@ -161,8 +161,8 @@ call3() {
     local train=$!
     # test errors of call 1's checkpoints that its clock left untested (the report needs them)
     timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
-        "$WORK/sf/train" --device "$DEVICE" --data-dir "${DATA_DIR:-$here/data}" \
-        > "$WORK/test_mae.log" 2>&1 &
+        "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
+        --skip "$WORK/trained.txt" > "$WORK/test_mae.log" 2>&1 &
     local mae=$!
     graphs_check
     say "stage A: $PLAN_STAGE_A; MD stops at $(( MD_UNTIL - T0 )) s"
@@ -170,10 +170,15 @@ call3() {
     local stage_a=$!
     wait "$train"
     say "training done: $(ls "$WORK"/sf/train/*/*/best.ckpt | wc -l) checkpoints"
+    # and of this call's runs that train_until stopped before their test
+    timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
+        "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
+        --only "$WORK/trained.txt" > "$WORK/test_mae_new.log" 2>&1 &
+    local mae_new=$!
     say "stage B: $PLAN_STAGE_B"
     md_stage b "$PLAN_STAGE_B" &
     local stage_b=$!
-    wait "$mae"; cat "$WORK/test_mae.log"
+    wait "$mae" "$mae_new"; cat "$WORK"/test_mae*.log
     wait "$stage_a" "$stage_b"
     say "MD done: $(find "$WORK/sf/study" -path '*/runs/*' -name metrics.json | wc -l) runs"
     # the report (every run's metrics.json) and each study's own tables, side by side

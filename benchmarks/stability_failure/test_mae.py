@@ -59,12 +59,20 @@ def main(argv=None) -> int:
     p.add_argument("train", help="the folder of <system>/<run>/ training runs")
     p.add_argument("--data-dir", default=str(HERE / "data"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--only", default=None,
+                   help="a file of <system>/<run> lines: only these runs")
+    p.add_argument("--skip", default=None,
+                   help="a file of <system>/<run> lines: not these (e.g. runs still training)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
+    only, skip = (set(Path(f).read_text().split()) if f else None
+                  for f in (args.only, args.skip))
     todo = [c.parent for c in sorted(Path(args.train).glob("*/*/best.ckpt"))
-            if not (c.parent / "test_metrics.json").exists()]
+            if not (c.parent / "test_metrics.json").exists()
+            and (only is None or f"{c.parent.parent.name}/{c.parent.name}" in only)
+            and not (skip and f"{c.parent.parent.name}/{c.parent.name}" in skip)]
     data: dict = {}
     for run in todo:
         system = run.parent.name
