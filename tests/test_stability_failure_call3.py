@@ -63,6 +63,19 @@ def test_md_jobs_until_compute_their_share_when_they_start(tmp_path):
                (tmp_path / "logs" / "m-long.log").read_text().splitlines() if "=" in kv)
     assert 15 <= int(env["GEOFF_REPLICA_WALL_S"]) <= 20
     assert int(env["GEOFF_REPLICA_DEADLINE"]) == int(deadline)
+    # a model still training: its line waits for the run's summary.json, or the time limit
+    summary = tmp_path / "summary.json"
+    line, = jobs.md_jobs_until({}, [("c.yaml", tmp_path, "w")], 0, deadline, python=str(fake),
+                               wait_for={"w": summary}, wait_until=time.time() + 30)
+    proc = subprocess.Popen(["sh", "-c", line], cwd=tmp_path)
+    time.sleep(1.0)
+    assert proc.poll() is None and not (tmp_path / "logs" / "w.log").exists()
+    summary.write_text("{}")
+    assert proc.wait(timeout=10) == 0 and (tmp_path / "logs" / "w.log").exists()
+    line, = jobs.md_jobs_until({}, [("c.yaml", tmp_path, "v")], 0, deadline, python=str(fake),
+                               wait_for={"v": tmp_path / "never.json"},
+                               wait_until=time.time() - 1)
+    assert subprocess.run(["sh", "-c", line], cwd=tmp_path, timeout=10).returncode == 0
     late, = jobs.md_jobs_until({}, [("c.yaml", tmp_path, "late")], 0, time.time() - 5,
                                python=str(fake))
     assert subprocess.run(["sh", "-c", late], cwd=tmp_path).returncode != 0

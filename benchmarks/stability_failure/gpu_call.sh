@@ -118,11 +118,11 @@ run_jobs() {  # FILE PARALLEL SECONDS: the lines of FILE, PARALLEL at a time, al
 
 sf() { "$PYTHON" "$here/run.py" "$@" --out "$WORK/sf" --systems $SYSTEMS --device "$DEVICE" "${pilot[@]}"; }
 
-md_stage() {  # NAME "study:nice ...": one job file of MD processes, all stopped by MD_UNTIL
-    : > "$WORK/md-$1.txt"
+md_stage() {  # NAME "study:nice ..." [ARGS]: one job file of MD processes, all stopped by
+    : > "$WORK/md-$1.txt"  # MD_UNTIL (ARGS: e.g. wait for the models still training)
     for item in $2; do
         sf md-jobs --gpus "$GPUS" --studies "${item%%:*}" --until "$MD_UNTIL" \
-            --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" >> "$WORK/md-$1.txt" \
+            --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" "${@:3}" >> "$WORK/md-$1.txt" \
             || say "md-jobs ${item%%:*} failed"
     done
     run_jobs "$WORK/md-$1.txt" "$(wc -l < "$WORK/md-$1.txt")" $(( MD_UNTIL - $(date +%s) + 45 ))
@@ -168,6 +168,11 @@ call3() {
     say "stage A: $PLAN_STAGE_A; MD stops at $(( MD_UNTIL - T0 )) s"
     md_stage a "$PLAN_STAGE_A" &
     local stage_a=$!
+    # stage B at once too: each model's MD starts when its training has written summary.json
+    say "stage B: $PLAN_STAGE_B (each when its model is trained, by $PLAN_TRAIN_UNTIL_S s)"
+    md_stage b "$PLAN_STAGE_B" --wait-for "$WORK/trained.txt" \
+        --wait-until $(( T0 + PLAN_TRAIN_UNTIL_S + 5 )) &
+    local stage_b=$!
     wait "$train"
     say "training done: $(ls "$WORK"/sf/train/*/*/best.ckpt | wc -l) checkpoints"
     # and of this call's runs that train_until stopped before their test
@@ -175,9 +180,6 @@ call3() {
         "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
         --only "$WORK/trained.txt" > "$WORK/test_mae_new.log" 2>&1 &
     local mae_new=$!
-    say "stage B: $PLAN_STAGE_B"
-    md_stage b "$PLAN_STAGE_B" &
-    local stage_b=$!
     wait "$mae" "$mae_new"; cat "$WORK"/test_mae*.log
     wait "$stage_a" "$stage_b"
     say "MD done: $(find "$WORK/sf/study" -path '*/runs/*' -name metrics.json | wc -l) runs"

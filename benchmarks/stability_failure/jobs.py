@@ -192,12 +192,16 @@ def md_jobs(cfg: dict, studies: List[tuple], gpus: int, seconds: float,
 
 
 def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
-                  nice: int = 0, python: str = sys.executable) -> List[str]:
-    """Like ``md_jobs``, for processes that may start later than now (after a training
-    stage): every process stops by the Unix time ``deadline``; its NVT run may take
+                  nice: int = 0, python: str = sys.executable,
+                  wait_for: Optional[Dict[str, Path]] = None,
+                  wait_until: Optional[float] = None) -> List[str]:
+    """Like ``md_jobs``, for processes that may start later than now (after their model's
+    training): every process stops by the Unix time ``deadline``; its NVT run may take
     ``md_share_nvt`` of the time left *when it starts* (computed by the shell line), the NVE
     leg the rest. ``nice``: the processes' CPU priority (0 first; the call's cores are
-    shared by more processes than there are)."""
+    shared by more processes than there are). ``wait_for``: model name -> a file (the
+    training run's ``summary.json``) that the line waits for, polling, until the Unix time
+    ``wait_until`` at the latest (a training stopped by the clock writes none)."""
     share = int(round(100 * float(cfg.get("md_share_nvt", 0.7))))
     left = f"$(( {int(deadline)} - $(date +%s) ))"
     jobs = []
@@ -210,7 +214,11 @@ def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
         log = Path(folder) / "logs" / f"{name.replace(':', '_')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = " ".join(shlex.quote(str(a)) for a in args)
-        jobs.append(f"[ {left} -gt 10 ] && {prefix} GEOFF_REPLICA_WALL_S=$(( {left} * {share} / 100 )) "
+        wait = ""
+        if wait_for and name in wait_for:
+            wait = (f"until [ -f {shlex.quote(str(wait_for[name]))} ] || "
+                    f"[ $(date +%s) -ge {int(wait_until or deadline)} ]; do sleep 2; done; ")
+        jobs.append(f"{wait}[ {left} -gt 10 ] && {prefix} GEOFF_REPLICA_WALL_S=$(( {left} * {share} / 100 )) "
                     f"timeout -k 10 $(( {left} + 30 )) nice -n {int(nice)} {cmd} "
                     f"> {shlex.quote(str(log))} 2>&1")
     return jobs

@@ -238,6 +238,20 @@ def stage_collect(cfg: dict, out: Path, data_dir: Path) -> None:
         raise RuntimeError(f"collect failed: {failed}")
 
 
+def wait_for_training(out: Path, studies: list, trained) -> dict:
+    """{model name: its training run's summary.json} of the ``studies``' models whose run is
+    listed in the file ``trained`` (``<system>/<label>-<budget>`` lines), or {}."""
+    if not trained:
+        return {}
+    runs = set(Path(trained).read_text().split())
+    wait = {}
+    for config, folder, name in studies:
+        system = yaml.safe_load(Path(config).read_text())["systems"][0]["name"]
+        if f"{system}/{name}" in runs:
+            wait[name] = out / "train" / system / name / "summary.json"
+    return wait
+
+
 def call3_plan(cfg: dict) -> str:
     """``gpu_call.sh call3``'s plan (the config's ``call3:`` block) as shell assignments: the
     stages as ``study:nice`` words, only the studies of the config's systems."""
@@ -279,6 +293,11 @@ def main(argv=None) -> int:
     p.add_argument("--until", type=float, default=None,
                    help="md-jobs: every process stops by this Unix time (jobs.md_jobs_until)")
     p.add_argument("--nice", type=int, default=0, help="md-jobs --until: CPU priority")
+    p.add_argument("--wait-for", default=None,
+                   help="md-jobs --until: a file of <system>/<run> lines being trained now: "
+                        "their MD waits for the run's summary.json (or --wait-until)")
+    p.add_argument("--wait-until", type=float, default=None,
+                   help="md-jobs --wait-for: Unix time at which to stop waiting")
     p.add_argument("--cuda-graphs", default=None, choices=["auto", "true", "false"],
                    help="md-jobs: override the config's md.cuda_graphs")
     p.add_argument("--workers", type=int, default=1,
@@ -306,7 +325,9 @@ def main(argv=None) -> int:
         studies = [(c, f, name) for c, f, names in write_studies(cfg, out, data_dir)
                    for name in names if args.studies is None or f.name in args.studies]
         if args.until:
-            print("\n".join(md_jobs_until(cfg, studies, args.gpus, args.until, args.nice)))
+            wait = wait_for_training(out, studies, args.wait_for)
+            print("\n".join(md_jobs_until(cfg, studies, args.gpus, args.until, args.nice,
+                                           wait_for=wait, wait_until=args.wait_until)))
         else:
             print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
         return 0
