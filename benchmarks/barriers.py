@@ -177,8 +177,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/results/barriers",
                    help="output prefix: <out>.json, <out>_table.md, <out>_hist.png, ...")
     args = p.parse_args(argv)
-    if args.models == ["all"]:
-        args.models = list(MODELS) + [PAPER]
+    if "all" in args.models:  # 'all' expands in place; other names may be added beside it
+        rest = [m for m in args.models if m != "all" and m not in MODELS and m != PAPER]
+        args.models = list(MODELS) + [PAPER] + rest
     return args
 
 
