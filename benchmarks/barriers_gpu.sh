@@ -63,4 +63,4 @@ else
 fi
 cat "$OUT/barriers_table.md" 2>/dev/null
 # The device returns few files per call: everything in one archive beside the table.
-tar -czf "$OUT/results.tar.gz" -C "$OUT" --exclude results.tar.gz . && echo "packed $(du -h "$OUT/results.tar.gz" | cut -f1)"
+tar -czf "$WORK/results.tar.gz" -C "$OUT" . && mv "$WORK/results.tar.gz" "$OUT/" && echo "packed $(du -h "$OUT/results.tar.gz" | cut -f1)"
