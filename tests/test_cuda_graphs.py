@@ -1,0 +1,165 @@
+"""CUDA graphs with padded buckets (geoff/cuda_graphs.py): padding changes no result, buckets,
+fallbacks and the option plumbing, on the CPU (``pad_only``: the padded static-buffer path
+without capture); the captured path itself against eager on a GPU when there is one."""
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from conftest import cluster, rattled_triclinic, small_model
+from geoff.cuda_graphs import (REFUSED, GraphedModel, bucket_size, graphed, pad_graph,
+                               refusal, structure_bucket, unpad)
+from geoff.graph import atoms_to_graph, batch_graphs
+
+CAPTURED = ["schnet", "painn", "egnn", "nequip", "mace", "symgnn"]
+REFUSED_MODELS = ["dimenet", "gemnet", "faenet"]
+
+
+def _graph(model, atoms):
+    return atoms_to_graph(atoms, model, min_distance=0.0)
+
+
+def _close(out, ref, keys, tol=1e-12):
+    for key in keys:
+        np.testing.assert_allclose(out[key].detach().numpy(), ref[key].detach().numpy(),
+                                   rtol=0, atol=tol, err_msg=key)
+        assert out[key].shape == ref[key].shape, key
+
+
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 100, 999, 20_000])
+def test_bucket_size_covers_and_bounds_padding(n):
+    size = bucket_size(n, 32)
+    assert size >= n and size >= 32 and size % 8 == 0
+    assert size <= max(32, 1.25 * n + 8)  # at most 25 % (plus the rounding to 8)
+    assert bucket_size(size, 32) == size  # a bucket size is its own bucket
+
+
+def test_structure_bucket_keeps_a_spare_structure():
+    assert [structure_bucket(b) for b in (1, 2, 3, 4, 7, 8)] == [2, 4, 4, 8, 8, 16]
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_padding_changes_no_result(name):
+    """float64, 1e-12: energy, per-atom energies, forces, stress of a periodic cell and a
+    cluster batched together (two real structures plus the padding one)."""
+    model = small_model(name, force_head="both" if name in ("schnet", "painn") else
+                        "conservative")
+    graph = batch_graphs([_graph(model, rattled_triclinic()), _graph(model, cluster())])
+    ref = model(graph, compute_stress=True)
+    n, e, b = graph["positions"].shape[0], graph["edge_index"].shape[1], 2
+    padded = pad_graph(graph, bucket_size(n + 1, 32) + 7, bucket_size(e, 256) + 50, 4,
+                       model.cutoff)
+    out = unpad(model(padded, compute_stress=True), n, b)
+    assert set(out) == set(ref)
+    _close(out, ref, ref.keys())
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_bucket_reuse_overwrites_stale_rows(name):
+    """A big graph then a smaller one in the same bucket: nothing of the first survives."""
+    model = small_model(name)
+    runner = GraphedModel(model, pad_only=True)
+    big, small = rattled_triclinic(n=(2, 2, 3)), rattled_triclinic(seed=1)
+    for atoms in (big, small, big):
+        graph = _graph(model, atoms)
+        _close(runner(graph), model(graph), ["energy", "energies", "forces"])
+    assert len(runner.buckets) <= 2 and runner.stats["eager"] == 0
+
+
+@pytest.mark.parametrize("name", REFUSED_MODELS)
+def test_refused_models_run_eagerly(name):
+    model = small_model(name)
+    assert refusal(model) is not None and type(model.representation).__name__ in REFUSED
+    runner = GraphedModel(model, pad_only=True)
+    graph = _graph(model, rattled_triclinic())
+    _close(runner(graph), model(graph), ["energy", "forces"], tol=0.0)
+    assert runner.stats["eager"] == 1 and not runner.buckets
+
+
+def test_fallbacks_to_eager():
+    model = small_model("schnet")
+    graph = _graph(model, rattled_triclinic())
+    on_cpu = GraphedModel(model)  # no pad_only: the CPU has nothing to capture
+    on_cpu(graph)
+    assert on_cpu.stats["eager"] == 1 and not on_cpu.buckets
+    small_cap = GraphedModel(model, max_atoms=4, pad_only=True)
+    small_cap(graph)
+    assert small_cap.stats["eager"] == 1
+    lammps = GraphedModel(model, pad_only=True)
+    lammps({**graph, "n_local": torch.tensor([len(graph["positions"])])})
+    assert lammps.stats["eager"] == 1
+    model.train()
+    training = GraphedModel(model, pad_only=True)
+    assert training.refused is not None
+    model.eval()
+
+
+def test_chunked_sizes_run_eagerly():
+    """A graph above edge_chunk would take the checkpointed path (host syncs)."""
+    from geoff.potentials.chunking import set_edge_chunk
+
+    model = set_edge_chunk(small_model("painn"), 64)
+    runner = GraphedModel(model, pad_only=True)
+    graph = _graph(model, rattled_triclinic())
+    _close(runner(graph), model(graph), ["energy", "forces"], tol=0.0)
+    assert runner.stats["eager"] == 1
+
+
+def test_bucket_cap_drops_least_recently_used():
+    model = small_model("schnet")
+    runner = GraphedModel(model, max_buckets=2, pad_only=True)
+    graphs = [_graph(model, rattled_triclinic(n=n)) for n in [(2, 2, 2), (3, 3, 3), (4, 4, 4)]]
+    keys = [runner._key(graph, True, False) for graph in graphs]
+    assert len(set(keys)) == 3
+    for graph in graphs:
+        _close(runner(graph), model(graph), ["energy", "forces"])
+    assert list(runner.buckets) == keys[1:]
+    runner(graphs[1])  # used again: now the most recent
+    assert list(runner.buckets) == [keys[2], keys[1]]
+
+
+def test_failed_capture_is_remembered_and_runs_eagerly(monkeypatch):
+    import geoff.cuda_graphs as cg
+
+    def broken(self, pool, stream):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cg._Bucket, "capture", broken)
+    model = small_model("schnet")
+    runner = GraphedModel(model)
+    runner.pad_only = False
+    graph = _graph(model, rattled_triclinic())
+    key = runner._key({**graph}, True, False)
+    assert key is None  # the CPU: never captured, so force the capture path below
+    monkeypatch.setattr(GraphedModel, "_key", lambda self, g, f, s: (64, 256, 2, f, s,
+                                                                       torch.float64, "cpu"))
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        out = runner(graph)
+    _close(out, model(graph), ["energy", "forces"], tol=0.0)
+    runner(graph)  # remembered: no second attempt, no second warning
+    assert runner.stats["failed"] == 1 and runner.stats["eager"] == 2
+
+
+def test_graphed_option():
+    model = small_model("schnet")
+    assert graphed(model, "auto", "cpu") is model and graphed(model, True, "cpu") is model
+    assert graphed(model, False, "cuda") is model
+    assert graphed(small_model("dimenet"), "auto", "cuda").__class__ is not GraphedModel
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        graphed(model, "yes", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_equals_eager_on_gpu(name):
+    from geoff.inference import frozen
+
+    model = frozen(small_model(name), "cuda", "float64")
+    runner = GraphedModel(model)
+    for atoms in (rattled_triclinic(), rattled_triclinic(seed=2), molecule("CH3CH2OH")):
+        atoms = atoms.copy()
+        atoms.set_chemical_symbols(["Cu"] * len(atoms))
+        graph = atoms_to_graph(atoms, model, min_distance=0.0)
+        _close({k: v.cpu() for k, v in runner(graph).items()},
+               {k: v.cpu() for k, v in model(graph).items()}, ["energy", "forces"], 1e-10)
+    assert runner.stats["captures"] >= 1 and runner.stats["replays"] == 3
