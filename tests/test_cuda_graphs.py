@@ -163,3 +163,69 @@ def test_captured_equals_eager_on_gpu(name):
         _close({k: v.cpu() for k, v in runner(graph).items()},
                {k: v.cpu() for k, v in model(graph).items()}, ["energy", "forces"], 1e-10)
     assert runner.stats["captures"] >= 1 and runner.stats["replays"] == 3
+
+
+def _padded_calc(model, **kwargs):
+    """A calculator whose model runs the padded bucket path (the CPU stand-in of capture)."""
+    from geoff.calculators import GeoffCalculator
+
+    calc = GeoffCalculator(model, dtype="float64", cuda_graphs=True, **kwargs)
+    assert calc.run_model is calc.model  # the CPU: eager
+    calc.run_model = GraphedModel(calc.model, pad_only=True)
+    return calc
+
+
+@pytest.mark.parametrize("skin", [0.0, 0.5])
+def test_calculator_padded_path_in_md_with_skin(skin):
+    """Verlet steps with the padded path (and a neighbour list reused with a skin) follow the
+    eager calculator: edges change between steps, buckets are reused."""
+    from ase.md.verlet import VelocityVerlet
+
+    from geoff.calculators import GeoffCalculator
+
+    model = small_model("painn")
+    runs = []
+    for calc in (GeoffCalculator(model, dtype="float64", skin=skin),
+                 _padded_calc(model, skin=skin)):
+        atoms = rattled_triclinic()
+        atoms.set_momenta(np.random.default_rng(0).normal(0, 3.0, (len(atoms), 3)))
+        atoms.calc = calc
+        dyn = VelocityVerlet(atoms, timestep=2.0)
+        energies = []
+        for _ in range(5):
+            dyn.run(1)
+            energies.append(atoms.get_potential_energy())
+        runs.append((np.array(energies), atoms.get_forces(), atoms.get_stress(), calc))
+    (e0, f0, s0, _), (e1, f1, s1, padded) = runs
+    np.testing.assert_allclose(e1, e0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(s1, s0, rtol=0, atol=1e-12)
+    assert padded.run_model.stats["eager"] == 0 and len(padded.run_model.buckets) >= 2
+
+
+def test_calculator_cuda_graphs_option_checked():
+    from geoff.calculators import GeoffCalculator
+
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        GeoffCalculator(small_model("schnet"), cuda_graphs="on")
+
+
+def test_batched_forces_padded_path_with_a_lost_replica():
+    """R replicas through the padded path equal the eager batch, also when one replica's
+    positions are NaN (fewer structures: another bucket)."""
+    from geoff.md.replica_forces import BatchedForces
+
+    atoms = molecule("CH3CH2OH")
+    model = small_model("schnet", species=("C", "H", "O"), force_head="both")
+    eager = BatchedForces(model, atoms, "cpu", "float64", cuda_graphs="auto")
+    padded = BatchedForces(model, atoms, "cpu", "float64", cuda_graphs=True)
+    padded.run_model = GraphedModel(padded.model, pad_only=True)
+    rng = np.random.default_rng(0)
+    positions = atoms.positions + rng.normal(0, 0.05, (4, len(atoms), 3))
+    positions[2, 0, 0] = np.nan
+    for call in ("__call__", "split", "direct"):
+        for x in (positions[[0, 1, 3]], positions):
+            ref, out = getattr(eager, call)(x), getattr(padded, call)(x)
+            for a, b in zip(out, ref):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, equal_nan=True)
+    assert padded.run_model.stats["eager"] == 0

@@ -19,6 +19,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from ..cuda_graphs import graphed
 from ..graph import neighbour_list, species_indices
 from ..inference import force_key, frozen, torch_dtype
 
@@ -34,13 +35,17 @@ class BatchedForces:
     ``forces`` picks the head as in ``GeoffCalculator`` (``"conservative"`` or ``"direct"``).
     Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å);
     ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
+    ``cuda_graphs`` (``True``/``"auto"``/``False``): run the model through captured CUDA
+    graphs, shapes padded to buckets (``geoff.cuda_graphs``); eager on the CPU.
     """
 
-    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative"):
+    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative",
+                 cuda_graphs=False):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.key = force_key(model.force_head, forces)
         self.model = frozen(model, self.device, self.dtype)
+        self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
         self.backward = self.key == "forces" and model.force_head != "direct"
         self.force_head = model.force_head
         self.cutoff = float(model.cutoff)
@@ -104,7 +109,7 @@ class BatchedForces:
         arrays = [np.full((k, n, 3), np.nan) for _ in keys]
         ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
         if len(ok):
-            out = self.model(self.graph(positions[ok]), compute_forces=backward)
+            out = self.run_model(self.graph(positions[ok]), compute_forces=backward)
             energy[ok] = out["energy"].detach().double().cpu().numpy()
             for key, array in zip(keys, arrays):
                 array[ok] = out[key].detach().double().cpu().numpy().reshape(len(ok), n, 3)
