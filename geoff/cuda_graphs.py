@@ -267,14 +267,15 @@ class GraphedModel:
         n, e, b = _sizes(graph)
         if self.max_atoms is not None and n > self.max_atoms:
             return None
-        n_atoms, n_edges = bucket_size(n + 1, ATOM_FLOOR), bucket_size(max(e, 1), EDGE_FLOOR)
-        if takes_chunked_path(self.model, n_atoms, n_edges):
-            return None
-        return (n_atoms, n_edges, structure_bucket(b),
+        return (bucket_size(n + 1, ATOM_FLOOR), bucket_size(max(e, 1), EDGE_FLOOR),
+                structure_bucket(b),
                 bool(compute_forces), bool(compute_stress), graph[POSITIONS].dtype, device)
 
     def _new_bucket(self, key: tuple, graph: Graph) -> Optional[_Bucket]:
         n_atoms, n_edges, n_structures, forces, stress, dtype, device = key
+        if takes_chunked_path(self.model, n_atoms, n_edges):  # checked once per bucket
+            self.failed[key] = "the model takes its chunked path at this size (edge_chunk)"
+            return None
         while len(self.buckets) >= self.max_buckets:
             self.buckets.popitem(last=False)  # its graph's memory returns to the pool
         inputs = PaddedInputs(n_atoms, n_edges, n_structures, float(self.model.cutoff),
