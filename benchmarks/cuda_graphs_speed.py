@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import MODELS, structure  # noqa: E402  speed.py's hyper-parameters and FCC Cu
+from speed import MODELS, _median_time, _sync, structure  # noqa: E402  speed.py's models, Cu
 
 from geoff.cuda_graphs import GraphedModel  # noqa: E402
 
@@ -46,22 +46,8 @@ CHECK_MODELS = {  # small, float64: the agreement check of every captured model
 }
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_ms(fn, device, repeats=30, budget_s=3.0) -> float:
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats and (time.perf_counter() - start < budget_s or len(times) < 3):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return 1e3 * _median_time(fn, device, repeats, budget_s)
 
 
 def runner_for(model, device):
@@ -206,6 +192,15 @@ def _fmt(d: dict) -> str:
     return ", ".join(f"{k} {v:.1e}" for k, v in d.items())
 
 
+def _measured(rows, section, size_key, lines):
+    """The rows of ``section`` that were measured; failed ones become an error line."""
+    for r in (r for r in rows if r["section"] == section):
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r[size_key]} | error: {r['error'][:150]} |")
+        else:
+            yield r
+
+
 def tables(rows, header) -> str:
     out = [header, "", "## Check: captured vs eager, float64, max |difference|", "",
            "| model | head | captured vs eager | replay vs eager | captures / failed |",
@@ -219,10 +214,7 @@ def tables(rows, header) -> str:
             "| model | atoms | edges | model eager | model captured | speed-up | calc eager | "
             "calc captured | calc eager, skin 1 Å | calc captured, skin 1 Å | first call | "
             "max abs diff E, F (model) | (calc) |", "|" + "---|" * 13]
-    for r in (r for r in rows if r["section"] == "size"):
-        if "error" in r:
-            out.append(f"| {r['model']} | {r['atoms']} | error: {r['error'][:150]} |")
-            continue
+    for r in _measured(rows, "size", "atoms", out):
         fail = f" (eager: {r['runner_failed'][0][:80]})" if r["runner_failed"] else ""
         out.append(
             f"| {r['model']} | {r['atoms']} | {r['edges']} | {r['model_eager_ms']:.2f} | "
@@ -234,10 +226,7 @@ def tables(rows, header) -> str:
     out += ["", "## Batched replicas: 9-atom ethanol, BAOAB Langevin, float32", "",
             "| model | R | eager ms/step | captured ms/step | speed-up | eager replica-steps/s | "
             "captured replica-steps/s | max abs diff E, F |", "|" + "---|" * 8]
-    for r in (r for r in rows if r["section"] == "replicas"):
-        if "error" in r:
-            out.append(f"| {r['model']} | {r['replicas']} | error: {r['error'][:150]} |")
-            continue
+    for r in _measured(rows, "replicas", "replicas", out):
         out.append(f"| {r['model']} | {r['replicas']} | {r['eager_step_ms']:.2f} | "
                    f"{r['captured_step_ms']:.2f} | "
                    f"{r['eager_step_ms'] / r['captured_step_ms']:.1f}x | "

@@ -21,7 +21,8 @@ to a power of two) and keeps one captured graph per bucket:
   stream (``torch.cuda.graph``), one memory pool shared by all buckets (never replayed
   concurrently); at most ``max_buckets`` graphs kept (least recently used dropped).
 * **Fallback to the eager model, never a failure:** on the CPU, for models whose shapes
-  depend on the data (``REFUSED``), in training mode, for LAMMPS graphs (``n_local``),
+  depend on the data (``REFUSED``), in training mode, for graphs with other keys than the
+  buffers' (LAMMPS's ``n_local``), positions that already require grad, no grad mode,
   above ``max_atoms``, when the model would take its chunked path (``edge_chunk`` below the
   padded edge count: that path synchronises with the host), and when a capture raises (the
   bucket is remembered as failed and a warning says why).
@@ -58,6 +59,7 @@ ATOM_FLOOR, EDGE_FLOOR = 32, 256  # smallest buckets
 GROWTH = 1.25  # bucket to bucket: at most 25 % padding
 WARMUP_CALLS = 3
 
+INPUT_KEYS = {POSITIONS, SPECIES, BATCH, EDGE_INDEX, SHIFTS, CELL, PBC}  # the static buffers
 PER_STRUCTURE = ("energy", "stress", "virial")  # outputs (B, ...); all others are per atom
 
 
@@ -259,9 +261,12 @@ class GraphedModel:
 
     def _key(self, graph: Graph, compute_forces: bool, compute_stress: bool):
         """The bucket of ``graph``, or None when it runs eagerly (see the module docstring)."""
-        device = graph[POSITIONS].device
-        if self.refused is not None or self.model.training or "n_local" in graph:
-            return None
+        positions = graph[POSITIONS]
+        device = positions.device
+        if self.refused is not None or self.model.training or not set(graph) <= INPUT_KEYS:
+            return None  # other keys (n_local of LAMMPS, ...) are not in the static buffers
+        if positions.requires_grad or not torch.is_grad_enabled():
+            return None  # a caller's own autograd graph (Jacobians) or no grad: eager semantics
         if device.type != "cuda" and not self.pad_only:
             return None
         n, e, b = _sizes(graph)
@@ -269,7 +274,7 @@ class GraphedModel:
             return None
         return (bucket_size(n + 1, ATOM_FLOOR), bucket_size(max(e, 1), EDGE_FLOOR),
                 structure_bucket(b),
-                bool(compute_forces), bool(compute_stress), graph[POSITIONS].dtype, device)
+                bool(compute_forces), bool(compute_stress), positions.dtype, device)
 
     def _new_bucket(self, key: tuple, graph: Graph) -> Optional[_Bucket]:
         n_atoms, n_edges, n_structures, forces, stress, dtype, device = key

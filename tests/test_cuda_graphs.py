@@ -88,6 +88,9 @@ def test_fallbacks_to_eager():
     lammps = GraphedModel(model, pad_only=True)
     lammps({**graph, "n_local": torch.tensor([len(graph["positions"])])})
     assert lammps.stats["eager"] == 1
+    jacobian = GraphedModel(model, pad_only=True)
+    jacobian({**graph, "positions": graph["positions"].clone().requires_grad_(True)})
+    assert jacobian.stats["eager"] == 1
     model.train()
     training = GraphedModel(model, pad_only=True)
     assert training.refused is not None
