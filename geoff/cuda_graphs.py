@@ -120,6 +120,7 @@ class PaddedInputs:
         self._edge_ids = torch.arange(n_edges, device=device)
         self._pad_shifts = zeros(n_edges, 3)
         self._pad_shifts[:, 0] = 2.0 * cutoff + 1.0  # longer than the cutoff: zero messages
+        self._last = (-1, -1, -1)  # sizes of the last fill
 
     def fits(self, n: int, e: int, b: int) -> bool:
         n_atoms, n_edges, n_structures = self.sizes
@@ -133,21 +134,27 @@ class PaddedInputs:
                              f"the bucket {self.sizes} (needs one spare atom and structure)")
         g = self.graph
         n_atoms = self.sizes[0]
+        # The tails depend on the sizes only: rewritten when those change (MD: the edges)
+        last_n, last_e, last_b = self._last
         g[POSITIONS][:n].copy_(graph[POSITIONS])
-        g[POSITIONS][n:].zero_()
         g[SPECIES][:n].copy_(graph[SPECIES])
-        g[SPECIES][n:].zero_()
         g[BATCH][:n].copy_(graph[BATCH])
-        g[BATCH][n:].fill_(b)  # the padding structure
+        if n != last_n or b != last_b:
+            g[POSITIONS][n:].zero_()
+            g[SPECIES][n:].zero_()
+            g[BATCH][n:].fill_(b)  # the padding structure
         g[EDGE_INDEX][:, :e].copy_(graph[EDGE_INDEX])
-        # padding edges: self-loops spread over the padding atoms (fewer atomic collisions)
-        g[EDGE_INDEX][:, e:].copy_((n + self._edge_ids[e:] % (n_atoms - n)).expand(2, -1))
         g[SHIFTS][:e].copy_(graph[SHIFTS])
-        g[SHIFTS][e:].copy_(self._pad_shifts[e:])
+        if e != last_e or n != last_n:
+            # padding edges: self-loops spread over the padding atoms (fewer atomic collisions)
+            g[EDGE_INDEX][:, e:].copy_((n + self._edge_ids[e:] % (n_atoms - n)).expand(2, -1))
+            g[SHIFTS][e:].copy_(self._pad_shifts[e:])
         g[CELL][:b].copy_(graph[CELL])
-        g[CELL][b:].zero_()
         g[PBC][:b].copy_(graph[PBC])
-        g[PBC][b:].zero_()
+        if b != last_b:
+            g[CELL][b:].zero_()
+            g[PBC][b:].zero_()
+        self._last = (n, e, b)
         return n, b
 
 

@@ -66,6 +66,23 @@ def test_bucket_reuse_overwrites_stale_rows(name):
     assert len(runner.buckets) <= 2 and runner.stats["eager"] == 0
 
 
+def test_refilled_buffers_equal_a_fresh_padding():
+    """Buffers filled with other graphs first (more and fewer atoms, edges, structures) hold
+    exactly what a fresh padding of the last graph holds."""
+    from geoff.cuda_graphs import PaddedInputs
+
+    model = small_model("schnet")
+    one = _graph(model, rattled_triclinic())
+    two = batch_graphs([_graph(model, rattled_triclinic(seed=1)), _graph(model, cluster())])
+    fewer_edges = {**one, "edge_index": one["edge_index"][:, :-9], "shifts": one["shifts"][:-9]}
+    inputs = PaddedInputs(64, 2048, 4, model.cutoff, torch.float64, torch.device("cpu"))
+    for graph in (two, one, fewer_edges, one, two, one):
+        inputs.fill(graph)
+        fresh = pad_graph(graph, 64, 2048, 4, model.cutoff)
+        for key, value in fresh.items():
+            assert torch.equal(inputs.graph[key], value), key
+
+
 @pytest.mark.parametrize("name", REFUSED_MODELS)
 def test_refused_models_run_eagerly(name):
     model = small_model(name)
