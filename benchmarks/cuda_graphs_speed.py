@@ -24,6 +24,7 @@ without capture (``pad_only``), a check of the script only.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -55,7 +56,8 @@ def runner_for(model, device):
 
 
 def max_diff(a: dict, b: dict, keys) -> dict:
-    return {k: float((a[k].double() - b[k].double()).abs().max()) for k in keys if k in b}
+    return {k: float((a[k].detach().double() - b[k].detach().double()).abs().max())
+            for k in keys if k in b}
 
 
 def check_rows(device):
@@ -85,23 +87,24 @@ def check_rows(device):
     return rows
 
 
+def _free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def size_row(name, n_atoms, device, dtype="float32"):
     from geoff.calculators import GeoffCalculator
     from geoff.graph import atoms_to_graph
+    from geoff.inference import frozen
     from geoff.potentials import build_model
+    from geoff.potentials.chunking import set_edge_chunk
 
     torch.manual_seed(0)
     model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
     atoms = structure("cu", n_atoms)
     row = {"section": "size", "model": name, "atoms": len(atoms), "dtype": dtype}
-    calcs = {}
-    for label, graphs, skin in [("eager", False, 0.0), ("captured", True, 0.0),
-                                ("eager_skin", False, 1.0), ("captured_skin", True, 1.0)]:
-        calcs[label] = GeoffCalculator(model, device=str(device), dtype=dtype, skin=skin,
-                                       edge_chunk=0, cuda_graphs=graphs)
-        if graphs and device.type != "cuda":
-            calcs[label].run_model = GraphedModel(calcs[label].model, pad_only=True)
-    eager_model = calcs["eager"].model
+    eager_model = set_edge_chunk(frozen(model, device, dtype), 0)
     runner = runner_for(eager_model, device)
     graph = atoms_to_graph(atoms, eager_model, device=device)
     row["edges"] = int(graph["edge_index"].shape[1])
@@ -116,10 +119,17 @@ def size_row(name, n_atoms, device, dtype="float32"):
     row["model_captured_ms"] = median_ms(lambda: runner(graph)["forces"].sum().item(), device)
     row["runner_stats"] = dict(runner.stats)
     row["runner_failed"] = list(runner.failed.values())
+    del runner, out  # one captured graph's memory at a time (8,000 atoms: ~25 GB each)
+    _free(device)
     base = atoms.positions.copy()
     moved = base + np.random.default_rng(1).normal(0, 0.002, base.shape)
     results = {}
-    for label, calc in calcs.items():
+    for label, graphs, skin in [("eager", False, 0.0), ("captured", True, 0.0),
+                                ("eager_skin", False, 1.0), ("captured_skin", True, 1.0)]:
+        calc = GeoffCalculator(model, device=str(device), dtype=dtype, skin=skin,
+                               edge_chunk=0, cuda_graphs=graphs)
+        if graphs and device.type != "cuda":
+            calc.run_model = GraphedModel(calc.model, pad_only=True)
         state = [0]
 
         def call(calc=calc, state=state):
@@ -132,12 +142,14 @@ def size_row(name, n_atoms, device, dtype="float32"):
         calc.calculate(atoms, ["energy", "forces"], ["positions"])
         results[label] = {k: torch.as_tensor(np.asarray(calc.results[k]))
                           for k in ("energy", "forces")}
+        if label == "captured":
+            row["calc_captured_stats"] = dict(getattr(calc.run_model, "stats", {}))
+        del calc, call
+        _free(device)
     row["calc_max_abs_diff"] = max_diff(results["captured"], results["eager"],
                                         ["energy", "forces"])
     row["calc_skin_max_abs_diff"] = max_diff(results["captured_skin"], results["eager"],
                                              ["energy", "forces"])
-    stats = getattr(calcs["captured"].run_model, "stats", {})
-    row["calc_captured_stats"] = dict(stats)
     return row
 
 

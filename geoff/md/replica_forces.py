@@ -61,6 +61,7 @@ class BatchedForces:
         self.ii = torch.as_tensor(ii, device=self.device)
         self.jj = torch.as_tensor(jj, device=self.device)
         self.box = torch.tensor(np.diag(self.cell).copy(), dtype=self.dtype, device=self.device)
+        self._constant_cache: dict = {}
 
     def _edges_on_device(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(edge_index (2, E), shifts (E, 3)) of positions (k, N, 3), all pairs at once."""
@@ -93,12 +94,21 @@ class BatchedForces:
             edge_index, shifts = self._edges_on_device(pos)
         else:
             edge_index, shifts = self._edges_on_cpu(positions)
-        cell = torch.as_tensor(self.cell, dtype=self.dtype, device=self.device)
-        return {"positions": pos.reshape(k * n, 3), "species": self.species.repeat(k),
-                "edge_index": edge_index, "shifts": shifts,
+        return {"positions": pos.reshape(k * n, 3), "edge_index": edge_index, "shifts": shifts,
+                **self._constants(k)}
+
+    def _constants(self, k: int) -> dict:
+        """species, cell, pbc and batch of k replicas: built once per k (each is a host copy
+        or launch that a small, launch-bound step would pay again)."""
+        if k not in self._constant_cache:
+            n = self.n_atoms
+            cell = torch.as_tensor(self.cell, dtype=self.dtype, device=self.device)
+            self._constant_cache[k] = {
+                "species": self.species.repeat(k),
                 "cell": cell.unsqueeze(0).expand(k, 3, 3).contiguous(),
                 "pbc": torch.as_tensor(self.pbc, device=self.device).unsqueeze(0).expand(k, 3),
                 "batch": torch.arange(k, device=self.device).repeat_interleave(n)}
+        return self._constant_cache[k]
 
     def _evaluate(self, positions, keys, backward: bool):
         """(energy (k,), *arrays (k, N, 3) of ``keys``) of positions (k, N, 3); NaN for the
