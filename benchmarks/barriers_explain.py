@@ -145,6 +145,9 @@ def main(argv=None):
     p.add_argument("--atoms", type=int, default=24, help="atoms explained per frame")
     p.add_argument("--output", default=None, help="per-atom output (default: the first head)")
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="prediction change (eV) that costs as much as the sparsity and entropy "
+                        "penalties: larger gives sparser masks")
     p.add_argument("--device", default="cpu", help="where the masks are learned (cpu, cuda)")
     p.add_argument("--out", default="benchmarks/results/barriers_explain")
     args = p.parse_args(argv)
@@ -157,7 +160,7 @@ def main(argv=None):
         ico = icosahedral_centres(atoms)
         for a in pick_atoms(atoms, ico, args.atoms):
             ex = explain_atom(model, atoms, a, output=key, steps=args.steps,
-                              device=args.device)
+                              tolerance=args.tolerance, device=args.device)
             explained.append((int(atoms.numbers[a]), ex, bool(ico[a]), f))
             if picture is None or (ico[a] and atoms.numbers[a] == 29 and not picture[2]):
                 picture = (atoms, ex, bool(ico[a]))
@@ -171,7 +174,7 @@ def main(argv=None):
     ex.to_json(out.with_name(f"{out.name}_atom{ex.atom}.json"), max_edges=200)
     labels, explanations = compare_labels(frames, key), compare_explanations(explained)
     result = {"model": args.model, "data": args.data, "frames": args.frames, "output": key,
-              "steps": args.steps, "explained": len(exs), "picture_atom": ex.atom,
+              "steps": args.steps, "tolerance": args.tolerance, "explained": len(exs), "picture_atom": ex.atom,
               "by_pair_and_shell": table,
               "icosahedral_cu": {"labels": labels, "explanations": explanations,
                                  "verdict": verdict(labels, explanations)},

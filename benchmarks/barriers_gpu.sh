@@ -7,8 +7,8 @@
 #   OUT=$OUT DATA=examples/barriers/cuzr_barriers.extxyz bash benchmarks/barriers_gpu.sh
 #
 # Environment: DATA (the labelled glasses), OUT (results), MINUTES (training budget per model,
-# default 5), DEVICES (cuda:0,cuda:1), JOBS (9), DEADLINE_S (520: seconds from the start after
-# which nothing new starts), EXPLAIN_ATOMS (60), PYTHON (python3). Needs the ase wheel in .whl/
+# default 5), MODELS ("all gemnet": the eight, symgnn-paper and GemNet), DEVICES (cuda:0,cuda:1), JOBS (10), DEADLINE_S (520: seconds from the start after
+# which nothing new starts), EXPLAIN_ATOMS (60), EXPLAIN_DEVICE (cuda:0), PYTHON (python3). Needs the ase wheel in .whl/
 # (scipy, matplotlib, torch from the machine). Writes $OUT/barriers{.json,_table.md,_hist.png,
 # _predictions.csv}, $OUT/models/<row>/best.ckpt, $OUT/barriers_explain*, $OUT/*.log.
 set -uo pipefail
@@ -17,7 +17,7 @@ T0=$(date +%s)
 V=${PYTHON:-python3}
 OUT=${OUT:?set OUT}
 DATA=${DATA:-examples/barriers/cuzr_barriers.extxyz}
-MINUTES=${MINUTES:-5}; JOBS=${JOBS:-9}; DEADLINE_S=${DEADLINE_S:-520}
+MINUTES=${MINUTES:-5}; JOBS=${JOBS:-10}; MODELS=${MODELS:-all gemnet}; DEADLINE_S=${DEADLINE_S:-520}
 DEVICES=${DEVICES:-cuda:0,cuda:1}; EXPLAIN_ATOMS=${EXPLAIN_ATOMS:-60}
 WORK=${WORK:-$(mktemp -d /tmp/geoff-barriers.XXXXXX)}
 mkdir -p "$OUT" "$WORK/py"
@@ -36,7 +36,7 @@ if command -v nvidia-cuda-mps-control >/dev/null; then
 fi
 
 left=$(( DEADLINE_S - ($(date +%s) - T0) ))
-"$V" benchmarks/barriers.py --data "$DATA" --device "$DEVICES" --jobs "$JOBS" \
+"$V" benchmarks/barriers.py --data "$DATA" --device "$DEVICES" --jobs "$JOBS" --models $MODELS \
   --minutes "$MINUTES" --deadline-s "$(( left - 20 ))" --out "$OUT/barriers" \
   --keep "$OUT/models" > "$WORK/barriers.log" 2>&1
 echo "barriers.py: exit $?, $(( $(date +%s) - T0 )) s" | tee -a "$OUT/env.log"
@@ -55,10 +55,12 @@ PY
 left=$(( DEADLINE_S - ($(date +%s) - T0) ))
 if [ -n "$best" ] && [ "$left" -gt 90 ]; then
   OMP_NUM_THREADS=16 timeout "$left" "$V" benchmarks/barriers_explain.py "$OUT/models/$best/best.ckpt" "$DATA" \
-    --frames -1 --atoms "$EXPLAIN_ATOMS" --device cuda:0 --out "$OUT/barriers_explain" \
+    --frames -1 --atoms "$EXPLAIN_ATOMS" --device "${EXPLAIN_DEVICE:-cuda:0}" --out "$OUT/barriers_explain" \
     > "$OUT/explain.log" 2>&1
   echo "barriers_explain.py ($best): exit $?, $(( $(date +%s) - T0 )) s" | tee -a "$OUT/env.log"
 else
   echo "explanations skipped (best row '$best', $left s left)" | tee -a "$OUT/env.log"
 fi
 cat "$OUT/barriers_table.md" 2>/dev/null
+# The device returns few files per call: everything in one archive beside the table.
+tar -czf "$WORK/results.tar.gz" -C "$OUT" . && mv "$WORK/results.tar.gz" "$OUT/" && echo "packed $(du -h "$OUT/results.tar.gz" | cut -f1)"

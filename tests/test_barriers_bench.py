@@ -169,3 +169,12 @@ def test_explanation_script_writes_the_comparison(tmp_path):
     assert set(res["by_pair_and_shell"]) == {"Cu-Cu"}
     for name in ("ex.json", "ex.png", f"ex_atom{centre}.png", f"ex_atom{centre}.json"):
         assert (tmp_path / "e" / name).exists(), name
+
+
+def test_split_keeps_up_to_three_validation_glasses():
+    from barriers import split
+
+    train, val, test = split(glasses(28))
+    assert [f.info["glass"] for f in test] == [23, 24, 25, 26, 27]
+    assert [f.info["glass"] for f in val] == [20, 21, 22]
+    assert len(train) == 20

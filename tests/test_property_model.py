@@ -17,7 +17,8 @@ def property_model(name, **extra):
     return model
 
 
-@pytest.mark.parametrize("name", ["schnet", "painn", "nequip", "faenet"])
+@pytest.mark.parametrize("name", ["schnet", "dimenet", "painn", "egnn", "nequip", "mace",
+                                  "faenet", "gemnet"])
 def test_property_invariant_under_rotation_reflection_permutation(name):
     model = property_model(name)
     atoms = rattled_triclinic(seed=1)

@@ -19,6 +19,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from ..cuda_graphs import graphed
 from ..graph import neighbour_list, species_indices
 from ..inference import force_key, frozen, torch_dtype
 
@@ -34,13 +35,17 @@ class BatchedForces:
     ``forces`` picks the head as in ``GeoffCalculator`` (``"conservative"`` or ``"direct"``).
     Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å);
     ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
+    ``cuda_graphs`` (``True``/``"auto"``/``False``): run the model through captured CUDA
+    graphs, shapes padded to buckets (``geoff.cuda_graphs``); eager on the CPU.
     """
 
-    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative"):
+    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative",
+                 cuda_graphs=False):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.key = force_key(model.force_head, forces)
         self.model = frozen(model, self.device, self.dtype)
+        self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
         self.backward = self.key == "forces" and model.force_head != "direct"
         self.force_head = model.force_head
         self.cutoff = float(model.cutoff)
@@ -56,6 +61,7 @@ class BatchedForces:
         self.ii = torch.as_tensor(ii, device=self.device)
         self.jj = torch.as_tensor(jj, device=self.device)
         self.box = torch.tensor(np.diag(self.cell).copy(), dtype=self.dtype, device=self.device)
+        self._constant_cache: dict = {}
 
     def _edges_on_device(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(edge_index (2, E), shifts (E, 3)) of positions (k, N, 3), all pairs at once."""
@@ -88,12 +94,21 @@ class BatchedForces:
             edge_index, shifts = self._edges_on_device(pos)
         else:
             edge_index, shifts = self._edges_on_cpu(positions)
-        cell = torch.as_tensor(self.cell, dtype=self.dtype, device=self.device)
-        return {"positions": pos.reshape(k * n, 3), "species": self.species.repeat(k),
-                "edge_index": edge_index, "shifts": shifts,
+        return {"positions": pos.reshape(k * n, 3), "edge_index": edge_index, "shifts": shifts,
+                **self._constants(k)}
+
+    def _constants(self, k: int) -> dict:
+        """species, cell, pbc and batch of k replicas: built once per k (each is a host copy
+        or launch that a small, launch-bound step would pay again)."""
+        if k not in self._constant_cache:
+            n = self.n_atoms
+            cell = torch.as_tensor(self.cell, dtype=self.dtype, device=self.device)
+            self._constant_cache[k] = {
+                "species": self.species.repeat(k),
                 "cell": cell.unsqueeze(0).expand(k, 3, 3).contiguous(),
                 "pbc": torch.as_tensor(self.pbc, device=self.device).unsqueeze(0).expand(k, 3),
                 "batch": torch.arange(k, device=self.device).repeat_interleave(n)}
+        return self._constant_cache[k]
 
     def _evaluate(self, positions, keys, backward: bool):
         """(energy (k,), *arrays (k, N, 3) of ``keys``) of positions (k, N, 3); NaN for the
@@ -104,7 +119,7 @@ class BatchedForces:
         arrays = [np.full((k, n, 3), np.nan) for _ in keys]
         ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
         if len(ok):
-            out = self.model(self.graph(positions[ok]), compute_forces=backward)
+            out = self.run_model(self.graph(positions[ok]), compute_forces=backward)
             energy[ok] = out["energy"].detach().double().cpu().numpy()
             for key, array in zip(keys, arrays):
                 array[ok] = out[key].detach().double().cpu().numpy().reshape(len(ok), n, 3)

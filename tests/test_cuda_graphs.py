@@ -1,0 +1,251 @@
+"""CUDA graphs with padded buckets (geoff/cuda_graphs.py): padding changes no result, buckets,
+fallbacks and the option plumbing, on the CPU (``pad_only``: the padded static-buffer path
+without capture); the captured path itself against eager on a GPU when there is one."""
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from conftest import cluster, rattled_triclinic, small_model
+from geoff.cuda_graphs import (REFUSED, GraphedModel, bucket_size, graphed, pad_graph,
+                               refusal, structure_bucket, unpad)
+from geoff.graph import atoms_to_graph, batch_graphs
+
+CAPTURED = ["schnet", "painn", "egnn", "nequip", "mace", "symgnn"]
+REFUSED_MODELS = ["dimenet", "gemnet", "faenet"]
+
+
+def _graph(model, atoms):
+    return atoms_to_graph(atoms, model, min_distance=0.0)
+
+
+def _close(out, ref, keys, tol=1e-12):
+    for key in keys:
+        np.testing.assert_allclose(out[key].detach().numpy(), ref[key].detach().numpy(),
+                                   rtol=0, atol=tol, err_msg=key)
+        assert out[key].shape == ref[key].shape, key
+
+
+@pytest.mark.parametrize("n", [1, 5, 31, 32, 33, 100, 999, 20_000])
+def test_bucket_size_covers_and_bounds_padding(n):
+    size = bucket_size(n, 32)
+    assert size >= n and size >= 32 and size % 8 == 0
+    assert size <= max(32, 1.25 * n + 8)  # at most 25 % (plus the rounding to 8)
+    assert bucket_size(size, 32) == size  # a bucket size is its own bucket
+
+
+def test_structure_bucket_keeps_a_spare_structure():
+    assert [structure_bucket(b) for b in (1, 2, 3, 4, 7, 8)] == [2, 4, 4, 8, 8, 16]
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_padding_changes_no_result(name):
+    """float64, 1e-12: energy, per-atom energies, forces, stress of a periodic cell and a
+    cluster batched together (two real structures plus the padding one)."""
+    model = small_model(name, force_head="both" if name in ("schnet", "painn") else
+                        "conservative")
+    graph = batch_graphs([_graph(model, rattled_triclinic()), _graph(model, cluster())])
+    ref = model(graph, compute_stress=True)
+    n, e, b = graph["positions"].shape[0], graph["edge_index"].shape[1], 2
+    padded = pad_graph(graph, bucket_size(n + 1, 32) + 7, bucket_size(e, 256) + 50, 4,
+                       model.cutoff)
+    out = unpad(model(padded, compute_stress=True), n, b)
+    assert set(out) == set(ref)
+    _close(out, ref, ref.keys())
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_bucket_reuse_overwrites_stale_rows(name):
+    """A big graph then a smaller one in the same bucket: nothing of the first survives."""
+    model = small_model(name)
+    runner = GraphedModel(model, pad_only=True)
+    big, small = rattled_triclinic(n=(2, 2, 3)), rattled_triclinic(seed=1)
+    for atoms in (big, small, big):
+        graph = _graph(model, atoms)
+        _close(runner(graph), model(graph), ["energy", "energies", "forces"])
+    assert len(runner.buckets) <= 2 and runner.stats["eager"] == 0
+
+
+def test_refilled_buffers_equal_a_fresh_padding():
+    """Buffers filled with other graphs first (more and fewer atoms, edges, structures) hold
+    exactly what a fresh padding of the last graph holds."""
+    from geoff.cuda_graphs import PaddedInputs
+
+    model = small_model("schnet")
+    one = _graph(model, rattled_triclinic())
+    two = batch_graphs([_graph(model, rattled_triclinic(seed=1)), _graph(model, cluster())])
+    fewer_edges = {**one, "edge_index": one["edge_index"][:, :-9], "shifts": one["shifts"][:-9]}
+    inputs = PaddedInputs(64, 2048, 4, model.cutoff, torch.float64, torch.device("cpu"))
+    for graph in (two, one, fewer_edges, one, two, one):
+        inputs.fill(graph)
+        fresh = pad_graph(graph, 64, 2048, 4, model.cutoff)
+        for key, value in fresh.items():
+            assert torch.equal(inputs.graph[key], value), key
+
+
+@pytest.mark.parametrize("name", REFUSED_MODELS)
+def test_refused_models_run_eagerly(name):
+    model = small_model(name)
+    assert refusal(model) is not None and type(model.representation).__name__ in REFUSED
+    runner = GraphedModel(model, pad_only=True)
+    graph = _graph(model, rattled_triclinic())
+    _close(runner(graph), model(graph), ["energy", "forces"], tol=0.0)
+    assert runner.stats["eager"] == 1 and not runner.buckets
+
+
+def test_fallbacks_to_eager():
+    model = small_model("schnet")
+    graph = _graph(model, rattled_triclinic())
+    on_cpu = GraphedModel(model)  # no pad_only: the CPU has nothing to capture
+    on_cpu(graph)
+    assert on_cpu.stats["eager"] == 1 and not on_cpu.buckets
+    small_cap = GraphedModel(model, max_atoms=4, pad_only=True)
+    small_cap(graph)
+    assert small_cap.stats["eager"] == 1
+    lammps = GraphedModel(model, pad_only=True)
+    lammps({**graph, "n_local": torch.tensor([len(graph["positions"])])})
+    assert lammps.stats["eager"] == 1
+    jacobian = GraphedModel(model, pad_only=True)
+    jacobian({**graph, "positions": graph["positions"].clone().requires_grad_(True)})
+    assert jacobian.stats["eager"] == 1
+    model.train()
+    training = GraphedModel(model, pad_only=True)
+    assert training.refused is not None
+    model.eval()
+
+
+def test_chunked_sizes_run_eagerly():
+    """A graph above edge_chunk would take the checkpointed path (host syncs)."""
+    from geoff.potentials.chunking import set_edge_chunk
+
+    model = set_edge_chunk(small_model("painn"), 64)
+    runner = GraphedModel(model, pad_only=True)
+    graph = _graph(model, rattled_triclinic())
+    _close(runner(graph), model(graph), ["energy", "forces"], tol=0.0)
+    assert runner.stats["eager"] == 1
+
+
+def test_bucket_cap_drops_least_recently_used():
+    model = small_model("schnet")
+    runner = GraphedModel(model, max_buckets=2, pad_only=True)
+    graphs = [_graph(model, rattled_triclinic(n=n)) for n in [(2, 2, 2), (3, 3, 3), (4, 4, 4)]]
+    keys = [runner._key(graph, True, False) for graph in graphs]
+    assert len(set(keys)) == 3
+    for graph in graphs:
+        _close(runner(graph), model(graph), ["energy", "forces"])
+    assert list(runner.buckets) == keys[1:]
+    runner(graphs[1])  # used again: now the most recent
+    assert list(runner.buckets) == [keys[2], keys[1]]
+
+
+def test_failed_capture_is_remembered_and_runs_eagerly(monkeypatch):
+    import geoff.cuda_graphs as cg
+
+    def broken(self, pool, stream):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cg._Bucket, "capture", broken)
+    model = small_model("schnet")
+    runner = GraphedModel(model)
+    runner.pad_only = False
+    graph = _graph(model, rattled_triclinic())
+    key = runner._key({**graph}, True, False)
+    assert key is None  # the CPU: never captured, so force the capture path below
+    monkeypatch.setattr(GraphedModel, "_key", lambda self, g, f, s: (64, 256, 2, f, s,
+                                                                       torch.float64, "cpu"))
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        out = runner(graph)
+    _close(out, model(graph), ["energy", "forces"], tol=0.0)
+    runner(graph)  # remembered: no second attempt, no second warning
+    assert runner.stats["failed"] == 1 and runner.stats["eager"] == 2
+
+
+def test_graphed_option():
+    model = small_model("schnet")
+    assert graphed(model, "auto", "cpu") is model and graphed(model, True, "cpu") is model
+    assert graphed(model, False, "cuda") is model
+    assert graphed(small_model("dimenet"), "auto", "cuda").__class__ is not GraphedModel
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        graphed(model, "yes", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_equals_eager_on_gpu(name):
+    from geoff.inference import frozen
+
+    model = frozen(small_model(name), "cuda", "float64")
+    runner = GraphedModel(model)
+    for atoms in (rattled_triclinic(), rattled_triclinic(seed=2), molecule("CH3CH2OH")):
+        atoms = atoms.copy()
+        atoms.set_chemical_symbols(["Cu"] * len(atoms))
+        graph = atoms_to_graph(atoms, model, min_distance=0.0)
+        _close({k: v.cpu() for k, v in runner(graph).items()},
+               {k: v.cpu() for k, v in model(graph).items()}, ["energy", "forces"], 1e-10)
+    assert runner.stats["captures"] >= 1 and runner.stats["replays"] == 3
+
+
+def _padded_calc(model, **kwargs):
+    """A calculator whose model runs the padded bucket path (the CPU stand-in of capture)."""
+    from geoff.calculators import GeoffCalculator
+
+    calc = GeoffCalculator(model, dtype="float64", cuda_graphs=True, **kwargs)
+    assert calc.run_model is calc.model  # the CPU: eager
+    calc.run_model = GraphedModel(calc.model, pad_only=True)
+    return calc
+
+
+@pytest.mark.parametrize("skin", [0.0, 0.5])
+def test_calculator_padded_path_in_md_with_skin(skin):
+    """Verlet steps with the padded path (and a neighbour list reused with a skin) follow the
+    eager calculator: edges change between steps, buckets are reused."""
+    from ase.md.verlet import VelocityVerlet
+
+    from geoff.calculators import GeoffCalculator
+
+    model = small_model("painn")
+    runs = []
+    for calc in (GeoffCalculator(model, dtype="float64", skin=skin),
+                 _padded_calc(model, skin=skin)):
+        atoms = rattled_triclinic()
+        atoms.set_momenta(np.random.default_rng(0).normal(0, 3.0, (len(atoms), 3)))
+        atoms.calc = calc
+        dyn = VelocityVerlet(atoms, timestep=2.0)
+        energies = []
+        for _ in range(5):
+            dyn.run(1)
+            energies.append(atoms.get_potential_energy())
+        runs.append((np.array(energies), atoms.get_forces(), atoms.get_stress(), calc))
+    (e0, f0, s0, _), (e1, f1, s1, padded) = runs
+    np.testing.assert_allclose(e1, e0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(s1, s0, rtol=0, atol=1e-12)
+    assert padded.run_model.stats["eager"] == 0 and len(padded.run_model.buckets) >= 2
+
+
+def test_calculator_cuda_graphs_option_checked():
+    from geoff.calculators import GeoffCalculator
+
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        GeoffCalculator(small_model("schnet"), cuda_graphs="on")
+
+
+def test_batched_forces_padded_path_with_a_lost_replica():
+    """R replicas through the padded path equal the eager batch, also when one replica's
+    positions are NaN (fewer structures: another bucket)."""
+    from geoff.md.replica_forces import BatchedForces
+
+    atoms = molecule("CH3CH2OH")
+    model = small_model("schnet", species=("C", "H", "O"), force_head="both")
+    eager = BatchedForces(model, atoms, "cpu", "float64", cuda_graphs="auto")
+    padded = BatchedForces(model, atoms, "cpu", "float64", cuda_graphs=True)
+    padded.run_model = GraphedModel(padded.model, pad_only=True)
+    rng = np.random.default_rng(0)
+    positions = atoms.positions + rng.normal(0, 0.05, (4, len(atoms), 3))
+    positions[2, 0, 0] = np.nan
+    for call in ("__call__", "split", "direct"):
+        for x in (positions[[0, 1, 3]], positions):
+            ref, out = getattr(eager, call)(x), getattr(padded, call)(x)
+            for a, b in zip(out, ref):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-10, equal_nan=True)
+    assert padded.run_model.stats["eager"] == 0
