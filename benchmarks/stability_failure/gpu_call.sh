@@ -125,7 +125,7 @@ md_stage() {  # NAME "study:nice ..." [ARGS]: one job file of MD processes, all 
             --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" "${@:3}" >> "$WORK/md-$1.txt" \
             || say "md-jobs ${item%%:*} failed"
     done
-    run_jobs "$WORK/md-$1.txt" "$(wc -l < "$WORK/md-$1.txt")" $(( MD_UNTIL - $(date +%s) + 45 ))
+    run_jobs "$WORK/md-$1.txt" "$(wc -l < "$WORK/md-$1.txt")" $(( MD_UNTIL - $(date +%s) + 20 ))
 }
 
 graphs_check() {  # CUDA_GRAPHS (auto): kept only where captured forces equal the eager ones

@@ -219,7 +219,7 @@ def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
             wait = (f"until [ -f {shlex.quote(str(wait_for[name]))} ] || "
                     f"[ $(date +%s) -ge {int(wait_until or deadline)} ]; do sleep 2; done; ")
         jobs.append(f"{wait}[ {left} -gt 10 ] && {prefix} GEOFF_REPLICA_WALL_S=$(( {left} * {share} / 100 )) "
-                    f"timeout -k 10 $(( {left} + 30 )) nice -n {int(nice)} {cmd} "
+                    f"timeout -k 10 $(( {left} + 15 )) nice -n {int(nice)} {cmd} "
                     f"> {shlex.quote(str(log))} 2>&1")
     return jobs
 
