@@ -132,7 +132,7 @@ graphs_check() {  # CUDA_GRAPHS (auto): kept only where captured forces equal th
     CUDA_GRAPHS="${CUDA_GRAPHS:-auto}"
     [[ "$CUDA_GRAPHS" == false ]] && { say "CUDA graphs off (CUDA_GRAPHS=false)"; return; }
     local e="$WORK/sf/train/ethanol" ckpts=()
-    for c in schnet-conservative schnet-direct mace-both nequip-conservative; do
+    for c in schnet-conservative schnet-both mace-both nequip-conservative; do
         [[ -f "$e/$c-long/best.ckpt" ]] && ckpts+=("$e/$c-long/best.ckpt")
     done
     [[ ${#ckpts[@]} -eq 0 ]] && ckpts=("$e"/*/best.ckpt)
