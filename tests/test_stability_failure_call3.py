@@ -88,12 +88,13 @@ def test_call3_plan_and_pilot_systems():
     assert plan["PLAN_SYSTEMS"] == "'ethanol cuzr-liquid aspirin'"
     assert int(plan["PLAN_TRAIN_UNTIL_S"]) < int(plan["PLAN_DEADLINE_S"]) <= 540
     assert "aspirin-long:0" in plan["PLAN_STAGE_B"] and "aspirin" not in plan["PLAN_STAGE_A"]
+    assert plan["PLAN_STAGE_C"] == "cuzr-liquid-short:10"  # after the training
     # the pilot's aspirin runs only when named
     assert [s["name"] for s in load(HERE / "study.yaml", True)["systems"]] == ["ethanol"]
     pilot = load(HERE / "study.yaml", True, ["ethanol", "aspirin"])
     assert [s["name"] for s in pilot["systems"]] == ["ethanol", "aspirin"]
     plan = call3_plan(pilot)
-    assert "aspirin-short:5" in plan and "cuzr" not in plan
+    assert "aspirin-short:5" in plan and "cuzr" not in plan and "PLAN_STAGE_C=''" in plan
 
 
 def test_gpu_costs_read_the_long_runs_of_a_call(tmp_path):

@@ -175,13 +175,16 @@ call3() {
     local stage_b=$!
     wait "$train"
     say "training done: $(ls "$WORK"/sf/train/*/*/best.ckpt | wc -l) checkpoints"
+    say "stage C: ${PLAN_STAGE_C:-none}"
+    md_stage c "$PLAN_STAGE_C" &
+    local stage_c=$!
     # and of this call's runs that train_until stopped before their test
     timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
         "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
         --only "$WORK/trained.txt" > "$WORK/test_mae_new.log" 2>&1 &
     local mae_new=$!
     wait "$mae" "$mae_new"; cat "$WORK"/test_mae*.log
-    wait "$stage_a" "$stage_b"
+    wait "$stage_a" "$stage_b" "$stage_c"
     say "MD done: $(find "$WORK/sf/study" -path '*/runs/*' -name metrics.json | wc -l) runs"
     # the report (every run's metrics.json) and each study's own tables, side by side
     timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" report --out "$WORK/sf" \

@@ -262,11 +262,13 @@ def call3_plan(cfg: dict) -> str:
     studies = {f"{s}-{b}" for s in names for b in cfg["train"]["budgets"]}
 
     def stage(key):
-        return " ".join(f"{k}:{int(v)}" for k, v in plan[key].items() if k in studies)
+        return " ".join(f"{k}:{int(v)}" for k, v in (plan.get(key) or {}).items()
+                        if k in studies)
     return "\n".join(f"PLAN_{k.upper()}={shlex.quote(str(v))}" for k, v in {
         "deadline_s": int(plan["deadline_s"]), "train_until_s": int(plan["train_until_s"]),
         "report_s": int(plan["report_s"]), "stage_a": stage("stage_a"),
-        "stage_b": stage("stage_b"), "systems": " ".join(names)}.items())
+        "stage_b": stage("stage_b"), "stage_c": stage("stage_c"),
+        "systems": " ".join(names)}.items())
 
 
 # --------------------------------------------------------------------------------------------
