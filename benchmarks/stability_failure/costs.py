@@ -110,6 +110,31 @@ def hparams_dict(pairs) -> dict:
     return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in pairs or [])}
 
 
+def gpu_costs(call_dir: Path) -> dict:
+    """{system: {label: {"train_step_s", ...}}} of an earlier GPU call's training runs, from
+    the ``summary.json`` in its ``train-<system>.tgz`` files: the mean seconds of one
+    training step on the GPU (``train_time_s / steps``), under that call's load (its
+    ``processes_at_once`` training processes sharing the two GPUs through MPS)."""
+    import tarfile
+
+    out: dict = {}
+    for tgz in sorted(Path(call_dir).glob("train-*.tgz")):
+        with tarfile.open(tgz) as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if len(parts) != 4 or parts[-1] != "summary.json":
+                    continue
+                s = json.loads(tar.extractfile(member).read())
+                label = parts[2].rsplit("-", 1)[0]  # <model>-<head>-<budget>
+                if not s.get("steps") or parts[2].endswith("-short"):
+                    continue  # the long runs: minutes of steady state, not a start-up
+                out.setdefault(parts[1], {})[label] = {
+                    "train_step_s": s["train_time_s"] / s["steps"], "steps": s["steps"],
+                    "epochs": s["epochs"], "stopped_by": s.get("stopped_by"),
+                    "device": s.get("device"), "source": tgz.name}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(HERE / "study.yaml"))
@@ -120,7 +145,19 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=3)
     p.add_argument("--md-steps", type=int, default=5)
     p.add_argument("--replicas", type=int, default=8)
+    p.add_argument("--gpu-from", default=None,
+                   help="a GPU call's folder of train-<system>.tgz: record its measured "
+                        "training steps as costs.json's 'gpu' section, and measure nothing")
+    p.add_argument("--processes", type=int, default=20,
+                   help="--gpu-from: training processes that call ran at once")
     args = p.parse_args(argv)
+    if args.gpu_from:
+        out = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        out["gpu"] = {**gpu_costs(Path(args.gpu_from)),
+                      "processes_at_once": args.processes, "gpus": 2}
+        Path(args.out).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        print(json.dumps(out["gpu"], indent=1))
+        return 0
     torch.set_num_threads(1)
     cfg = load(Path(args.config), pilot=False)
     flags = flag_dict(cfg["train"]["flags"])

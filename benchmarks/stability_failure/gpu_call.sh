@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The failure study of issue 16 on a GPU machine, in two calls of <= 560 s (README.md).
+# The failure study of issue 16 on a GPU machine, in calls of <= 540 s (README.md).
 #
 #   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call1   # train every checkpoint
 #   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call2   # MD study + report
+#   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call3   # aspirin + long MD + report
 #
 # call1  one `geoff train` per core (run.py train-jobs: GPUs round robin, budgets from
 #        costs.json), under CUDA MPS when the machine has it, stopped by the deadline; writes
@@ -16,6 +17,14 @@
 #        censored at the deadline), then the report (from every run's metrics.json) and, with
 #        the time left, each study's own tables: OUT/report.tgz (report/, logs, and where
 #        collect finished every study's results.csv, summary.csv, report.md) and call2.log.
+# call3  ONE call (study.yaml's call3: block) with call 1's OUT/train-*.tgz in CALL1: trains
+#        what is missing (aspirin, 2 budgets; CuZr's 3 untrained short runs; run.py
+#        train-jobs --missing-only) while stage A's MD runs (ethanol, CuZr long: call 1's
+#        checkpoints) and test_mae.py measures the checkpoints call 1 left untested; then
+#        stage B's MD (aspirin, CuZr short); every MD process stops by DEADLINE_S - report_s
+#        (censored), then the report over all three systems and each study's tables.
+#        OUT/results.tgz (packed on exit, whatever finished: report/, every run's
+#        metrics.json, logs, test metrics, the new checkpoints) and OUT/report.md, call3.log.
 #
 # Environment: DEADLINE_S (520: the call stops and packs by then), SYSTEMS ("ethanol
 # cuzr-liquid"), GPUS (all the machine has; 0 on a CPU), JOBS (training processes at once:
@@ -27,17 +36,22 @@ root="$(cd "$here/../.." && pwd)"
 phase="${1:?usage: gpu_call.sh call1|call2}"
 OUT="${OUT:?set OUT to the folder the results go to}"
 T0=$(date +%s)
-DEADLINE_S="${DEADLINE_S:-520}"
+DEADLINE_S="${DEADLINE_S:-}"  # default: 520, call3: study.yaml's call3.deadline_s
 PYTHON="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
-SYSTEMS="${SYSTEMS:-ethanol cuzr-liquid}"
-JOBS="${JOBS:-$(nproc)}"
+JOBS="${JOBS:-$(OMP_NUM_THREADS= nproc)}"  # nproc obeys OMP_NUM_THREADS (call 1 saw 1)
 WORK="${WORK:-$(mktemp -d /tmp/sf-gpu.XXXXXX)}"
 CALL1="${CALL1:-$here/gpu/call1}"
 if [[ -z "${GPUS:-}" ]]; then
     GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
 pilot=(); [[ "${PILOT:-0}" == 1 ]] && pilot=(--pilot --data-dir "$here/data")
+if [[ "$phase" == call3 ]]; then  # the call's plan: study.yaml's call3 block (pilot's with PILOT=1)
+    eval "$("$PYTHON" "$here/run.py" call3-plan --out "$WORK/sf" ${SYSTEMS:+--systems $SYSTEMS} \
+        "${pilot[@]}")" || exit 1
+fi
+DEADLINE_S="${DEADLINE_S:-${PLAN_DEADLINE_S:-520}}"
+SYSTEMS="${SYSTEMS:-${PLAN_SYSTEMS:-ethanol cuzr-liquid}}"
 mkdir -p "$OUT" "$WORK/sf"
 exec > >(tee -a "$OUT/$phase.log") 2>&1
 left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
@@ -51,7 +65,7 @@ if ! "$PYTHON" -c "import ase, matscipy" 2>/dev/null; then
 fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 cd "$root"
-say "$(nproc) cores, $GPUS GPUs, systems: $SYSTEMS, work $WORK"
+say "$(OMP_NUM_THREADS= nproc) cores, $GPUS GPUs, systems: $SYSTEMS, work $WORK"
 [[ "$GPUS" -gt 0 ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 if [[ "$DEVICE" == cuda* ]] && command -v nvidia-cuda-mps-control >/dev/null; then
@@ -60,13 +74,36 @@ if [[ "$DEVICE" == cuda* ]] && command -v nvidia-cuda-mps-control >/dev/null; th
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d && "$PYTHON" -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
         say "CUDA MPS on"
-        trap 'echo quit | nvidia-cuda-mps-control' EXIT
+        MPS_ON=1
     else
         echo quit | nvidia-cuda-mps-control 2>/dev/null
         unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
         say "CUDA MPS not available: the processes time-slice the GPUs"
     fi
 fi
+
+on_exit() {  # call3's results are packed whatever stopped the call; MPS is shut down
+    [[ "$phase" == call3 ]] && pack3
+    [[ "${MPS_ON:-0}" == 1 ]] && echo quit | nvidia-cuda-mps-control
+}
+trap on_exit EXIT
+
+pack3() {  # OUT/results.tgz: what call 3 made (small files; the new checkpoints to reuse)
+    [[ -d "$WORK/sf" ]] || return 0
+    cp -f "$WORK/sf/report/report.md" "$WORK/sf/report/failure_vs_mae.png" "$OUT/" 2>/dev/null
+    (cd "$WORK/sf" && find report study -maxdepth 1 -type f 2>/dev/null
+     find study -path '*/runs/*' -name metrics.json 2>/dev/null
+     find study -path '*/logs/*' -name '*.log' 2>/dev/null
+     find study -maxdepth 2 \( -name results.csv -o -name summary.csv -o -name report.md \
+         -o -name models.csv -o -name config.yaml \) 2>/dev/null
+     find train -maxdepth 3 \( -name test_metrics.json -o -name summary.json -o -name job.log \) \
+         2>/dev/null
+     for run in $(cat "$WORK/trained.txt" 2>/dev/null); do  # runs this call trained
+         find "train/$run" -maxdepth 1 -type f ! -name last.ckpt ! -name '*.png' 2>/dev/null
+     done; ls *.log *.txt *.json 2>/dev/null) | sort -u > "$WORK/pack.txt"
+    tar -czf "$OUT/results.tgz" -C "$WORK/sf" -T "$WORK/pack.txt" && \
+        say "packed $(wc -l < "$WORK/pack.txt") files: $(du -h "$OUT/results.tgz" | cut -f1)"
+}
 
 run_jobs() {  # FILE PARALLEL SECONDS: the lines of FILE, PARALLEL at a time, all stopped after SECONDS
     say "$(wc -l < "$1") jobs, $2 at a time, stopped after $3 s"
@@ -80,6 +117,83 @@ run_jobs() {  # FILE PARALLEL SECONDS: the lines of FILE, PARALLEL at a time, al
 }
 
 sf() { "$PYTHON" "$here/run.py" "$@" --out "$WORK/sf" --systems $SYSTEMS --device "$DEVICE" "${pilot[@]}"; }
+
+md_stage() {  # NAME "study:nice ..." [ARGS]: one job file of MD processes, all stopped by
+    : > "$WORK/md-$1.txt"  # MD_UNTIL (ARGS: e.g. wait for the models still training)
+    for item in $2; do
+        sf md-jobs --gpus "$GPUS" --studies "${item%%:*}" --until "$MD_UNTIL" \
+            --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" "${@:3}" >> "$WORK/md-$1.txt" \
+            || say "md-jobs ${item%%:*} failed"
+    done
+    run_jobs "$WORK/md-$1.txt" "$(wc -l < "$WORK/md-$1.txt")" $(( MD_UNTIL - $(date +%s) + 20 ))
+}
+
+graphs_check() {  # CUDA_GRAPHS (auto): kept only where captured forces equal the eager ones
+    CUDA_GRAPHS="${CUDA_GRAPHS:-auto}"
+    [[ "$CUDA_GRAPHS" == false ]] && { say "CUDA graphs off (CUDA_GRAPHS=false)"; return; }
+    local e="$WORK/sf/train/ethanol" ckpts=()
+    for c in schnet-conservative schnet-both mace-both nequip-conservative; do
+        [[ -f "$e/$c-long/best.ckpt" ]] && ckpts+=("$e/$c-long/best.ckpt")
+    done
+    [[ ${#ckpts[@]} -eq 0 ]] && ckpts=("$e"/*/best.ckpt)
+    timeout 90 "$PYTHON" "$here/graphs_check.py" --start "$here/data/ethanol.start.extxyz" \
+        --device "$DEVICE" --json "$WORK/sf/graphs_check.json" "${ckpts[@]}"
+    local rc=$?
+    case $rc in
+        0) say "CUDA graphs: captured forces equal the eager ones: cuda_graphs=$CUDA_GRAPHS" ;;
+        2) CUDA_GRAPHS=false; say "CUDA graphs: not in this geoff (eager MD)" ;;
+        *) CUDA_GRAPHS=false; say "CUDA graphs: check failed or disagreed (rc $rc): eager MD" ;;
+    esac
+}
+
+call3() {
+    for t in "$CALL1"/train-*.tgz; do
+        [[ -f "$t" ]] && tar -xzf "$t" -C "$WORK/sf"
+    done
+    say "$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l) checkpoints from $CALL1"
+    MD_UNTIL=$(( T0 + DEADLINE_S - PLAN_REPORT_S ))
+    # training: what has no checkpoint yet, all at once (one core each), stopped at train_until
+    sf train-jobs --gpus "$GPUS" --missing-only > "$WORK/train-jobs.txt" || exit 1
+    sed -n 's/.* --out \([^ ]*\)\/train\/\([^ ]*\) --overwrite.*/\2/p' "$WORK/train-jobs.txt" \
+        > "$WORK/trained.txt"
+    run_jobs "$WORK/train-jobs.txt" "$(wc -l < "$WORK/train-jobs.txt")" \
+        $(( PLAN_TRAIN_UNTIL_S - ($(date +%s) - T0) )) &
+    local train=$!
+    # test errors of call 1's checkpoints that its clock left untested (the report needs them)
+    timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
+        "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
+        --skip "$WORK/trained.txt" > "$WORK/test_mae.log" 2>&1 &
+    local mae=$!
+    graphs_check
+    say "stage A: $PLAN_STAGE_A; MD stops at $(( MD_UNTIL - T0 )) s"
+    md_stage a "$PLAN_STAGE_A" &
+    local stage_a=$!
+    # stage B at once too: each model's MD starts when its training has written summary.json
+    say "stage B: $PLAN_STAGE_B (each when its model is trained, by $PLAN_TRAIN_UNTIL_S s)"
+    md_stage b "$PLAN_STAGE_B" --wait-for "$WORK/trained.txt" \
+        --wait-until $(( T0 + PLAN_TRAIN_UNTIL_S + 5 )) &
+    local stage_b=$!
+    wait "$train"
+    say "training done: $(ls "$WORK"/sf/train/*/*/best.ckpt | wc -l) checkpoints"
+    # and of this call's runs that train_until stopped before their test
+    timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
+        "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
+        --only "$WORK/trained.txt" > "$WORK/test_mae_new.log" 2>&1 &
+    local mae_new=$!
+    wait "$mae" "$mae_new"; cat "$WORK"/test_mae*.log
+    wait "$stage_a" "$stage_b"
+    say "MD done: $(find "$WORK/sf/study" -path '*/runs/*' -name metrics.json | wc -l) runs"
+    # the report (every run's metrics.json) and each study's own tables, side by side
+    timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" report --out "$WORK/sf" \
+        --systems $SYSTEMS --workers "$(( JOBS / 2 > 1 ? JOBS / 2 : 1 ))" "${pilot[@]}" \
+        > "$WORK/report.log" 2>&1 &
+    local report=$!
+    timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" collect --out "$WORK/sf" \
+        --systems $SYSTEMS "${pilot[@]}" > "$WORK/collect.log" 2>&1 || say "collect stopped"
+    wait "$report" || say "report failed or stopped"
+    cat "$WORK/report.log"
+    cp "$WORK"/*.log "$WORK"/*.txt "$WORK/sf/" 2>/dev/null
+}
 
 case "$phase" in
 call1)
@@ -130,7 +244,9 @@ call2)
         study/*/logs train/*/*/test_metrics.json 2>/dev/null)
     ls -la "$OUT/report.tgz"
     ;;
+call3)
+    call3 ;;
 *)
-    sed -n '2,24p' "$0"; exit 2 ;;
+    sed -n '2,33p' "$0"; exit 2 ;;
 esac
 say "done"

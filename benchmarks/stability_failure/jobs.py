@@ -3,12 +3,19 @@ spread over the GPUs (``CUDA_VISIBLE_DEVICES`` round robin), each stopped by a d
 
 Budgets. Every checkpoint of a system and budget trains the same number of epochs (same
 split, schedule and hyper-parameters; only the budget differs). A budget is ``{epochs: N}``
-(or N per system), or ``{seconds: S}``: the epochs the slowest checkpoint of the system trains in S seconds of
+(or N per system), or ``{seconds: S}`` (or S per system): the epochs the slowest checkpoint of the system trains in S seconds of
 one GPU process, from the CPU cost of its training step (``costs.json``, ``costs.py``) and an
 assumed GPU speed-up over one CPU thread (``train.gpu_speedup``, per system, stated in the
 README):
 
     epochs = clip(S x speedup / (max over checkpoints of train_step_s x steps_per_epoch),
+                  1, max_epochs)
+
+Where an earlier GPU call measured the training steps (``costs.json``'s ``gpu`` section,
+from call 1's ``summary.json`` files: ``costs.py --gpu-from``), the GPU step is used directly,
+times ``train.gpu_contention`` (the call's other processes share the cores):
+
+    epochs = clip(S / (max over checkpoints of gpu_train_step_s x contention x steps_per_epoch),
                   1, max_epochs)
 
 ``--max-time`` (``max_seconds``, or S x ``max_time_factor``) stops a run whose speed-up was
@@ -44,6 +51,8 @@ def budget_flags(cfg: dict, system: str, labels: List[str], budget, n_frames: in
         return [str(x) for x in budget]
     t = cfg["train"]
     seconds = budget.get("seconds")
+    if isinstance(seconds, dict):
+        seconds = seconds[system]
     epochs = budget.get("epochs")
     if isinstance(epochs, dict):
         epochs = epochs[system]
@@ -59,6 +68,11 @@ def budget_epochs(cfg: dict, system: str, labels: List[str], seconds: float, n_f
     slowest of those ``costs.json`` has: costs.py may have measured only the likely slowest
     ones of an expensive system)."""
     t = cfg["train"]
+    gpu = gpu_train_step_s(cfg, system, labels, costs)
+    if gpu is not None:
+        per_epoch = gpu * float(t.get("gpu_contention", 1.0)) * \
+            steps_per_epoch(n_frames, flag_dict(t["flags"]))
+        return int(min(max(math.floor(seconds / per_epoch), 1), t.get("max_epochs", 10 ** 6)))
     mine = (costs or {}).get(system) or {}
     measured = [label for label in labels if label in mine]
     if not measured:
@@ -68,6 +82,18 @@ def budget_epochs(cfg: dict, system: str, labels: List[str], seconds: float, n_f
     speedup = float(t["gpu_speedup"][system])
     epochs = seconds * speedup / (slowest * steps_per_epoch(n_frames, flag_dict(t["flags"])))
     return int(min(max(math.floor(epochs), 1), t.get("max_epochs", 10 ** 6)))
+
+
+def gpu_train_step_s(cfg: dict, system: str, labels: List[str],
+                     costs: Optional[dict]) -> Optional[float]:
+    """The slowest GPU training step (s) of ``labels`` measured in an earlier GPU call
+    (``costs.json``'s ``gpu`` section, ``costs.py --gpu-from``) for ``system``, or for the
+    system ``train.gpu_costs_from`` names in its place (aspirin's from ethanol's: both are
+    launch-bound on the GPU at a batch of 8 molecules); None without such a measurement."""
+    source = (cfg["train"].get("gpu_costs_from") or {}).get(system, system)
+    mine = ((costs or {}).get("gpu") or {}).get(source) or {}
+    measured = [mine[label]["train_step_s"] for label in labels if label in mine]
+    return max(measured) if measured else None
 
 
 def flag_dict(flags: List[str]) -> Dict[str, object]:
@@ -94,9 +120,12 @@ def _line(env: dict, args: List[str], log: Path, timeout_s: Optional[float]) -> 
 
 
 def train_jobs(cfg: dict, out: Path, data_dir: Path, checkpoints, gpus: int,
-               costs: Optional[dict], python: str = sys.executable) -> List[str]:
+               costs: Optional[dict], python: str = sys.executable,
+               missing_only: bool = False) -> List[str]:
     """One ``geoff train`` line per system, checkpoint and budget, long budgets first (they
-    take the cores while the short ones cycle through the rest)."""
+    take the cores while the short ones cycle through the rest). A run with test metrics is
+    skipped; with ``missing_only`` also one with a checkpoint (an earlier call's run that the
+    clock stopped before its test: ``test_mae.py`` measures it instead of retraining)."""
     t = cfg["train"]
     jobs = []
     for budget_name, budget in sorted(t["budgets"].items(),
@@ -106,7 +135,8 @@ def train_jobs(cfg: dict, out: Path, data_dir: Path, checkpoints, gpus: int,
             n_frames = count_frames(data) if not isinstance(budget, list) else 0
             for label, model, head, _ in checkpoints:
                 run = out / "train" / system["name"] / f"{label}-{budget_name}"
-                if (run / "test_metrics.json").exists():
+                if (run / "test_metrics.json").exists() or \
+                        (missing_only and (run / "best.ckpt").exists()):
                     continue
                 hp = (t.get("hparams") or {}).get(model)
                 args = [python, "-m", "geoff.cli", "train", "--data", data, "--model", model,
@@ -132,7 +162,11 @@ def count_frames(data: Path) -> int:
 
 
 def _seconds(budget) -> float:
-    return float(budget.get("seconds") or 0.0) if isinstance(budget, dict) else 0.0
+    """A budget's seconds (the largest, when given per system): long budgets go first."""
+    if not isinstance(budget, dict):
+        return 0.0
+    seconds = budget.get("seconds") or 0.0
+    return float(max(seconds.values()) if isinstance(seconds, dict) else seconds)
 
 
 def md_jobs(cfg: dict, studies: List[tuple], gpus: int, seconds: float,
@@ -154,6 +188,39 @@ def md_jobs(cfg: dict, studies: List[tuple], gpus: int, seconds: float,
         log.parent.mkdir(parents=True, exist_ok=True)
         # the hard stop only catches what the deadline cannot (a process stuck outside MD)
         jobs.append(_line(env, args, log, seconds + 60))
+    return jobs
+
+
+def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
+                  nice: int = 0, python: str = sys.executable,
+                  wait_for: Optional[Dict[str, Path]] = None,
+                  wait_until: Optional[float] = None) -> List[str]:
+    """Like ``md_jobs``, for processes that may start later than now (after their model's
+    training): every process stops by the Unix time ``deadline``; its NVT run may take
+    ``md_share_nvt`` of the time left *when it starts* (computed by the shell line), the NVE
+    leg the rest. ``nice``: the processes' CPU priority (0 first; the call's cores are
+    shared by more processes than there are). ``wait_for``: model name -> a file (the
+    training run's ``summary.json``) that the line waits for, polling, until the Unix time
+    ``wait_until`` at the latest (a training stopped by the clock writes none)."""
+    share = int(round(100 * float(cfg.get("md_share_nvt", 0.7))))
+    left = f"$(( {int(deadline)} - $(date +%s) ))"
+    jobs = []
+    for config, folder, name in studies:
+        env = {"CUDA_VISIBLE_DEVICES": len(jobs) % gpus} if gpus else {}
+        env.update(OMP_NUM_THREADS=1, GEOFF_REPLICA_DEADLINE=int(deadline))
+        prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
+        args = [python, "-m", "geoff.cli", "stability", config, "--out", folder, "--only",
+                name, "--resume", "--no-progress", "--threads", "1"]
+        log = Path(folder) / "logs" / f"{name.replace(':', '_')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = " ".join(shlex.quote(str(a)) for a in args)
+        wait = ""
+        if wait_for and name in wait_for:
+            wait = (f"until [ -f {shlex.quote(str(wait_for[name]))} ] || "
+                    f"[ $(date +%s) -ge {int(wait_until or deadline)} ]; do sleep 2; done; ")
+        jobs.append(f"{wait}[ {left} -gt 10 ] && {prefix} GEOFF_REPLICA_WALL_S=$(( {left} * {share} / 100 )) "
+                    f"timeout -k 10 $(( {left} + 15 )) nice -n {int(nice)} {cmd} "
+                    f"> {shlex.quote(str(log))} 2>&1")
     return jobs
 
 

@@ -17,6 +17,8 @@ from typing import List
 
 import numpy as np
 
+from headline import headline_markdown
+
 FIELDS = ["system", "budget", "model", "head", "forces", "ensemble", "seed", "status",
           "failed", "ttf_ps", "length_ps", "stopped", "failure_reason", "rdf_failure_ps",
           "drift_meV_atom_ps", "force_mae_meV_A", "direct_force_mae_meV_A"]
@@ -67,9 +69,21 @@ def _reference_rdf(data_dir: Path, system: dict):
     return np.asarray(json.loads(path.read_text())["g"])
 
 
-def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path) -> List[dict]:
+def _rdf_times(tasks: list, workers: int) -> List[float]:
+    """``_rdf_failure(*task)`` of every task, over ``workers`` processes (each reads one
+    run's trajectory: the liquid's long runs make this the slow part of the report)."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [_rdf_failure(*t) for t in tasks]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(tasks))) as pool:
+        return list(pool.map(_rdf_failure, *zip(*tasks)))
+
+
+def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path,
+             workers: int = 1) -> List[dict]:
     heads = {f"{label}": (model, head, forces) for label, model, head, forces in checkpoints}
-    rows = []
+    rows, tasks = [], []
     for system in cfg["systems"]:
         for budget in cfg["train"]["budgets"]:
             folder = out / "study" / f"{system['name']}-{budget}"
@@ -85,22 +99,24 @@ def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path) -> List[dict]:
                 ttf = _float(r.get("failure_time_ps")) if failed else length
                 stopped = not failed and r["status"] == "ok" and \
                     _float(r.get("steps_done")) < _float(r.get("steps_requested"))
-                rdf_t = float("nan")
                 if system.get("rdf") and r["ensemble"] == "nvt" and r["status"] in ("ok",
                                                                                      "failed"):
-                    rdf_t = _rdf_failure(folder, r, system["rdf"], g_ref)
-                    if math.isfinite(rdf_t) and rdf_t < ttf:
-                        ttf, failed = rdf_t, True
+                    tasks.append((len(rows), (folder, r, system["rdf"], g_ref)))
                 mae, dmae = _mae(out, system["name"], label, budget)
                 rows.append({"system": system["name"], "budget": budget, "model": model,
                              "head": head, "forces": forces, "ensemble": r["ensemble"],
                              "seed": int(r["seed"]), "status": r["status"], "failed": failed,
                              "ttf_ps": ttf, "length_ps": length, "stopped": stopped,
-                             "failure_reason": r.get("failure_reason") or
-                             ("rdf" if failed and math.isfinite(rdf_t) else ""),
-                             "rdf_failure_ps": rdf_t,
+                             "failure_reason": r.get("failure_reason") or "",
+                             "rdf_failure_ps": float("nan"),
                              "drift_meV_atom_ps": _float(r.get("drift_meV_atom_ps")),
                              "force_mae_meV_A": mae, "direct_force_mae_meV_A": dmae})
+    for (k, _), t in zip(tasks, _rdf_times([t for _, t in tasks], workers)):
+        row = rows[k]
+        row["rdf_failure_ps"] = t
+        if math.isfinite(t) and t < row["ttf_ps"]:  # the RDF failed first (or alone)
+            row["failure_reason"] = row["failure_reason"] if row["failed"] else "rdf"
+            row["ttf_ps"], row["failed"] = t, True
     return rows
 
 
@@ -152,32 +168,39 @@ def _plot(head: List[dict], path: Path) -> None:
                              squeeze=False)
     markers = {"conservative": "o", "direct": "s", "both": "^"}
     for ax, system in zip(axes[0], systems):
-        for h in (h for h in head if h["system"] == system):
+        # a checkpoint without a test MAE (or a time) has no place on the plot
+        shown = [h for h in head if h["system"] == system and h["force_mae_meV_A"] > 0
+                 and math.isfinite(h["median_ttf_ps"])]
+        for h in shown:
             ax.scatter(h["force_mae_meV_A"], h["median_ttf_ps"],
                        marker=markers.get(h["head"], "x"),
                        facecolors="none" if h["ttf_censored"] else None,
                        label=f"{h['model']}-{h['head']}-{h['budget']}")
-        ax.set_xscale("log")
+        if shown:
+            ax.set_xscale("log")
+            ax.legend(fontsize=6)
         ax.set_xlabel("test force MAE (meV/Å)")
         ax.set_ylabel("median time to failure (ps; open: censored)")
-        ax.set_title(system)
-        ax.legend(fontsize=6)
+        ax.set_title(f"{system} ({len(shown)} checkpoints with a test MAE)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_report(cfg: dict, out: Path, checkpoints, data_dir: Path) -> Path:
+def write_report(cfg: dict, out: Path, checkpoints, data_dir: Path, workers: int = 1) -> Path:
     from scipy.stats import spearmanr
 
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = run_rows(cfg, out, checkpoints, data_dir)
+    rows = run_rows(cfg, out, checkpoints, data_dir, workers)
     head = headline(rows)
     _write_csv(folder / "failure.csv", rows)
     _write_csv(folder / "headline.csv", head)
     if head:
-        _plot(head, folder / "failure_vs_mae.png")
+        try:  # the tables matter more than the picture: a failed plot must not lose them
+            _plot(head, folder / "failure_vs_mae.png")
+        except Exception as exc:  # noqa: BLE001
+            print(f"report: failure_vs_mae.png not drawn ({type(exc).__name__}: {exc})")
     lines = [f"# {cfg['name']}: time to failure against force MAE", "",
              f"Seeds {cfg['seeds']}, device {cfg['device']}, {cfg['dtype']}. Generated by "
              "`benchmarks/stability_failure/run.py`; every run in `failure.csv`.", "",
@@ -203,6 +226,7 @@ def write_report(cfg: dict, out: Path, checkpoints, data_dir: Path) -> Path:
         else:
             lines.append(f"- {system}: fewer than 3 checkpoints, no rank correlation")
     if head:
-        lines += ["", "![time to failure against force MAE](failure_vs_mae.png)"]
+        lines += ["", *headline_markdown(rows, head),
+                  "![time to failure against force MAE](failure_vs_mae.png)"]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"

@@ -39,7 +39,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from jobs import md_jobs, read_costs, train_jobs  # noqa: E402
+from jobs import md_jobs, md_jobs_until, read_costs, train_jobs  # noqa: E402
 from report import write_report  # noqa: E402
 
 
@@ -47,6 +47,10 @@ def load(path: Path, pilot: bool, systems=None) -> dict:
     cfg = yaml.safe_load(Path(path).read_text())
     if pilot:
         over = cfg.pop("pilot")
+        # pilot systems run only when --systems names them (the CPU dry run of call 3)
+        optional = over.pop("optional_systems", None) or []
+        if systems:
+            over["systems"] = over["systems"] + [s for s in optional if s["name"] in systems]
         for key, value in over.items():
             if isinstance(value, dict) and isinstance(cfg.get(key), dict) and key != "models":
                 cfg[key] = {**cfg[key], **value}
@@ -194,7 +198,8 @@ def stability_config(cfg: dict, system: dict, budget: str, out: Path, data_dir: 
                          "structure": {"file": str(start_file(data_dir, system["name"]))}}],
             "ensembles": [nvt, nve], "timesteps_fs": [system["dt_fs"]],
             "seeds": cfg["seeds"], "replicas": True, "device": cfg["device"],
-            "dtype": cfg["dtype"], "md": {**cfg["report"]["md"], **(system.get("md") or {})},
+            "dtype": cfg["dtype"], "md": {**cfg["report"]["md"], **(cfg.get("md") or {}),
+                                         **(system.get("md") or {})},
             "failure": system.get("failure") or {},
             "analysis": {"jacobian_structures": 1, "reference_runs": False,
                          "rdf_r_max": (system.get("rdf") or {}).get("r_max", 6.0)}}
@@ -233,11 +238,42 @@ def stage_collect(cfg: dict, out: Path, data_dir: Path) -> None:
         raise RuntimeError(f"collect failed: {failed}")
 
 
+def wait_for_training(out: Path, studies: list, trained) -> dict:
+    """{model name: its training run's summary.json} of the ``studies``' models whose run is
+    listed in the file ``trained`` (``<system>/<label>-<budget>`` lines), or {}."""
+    if not trained:
+        return {}
+    runs = set(Path(trained).read_text().split())
+    wait = {}
+    for config, folder, name in studies:
+        system = yaml.safe_load(Path(config).read_text())["systems"][0]["name"]
+        if f"{system}/{name}" in runs:
+            wait[name] = out / "train" / system / name / "summary.json"
+    return wait
+
+
+def call3_plan(cfg: dict) -> str:
+    """``gpu_call.sh call3``'s plan (the config's ``call3:`` block) as shell assignments: the
+    stages as ``study:nice`` words, only the studies of the config's systems."""
+    import shlex
+
+    plan = cfg["call3"]
+    names = [s["name"] for s in cfg["systems"]]
+    studies = {f"{s}-{b}" for s in names for b in cfg["train"]["budgets"]}
+
+    def stage(key):
+        return " ".join(f"{k}:{int(v)}" for k, v in plan[key].items() if k in studies)
+    return "\n".join(f"PLAN_{k.upper()}={shlex.quote(str(v))}" for k, v in {
+        "deadline_s": int(plan["deadline_s"]), "train_until_s": int(plan["train_until_s"]),
+        "report_s": int(plan["report_s"]), "stage_a": stage("stage_a"),
+        "stage_b": stage("stage_b"), "systems": " ".join(names)}.items())
+
+
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=["all", "data", "train", "study", "collect", "report",
-                                     "train-jobs", "md-jobs"])
+                                     "train-jobs", "md-jobs", "call3-plan"])
     p.add_argument("--config", default=str(HERE / "study.yaml"))
     p.add_argument("--out", required=True)
     p.add_argument("--pilot", action="store_true", help="the config's CPU pilot")
@@ -250,21 +286,50 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=420.0,
                    help="md-jobs: wall seconds of every MD process from now")
     p.add_argument("--device", default=None, help="override the config's device")
+    p.add_argument("--missing-only", action="store_true",
+                   help="train-jobs: only runs without a checkpoint (reuse an earlier call's)")
+    p.add_argument("--studies", nargs="+", default=None,
+                   help="md-jobs: only these study folders (e.g. ethanol-long)")
+    p.add_argument("--until", type=float, default=None,
+                   help="md-jobs: every process stops by this Unix time (jobs.md_jobs_until)")
+    p.add_argument("--nice", type=int, default=0, help="md-jobs --until: CPU priority")
+    p.add_argument("--wait-for", default=None,
+                   help="md-jobs --until: a file of <system>/<run> lines being trained now: "
+                        "their MD waits for the run's summary.json (or --wait-until)")
+    p.add_argument("--wait-until", type=float, default=None,
+                   help="md-jobs --wait-for: Unix time at which to stop waiting")
+    p.add_argument("--cuda-graphs", default=None, choices=["auto", "true", "false"],
+                   help="md-jobs: override the config's md.cuda_graphs")
+    p.add_argument("--workers", type=int, default=1,
+                   help="report: processes reading the liquid's trajectories (RDF criterion)")
     args = p.parse_args(argv)
     cfg = load(Path(args.config), args.pilot, args.systems)
     if args.device:
         cfg["device"] = args.device
+    if args.cuda_graphs:
+        cfg["md"] = {**(cfg.get("md") or {}),
+                     "cuda_graphs": {"true": True, "false": False}.get(args.cuda_graphs,
+                                                                       args.cuda_graphs)}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data_dir or (out / "data" if args.pilot else HERE / "data")).resolve()
     costs = read_costs(Path(args.costs))
+    if args.stage == "call3-plan":
+        print(call3_plan(cfg))
+        return 0
     if args.stage == "train-jobs":
-        print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs)))
+        print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs,
+                                   missing_only=args.missing_only)))
         return 0
     if args.stage == "md-jobs":
         studies = [(c, f, name) for c, f, names in write_studies(cfg, out, data_dir)
-                   for name in names]
-        print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
+                   for name in names if args.studies is None or f.name in args.studies]
+        if args.until:
+            wait = wait_for_training(out, studies, args.wait_for)
+            print("\n".join(md_jobs_until(cfg, studies, args.gpus, args.until, args.nice,
+                                           wait_for=wait, wait_until=args.wait_until)))
+        else:
+            print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
         return 0
     (out / "study_config.json").write_text(json.dumps(copy.deepcopy(cfg), indent=1))
     stages = ["data", "train", "study", "collect", "report"] if args.stage == "all" \
@@ -272,7 +337,7 @@ def main(argv=None) -> int:
     for stage in stages:
         print(f"== {stage}", flush=True)
         if stage == "report":
-            print(write_report(cfg, out, checkpoints(cfg), data_dir))
+            print(write_report(cfg, out, checkpoints(cfg), data_dir, args.workers))
         elif stage == "train":
             stage_train(cfg, out, data_dir, costs)
         else:

@@ -28,7 +28,9 @@ censored run (kept, not lost). LAMMPS and reference calculators are single-repli
 """
 from __future__ import annotations
 
+import inspect
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -219,18 +221,33 @@ def _integrate(integ, reps, settings: MDSettings, n_dof: int, deadline: Optional
     return wall
 
 
+def batched_forces(model, atoms, settings: MDSettings, cuda_graphs=False):
+    """The ``BatchedForces`` of a run; ``cuda_graphs`` is passed on only when asked for and
+    when this ``BatchedForces`` takes the keyword (older geoff: the eager call, warned)."""
+    args = (model, atoms, settings.device, settings.dtype, settings.calculator_forces)
+    if cuda_graphs in (False, None, "false", "off"):
+        return BatchedForces(*args)
+    if "cuda_graphs" not in inspect.signature(BatchedForces).parameters:
+        warnings.warn(f"cuda_graphs={cuda_graphs!r} asked for, but this geoff's BatchedForces "
+                      "has no cuda_graphs option: running the eager force call", stacklevel=2)
+        return BatchedForces(*args)
+    return BatchedForces(*args, cuda_graphs=cuda_graphs)
+
+
 def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output=None,
                  replicas: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
                  temperatures: Optional[Sequence[float]] = None,
                  structures: Optional[Sequence] = None,
-                 deadline: Optional[float] = None) -> List[RunResult]:
+                 deadline: Optional[float] = None, cuda_graphs=False) -> List[RunResult]:
     """Run the replicas (see the module docstring); one ``RunResult`` per replica.
 
     ``structures``: optional starting structures, one per replica (the same system as
     ``atoms``: species, cell and pbc; e.g. frames of an equilibrated run, with their momenta
     when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
     ``replica_<r>/``) or one folder per replica. ``deadline``: ``time.time()`` after which
-    the batch stops (censored runs; see the module docstring).
+    the batch stops (censored runs; see the module docstring). ``cuda_graphs``
+    (``False``, ``True`` or ``"auto"``): captured CUDA graphs for the force call where this
+    geoff's ``BatchedForces`` has them (else the eager call, with a warning).
     """
     settings = settings or MDSettings()
     model, calc = model_or_calculator(potential)
@@ -244,8 +261,7 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
     n_dof = degrees_of_freedom(atoms, settings.ensemble)
     structures = _same_system(atoms, structures, len(plans))
     reps = _prepare(structures, plans, n_dof, output)
-    forces = BatchedForces(model, atoms, settings.device, settings.dtype,
-                           settings.calculator_forces)
+    forces = batched_forces(model, atoms, settings, cuda_graphs)
     integ = make_batched_integrator(
         settings.ensemble, [r.atoms.positions for r in reps],
         [r.atoms.get_momenta() for r in reps], atoms.get_masses(), forces,

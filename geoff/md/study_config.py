@@ -175,12 +175,23 @@ def baseline_of(cfg: StudyConfig, model: Optional[str] = None) -> Optional[str]:
     return None
 
 
+# ``md:`` keys that configure the batched force call (``BatchedForces``), not ``MDSettings``:
+# ``cuda_graphs: auto|true|false`` (captured CUDA graphs, where geoff has them)
+BATCH_OPTIONS = ("cuda_graphs",)
+
+
+def batch_options(cfg: StudyConfig) -> dict:
+    """The study's ``md:`` keys for the batched force call (``BATCH_OPTIONS``)."""
+    return {k: cfg.md[k] for k in BATCH_OPTIONS if k in cfg.md}
+
+
 def run_settings(cfg: StudyConfig, model: ModelSpec, ensemble: dict, dt: float,
                  seed: int) -> MDSettings:
     """The ``MDSettings`` of one run: the study's ``md``, the ensemble's own keys, dt, seed."""
     e = {k: v for k, v in ensemble.items() if k not in ("name", "timesteps_fs")}
     time_ps = e.pop("time_ps", None)
-    d = {**cfg.md, **e, "timestep_fs": dt, "seed": seed, "dtype": cfg.dtype,
+    md = {k: v for k, v in cfg.md.items() if k not in BATCH_OPTIONS}
+    d = {**md, **e, "timestep_fs": dt, "seed": seed, "dtype": cfg.dtype,
          "device": cfg.device, "forces": model.forces, "mts_steps": model.mts_steps}
     if time_ps is not None:
         d["steps"] = int(round(float(time_ps) * 1000.0 / dt))

@@ -8,7 +8,9 @@ study's numbers do not change; only the wall time does (a replica's ``steps_per_
 batch's steps per second of integration: all its replicas advance together).
 
 Cells that cannot be batched (LAMMPS, reference calculators) run one seed at a time as
-before; multiple time stepping is batched (on a ``force_head="both"`` model).
+before; multiple time stepping is batched (on a ``force_head="both"`` model). The study's
+``md: {cuda_graphs: auto|true|false}`` goes to the batched force call
+(``run_replicas(..., cuda_graphs=...)``); runs that are not batched ignore it.
 
 Wall-clock limits for a study split over processes with a time limit (the failure study on a
 GPU): ``GEOFF_REPLICA_DEADLINE`` (Unix time) and ``GEOFF_REPLICA_WALL_S`` (seconds per
@@ -54,7 +56,7 @@ def replica_result(cfg, run, settings: MDSettings, potential, atoms, directory: 
     """This run's ``RunResult`` (its folder ``directory``), from one batched run of every seed
     of its cell."""
     from .replicas import run_replicas
-    from .study_config import run_settings
+    from .study_config import batch_options, run_settings
 
     cell = run.key[:4]
     if cell not in cache or run.seed not in cache[cell]:
@@ -65,7 +67,7 @@ def replica_result(cfg, run, settings: MDSettings, potential, atoms, directory: 
         assert outputs[seeds.index(run.seed)] == Path(directory), "run folder layout changed"
         results = run_replicas(potential, atoms, settings, outputs, seeds=seeds,
                                temperatures=[p.temperature_K for p in plans],
-                               deadline=deadline_from_env())
+                               deadline=deadline_from_env(), **batch_options(cfg))
         cache[cell] = dict(zip(seeds, results))
     return cache[cell].pop(run.seed)
 

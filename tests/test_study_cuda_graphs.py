@@ -1,0 +1,123 @@
+"""The study's ``md: {cuda_graphs: ...}`` reaches ``BatchedForces`` (checked with fakes on the
+CPU): passed on when ``BatchedForces`` takes the keyword, dropped with a warning when it does
+not, and never handed to ``MDSettings`` (which has no such field)."""
+import csv
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from conftest import small_model
+from geoff.md import FailureCriteria, MDSettings
+from geoff.md.replica_forces import BatchedForces
+from geoff.md.replicas import batched_forces, run_replicas
+from geoff.md.study_config import batch_options, load_config, run_settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NO_CHECKS = FailureCriteria(max_force=None, temperature_factor=None, min_distance_factor=None,
+                            min_distance=0.0, check_bonds=False)
+
+
+class WithGraphs(BatchedForces):
+    """A ``BatchedForces`` that takes ``cuda_graphs`` (what helper cudagraph adds) and
+    records what it was given; it computes eagerly."""
+
+    seen = []
+
+    def __init__(self, *args, cuda_graphs=False, **kwargs):
+        WithGraphs.seen.append(cuda_graphs)
+        super().__init__(*args, **kwargs)
+
+
+class Eager(BatchedForces):
+    """A ``BatchedForces`` without the keyword (the branch before cudagraph)."""
+
+    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative"):
+        super().__init__(model, atoms, device, dtype, forces)
+
+
+def ethanol():
+    atoms = molecule("CH3CH2OH")
+    atoms.cell = np.zeros((3, 3))
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model("schnet", species=("C", "H", "O"), cutoff=4.0)
+
+
+def test_batched_forces_passes_the_keyword_when_it_exists(model, monkeypatch):
+    import geoff.md.replicas as R
+
+    WithGraphs.seen = []
+    monkeypatch.setattr(R, "BatchedForces", WithGraphs)
+    s = MDSettings(steps=2, failure=NO_CHECKS)
+    batched_forces(model, ethanol(), s, "auto")
+    batched_forces(model, ethanol(), s, True)
+    batched_forces(model, ethanol(), s, False)  # not asked: not passed (default eager)
+    assert WithGraphs.seen == ["auto", True, False]
+
+
+def test_batched_forces_falls_back_without_the_keyword(model, monkeypatch):
+    import geoff.md.replicas as R
+
+    monkeypatch.setattr(R, "BatchedForces", Eager)
+    s = MDSettings(steps=2, failure=NO_CHECKS)
+    with pytest.warns(UserWarning, match="no cuda_graphs option"):
+        forces = batched_forces(model, ethanol(), s, "auto")
+    assert isinstance(forces, Eager)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not asked: no warning
+        assert isinstance(batched_forces(model, ethanol(), s, False), Eager)
+
+
+def test_run_replicas_is_unchanged_by_the_fallback(model, monkeypatch):
+    """Asking for graphs where there are none changes no number."""
+    import geoff.md.replicas as R
+
+    s = MDSettings(ensemble="bussi", temperature_K=500, steps=6, log_every=2, traj_every=2,
+                   failure=NO_CHECKS)
+    plain = run_replicas(model, ethanol(), s, replicas=2)
+    monkeypatch.setattr(R, "BatchedForces", Eager)
+    with pytest.warns(UserWarning):
+        asked = run_replicas(model, ethanol(), s, replicas=2, cuda_graphs="auto")
+    for a, b in zip(plain, asked):
+        np.testing.assert_array_equal(a.frames[-1].positions, b.frames[-1].positions)
+
+
+def test_study_md_key_reaches_batched_forces(tmp_path, monkeypatch):
+    """``md: {cuda_graphs: auto}`` in a study with ``replicas: true``: the study runs (the key
+    is not an ``MDSettings`` field) and its batched runs ask ``BatchedForces`` for graphs."""
+    import geoff.md.replicas as R
+    from geoff.checkpoint import save
+    from geoff.md.study import run_study
+
+    save(small_model("schnet"), tmp_path / "cons.ckpt")
+    config = {
+        "name": "tiny-graphs",
+        "models": [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
+        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
+                                                  "a": 3.61, "cubic": True,
+                                                  "repeat": [1, 1, 2]}}],
+        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
+                       "tau_fs": 10, "time_ps": 0.004}],
+        "timesteps_fs": [1.0], "seeds": [0, 1], "replicas": True,
+        "md": {"log_every": 2, "traj_every": 2, "cuda_graphs": "auto"},
+        "failure": {"min_distance_factor": None}, "analysis": {"jacobian_structures": 1},
+    }
+    cfg = load_config(config)
+    assert batch_options(cfg) == {"cuda_graphs": "auto"}
+    settings = run_settings(cfg, cfg.models[0], cfg.ensembles[0], 1.0, 0)
+    assert settings.log_every == 2 and "cuda_graphs" not in settings.to_dict()
+
+    WithGraphs.seen = []
+    monkeypatch.setattr(R, "BatchedForces", WithGraphs)
+    run_study(config, output=tmp_path / "out", progress=False)
+    assert WithGraphs.seen == ["auto"]  # one batched run for both seeds
+    with open(tmp_path / "out" / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["seed"], r["status"], r["steps_done"]) for r in rows] == \
+        [("0", "ok", "4"), ("1", "ok", "4")]
