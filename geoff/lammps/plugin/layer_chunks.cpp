@@ -214,7 +214,8 @@ void PairGeoff::chunks_forward(GeoffChunkRun &run)
   auto layer = module.get_method("lammps_layer");
   const int64_t n = (int64_t) graph_atoms.size();
   const int L = n_layers;
-  run.states.assign(L + 1, TensorDict());
+  run.states.clear();    // L + 1 distinct dictionaries (copies of a c10::Dict share one)
+  for (int k = 0; k <= L; ++k) run.states.emplace_back();
   // The own rows of a piece's output `out` into the full state `full`.
   auto put_rows = [&](TensorDict &full, const TensorDict &out, const GeoffChunk &c) {
     for (const auto &kv : out) {
