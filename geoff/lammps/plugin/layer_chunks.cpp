@@ -168,6 +168,7 @@ void PairGeoff::plan_chunks(int64_t n_edges)
   ch.local.resize(n);
   ch.list.clear();
   ch.index.clear();
+  ch.index.reserve(2 * n + 3 * n_edges);    // rows (own + senders) and the edge lists
   const int nlocal = atom->nlocal;
   int64_t a = 0;
   while (a < n) {
