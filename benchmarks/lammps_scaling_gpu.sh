@@ -209,15 +209,27 @@ steps = [int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s+[-0-9.eE+]+\s+[-0-9.
 pids = set()
 for line in (res / "memory_pids.csv").read_text().splitlines() if (res / "memory_pids.csv").exists() else []:
     pids.update(line.split(",", 1)[1].split())
-per_t = defaultdict(float)    # time -> MiB of the memory run's processes
+samples = []    # (time, pid, MiB) of every compute process on GPU 0
 for line in (res / "memory_flat.csv").read_text().splitlines() if (res / "memory_flat.csv").exists() else []:
     parts = [p.strip() for p in line.split(",")]
-    if len(parts) == 3 and parts[1] in pids and parts[2].replace(".", "").isdigit():
-        per_t[int(parts[0])] += float(parts[2])
+    if len(parts) == 3 and parts[2].replace(".", "").isdigit():
+        samples.append((int(parts[0]), parts[1], float(parts[2])))
+how = "the run's lmp pids (pgrep)"
+if samples and not pids & {s[1] for s in samples}:
+    # nvidia-smi in a container may report host pids: take the processes on GPU 0 in the
+    # first 5 s it showed any (the memory run starts before the other jobs reach the GPU).
+    t_first = min(s[0] for s in samples)
+    pids = {s[1] for s in samples if s[0] <= t_first + 5}
+    how = f"pids first seen on GPU 0 (nvidia-smi pids are not this container's): {sorted(pids)}"
+per_t = defaultdict(float)    # time -> MiB of the memory run's processes
+for t, pid, mib in samples:
+    if pid in pids:
+        per_t[t] += mib
 mem = [per_t[t] for t in sorted(per_t)]
 busy = mem[len(mem) // 10:] if len(mem) > 10 else mem     # after start-up
 text = ["# GPU memory over a long pair_style geoff run (PaiNN, 2 ranks on GPU 0, graph layers)", "",
-        "nvidia-smi per-process used memory of the run's two lmp processes, summed, MiB, 1 s samples.", "",
+        "nvidia-smi per-process used memory of the run's two lmp processes, summed, MiB, 1 s samples;",
+        f"processes picked by {how}.", "",
         f"- steps reached: {max(steps) if steps else 0} of the run (thermo every 500)",
         f"- samples: {len(mem)}; first {mem[0] if mem else '-'}, last {mem[-1] if mem else '-'}",
         f"- after the first tenth of the samples: min {min(busy) if busy else '-'}, "
