@@ -5,7 +5,9 @@ A 144-atom triclinic Cu/Zr cell (about 2,600 edges) with 64 edges per chunk (abo
 chunks): energies, pressure tensor and the sum of per-atom virials over 10 NVE steps, and
 at the last step forces, per-atom energies and per-atom virials atom by atom, all to 1e-10
 relative in float64, on one rank (periodic graph: chunked pieces instead of the fused
-forward) and on 2 ranks (graph layers: chunks within each rank, exchanges between layers).
+forward) and on 2 ranks (graph layers: chunks within each rank, exchanges between layers),
+each against the unchunked run on as many ranks (tests/test_lammps_mpi.py compares rank
+counts with each other).
 The summary line must report chunks, so a silent fallback to the unchunked path fails.
 Needs the plugin (`geoff lammps build`).
 """
@@ -106,18 +108,21 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unchunked(workdir):
-    """Exported model and its unchunked serial run (periodic graph, chunk 0), once each."""
+    """Exported model and its unchunked run (chunk 0) on `ranks` ranks, once each. Per-atom
+    rows compare within one rank count: create_atoms numbers atoms by sub-domain."""
     cache = {}
 
-    def get(name):
+    def get(name, ranks=None):
+        if name not in available_models():
+            pytest.skip(f"{name} is not registered")
         if name not in cache:
-            if name not in available_models():
-                pytest.skip(f"{name} is not registered")
-            path = export(small_model(name, cutoff=CUTOFF), workdir / f"{name}.pt")
-            table, atoms, stdout = run_deck(workdir, path, f"{name}_plain", "chunk 0")
+            cache[name] = export(small_model(name, cutoff=CUTOFF), workdir / f"{name}.pt")
+        if (name, ranks) not in cache:
+            table, atoms, stdout = run_deck(workdir, cache[name], f"{name}_plain_np{ranks or 1}",
+                                            "chunk 0", ranks)
             assert "edge chunks" not in stdout
-            cache[name] = (path, table, atoms)
-        return cache[name]
+            cache[name, ranks] = (cache[name], table, atoms)
+        return cache[name, ranks]
     return get
 
 
@@ -130,7 +135,7 @@ CASES = [("schnet", None), ("painn", None), ("nequip", None), ("mace", None),
 
 @pytest.mark.parametrize("name,ranks", CASES)
 def test_chunked_matches_unchunked(name, ranks, unchunked, workdir):
-    path, table0, atoms0 = unchunked(name)
+    path, table0, atoms0 = unchunked(name, ranks)
     label = f"{name}_chunk_np{ranks or 1}"
     table, atoms, stdout = run_deck(workdir, path, label, f"chunk {CHUNK}", ranks)
     # No silent fallback: every call of every rank ran chunked, in many chunks.
@@ -176,15 +181,29 @@ def test_chunk_keyword_is_checked():
     assert "chunk must be >= 0 edges per chunk" in lammps_error(["pair_style geoff chunk -5"])
 
 
-def test_models_that_cannot_chunk_say_why(workdir, capfd):
-    """A direct force head has no per-layer pieces, and an export without the edge_state
-    record predates the check: `chunk N` then says it does not apply, and the run is the
-    unchunked one."""
+def run_small(workdir, model, label, options):
+    """stdout of `run 2` on a 32-atom Cu box (no per-atom computes)."""
+    deck = workdir / f"in.{label}"
+    deck.write_text("\n".join([
+        "units metal", "lattice fcc 3.7", "region box block 0 2 0 2 0 2", "create_box 2 box",
+        "create_atoms 1 box", "mass * 63.5", "displace_atoms all random 0.1 0.1 0.1 42",
+        f"pair_style geoff {options} overlap 0", f"pair_coeff * * {model} Cu Zr", "run 2", ""]))
+    out = subprocess.run([str(LMP), "-in", str(deck), "-log", "none"], capture_output=True,
+                         text=True, env=lmp_environment() | {"OMP_NUM_THREADS": "1"},
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_models_that_cannot_chunk_say_why(workdir):
+    """A direct force head has no per-layer pieces: `chunk N` says it does not apply (at
+    pair_coeff and in the summary), and the run is the unchunked one."""
     direct = export(small_model("schnet", cutoff=CUTOFF, force_head="direct"),
                     workdir / "direct.pt")
-    table, _, stdout = run_deck(workdir, direct, "direct_chunk", f"chunk {CHUNK}")
-    assert f"chunk {CHUNK} does not apply to model" in stdout
-    assert "no per-layer pieces" in stdout and "edge chunks" not in stdout
+    stdout = run_small(workdir, direct, "direct_chunk", "chunk 16")
+    assert "chunk 16 does not apply to model" in stdout
+    assert "not chunked (chunk 16): it has no per-layer pieces" in stdout
+    assert "edge chunks" not in stdout
 
 
 def test_metadata_names_per_edge_state():
@@ -216,5 +235,6 @@ def test_old_export_is_not_chunked(workdir):
                 data = json.dumps(meta).encode()
             dst.writestr(item, data)
     assert "edge_state" not in read_metadata(old)["layer_comm"]
-    _, _, stdout = run_deck(workdir, old, "old_chunk", f"chunk {CHUNK}")
+    stdout = run_small(workdir, old, "old_chunk", "chunk 16")
     assert "exported before chunking" in stdout and "edge chunks" not in stdout
+    assert "edge chunks (chunk 16)" in run_small(workdir, path, "new_chunk", "chunk 16")
