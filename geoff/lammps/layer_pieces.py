@@ -111,18 +111,29 @@ def _probe_graph(model: EnergyModel) -> Dict[str, Tensor]:
 
 
 def comm_metadata(model: EnergyModel) -> Dict[str, Any]:
-    """``{"node_features": [...], "widths": [w_1, ..., w_{L-1}]}``: doubles per atom sent
-    after layer k (k = 0 .. n_layers - 2), measured on a three-atom probe graph.
+    """``{"node_features": [...], "widths": [w_1, ..., w_{L-1}], "edge_state": [...]}``:
+    doubles per atom sent after layer k (k = 0 .. n_layers - 2), measured on a three-atom
+    probe graph, and the state entries with one row per edge instead of one per atom.
 
     Node features may change width from layer to layer (e.g. scalars only after the
     embedding, then vectors); the pair style sizes LAMMPS' buffers for the widest.
+    ``edge_state`` non-empty (FAENet's per-edge messages) rules out ``pair_style geoff ...
+    chunk``, which splits every state entry by atom rows (a file without the key: no
+    chunking either, it predates the check).
     """
     rep = model.representation
     names: List[str] = list(rep.node_features)
     widths: List[int] = []
+    graph = _probe_graph(model)
+    n_atoms = graph["positions"].shape[0]
+    edge_state: List[str] = []
     with torch.no_grad():
-        state, geometry = layered_export(model).lammps_embed(_probe_graph(model))
-        for k in range(rep.n_layers - 1):
+        state, geometry = layered_export(model).lammps_embed(graph)
+        for k in range(rep.n_layers):
             state = rep.layer(k, state, geometry)
-            widths.append(sum(math.prod(state[n].shape[1:]) for n in names))
-    return {"node_features": names, "widths": widths}
+            if k + 1 < rep.n_layers:
+                widths.append(sum(math.prod(state[n].shape[1:]) for n in names))
+            edge_state += [key for key, value in state.items()
+                           if value.dim() == 0 or value.shape[0] != n_atoms]
+    return {"node_features": names, "widths": widths,
+            "edge_state": sorted(set(edge_state))}

@@ -44,6 +44,7 @@ struct GeoffTorch {
 
   // Host staging (graph upload, per-layer exchanges), reused between steps.
   GeoffStaging up_real, up_index, send_rows, ghost_rows;
+  GeoffStaging chunk_index;    // chunk N: the chunks' rows and edges (layer_chunks.cpp)
   torch::Tensor send_index;    // graph layers: device copy of the rows sent to other ranks
 
   bool on_gpu() const { return !device.is_cpu(); }
@@ -59,14 +60,27 @@ struct GeoffTorch {
   }
 };
 
-// First line of a (possibly long) torch error message, printable ASCII only (it may quote
-// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
 // Wall seconds since t0 (the phase timers of the timing summaries).
 inline double seconds_since(std::chrono::steady_clock::time_point t0)
 {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A torch error raised while the model runs, whole (the TorchScript interpreter puts the
+// cause after its traceback, not on the first line), printable ASCII and newlines only, at
+// most 6,000 characters (the first and last 3,000 when longer).
+inline std::string torch_error_text(const std::string &text)
+{
+  std::string out = text.size() <= 6000 ? text
+                                        : text.substr(0, 3000) + "\n[...]\n" +
+          text.substr(text.size() - 3000);
+  for (char &ch : out)
+    if (ch != '\n' && ((unsigned char) ch < 0x20 || (unsigned char) ch > 0x7E)) ch = '?';
+  return out;
+}
+
+// First line of a (possibly long) torch error message, printable ASCII only (it may quote
+// bytes of a damaged file, which must not make LAMMPS' message invalid UTF-8).
 inline std::string first_line(const std::string &text)
 {
   auto end = text.find('\n');

@@ -41,6 +41,7 @@
 #include "timer.h"
 
 #include "geoff_torch.h"
+#include "layer_chunks.h"
 #include "layer_comm.h"
 
 #include <algorithm>
@@ -235,6 +236,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   ++lc.n_calls;
   if (reset_timers) {    // the setup call is not counted (as LAMMPS' loop time)
     lc.reset();
+    chunks_->reset();
     reset_timers = false;
   }
   pvector[0] = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
@@ -252,6 +254,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
 void PairGeoff::finish_layers()
 {
   const GeoffLayerComm &lc = *layers_;
+  const std::string chunking = chunk_summary();    // collective: before rank 0 goes on alone
   const double model = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
   double mine[15] = {lc.t_graph, model, lc.t_comm, lc.t_scatter, (double) lc.n_calls,
                      lc.sum_rows, lc.sum_ghost_rows, lc.sum_edges, lc.sum_local,
@@ -271,6 +274,7 @@ void PairGeoff::finish_layers()
       "call), results {:.4g} s",
       (int) p, (long) calls, sum[5] / sum[4], sum[7] / sum[4], sum[0] / p, sum[1] / p,
       sum[2] / p, max_comm, 2 * std::max(n_layers - 1, 0), sum[3] / p);
+  mesg += chunking;
   if (loop > 0)
     mesg += fmt::format("; of the loop time {:.4g} s: model {:.1f}%, comm {:.1f}%", loop,
                         100.0 * sum[1] / p / loop, 100.0 * sum[2] / p / loop);

@@ -22,6 +22,7 @@
 
 #include "geoff_torch.h"
 #include "layer_comm.h"
+#include "layer_state.h"
 
 #include <torch/csrc/autograd/autograd.h>
 
@@ -32,8 +33,12 @@ using namespace LAMMPS_NS;
 
 namespace {
 using Clock = std::chrono::steady_clock;
-using TensorDict = c10::Dict<std::string, torch::Tensor>;
-using Grads = std::unordered_map<std::string, torch::Tensor>;
+using geoff_state::flatten;
+using geoff_state::Grads;
+using geoff_state::host;
+using geoff_state::TensorDict;
+using geoff_state::typed;
+using geoff_state::unflatten;
 
 // A piece's inputs: differentiable entries become fresh leaves; the others (indices,
 // constants) pass through.
@@ -78,37 +83,6 @@ void with_grads(const TensorDict &d, const Grads &g, std::vector<torch::Tensor> 
       grads.push_back(it->second);
     }
   }
-}
-
-// The node-feature entries of `d` as one (rows, width) matrix, and back.
-torch::Tensor flatten(const TensorDict &d, const std::vector<std::string> &names, int64_t n)
-{
-  std::vector<torch::Tensor> parts;
-  for (const auto &name : names) parts.push_back(d.at(name).reshape({n, -1}));
-  return torch::cat(parts, 1);
-}
-
-void unflatten(const torch::Tensor &flat, const TensorDict &like,
-               const std::vector<std::string> &names, TensorDict &out, bool leaves)
-{
-  int64_t col = 0;
-  for (const auto &name : names) {
-    const torch::Tensor &ref = like.at(name);
-    const int64_t w = ref.numel() / std::max<int64_t>(ref.size(0), 1);
-    torch::Tensor t = flat.narrow(1, col, w).reshape(ref.sizes()).clone();
-    out.insert_or_assign(name, leaves ? t.requires_grad_(true) : t);
-    col += w;
-  }
-}
-
-TensorDict typed(const c10::IValue &v)
-{
-  return c10::impl::toTypedDict<std::string, torch::Tensor>(v.toGenericDict());
-}
-
-torch::Tensor host(const torch::Tensor &t)
-{
-  return t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
 }
 
 }    // namespace
@@ -293,6 +267,7 @@ void PairGeoff::layers_backward(GeoffLayerTape &tape)
 
 void PairGeoff::run_layers(int n_edges)
 {
+  if (use_chunks(n_edges)) return run_chunked(n_edges);    // layer_chunks.cpp
   GeoffLayerComm &lc = *layers_;
   GeoffLayerTape tape;
   const int n = (int) graph_atoms.size();
@@ -309,8 +284,8 @@ void PairGeoff::run_layers(int n_edges)
     lc.t_scatter += seconds_since(t);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style geoff: model '{}' failed (graph layers) on {} atoms / {} "
-               "edges: {}", model_file, graph_atoms.size(), n_edges,
-               std::string(e.what()).substr(0, 400));
+               "edges{}: {}", model_file, graph_atoms.size(), n_edges, chunk_hint(n_edges),
+               torch_error_text(e.what()));
   }
   auto t = Clock::now();
   const double *forces = results.data_ptr<double>();

@@ -63,6 +63,7 @@
 using namespace LAMMPS_NS;
 
 #include "geoff_torch.h"
+#include "layer_chunks.h"
 #include "layer_comm.h"
 
 #include "geoff_format.h"
@@ -91,6 +92,9 @@ PairGeoff::PairGeoff(LAMMPS *lmp) :
 {
   layers_.reset(new GeoffLayerComm);
   layered = false;
+  chunks_.reset(new GeoffChunks);
+  chunk_edges = GEOFF_DEFAULT_CHUNK;
+  chunk_explicit = false;
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -153,6 +157,13 @@ void PairGeoff::settings(int narg, char **arg)
         error->all(FLERR, "pair_style geoff timing must be fast or sync, got '{}'", how);
       torch_->sync_timing = how == "sync";
       iarg += 2;
+    } else if (key == "chunk" && iarg + 1 < narg) {
+      chunk_edges = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (chunk_edges < 0)
+        error->all(FLERR, "pair_style geoff chunk must be >= 0 edges per chunk (0 turns "
+                   "chunking off), got {}", chunk_edges);
+      chunk_explicit = true;
+      iarg += 2;
     } else if (key == "overlap" && iarg + 1 < narg) {
       overlap_request = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
       if (overlap_request < 0.0)
@@ -162,7 +173,7 @@ void PairGeoff::settings(int narg, char **arg)
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
                  "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers] [overlap <A>] "
-                 "[timing fast|sync]`",
+                 "[timing fast|sync] [chunk <edges>]`",
                  key);
     }
   }
@@ -262,6 +273,8 @@ void PairGeoff::coeff(int narg, char **arg)
   }
   metadata_json = extra[METADATA_FILE];
   read_layer_metadata(metadata_json);    // graph layers: layer_comm.cpp
+  read_chunk_metadata(metadata_json);    // chunk N: layer_chunks.cpp
+  log_chunk_refusal();
   if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
@@ -653,7 +666,6 @@ void PairGeoff::compute(int eflag, int vflag)
   const int n_edges = periodic_graph ? build_graph_periodic() : build_graph_ghosts();
   stop_on_overlap();
   const int n = (int) graph_atoms.size();
-  const int nlocal = atom->nlocal;
   const bool per_atom_virial = vflag_atom != 0;
 
   if (per_atom_virial && !conservative)
@@ -663,6 +675,41 @@ void PairGeoff::compute(int eflag, int vflag)
     error->all(FLERR, "pair_style geoff: per-atom virial is not available for the "
                "global-frame model '{}'", model_file);
 
+  t_graph += seconds_since(t0);
+  if (periodic_graph && use_chunks(n_edges)) {    // one rank, a large graph: chunked pieces
+    auto t1 = Clock::now();
+    run_chunked(n_edges);
+    t_model += seconds_since(t1);
+  } else {
+    run_whole(n_edges);
+  }
+  sum_atoms += n;
+  sum_edges += n_edges;
+  ++n_calls;
+  if (reset_timers) {
+    t_graph = t_model = t_scatter = sum_atoms = sum_edges = 0.0;
+    n_calls = 0;
+    chunks_->reset();
+    reset_timers = false;
+  }
+  pvector[0] = t_model;
+  pvector[1] = t_graph + t_scatter;
+  pvector[2] = (double) n_calls;
+  pvector[3] = n_calls ? sum_atoms / n_calls : (double) n;
+  pvector[4] = n_calls ? sum_edges / n_calls : (double) n_edges;
+}
+
+/* ----------------------------------------------------------------------
+   compute, graph periodic or ghosts: model.forward on the whole graph (energies, forces and
+   the strain virial in one pass; per-atom virials from our own gradient against the shifts).
+------------------------------------------------------------------------- */
+
+void PairGeoff::run_whole(int n_edges)
+{
+  auto t0 = Clock::now();
+  const int n = (int) graph_atoms.size();
+  const int nlocal = atom->nlocal;
+  const bool per_atom_virial = vflag_atom != 0;
   const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
                             domain->zperiodic != 0};
   auto graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
@@ -675,7 +722,7 @@ void PairGeoff::compute(int eflag, int vflag)
     shifts.requires_grad_(true);
   }
   auto t1 = Clock::now();
-  t_graph += std::chrono::duration<double>(t1 - t0).count();
+  t_graph += seconds_since(t0);
 
   // Model: energies, forces and (global) virial in one forward/backward pass. For per-atom
   // virials our own backward pass also takes the gradient with respect to the shifts.
@@ -704,8 +751,8 @@ void PairGeoff::compute(int eflag, int vflag)
     if (edge_grad.defined())
       edge_grad = edge_grad.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style geoff: model '{}' failed on {} atoms / {} edges: {}",
-               model_file, n, n_edges, first_line(e.what()));
+    error->one(FLERR, "pair_style geoff: model '{}' failed on {} atoms / {} edges{}: {}",
+               model_file, n, n_edges, chunk_hint(n_edges), torch_error_text(e.what()));
   }
   auto t2 = Clock::now();
   t_model += std::chrono::duration<double>(t2 - t1).count();
@@ -720,19 +767,16 @@ void PairGeoff::compute(int eflag, int vflag)
     add_strain_virial(virial.data_ptr<double>());
 
   t_scatter += seconds_since(t2);
-  sum_atoms += n;
-  sum_edges += n_edges;
-  ++n_calls;
-  if (reset_timers) {
-    t_graph = t_model = t_scatter = sum_atoms = sum_edges = 0.0;
-    n_calls = 0;
-    reset_timers = false;
-  }
-  pvector[0] = t_model;
-  pvector[1] = t_graph + t_scatter;
-  pvector[2] = (double) n_calls;
-  pvector[3] = n_calls ? sum_atoms / n_calls : (double) n;
-  pvector[4] = n_calls ? sum_edges / n_calls : (double) n_edges;
+}
+
+// What to try when the whole graph fails (an error torch raises for a tensor too large for it
+// may not say out of memory): chunking if the model can, else why it cannot.
+std::string PairGeoff::chunk_hint(int64_t n_edges) const
+{
+  if (chunks_->can)
+    return fmt::format(" (unchunked: `pair_style geoff ... chunk N` with N < {} splits it)",
+                       n_edges);
+  return fmt::format(" (unchunked; this model cannot be chunked: {})", chunks_->refusal);
 }
 
 /* ----------------------------------------------------------------------
@@ -804,6 +848,7 @@ void PairGeoff::add_edge_virials(const double *g, int n_edges)
 void PairGeoff::finish()
 {
   if (layered) return finish_layers();
+  const std::string chunking = chunk_summary();    // collective: before rank 0 goes on alone
   double mine[6] = {t_graph, t_model, t_scatter, (double) n_calls, sum_atoms, sum_edges};
   double sum[6];
   MPI_Allreduce(mine, sum, 6, MPI_DOUBLE, MPI_SUM, world);
@@ -816,6 +861,7 @@ void PairGeoff::finish()
       "per graph; time in graph {:.4g} s, model forward+backward {:.4g} s, results {:.4g} s",
       periodic_graph ? "periodic" : "ghosts", (int) p, (long) calls, sum[4] / sum[3],
       sum[5] / sum[3], sum[0] / p, sum[1] / p, sum[2] / p);
+  mesg += chunking;
   if (loop > 0)
     mesg += fmt::format("; model = {:.1f}% of the loop time {:.4g} s", 100.0 * sum[1] / p / loop,
                         loop);
@@ -829,6 +875,8 @@ double PairGeoff::memory_usage()
   bytes += sizeof(int) * edge_j.capacity();
   bytes += sizeof(double) * (pos_buf.capacity() + shift_buf.capacity());
   bytes += sizeof(int64_t) * (species_buf.capacity() + edge_buf.capacity());
+  bytes += sizeof(int64_t) * (chunks_->index.capacity() + chunks_->ptr.capacity());
+  bytes += sizeof(int) * (chunks_->stamp.capacity() + chunks_->local.capacity());
   return bytes;
 }
 

@@ -2,7 +2,7 @@
    pair_style geoff: geoff (GEOmetric Force Fields) TorchScript models in LAMMPS.
 
    pair_style geoff [device auto|cpu|cuda] [graph auto|periodic|layers|ghosts] [overlap <A>]
-                    [timing fast|sync]
+                    [timing fast|sync] [chunk <edges>]
    pair_coeff * * model.pt Cu Zr          (one element per atom type)
 
    The model file is written by `geoff export`; it carries its own metadata (species,
@@ -19,6 +19,10 @@
      holds local and ghost atoms with the neighbours of ghosts (full list with ghost
      neighbours); the ghost shell must reach n_layers x cutoff + skin (comm_modify cutoff),
      which init_style checks.
+   chunk N (default 131072, 0 = off): a rank whose graph has more than N edges runs the
+     per-layer pieces over chunks of about N edges with recomputation (layer_chunks.cpp; one
+     rank then uses them instead of the fused periodic forward): exact, and memory bounded by
+     the node features of every layer plus one chunk's per-edge activations.
 ------------------------------------------------------------------------- */
 
 #ifdef PAIR_CLASS
@@ -46,6 +50,8 @@ namespace LAMMPS_NS {
 struct GeoffTorch;        // the TorchScript module and device: geoff_torch.h
 struct GeoffLayerComm;    // graph layers: buffers, metadata, timers (layer_comm.h)
 struct GeoffLayerTape;    // graph layers: what the forward pass keeps (layer_model.cpp)
+struct GeoffChunks;       // chunk N: the chunks of this call, counters (layer_chunks.h)
+struct GeoffChunkRun;     // chunk N: one call's full tensors (layer_chunks.cpp)
 
 class PairGeoff : public Pair {
  public:
@@ -126,6 +132,22 @@ class PairGeoff : public Pair {
   void layers_backward(GeoffLayerTape &tape);
 
   void finish_layers();
+
+  // chunk N (edges per chunk, 0 = off): the pieces over chunks of atoms with recomputation,
+  // memory bounded by the node features of every layer plus one chunk (layer_chunks.cpp).
+  std::unique_ptr<GeoffChunks> chunks_;
+  int64_t chunk_edges;
+  bool chunk_explicit;    // chunk N given in pair_style (a refusal is then logged at init)
+  void read_chunk_metadata(const std::string &metadata_json);
+  void log_chunk_refusal();
+  bool use_chunks(int64_t n_edges) const;
+  void plan_chunks(int64_t n_edges);
+  void run_chunked(int n_edges);
+  void chunks_forward(GeoffChunkRun &run);
+  void chunks_backward(GeoffChunkRun &run);
+  std::string chunk_summary();    // collective (MPI_Allreduce)
+  void run_whole(int n_edges);    // graph periodic / ghosts: model.forward on the whole graph
+  std::string chunk_hint(int64_t n_edges) const;    // for the error of a failed whole graph
 
   // pair_coeff and compute, step by step.
   void map_elements(const std::vector<std::string> &elements);
