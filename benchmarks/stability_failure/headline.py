@@ -58,9 +58,10 @@ def mae_lines(rows: List[dict], head: List[dict]) -> List[str]:
 def head_stats(rows: List[dict], system: str, budget: str, head: str, models) -> dict:
     """Failed/total NVT runs, failures per simulated ns, median TTF and NVE median |drift|
     of ``head`` over ``models`` (one system and budget)."""
+    from report import ran
+
     pick = [r for r in rows if r["system"] == system and r["budget"] == budget
-            and r["head"] == head and r["model"] in models
-            and r["status"] in ("ok", "failed")]
+            and r["head"] == head and r["model"] in models and ran(r)]
     nvt = [r for r in pick if r["ensemble"] == "nvt"]
     nve = [r for r in pick if r["ensemble"] == "nve"
            and math.isfinite(float(r["drift_meV_atom_ps"]))]

@@ -120,14 +120,21 @@ def run_rows(cfg: dict, out: Path, checkpoints, data_dir: Path,
     return rows
 
 
+def ran(r: dict) -> bool:
+    """Whether a run simulated anything: ok or failed, and not stopped by the clock before its
+    first step (a process starved of CPU past its deadline leaves such runs: "not started")."""
+    return r["status"] in ("ok", "failed") and (bool(r["failed"]) or r["length_ps"] > 0)
+
+
 def headline(rows: List[dict]) -> List[dict]:
-    """Per system, budget, model and head: NVT time to failure over seeds, NVE drift."""
+    """Per system, budget, model and head: NVT time to failure over seeds, NVE drift (runs
+    that never started are counted apart, ``not_started``)."""
     keys = sorted({(r["system"], r["budget"], r["model"], r["head"]) for r in rows})
     out = []
     for key in keys:
         mine = [r for r in rows if (r["system"], r["budget"], r["model"], r["head"]) == key]
-        nvt = [r for r in mine if r["ensemble"] == "nvt" and r["status"] in ("ok", "failed")]
-        nve = [r for r in mine if r["ensemble"] == "nve" and r["status"] in ("ok", "failed")]
+        nvt = [r for r in mine if r["ensemble"] == "nvt" and ran(r)]
+        nve = [r for r in mine if r["ensemble"] == "nve" and ran(r)]
         ttf = np.array([r["ttf_ps"] for r in nvt])
         n_failed = sum(r["failed"] for r in nvt)
         censored = len(nvt) and n_failed * 2 <= len(nvt)
@@ -142,6 +149,7 @@ def headline(rows: List[dict]) -> List[dict]:
                     "nve_drift_meV_atom_ps": float(np.median([r["drift_meV_atom_ps"]
                                                               for r in nve]))
                     if nve else float("nan"),
+                    "not_started": sum(r["status"] == "ok" and not ran(r) for r in mine),
                     "reasons": ",".join(sorted({r["failure_reason"] for r in nvt
                                                 if r["failed"]}))})
     return out
@@ -188,11 +196,31 @@ def _plot(head: List[dict], path: Path) -> None:
 
 
 def write_report(cfg: dict, out: Path, checkpoints, data_dir: Path, workers: int = 1) -> Path:
-    from scipy.stats import spearmanr
-
+    """``OUT/report/``: failure.csv (every run), headline.csv, report.md, the plot."""
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = run_rows(cfg, out, checkpoints, data_dir, workers)
+    return write_tables(cfg, folder, run_rows(cfg, out, checkpoints, data_dir, workers))
+
+
+def rows_from_csv(path: Path) -> List[dict]:
+    """The rows of a ``failure.csv`` with their types (to redo a report from it alone)."""
+    rows = []
+    with open(path) as fh:
+        for r in csv.DictReader(fh):
+            for key in ("failed", "stopped"):
+                r[key] = r[key] == "True"
+            for key in ("ttf_ps", "length_ps", "rdf_failure_ps", "drift_meV_atom_ps",
+                        "force_mae_meV_A", "direct_force_mae_meV_A"):
+                r[key] = _float(r[key])
+            r["seed"] = int(r["seed"])
+            rows.append(r)
+    return rows
+
+
+def write_tables(cfg: dict, folder: Path, rows: List[dict]) -> Path:
+    """failure.csv, headline.csv, failure_vs_mae.png and report.md of ``rows`` in ``folder``."""
+    from scipy.stats import spearmanr
+
     head = headline(rows)
     _write_csv(folder / "failure.csv", rows)
     _write_csv(folder / "headline.csv", head)
@@ -206,18 +234,19 @@ def write_report(cfg: dict, out: Path, checkpoints, data_dir: Path, workers: int
              "`benchmarks/stability_failure/run.py`; every run in `failure.csv`.", "",
              "| system | budget | model | head | force MAE (meV/Å) | NVT runs | failed | "
              "stopped by deadline | median TTF (ps) | longest NVT (ps) | NVE failed | "
-             "NVE drift (meV/atom/ps) | reasons |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "NVE drift (meV/atom/ps) | not started | reasons |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for h in head:
         ttf = f"≥ {h['median_ttf_ps']:.3g}" if h["ttf_censored"] else f"{h['median_ttf_ps']:.3g}"
         lines.append(f"| {h['system']} | {h['budget']} | {h['model']} | {h['head']} | "
                      f"{h['force_mae_meV_A']:.1f} | {h['runs']} | {h['failed']} | "
                      f"{h['nvt_stopped']} | {ttf} | {h['nvt_max_ps']:.3g} | "
                      f"{h['nve_failed']}/{h['nve_runs']} | {h['nve_drift_meV_atom_ps']:.3g} | "
-                     f"{h['reasons']} |")
+                     f"{h['not_started']} | {h['reasons']} |")
     lines.append("")
     for system in sorted({h["system"] for h in head}):
-        mine = [h for h in head if h["system"] == system and math.isfinite(h["force_mae_meV_A"])]
+        mine = [h for h in head if h["system"] == system and h["runs"]
+                and math.isfinite(h["force_mae_meV_A"])]
         if len(mine) >= 3:
             rho = spearmanr([h["force_mae_meV_A"] for h in mine],
                             [h["median_ttf_ps"] for h in mine]).statistic

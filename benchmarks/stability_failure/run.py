@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from jobs import md_jobs, md_jobs_until, read_costs, train_jobs  # noqa: E402
-from report import write_report  # noqa: E402
+from report import rows_from_csv, write_report, write_tables  # noqa: E402
 
 
 def load(path: Path, pilot: bool, systems=None) -> dict:
@@ -302,6 +302,8 @@ def main(argv=None) -> int:
                    help="md-jobs --wait-for: Unix time at which to stop waiting")
     p.add_argument("--cuda-graphs", default=None, choices=["auto", "true", "false"],
                    help="md-jobs: override the config's md.cuda_graphs")
+    p.add_argument("--from-csv", default=None,
+                   help="report: redo the tables in OUT from this failure.csv alone")
     p.add_argument("--workers", type=int, default=1,
                    help="report: processes reading the liquid's trajectories (RDF criterion)")
     args = p.parse_args(argv)
@@ -338,7 +340,9 @@ def main(argv=None) -> int:
         else [args.stage]
     for stage in stages:
         print(f"== {stage}", flush=True)
-        if stage == "report":
+        if stage == "report" and args.from_csv:  # a report redone from a failure.csv alone
+            print(write_tables(cfg, out, rows_from_csv(Path(args.from_csv))))
+        elif stage == "report":
             print(write_report(cfg, out, checkpoints(cfg), data_dir, args.workers))
         elif stage == "train":
             stage_train(cfg, out, data_dir, costs)
