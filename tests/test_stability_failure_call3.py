@@ -61,7 +61,8 @@ def test_md_jobs_until_compute_their_share_when_they_start(tmp_path):
     assert subprocess.run(["sh", "-c", line], cwd=tmp_path).returncode == 0
     env = dict(kv.split("=", 1) for kv in
                (tmp_path / "logs" / "m-long.log").read_text().splitlines() if "=" in kv)
-    assert 15 <= int(env["GEOFF_REPLICA_WALL_S"]) <= 20
+    assert 15 <= int(env["GEOFF_REPLICA_RESERVE_S"]) <= 20  # the NVE leg's half
+    assert "GEOFF_REPLICA_WALL_S" not in env
     assert int(env["GEOFF_REPLICA_DEADLINE"]) == int(deadline)
     # a model still training: its line waits for the run's summary.json, or the time limit
     summary = tmp_path / "summary.json"

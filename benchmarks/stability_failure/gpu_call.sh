@@ -160,7 +160,7 @@ call3() {
         $(( PLAN_TRAIN_UNTIL_S - ($(date +%s) - T0) )) &
     local train=$!
     # test errors of call 1's checkpoints that its clock left untested (the report needs them)
-    timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
+    timeout $(( MD_UNTIL - $(date +%s) )) "$PYTHON" "$here/test_mae.py" \
         "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
         --skip "$WORK/trained.txt" > "$WORK/test_mae.log" 2>&1 &
     local mae=$!
@@ -179,7 +179,7 @@ call3() {
     md_stage c "$PLAN_STAGE_C" &
     local stage_c=$!
     # and of this call's runs that train_until stopped before their test
-    timeout $(( MD_UNTIL - $(date +%s) )) nice -n 5 "$PYTHON" "$here/test_mae.py" \
+    timeout $(( MD_UNTIL - $(date +%s) )) "$PYTHON" "$here/test_mae.py" \
         "$WORK/sf/train" --device "$DEVICE" --data-dir "$here/data" \
         --only "$WORK/trained.txt" > "$WORK/test_mae_new.log" 2>&1 &
     local mae_new=$!

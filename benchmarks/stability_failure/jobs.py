@@ -196,14 +196,16 @@ def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
                   wait_for: Optional[Dict[str, Path]] = None,
                   wait_until: Optional[float] = None) -> List[str]:
     """Like ``md_jobs``, for processes that may start later than now (after their model's
-    training): every process stops by the Unix time ``deadline``; its NVT run may take
-    ``md_share_nvt`` of the time left *when it starts* (computed by the shell line), the NVE
-    leg the rest. ``nice``: the processes' CPU priority (0 first; the call's cores are
+    training): every process stops by the Unix time ``deadline``; the NVE leg keeps
+    1 - ``md_share_nvt`` of the time left when the process starts (computed by the shell
+    line: ``GEOFF_REPLICA_RESERVE_S``, counted back from the deadline, so a slow start-up
+    eats into the NVT run, not the NVE leg), the NVT run the rest. ``nice``: the processes' CPU priority (0 first; the call's cores are
     shared by more processes than there are). ``wait_for``: model name -> a file (the
     training run's ``summary.json``) that the line waits for, polling, until the Unix time
     ``wait_until`` at the latest (a training stopped by the clock writes none)."""
     share = int(round(100 * float(cfg.get("md_share_nvt", 0.7))))
     left = f"$(( {int(deadline)} - $(date +%s) ))"
+    reserve = f"GEOFF_REPLICA_RESERVE_S=$(( {left} * {100 - share} / 100 ))"
     jobs = []
     for config, folder, name in studies:
         env = {"CUDA_VISIBLE_DEVICES": len(jobs) % gpus} if gpus else {}
@@ -218,7 +220,7 @@ def md_jobs_until(cfg: dict, studies: List[tuple], gpus: int, deadline: float,
         if wait_for and name in wait_for:
             wait = (f"until [ -f {shlex.quote(str(wait_for[name]))} ] || "
                     f"[ $(date +%s) -ge {int(wait_until or deadline)} ]; do sleep 2; done; ")
-        jobs.append(f"{wait}[ {left} -gt 10 ] && {prefix} GEOFF_REPLICA_WALL_S=$(( {left} * {share} / 100 )) "
+        jobs.append(f"{wait}[ {left} -gt 10 ] && {prefix} {reserve} "
                     f"timeout -k 10 $(( {left} + 15 )) nice -n {int(nice)} {cmd} "
                     f"> {shlex.quote(str(log))} 2>&1")
     return jobs

@@ -14,9 +14,11 @@ before; multiple time stepping is batched (on a ``force_head="both"`` model). Th
 
 Wall-clock limits for a study split over processes with a time limit (the failure study on a
 GPU): ``GEOFF_REPLICA_DEADLINE`` (Unix time) and ``GEOFF_REPLICA_WALL_S`` (seconds per
-batched run) stop a batched run at the earlier of the two; its replicas are then censored
-(``status`` ok, ``steps_done`` < ``steps_requested``) and written like finished ones, so a
-stopped study keeps what it ran.
+batched run) stop a batched run at the earlier of the two; ``GEOFF_REPLICA_RESERVE_S``
+(seconds) stops every batched run but those of the study's last ensemble that much before the
+deadline, so the last one (the NVE leg after an NVT run) keeps that time however late the
+process started. Stopped replicas are censored (``status`` ok, ``steps_done`` <
+``steps_requested``) and written like finished ones, so a stopped study keeps what it ran.
 """
 from __future__ import annotations
 
@@ -39,13 +41,17 @@ def batchable(run, settings: MDSettings, engine: str, potential) -> bool:
     return model is not None and (settings.forces != "mts" or model.force_head == "both")
 
 
-def deadline_from_env(now: Optional[float] = None) -> Optional[float]:
+def deadline_from_env(now: Optional[float] = None, reserve: bool = False) -> Optional[float]:
     """The ``time.time()`` at which a batched run starting ``now`` stops (see the module
-    docstring), or None without the environment variables."""
+    docstring), or None without the environment variables. ``reserve``: the run is followed
+    by others (``GEOFF_REPLICA_RESERVE_S`` is kept for them)."""
     now = time.time() if now is None else now
     limits = []
     if os.environ.get("GEOFF_REPLICA_DEADLINE"):
-        limits.append(float(os.environ["GEOFF_REPLICA_DEADLINE"]))
+        deadline = float(os.environ["GEOFF_REPLICA_DEADLINE"])
+        if reserve and os.environ.get("GEOFF_REPLICA_RESERVE_S"):
+            deadline -= float(os.environ["GEOFF_REPLICA_RESERVE_S"])
+        limits.append(deadline)
     if os.environ.get("GEOFF_REPLICA_WALL_S"):
         limits.append(now + float(os.environ["GEOFF_REPLICA_WALL_S"]))
     return min(limits) if limits else None
@@ -67,9 +73,16 @@ def replica_result(cfg, run, settings: MDSettings, potential, atoms, directory: 
         assert outputs[seeds.index(run.seed)] == Path(directory), "run folder layout changed"
         results = run_replicas(potential, atoms, settings, outputs, seeds=seeds,
                                temperatures=[p.temperature_K for p in plans],
-                               deadline=deadline_from_env(), **batch_options(cfg))
+                               deadline=deadline_from_env(reserve=_not_last(cfg, run)),
+                               **batch_options(cfg))
         cache[cell] = dict(zip(seeds, results))
     return cache[cell].pop(run.seed)
+
+
+def _not_last(cfg, run) -> bool:
+    """Whether ensembles of the study come after this run's (they keep the reserve)."""
+    names = [e["name"] for e in cfg.ensembles]
+    return names.index(run.ensemble["name"]) < len(names) - 1
 
 
 def _directory(run, seed: int, root: Path) -> Path:
