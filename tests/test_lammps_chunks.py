@@ -1,7 +1,7 @@
 """`pair_style geoff ... chunk N`: the per-layer pieces over chunks of atoms, with
 recomputation, against the unchunked run.
 
-A 144-atom triclinic Cu/Zr cell (about 2,600 edges) with 64 edges per chunk (about 45
+A 144-atom triclinic Cu/Zr cell (about 2,600 edges) with 64 edges per chunk (48
 chunks): energies, pressure tensor and the sum of per-atom virials over 10 NVE steps, and
 at the last step forces, per-atom energies and per-atom virials atom by atom, all to 1e-10
 relative in float64, on one rank (periodic graph: chunked pieces instead of the fused
