@@ -166,32 +166,57 @@ def _write_csv(path: Path, rows: List[dict]) -> None:
 
 
 def _plot(head: List[dict], path: Path) -> None:
+    """Median time to failure against test force MAE, one panel per system: colour = model,
+    marker = head, filled = the median is a failure time, open = censored (the clock or the
+    run's length stopped it first: the true median is at least this), large = long budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     systems = sorted({h["system"] for h in head})
-    fig, axes = plt.subplots(1, max(len(systems), 1), figsize=(5 * max(len(systems), 1), 4),
-                             squeeze=False)
+    models = sorted({h["model"] for h in head})
+    palette = [plt.get_cmap("tab10")(k) for k in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no grey (7)
+    colour = {m: palette[k % len(palette)] for k, m in enumerate(models)}
     markers = {"conservative": "o", "direct": "s", "both": "^"}
+    fig, axes = plt.subplots(1, max(len(systems), 1), figsize=(4.6 * max(len(systems), 1), 4.2),
+                             squeeze=False)
     for ax, system in zip(axes[0], systems):
         # a checkpoint without a test MAE (or a time) has no place on the plot
         shown = [h for h in head if h["system"] == system and h["force_mae_meV_A"] > 0
-                 and math.isfinite(h["median_ttf_ps"])]
+                 and math.isfinite(h["median_ttf_ps"]) and h["median_ttf_ps"] > 0]
         for h in shown:
+            c = colour[h["model"]]
             ax.scatter(h["force_mae_meV_A"], h["median_ttf_ps"],
-                       marker=markers.get(h["head"], "x"),
-                       facecolors="none" if h["ttf_censored"] else None,
-                       label=f"{h['model']}-{h['head']}-{h['budget']}")
+                       marker=markers.get(h["head"], "x"), s=70 if h["budget"] == "long" else 28,
+                       facecolors="none" if h["ttf_censored"] else c, edgecolors=c,
+                       linewidths=1.4, alpha=0.9)
         if shown:
             ax.set_xscale("log")
-            ax.legend(fontsize=6)
+            ax.set_yscale("log")
+            xs = [h["force_mae_meV_A"] for h in shown]
+            # plain ticks: a range under one decade gets none (or crowded ones) by default
+            ax.set_xticks([t for t in (10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000)
+                           if min(xs) / 1.1 <= t <= max(xs) * 1.1])
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.3)
         ax.set_xlabel("test force MAE (meV/Å)")
-        ax.set_ylabel("median time to failure (ps; open: censored)")
-        ax.set_title(f"{system} ({len(shown)} checkpoints with a test MAE)")
+        ax.set_ylabel("median time to failure (ps)")
+        ax.set_title(f"{system} ({len(shown)} checkpoints)")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour[m], label=m) for m in models]
+    handles += [Line2D([], [], marker=mk, linestyle="", color="grey", label=f"{hd} head")
+                for hd, mk in markers.items()]
+    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
+                       markeredgecolor="grey", label="open: censored (≥)"),
+                Line2D([], [], marker="o", linestyle="", color="grey", markersize=9,
+                       label="large: long budget")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
