@@ -32,7 +32,9 @@ struct GeoffStaging {
       const int64_t cap = numel + numel / 4 + 1024;
       buf = torch::empty({cap}, torch::TensorOptions().dtype(dtype).pinned_memory(pinned));
     }
-    return buf.narrow(0, 0, numel).view({nrows, width});
+    // A view of a detached alias: an in-place copy into it from a tensor with history then
+    // cannot attach that history to `buf`, which lives from step to step (issue 13).
+    return buf.detach().narrow(0, 0, numel).view({nrows, width});
   }
 };
 

@@ -99,6 +99,12 @@ void with_grads(const TensorDict &d, const Grads &g, std::vector<torch::Tensor> 
 
 torch::Tensor PairGeoff::ghosts_exchange(const torch::Tensor &rows, bool forward)
 {
+  // No autograd here (the caller makes the result a fresh leaf). Root cause of issue 13's
+  // memory growth: with grad mode on, copying `rows` (which has history) into the staging
+  // view below recorded CopySlices on the persistent staging buffer, chaining each step's
+  // autograd graph (edge tensors included) onto the last one's (30-50 MB per step kept
+  // for a 256-atom PaiNN on the CPU).
+  torch::NoGradGuard no_grad;
   GeoffLayerComm &lc = *layers_;
   GeoffTorch &tm = *torch_;
   auto t = Clock::now();
