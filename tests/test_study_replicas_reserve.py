@@ -44,7 +44,7 @@ def test_a_study_s_nve_leg_keeps_its_reserve(tmp_path, monkeypatch):
                       {"name": "nve", "ensemble": "nve", "temperature_K": 400,
                        "time_ps": 1000.0}],
         "timesteps_fs": [1.0], "seeds": [0, 1], "md": {"log_every": 50, "traj_every": 50},
-        "failure": {"min_distance_factor": None, "max_force": None,
+        "failure": {"min_distance_factor": None, "min_distance": 0.01, "max_force": None,
                         "temperature_factor": None},  # a random model: only the clock stops it
             "analysis": {"jacobian_structures": 1},
     }
