@@ -202,6 +202,38 @@ void PairGeoff::coeff(int narg, char **arg)
                model_file, elements.size(), ntypes, model_file,
                std::string(ntypes == 1 ? " Cu" : " Cu Zr ..."));
 
+  check_model_file();
+  metadata_json = load_module();
+  read_metadata(metadata_json);
+  read_layer_metadata(metadata_json);    // graph layers: layer_comm.cpp
+  read_chunk_metadata(metadata_json);    // chunk N: layer_chunks.cpp
+  log_chunk_refusal();
+  map_elements(elements);
+  if (global_frames && comm->nprocs > 1)
+    error->all(FLERR,
+               "pair_style geoff: the {} model in '{}' uses global frames (it sees the whole "
+               "structure at once), so it cannot be split over {} MPI ranks: run it on one "
+               "rank, or export a local model (e.g. faenet with frames=\"local\")",
+               model_name, model_file, comm->nprocs);
+  choose_device();
+
+  for (int i = 1; i <= ntypes; ++i)
+    for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "{}: {} model '{}' ({}, {}), species {}, cutoff {} A, {} layer(s), {} "
+                   "torch thread(s), overlap check {} A\n",
+                   log_name, model_name, model_file, model_dtype, torch_->device.str(),
+                   join(species), cutoff, n_layers, at::get_num_threads(), overlap);
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff, step 1: the model file exists, is a file and is an intact zip.
+------------------------------------------------------------------------- */
+
+void PairGeoff::check_model_file()
+{
   if (platform::path_is_directory(model_file))
     error->all(FLERR, "pair_style geoff: model file '{}' is a folder; give the .pt file that "
                "`geoff export` wrote ({})", model_file, EXPORT_HINT);
@@ -214,14 +246,21 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: model file '{}' is not a TorchScript file that can be "
                "loaded: it {}; re-export it ({}) or restore an intact copy", model_file, damage,
                EXPORT_HINT);
+}
 
+/* ----------------------------------------------------------------------
+   pair_coeff, step 2: the TorchScript module, loaded on the CPU (the metadata decides where
+   it runs); returns the metadata record (JSON text).
+------------------------------------------------------------------------- */
+
+std::string PairGeoff::load_module()
+{
   // TorchScript's profiling executor re-specialises the graph when shapes change, and the
   // graph's shape changes every step: plain execution is as fast and starts at once.
   // GEOFF_JIT_OPTIMIZE=1 turns the optimiser back on.
   const char *jit_opt = getenv("GEOFF_JIT_OPTIMIZE");
   torch::jit::setGraphExecutorOptimize(jit_opt && strcmp(jit_opt, "0") != 0);
 
-  // Load on the CPU first: the metadata decides where the model runs.
   std::unordered_map<std::string, std::string> extra{{METADATA_FILE, ""}};
   try {
     torch_->module = torch::jit::load(model_file, torch::Device(torch::kCPU), extra);
@@ -239,9 +278,18 @@ void PairGeoff::coeff(int narg, char **arg)
                "pair_style geoff: '{}' is a TorchScript file but not a geoff model (it has no "
                "{}); {}",
                model_file, METADATA_FILE, EXPORT_HINT);
+  return extra[METADATA_FILE];
+}
 
+/* ----------------------------------------------------------------------
+   pair_coeff, step 3: species, cutoff, layers, dtype, force head, reach and overlap
+   threshold from the metadata record.
+------------------------------------------------------------------------- */
+
+void PairGeoff::read_metadata(const std::string &text)
+{
   try {
-    auto meta = json::parse(extra[METADATA_FILE]);
+    auto meta = json::parse(text);
     if (meta.value("format", "") != GEOFF_FORMAT)
       error->all(FLERR, "pair_style geoff: '{}' has metadata of an unknown format; {}",
                  model_file, EXPORT_HINT);
@@ -273,10 +321,6 @@ void PairGeoff::coeff(int narg, char **arg)
     error->all(FLERR, "pair_style geoff: '{}' has incomplete or invalid metadata ({}); re-{}",
                model_file, e.what(), EXPORT_HINT);
   }
-  metadata_json = extra[METADATA_FILE];
-  read_layer_metadata(metadata_json);    // graph layers: layer_comm.cpp
-  read_chunk_metadata(metadata_json);    // chunk N: layer_chunks.cpp
-  log_chunk_refusal();
   if (species.empty() || !(cutoff > 0.0) || n_layers < 1 || hops < 1)
     error->all(FLERR, "pair_style geoff: '{}' metadata has no species, cutoff or layers; {}",
                model_file, EXPORT_HINT);
@@ -287,27 +331,6 @@ void PairGeoff::coeff(int narg, char **arg)
   else
     error->all(FLERR, "pair_style geoff: '{}' has dtype '{}' (float32 or float64 expected)",
                model_file, model_dtype);
-
-  map_elements(elements);
-
-  if (global_frames && comm->nprocs > 1)
-    error->all(FLERR,
-               "pair_style geoff: the {} model in '{}' uses global frames (it sees the whole "
-               "structure at once), so it cannot be split over {} MPI ranks: run it on one "
-               "rank, or export a local model (e.g. faenet with frames=\"local\")",
-               model_name, model_file, comm->nprocs);
-
-  choose_device();
-
-  for (int i = 1; i <= ntypes; ++i)
-    for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
-
-  if (comm->me == 0)
-    utils::logmesg(lmp,
-                   "{}: {} model '{}' ({}, {}), species {}, cutoff {} A, {} layer(s), {} "
-                   "torch thread(s), overlap check {} A\n",
-                   log_name, model_name, model_file, model_dtype, torch_->device.str(),
-                   join(species), cutoff, n_layers, at::get_num_threads(), overlap);
 }
 
 /* ----------------------------------------------------------------------

@@ -150,6 +150,9 @@ class PairGeoff : public Pair {
   std::string chunk_hint(int64_t n_edges) const;    // for the error of a failed whole graph
 
   // pair_coeff and compute, step by step.
+  void check_model_file();                          // exists, a file, an intact zip
+  std::string load_module();                        // TorchScript on the CPU; metadata JSON
+  void read_metadata(const std::string &text);      // species, cutoff, layers, dtype, ...
   void map_elements(const std::vector<std::string> &elements);
   void node_rank_and_size(int &rank, int &size);    // this rank among its node's ranks
   void choose_device();                             // device and CPU threads
