@@ -1,8 +1,7 @@
 """The study's ``md: {cuda_graphs: ...}`` reaches ``BatchedForces`` (checked with fakes on the
-CPU): passed on when ``BatchedForces`` takes the keyword, dropped with a warning when it does
-not, and never handed to ``MDSettings`` (which has no such field)."""
+CPU): passed on to ``BatchedForces``, and never handed to ``MDSettings`` (which has no such
+field)."""
 import csv
-import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from ase.build import molecule
 from conftest import small_model
 from geoff.md import FailureCriteria, MDSettings
 from geoff.md.replica_forces import BatchedForces
-from geoff.md.replicas import batched_forces, run_replicas
+from geoff.md.replicas import batched_forces
 from geoff.md.study_config import batch_options, load_config, run_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,13 +28,6 @@ class WithGraphs(BatchedForces):
     def __init__(self, *args, cuda_graphs=False, **kwargs):
         WithGraphs.seen.append(cuda_graphs)
         super().__init__(*args, **kwargs)
-
-
-class Eager(BatchedForces):
-    """A ``BatchedForces`` without the keyword (the branch before cudagraph)."""
-
-    def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative"):
-        super().__init__(model, atoms, device, dtype, forces)
 
 
 def ethanol():
@@ -59,33 +51,6 @@ def test_batched_forces_passes_the_keyword_when_it_exists(model, monkeypatch):
     batched_forces(model, ethanol(), s, True)
     batched_forces(model, ethanol(), s, False)  # not asked: not passed (default eager)
     assert WithGraphs.seen == ["auto", True, False]
-
-
-def test_batched_forces_falls_back_without_the_keyword(model, monkeypatch):
-    import geoff.md.replicas as R
-
-    monkeypatch.setattr(R, "BatchedForces", Eager)
-    s = MDSettings(steps=2, failure=NO_CHECKS)
-    with pytest.warns(UserWarning, match="no cuda_graphs option"):
-        forces = batched_forces(model, ethanol(), s, "auto")
-    assert isinstance(forces, Eager)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # not asked: no warning
-        assert isinstance(batched_forces(model, ethanol(), s, False), Eager)
-
-
-def test_run_replicas_is_unchanged_by_the_fallback(model, monkeypatch):
-    """Asking for graphs where there are none changes no number."""
-    import geoff.md.replicas as R
-
-    s = MDSettings(ensemble="bussi", temperature_K=500, steps=6, log_every=2, traj_every=2,
-                   failure=NO_CHECKS)
-    plain = run_replicas(model, ethanol(), s, replicas=2)
-    monkeypatch.setattr(R, "BatchedForces", Eager)
-    with pytest.warns(UserWarning):
-        asked = run_replicas(model, ethanol(), s, replicas=2, cuda_graphs="auto")
-    for a, b in zip(plain, asked):
-        np.testing.assert_array_equal(a.frames[-1].positions, b.frames[-1].positions)
 
 
 def test_study_md_key_reaches_batched_forces(tmp_path, monkeypatch):

@@ -28,9 +28,7 @@ censored run (kept, not lost). LAMMPS and reference calculators are single-repli
 """
 from __future__ import annotations
 
-import inspect
 import time
-import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -222,16 +220,9 @@ def _integrate(integ, reps, settings: MDSettings, n_dof: int, deadline: Optional
 
 
 def batched_forces(model, atoms, settings: MDSettings, cuda_graphs=False):
-    """The ``BatchedForces`` of a run; ``cuda_graphs`` is passed on only when asked for and
-    when this ``BatchedForces`` takes the keyword (older geoff: the eager call, warned)."""
-    args = (model, atoms, settings.device, settings.dtype, settings.calculator_forces)
-    if cuda_graphs in (False, None, "false", "off"):
-        return BatchedForces(*args)
-    if "cuda_graphs" not in inspect.signature(BatchedForces).parameters:
-        warnings.warn(f"cuda_graphs={cuda_graphs!r} asked for, but this geoff's BatchedForces "
-                      "has no cuda_graphs option: running the eager force call", stacklevel=2)
-        return BatchedForces(*args)
-    return BatchedForces(*args, cuda_graphs=cuda_graphs)
+    """The ``BatchedForces`` of a run (``cuda_graphs``: see ``BatchedForces``)."""
+    return BatchedForces(model, atoms, settings.device, settings.dtype,
+                         settings.calculator_forces, cuda_graphs=cuda_graphs)
 
 
 def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output=None,
@@ -246,8 +237,8 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
     when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
     ``replica_<r>/``) or one folder per replica. ``deadline``: ``time.time()`` after which
     the batch stops (censored runs; see the module docstring). ``cuda_graphs``
-    (``False``, ``True`` or ``"auto"``): captured CUDA graphs for the force call where this
-    geoff's ``BatchedForces`` has them (else the eager call, with a warning).
+    (``False``, ``True`` or ``"auto"``): captured CUDA graphs for the force call
+    (``geoff.cuda_graphs``; eager on the CPU).
     """
     settings = settings or MDSettings()
     model, calc = model_or_calculator(potential)
