@@ -22,7 +22,8 @@
 #   WEAK_SIZES=256 CHUNK_SIZE=500 BIG_SIZE=500 MEM_STEPS=100 MEM_ATOMS=256 bash $0
 # Knobs: DEADLINE_S (520: nothing starts after it), LIMIT_S (170: the bisections' time),
 # LIMIT_START (524288), SCALE_UNTIL_S (430), SIZES (131072), STEPS (10), MODELS (painn mace),
-# WEAK_SIZES (32000), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000), MEM_ATOMS (864),
+# WEAK_SIZES (32000), WEAK_STEPS (20), BIG_STEPS (3), RUN_LIMITS (1; 0 skips the
+# bisections), ORDER (strong weak chunk_cost big; also weak1 memwait weak2), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000; 0 skips the memory run), MEM_ATOMS (864),
 # LIMIT_ARGS and SCALE_ARGS (extra arguments of the limits and strong-scaling runs, e.g.
 # "--chunk 2048" to make a CPU dry run's small systems chunked).
 set -uo pipefail
@@ -112,6 +113,7 @@ thermo_style custom step temp pe etotal
 thermo 500
 run $MEM_STEPS
 EOF
+if [ "$MEM_STEPS" -gt 0 ]; then
 stamp "memory run: $MEM_STEPS steps, $((4 * MEM_N ** 3)) atoms, 2 ranks on GPU 0 (background)"
 ( CUDA_VISIBLE_DEVICES=0 timeout $(( $(left) - 30 )) \
     "$V" -c 'import os, sys; from geoff.lammps import lmp_environment
@@ -128,6 +130,9 @@ MEM=$!
     sleep 1
   done ) &
 SMI=$!
+else
+  stamp "memory run skipped (MEM_STEPS=0)"; MEM=""; SMI=""
+fi
 
 # ---- 1: the largest system, pair_style geoff on GPU 0 and the model alone on GPU 1 ---------
 LIMIT_END=$((T0 + ${LIMIT_S:-170} + 40))    # about LIMIT_S after the build
@@ -139,6 +144,7 @@ limits() {    # limits <which> <gpu>
     > "$RES/limits_$1.log" 2>&1 || stamp "FAILED: limits $1 (see limits_$1.log)"
   stamp "largest size: $1 done"; tail -12 "$RES/limits_$1.log"
 }
+if [ "${RUN_LIMITS:-1}" = 1 ]; then
 limits lammps 0 &
 LIM0=$!
 limits alone 1 &
@@ -168,6 +174,9 @@ for k in ("alone", "lammps"):
 (res / "limits_painn.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines[:8]))
 PY
+else
+  stamp "largest-size bisections skipped (RUN_LIMITS=0)"
+fi
 
 # ---- 2, 3, 5: scaling, one rank per GPU -----------------------------------------------------
 SCALE_END=$((T0 + ${SCALE_UNTIL_S:-430}))
@@ -181,28 +190,48 @@ scaling() {    # scaling <out.md> <args...>: one lammps_scaling.py call, bounded
   [ -f "$RES/$out" ] || stamp "FAILED (no table): $out"
 }
 MODELS=${MODELS:-painn mace}
-for model in $MODELS; do
+strong() { for model in $MODELS; do
   scaling "lammps_strong_${model}.md" --model "$model" --timing sync \
     --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${SCALE_ARGS:-}
+done; }
+weak() { for model in $MODELS; do
+  scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} \
+    --steps ${WEAK_STEPS:-20} --timing sync
+done; }
+chunk_cost() {    # the cost of chunking on one GPU (PaiNN): off, the default, 8x larger chunks
+  for chunk in 0 131072 1048576; do
+    scaling "lammps_chunk${chunk}_painn.md" --model painn --ranks --chunk "$chunk" \
+      --sizes ${CHUNK_SIZE:-32000} --steps 20
+  done
+  scaling "lammps_chunk1048576_131k_painn.md" --model painn --ranks --chunk 1048576 \
+    --sizes ${SIZES:-131072} --steps ${STEPS:-10}
+}
+# Weak scaling split in two so that the memory run can have GPU 0 alone: weak1 = the 1-rank
+# references on GPU 1 (beside the memory run), memwait, weak2 = 2 ranks at twice the size
+# (efficiency = weak1's s/step / weak2's, computed in the write-up).
+weak1() { for model in $MODELS; do
+  CUDA_VISIBLE_DEVICES=1 scaling "lammps_weak1_${model}.md" --model "$model" --ranks \
+    --sizes ${WEAK_SIZES:-32000} --steps ${WEAK_STEPS:-20} --timing sync
+done; }
+weak2() { for model in $MODELS; do
+  scaling "lammps_weak2_${model}.md" --model "$model" --weak --no-one-rank \
+    --sizes ${WEAK_SIZES:-32000} --steps ${WEAK_STEPS:-20} --timing sync
+done; }
+memwait() { stamp "waiting for the memory run"; [ -n "$MEM" ] && wait "$MEM"; stamp "memory run over"; }
+big() { scaling "lammps_strong_1M_painn.md" --model painn --timing sync \
+  --sizes ${BIG_SIZE:-1048576} --steps ${BIG_STEPS:-3}; }
+# ORDER: which parts run, in that order ("big" gets the clock up to the deadline when last)
+ORDER=${ORDER:-strong weak chunk_cost big}
+for part in $ORDER; do
+  [ "$part" = big ] && [ "$part" = "${ORDER##* }" ] && SCALE_END=$((END - 10))
+  $part
 done
-for model in $MODELS; do
-  scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} --steps 20
-done
-# The cost of chunking on one GPU (PaiNN): off, the default (131072 edges), 8x larger chunks.
-for chunk in 0 131072 1048576; do
-  scaling "lammps_chunk${chunk}_painn.md" --model painn --ranks --chunk "$chunk" \
-    --sizes ${CHUNK_SIZE:-32000} --steps 20
-done
-scaling "lammps_chunk1048576_131k_painn.md" --model painn --ranks --chunk 1048576 \
-  --sizes ${SIZES:-131072} --steps ${STEPS:-10}
-SCALE_END=$((END - 10))
-scaling "lammps_strong_1M_painn.md" --model painn --timing sync --sizes ${BIG_SIZE:-1048576} --steps 3
 
 # ---- 4: the memory run's report --------------------------------------------------------------
 stamp "waiting for the memory run"
-wait "$MEM"
-kill "$SMI" 2>/dev/null
-"$V" - "$RES" <<'PY'
+[ -n "$MEM" ] && wait "$MEM"
+[ -n "$SMI" ] && kill "$SMI" 2>/dev/null
+[ -n "$MEM" ] && "$V" - "$RES" <<'PY'
 import re, sys
 from collections import defaultdict
 from pathlib import Path
