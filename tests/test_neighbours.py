@@ -14,6 +14,9 @@ from geoff.graph import atoms_to_graph, neighbour_list
 from geoff.neighbours import NeighbourCache, torch_neighbour_list
 
 PBCS = list(itertools.product([False, True], repeat=3))
+# The cell list runs where the positions are: on CUDA when there is one (the calculator's
+# "auto" picks it there), so every matscipy comparison runs on each device present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def edge_set(i, j, shifts, cell):
@@ -23,9 +26,12 @@ def edge_set(i, j, shifts, cell):
     return {(int(a), int(b), *np.rint(s).astype(int)) for a, b, s in zip(i, j, images)}
 
 
-def assert_same_edges(positions, cell, pbc, cutoff):
+def assert_same_edges(positions, cell, pbc, cutoff, device="cpu"):
     ri, rj, rs = neighbour_list(positions, cell, np.array(pbc), cutoff)
-    ti, tj, ts, _ = torch_neighbour_list(torch.as_tensor(positions), cell, pbc, cutoff)
+    ti, tj, ts, _ = torch_neighbour_list(torch.as_tensor(positions, device=device), cell, pbc,
+                                         cutoff)
+    assert ti.device.type == torch.device(device).type
+    ti, tj, ts = ti.cpu(), tj.cpu(), ts.cpu()
     ref = edge_set(ri, rj, rs, cell)
     got = edge_set(ti.numpy(), tj.numpy(), ts.numpy(), cell)
     assert len(ti) == len(got)  # no edge twice
@@ -34,37 +40,41 @@ def assert_same_edges(positions, cell, pbc, cutoff):
     assert np.all(np.linalg.norm(vec, axis=1) < cutoff)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pbc", PBCS)
-def test_triclinic_every_pbc_matches_matscipy(pbc):
+def test_triclinic_every_pbc_matches_matscipy(pbc, device):
     atoms = rattled_triclinic(seed=4)
-    assert_same_edges(atoms.positions, atoms.cell.array, pbc, 4.5)
+    assert_same_edges(atoms.positions, atoms.cell.array, pbc, 4.5, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pbc", PBCS)
-def test_cell_smaller_than_cutoff_matches_matscipy(pbc):
+def test_cell_smaller_than_cutoff_matches_matscipy(pbc, device):
     atoms = bulk("Cu", "fcc", a=3.6) * (1, 2, 1)  # primitive cell ~2.5 Å, cutoff 2-3 cells
     atoms.rattle(0.05, seed=2)
-    assert_same_edges(atoms.positions, atoms.cell.array, pbc, 6.0)
+    assert_same_edges(atoms.positions, atoms.cell.array, pbc, 6.0, device)
 
 
-def test_atoms_outside_the_cell_and_slab_with_singular_cell():
+@pytest.mark.parametrize("device", DEVICES)
+def test_atoms_outside_the_cell_and_slab_with_singular_cell(device):
     atoms = rattled_triclinic(seed=1)
     atoms.positions += np.array([-7.3, 11.2, 30.1])  # far outside [0, 1) in every direction
-    assert_same_edges(atoms.positions, atoms.cell.array, (True, True, True), 4.0)
+    assert_same_edges(atoms.positions, atoms.cell.array, (True, True, True), 4.0, device)
     slab = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 1)
     slab.cell[2] = 0.0
-    assert_same_edges(slab.positions, slab.cell.array, (True, True, False), 4.0)
+    assert_same_edges(slab.positions, slab.cell.array, (True, True, False), 4.0, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10**6), pbc=st.sampled_from(PBCS), n=st.integers(1, 40),
        cutoff=st.floats(1.5, 7.0), shear=st.floats(-0.4, 0.4))
-def test_random_structures_match_matscipy(seed, pbc, n, cutoff, shear):
+def test_random_structures_match_matscipy(seed, pbc, n, cutoff, shear, device):
     rng = np.random.default_rng(seed)
     lengths = rng.uniform(2.0, 12.0, 3)
     cell = np.diag(lengths) + shear * np.triu(rng.uniform(-1, 1, (3, 3)) * lengths.mean(), 1)
     positions = rng.uniform(-0.2, 1.2, (n, 3)) @ cell
-    assert_same_edges(positions, cell, pbc, cutoff)
+    assert_same_edges(positions, cell, pbc, cutoff, device)
 
 
 def test_atoms_to_graph_torch_equals_matscipy_graph():
