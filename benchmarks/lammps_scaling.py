@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 16384],
                    help="atoms, 4 n^3 (2048, 16384)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 4],
-                   help="timed MD steps for each size (10 4)")
+                   help="timed MD steps for each size (10 4); one count applies to every size")
     p.add_argument("--ranks", type=int, nargs="*", default=[2],
                    help="MPI ranks besides 1 (none: the 1-rank runs only)")
     p.add_argument("--chunk", type=int, default=None,
@@ -195,7 +195,11 @@ def phase_table(rows):
 def runs(args, path, meta, workdir):
     """Every (size, ranks, graph) run the arguments ask for, until the deadline; yields rows
     (or a dict with 'failed')."""
-    for atoms, steps in zip(args.sizes, args.steps):
+    if len(args.steps) not in (1, len(args.sizes)):
+        raise SystemExit(f"--steps: give one count for all sizes or one per size "
+                         f"({len(args.sizes)}), got {args.steps}")
+    steps_per_size = args.steps * len(args.sizes) if len(args.steps) == 1 else args.steps
+    for atoms, steps in zip(args.sizes, steps_per_size):
         plan = [] if args.no_one_rank else [(1, "auto", 1)]
         for ranks in args.ranks:
             plan += [(ranks, graph, ranks if args.weak else 1) for graph in args.graphs]
