@@ -90,3 +90,21 @@ def test_call4_plan_reads_its_block():
     assert "cuzr-liquid-short:0" in plan
     with pytest.raises(KeyError):
         call3_plan(load(HERE / "study.yaml", pilot=False), "call9")
+
+
+def test_report_merge_with_writes_the_merged_tables(tmp_path):
+    """run.py report --merge-with: an earlier call's rows, none of this call's (the fast
+    --no-rdf pass reads no trajectory), merged and marked."""
+    from run import main
+
+    earlier = tmp_path / "call3.csv"
+    rows = [{**row(s, 3.0), "system": "cuzr-liquid"} for s in range(2)]
+    write_tables(load(HERE / "study.yaml", pilot=False), tmp_path, rows)
+    (tmp_path / "failure.csv").rename(earlier)
+    out = tmp_path / "out"
+    assert main(["report", "--out", str(out), "--systems", "cuzr-liquid", "--no-rdf",
+                 "--merge-with", str(earlier)]) == 0
+    merged = rows_from_csv(out / "report" / "failure.csv")
+    assert [(r["seed"], r["call"]) for r in merged] == [(0, "3"), (1, "3")]
+    assert (out / "report" / "failure_this_call.csv").exists()
+    assert "2 from call 3" in (out / "report" / "report.md").read_text()

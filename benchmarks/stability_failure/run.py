@@ -312,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--merge-with", default=None,
                    help="report: merge this run's rows into this earlier call's failure.csv "
                         "(merge.merge_rows: call 4 into call 3)")
+    p.add_argument("--no-rdf", action="store_true",
+                   help="report: without the liquid's RDF criterion (no trajectory is read)")
     p.add_argument("--calls", nargs=2, default=["3", "4"], metavar=("EARLIER", "THIS"),
                    help="report --merge-with: the labels of the two calls' rows (column call)")
     p.add_argument("--workers", type=int, default=1,
@@ -320,6 +322,9 @@ def main(argv=None) -> int:
     cfg = load(Path(args.config), args.pilot, args.systems)
     if args.device:
         cfg["device"] = args.device
+    if args.no_rdf:  # the report's fast fallback: the RDF criterion reads every trajectory
+        for system in cfg["systems"]:
+            system.pop("rdf", None)
     if args.cuda_graphs:
         cfg["md"] = {**(cfg.get("md") or {}),
                      "cuda_graphs": {"true": True, "false": False}.get(args.cuda_graphs,
