@@ -215,11 +215,17 @@ call3() {  # and call4 (its plan, CALL3's checkpoints, rerun and merge)
         timeout 30 "$PYTHON" "$here/run.py" report --out "$WORK/sf" --systems $SYSTEMS \
             --no-rdf "${merge[@]}" "${pilot[@]}" > "$WORK/report-nordf.log" 2>&1 \
             && say "report without the RDF criterion written" || say "report without RDF failed"
-        timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" report --out "$WORK/sf" \
-            --systems $SYSTEMS --workers "$JOBS" "${merge[@]}" "${pilot[@]}" \
-            > "$WORK/report.log" 2>&1 && say "report with the RDF criterion written" \
-            || say "report with RDF failed or stopped: report/ is the one without it"
-        cat "$WORK/report-nordf.log" "$WORK/report.log"
+        cp -r "$WORK/sf/report" "$WORK/report-nordf" 2>/dev/null
+        if [[ $(left) -gt 20 ]] && timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" report \
+            --out "$WORK/sf" --systems $SYSTEMS --workers "$JOBS" "${merge[@]}" "${pilot[@]}" \
+            > "$WORK/report.log" 2>&1; then
+            say "report with the RDF criterion written"
+        elif [[ -d "$WORK/report-nordf" ]]; then  # not half of one report over the other
+            rm -rf "$WORK/sf/report" && mv "$WORK/report-nordf" "$WORK/sf/report"
+            say "report with RDF failed, stopped or not started ($(left) s left): report/ is" \
+                "the one without the RDF criterion"
+        fi
+        cat "$WORK/report-nordf.log" "$WORK/report.log" 2>/dev/null
         cp "$WORK"/*.log "$WORK"/*.txt "$WORK/sf/" 2>/dev/null
         return
     fi

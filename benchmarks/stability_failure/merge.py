@@ -129,9 +129,10 @@ def rerun_studies(cfg: dict, studies: list, csv: Path) -> list:
 
 
 def merged_report(cfg: dict, out: Path, checkpoints, data_dir: Path, earlier: Path,
-                  calls=("3", "4"), workers: int = 1) -> Path:
+                  calls=("3", "4"), workers: int = 1, rdf: bool = True) -> Path:
     """``OUT/report/``: this call's runs merged into the earlier call's ``failure.csv``
-    (``merge.merge_rows``); this call's rows alone in ``failure_this_call.csv``."""
+    (``merge.merge_rows``); this call's rows alone in ``failure_this_call.csv``. ``rdf``
+    False: ``cfg`` lacks the RDF criterion (``run.py --no-rdf``), and ``report.md`` says so."""
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
     new = run_rows(cfg, out, checkpoints, data_dir, workers)
@@ -142,4 +143,10 @@ def merged_report(cfg: dict, out: Path, checkpoints, data_dir: Path, earlier: Pa
           f"{earlier}: {len(rows)} runs, "
           f"{sum(r['call'] == calls[1] for r in rows)} from call {calls[1]}, "
           f"{conflicts} seeds on which the two calls disagree (call {calls[0]}'s kept)")
-    return write_tables(cfg, folder, rows, conflicts=conflicts)
+    path = write_tables(cfg, folder, rows, conflicts=conflicts)
+    if not rdf:
+        with open(path, "a") as fh:
+            fh.write(f"\nThe RDF criterion was not applied to call {calls[1]}'s runs (`run.py "
+                     "report --no-rdf`: its trajectories were not read); call "
+                     f"{calls[0]}'s rows keep theirs.\n")
+    return path

@@ -363,7 +363,7 @@ def main(argv=None) -> int:
             print(write_tables(cfg, out, rows_from_csv(Path(args.from_csv))))
         elif stage == "report" and args.merge_with:  # call 4's runs merged into call 3's
             print(merged_report(cfg, out, checkpoints(cfg), data_dir, Path(args.merge_with),
-                                args.calls, args.workers))
+                                args.calls, args.workers, rdf=not args.no_rdf))
         elif stage == "report":
             print(write_report(cfg, out, checkpoints(cfg), data_dir, args.workers))
         elif stage == "train":
