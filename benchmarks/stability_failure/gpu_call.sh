@@ -4,6 +4,7 @@
 #   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call1   # train every checkpoint
 #   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call2   # MD study + report
 #   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call3   # aspirin + long MD + report
+#   OUT=$OUT bash benchmarks/stability_failure/gpu_call.sh call4   # what call 3 left unfinished
 #
 # call1  one `geoff train` per core (run.py train-jobs: GPUs round robin, budgets from
 #        costs.json), under CUDA MPS when the machine has it, stopped by the deadline; writes
@@ -25,6 +26,12 @@
 #        (censored), then the report over all three systems and each study's tables.
 #        OUT/results.tgz (packed on exit, whatever finished: report/, every run's
 #        metrics.json, logs, test metrics, the new checkpoints) and OUT/report.md, call3.log.
+# call4  as call3 (study.yaml's call4: block), with call 3's checkpoints too (CALL3: every
+#        *.tgz there, its train/ part) and only the checkpoints whose runs call 3 left
+#        unfinished (PREV_CSV: call 3's failure.csv; merge.py: not started, missing, or NVT
+#        censored): each runs its NVT and NVE leg again for the whole call; the report merges
+#        them into PREV_CSV (a call-4 run replaces its call-3 row only if it went further;
+#        column `call`). OUT/results.tgz, OUT/report.md, call4.log.
 #
 # Environment: DEADLINE_S (520: the call stops and packs by then), SYSTEMS ("ethanol
 # cuzr-liquid"), GPUS (all the machine has; 0 on a CPU), JOBS (training processes at once:
@@ -33,7 +40,7 @@
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-phase="${1:?usage: gpu_call.sh call1|call2}"
+phase="${1:?usage: gpu_call.sh call1|call2|call3|call4}"
 OUT="${OUT:?set OUT to the folder the results go to}"
 T0=$(date +%s)
 DEADLINE_S="${DEADLINE_S:-}"  # default: 520, call3: study.yaml's call3.deadline_s
@@ -42,13 +49,20 @@ DEVICE="${DEVICE:-cuda}"
 JOBS="${JOBS:-$(OMP_NUM_THREADS= nproc)}"  # nproc obeys OMP_NUM_THREADS (call 1 saw 1)
 WORK="${WORK:-$(mktemp -d /tmp/sf-gpu.XXXXXX)}"
 CALL1="${CALL1:-$here/gpu/call1}"
+CALL3="${CALL3:-$here/gpu/call3}"                  # call4: call 3's checkpoints (*.tgz)
+PREV_CSV="${PREV_CSV:-$here/h200-call3/failure.csv}"  # call4: the runs it continues
 if [[ -z "${GPUS:-}" ]]; then
     GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
 pilot=(); [[ "${PILOT:-0}" == 1 ]] && pilot=(--pilot --data-dir "$here/data")
-if [[ "$phase" == call3 ]]; then  # the call's plan: study.yaml's call3 block (pilot's with PILOT=1)
-    eval "$("$PYTHON" "$here/run.py" call3-plan --out "$WORK/sf" ${SYSTEMS:+--systems $SYSTEMS} \
-        "${pilot[@]}")" || exit 1
+rerun=(); merge=()
+if [[ "$phase" == call3 || "$phase" == call4 ]]; then  # the call's plan: study.yaml's callN
+    eval "$("$PYTHON" "$here/run.py" "$phase-plan" --out "$WORK/sf" \
+        ${SYSTEMS:+--systems $SYSTEMS} "${pilot[@]}")" || exit 1  # block (the pilot's: PILOT=1)
+fi
+if [[ "$phase" == call4 ]]; then
+    [[ -f "$PREV_CSV" ]] || { echo "gpu_call call4: no $PREV_CSV (set PREV_CSV)"; exit 1; }
+    rerun=(--rerun-from "$PREV_CSV"); merge=(--merge-with "$PREV_CSV")
 fi
 DEADLINE_S="${DEADLINE_S:-${PLAN_DEADLINE_S:-520}}"
 SYSTEMS="${SYSTEMS:-${PLAN_SYSTEMS:-ethanol cuzr-liquid}}"
@@ -83,12 +97,12 @@ if [[ "$DEVICE" == cuda* ]] && command -v nvidia-cuda-mps-control >/dev/null; th
 fi
 
 on_exit() {  # call3's results are packed whatever stopped the call; MPS is shut down
-    [[ "$phase" == call3 ]] && pack3
+    [[ "$phase" == call3 || "$phase" == call4 ]] && pack3
     [[ "${MPS_ON:-0}" == 1 ]] && echo quit | nvidia-cuda-mps-control
 }
 trap on_exit EXIT
 
-pack3() {  # OUT/results.tgz: what call 3 made (small files; the new checkpoints to reuse)
+pack3() {  # OUT/results.tgz: what call 3 (4) made (small files; the new checkpoints to reuse)
     [[ -d "$WORK/sf" ]] || return 0
     cp -f "$WORK/sf/report/report.md" "$WORK/sf/report/failure_vs_mae.png" "$OUT/" 2>/dev/null
     (cd "$WORK/sf" && find report study -maxdepth 1 -type f 2>/dev/null
@@ -122,7 +136,8 @@ md_stage() {  # NAME "study:nice ..." [ARGS]: one job file of MD processes, all 
     : > "$WORK/md-$1.txt"  # MD_UNTIL (ARGS: e.g. wait for the models still training)
     for item in $2; do
         sf md-jobs --gpus "$GPUS" --studies "${item%%:*}" --until "$MD_UNTIL" \
-            --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" "${@:3}" >> "$WORK/md-$1.txt" \
+            --nice "${item##*:}" --cuda-graphs "$CUDA_GRAPHS" "${rerun[@]}" "${@:3}" \
+            >> "$WORK/md-$1.txt" \
             || say "md-jobs ${item%%:*} failed"
     done
     run_jobs "$WORK/md-$1.txt" "$(wc -l < "$WORK/md-$1.txt")" $(( MD_UNTIL - $(date +%s) + 20 ))
@@ -146,11 +161,18 @@ graphs_check() {  # CUDA_GRAPHS (auto): kept only where captured forces equal th
     esac
 }
 
-call3() {
+call3() {  # and call4 (its plan, CALL3's checkpoints, rerun and merge)
     for t in "$CALL1"/train-*.tgz; do
         [[ -f "$t" ]] && tar -xzf "$t" -C "$WORK/sf"
     done
     say "$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l) checkpoints from $CALL1"
+    if [[ "$phase" == call4 ]]; then  # call 3's new checkpoints and test metrics
+        for t in "$CALL3"/*.tgz; do
+            [[ -f "$t" ]] && tar -xzf "$t" -C "$WORK/sf" --wildcards 'train/*'
+        done
+        say "$(ls "$WORK"/sf/train/*/*/best.ckpt 2>/dev/null | wc -l) checkpoints with $CALL3;" \
+            "continuing $PREV_CSV"
+    fi
     MD_UNTIL=$(( T0 + DEADLINE_S - PLAN_REPORT_S ))
     # training: what has no checkpoint yet, all at once (one core each), stopped at train_until
     sf train-jobs --gpus "$GPUS" --missing-only > "$WORK/train-jobs.txt" || exit 1
@@ -165,13 +187,14 @@ call3() {
         --skip "$WORK/trained.txt" > "$WORK/test_mae.log" 2>&1 &
     local mae=$!
     graphs_check
+    # stages A and B at once: a model still being trained (in trained.txt) starts its MD when
+    # its training has written summary.json (call 3 trains only stage B's models)
+    local wait=(--wait-for "$WORK/trained.txt" --wait-until $(( T0 + PLAN_TRAIN_UNTIL_S + 5 )))
     say "stage A: $PLAN_STAGE_A; MD stops at $(( MD_UNTIL - T0 )) s"
-    md_stage a "$PLAN_STAGE_A" &
+    md_stage a "$PLAN_STAGE_A" "${wait[@]}" &
     local stage_a=$!
-    # stage B at once too: each model's MD starts when its training has written summary.json
     say "stage B: $PLAN_STAGE_B (each when its model is trained, by $PLAN_TRAIN_UNTIL_S s)"
-    md_stage b "$PLAN_STAGE_B" --wait-for "$WORK/trained.txt" \
-        --wait-until $(( T0 + PLAN_TRAIN_UNTIL_S + 5 )) &
+    md_stage b "$PLAN_STAGE_B" "${wait[@]}" &
     local stage_b=$!
     wait "$train"
     say "training done: $(ls "$WORK"/sf/train/*/*/best.ckpt | wc -l) checkpoints"
@@ -186,6 +209,26 @@ call3() {
     wait "$mae" "$mae_new"; cat "$WORK"/test_mae*.log
     wait "$stage_a" "$stage_b" "$stage_c"
     say "MD done: $(find "$WORK/sf/study" -path '*/runs/*' -name metrics.json | wc -l) runs"
+    if [[ "$phase" == call4 ]]; then  # the merged report only, all cores on it (call 3's ran
+        # out of time beside collect): first without the liquid's RDF criterion (seconds), then
+        # with it (reads every CuZr trajectory), over the first if it finishes
+        timeout 30 "$PYTHON" "$here/run.py" report --out "$WORK/sf" --systems $SYSTEMS \
+            --no-rdf "${merge[@]}" "${pilot[@]}" > "$WORK/report-nordf.log" 2>&1 \
+            && say "report without the RDF criterion written" || say "report without RDF failed"
+        cp -r "$WORK/sf/report" "$WORK/report-nordf" 2>/dev/null
+        if [[ $(left) -gt 20 ]] && timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" report \
+            --out "$WORK/sf" --systems $SYSTEMS --workers "$JOBS" "${merge[@]}" "${pilot[@]}" \
+            > "$WORK/report.log" 2>&1; then
+            say "report with the RDF criterion written"
+        elif [[ -d "$WORK/report-nordf" ]]; then  # not half of one report over the other
+            rm -rf "$WORK/sf/report" && mv "$WORK/report-nordf" "$WORK/sf/report"
+            say "report with RDF failed, stopped or not started ($(left) s left): report/ is" \
+                "the one without the RDF criterion"
+        fi
+        cat "$WORK/report-nordf.log" "$WORK/report.log" 2>/dev/null
+        cp "$WORK"/*.log "$WORK"/*.txt "$WORK/sf/" 2>/dev/null
+        return
+    fi
     # the report (every run's metrics.json) and each study's own tables, side by side
     timeout $(( $(left) - 12 )) "$PYTHON" "$here/run.py" report --out "$WORK/sf" \
         --systems $SYSTEMS --workers "$(( JOBS / 2 > 1 ? JOBS / 2 : 1 ))" "${pilot[@]}" \
@@ -247,9 +290,9 @@ call2)
         study/*/logs train/*/*/test_metrics.json 2>/dev/null)
     ls -la "$OUT/report.tgz"
     ;;
-call3)
+call3|call4)
     call3 ;;
 *)
-    sed -n '2,33p' "$0"; exit 2 ;;
+    sed -n '2,40p' "$0"; exit 2 ;;
 esac
 say "done"

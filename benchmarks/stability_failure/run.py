@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from jobs import md_jobs, md_jobs_until, read_costs, train_jobs  # noqa: E402
+from merge import merged_report, rerun_studies  # noqa: E402
 from report import rows_from_csv, write_report, write_tables  # noqa: E402
 
 
@@ -252,12 +253,13 @@ def wait_for_training(out: Path, studies: list, trained) -> dict:
     return wait
 
 
-def call3_plan(cfg: dict) -> str:
-    """``gpu_call.sh call3``'s plan (the config's ``call3:`` block) as shell assignments: the
-    stages as ``study:nice`` words, only the studies of the config's systems."""
+def call3_plan(cfg: dict, block: str = "call3") -> str:
+    """``gpu_call.sh call3``'s (or ``call4``'s) plan (the config's ``call3:`` / ``call4:``
+    block) as shell assignments: the stages as ``study:nice`` words, only the studies of the
+    config's systems."""
     import shlex
 
-    plan = cfg["call3"]
+    plan = cfg[block]
     names = [s["name"] for s in cfg["systems"]]
     studies = {f"{s}-{b}" for s in names for b in cfg["train"]["budgets"]}
 
@@ -275,7 +277,7 @@ def call3_plan(cfg: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=["all", "data", "train", "study", "collect", "report",
-                                     "train-jobs", "md-jobs", "call3-plan"])
+                                     "train-jobs", "md-jobs", "call3-plan", "call4-plan"])
     p.add_argument("--config", default=str(HERE / "study.yaml"))
     p.add_argument("--out", required=True)
     p.add_argument("--pilot", action="store_true", help="the config's CPU pilot")
@@ -304,12 +306,25 @@ def main(argv=None) -> int:
                    help="md-jobs: override the config's md.cuda_graphs")
     p.add_argument("--from-csv", default=None,
                    help="report: redo the tables in OUT from this failure.csv alone")
+    p.add_argument("--rerun-from", default=None,
+                   help="md-jobs: only the checkpoints this earlier call's failure.csv left "
+                        "unfinished (merge.to_rerun: call 4)")
+    p.add_argument("--merge-with", default=None,
+                   help="report: merge this run's rows into this earlier call's failure.csv "
+                        "(merge.merge_rows: call 4 into call 3)")
+    p.add_argument("--no-rdf", action="store_true",
+                   help="report: without the liquid's RDF criterion (no trajectory is read)")
+    p.add_argument("--calls", nargs=2, default=["3", "4"], metavar=("EARLIER", "THIS"),
+                   help="report --merge-with: the labels of the two calls' rows (column call)")
     p.add_argument("--workers", type=int, default=1,
                    help="report: processes reading the liquid's trajectories (RDF criterion)")
     args = p.parse_args(argv)
     cfg = load(Path(args.config), args.pilot, args.systems)
     if args.device:
         cfg["device"] = args.device
+    if args.no_rdf:  # the report's fast fallback: the RDF criterion reads every trajectory
+        for system in cfg["systems"]:
+            system.pop("rdf", None)
     if args.cuda_graphs:
         cfg["md"] = {**(cfg.get("md") or {}),
                      "cuda_graphs": {"true": True, "false": False}.get(args.cuda_graphs,
@@ -318,8 +333,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(args.data_dir or (out / "data" if args.pilot else HERE / "data")).resolve()
     costs = read_costs(Path(args.costs))
-    if args.stage == "call3-plan":
-        print(call3_plan(cfg))
+    if args.stage in ("call3-plan", "call4-plan"):
+        print(call3_plan(cfg, args.stage.split("-")[0]))
         return 0
     if args.stage == "train-jobs":
         print("\n".join(train_jobs(cfg, out, data_dir, checkpoints(cfg), args.gpus, costs,
@@ -328,12 +343,16 @@ def main(argv=None) -> int:
     if args.stage == "md-jobs":
         studies = [(c, f, name) for c, f, names in write_studies(cfg, out, data_dir)
                    for name in names if args.studies is None or f.name in args.studies]
+        if args.rerun_from:
+            studies = rerun_studies(cfg, studies, Path(args.rerun_from))
         if args.until:
             wait = wait_for_training(out, studies, args.wait_for)
-            print("\n".join(md_jobs_until(cfg, studies, args.gpus, args.until, args.nice,
-                                           wait_for=wait, wait_until=args.wait_until)))
+            lines = md_jobs_until(cfg, studies, args.gpus, args.until, args.nice,
+                                  wait_for=wait, wait_until=args.wait_until)
         else:
-            print("\n".join(md_jobs(cfg, studies, args.gpus, args.seconds)))
+            lines = md_jobs(cfg, studies, args.gpus, args.seconds)
+        if lines:  # none: no empty line (the job file counts its lines as processes)
+            print("\n".join(lines))
         return 0
     (out / "study_config.json").write_text(json.dumps(copy.deepcopy(cfg), indent=1))
     stages = ["data", "train", "study", "collect", "report"] if args.stage == "all" \
@@ -342,6 +361,9 @@ def main(argv=None) -> int:
         print(f"== {stage}", flush=True)
         if stage == "report" and args.from_csv:  # a report redone from a failure.csv alone
             print(write_tables(cfg, out, rows_from_csv(Path(args.from_csv))))
+        elif stage == "report" and args.merge_with:  # call 4's runs merged into call 3's
+            print(merged_report(cfg, out, checkpoints(cfg), data_dir, Path(args.merge_with),
+                                args.calls, args.workers, rdf=not args.no_rdf))
         elif stage == "report":
             print(write_report(cfg, out, checkpoints(cfg), data_dir, args.workers))
         elif stage == "train":
