@@ -50,6 +50,15 @@ def _cue():
     return cue, cuet
 
 
+def installed() -> bool:
+    """cuequivariance and cuequivariance_torch importable (the CPU "naive" method runs)."""
+    try:
+        _cue()
+    except ImportError:
+        return False
+    return True
+
+
 def available(device=None) -> bool:
     """cuEquivariance's GPU kernels importable (and ``device``, if given, a CUDA device)."""
     if device is not None and torch.device(device).type != "cuda":
@@ -281,7 +290,8 @@ def restore(model: nn.Module) -> nn.Module:
             if isinstance(child, (CueqConvolution, CueqSymmetricContraction)):
                 original = child.__dict__["e3nn_module"]
                 original.edge_chunk = child.edge_chunk
-                setattr(parent, name, original.to(next(child.parameters()).device))
+                weight = next(child.parameters())  # its own constants follow later .to() calls
+                setattr(parent, name, original.to(device=weight.device, dtype=weight.dtype))
     return model
 
 
