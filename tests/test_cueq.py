@@ -175,3 +175,30 @@ def test_gpu_kernels_equal_e3nn(name, dtype):
             else:  # round-off: no worse than the e3nn path's own float32 error
                 own = float((ref[key].double() - exact[key]).abs().max())
                 assert err <= 4 * own + 1e-7 * scale, (key, err, own, scale)
+
+
+@needs_cueq
+@pytest.mark.parametrize("name, hp", [
+    ("mace", dict(n_features=64, n_layers=2, l_max=3, hidden_l_max=1, correlation=3)),
+    ("nequip", dict(n_features=64, n_layers=3, l_max=2)),
+])
+def test_polynomials_fit_the_uniform_1d_kernel(name, hp):
+    """What cuEquivariance's uniform_1d GPU kernel asks of a polynomial (checked here on the
+    CPU: the kernel itself needs a GPU): scalar coefficients, 0D or 1D operands, one segment
+    extent (= channels) for every 1D operand, at the benchmark's hyper-parameters."""
+    from geoff.potentials import build_model
+
+    model = build_model(name, species=["Cu", "Zr"], cutoff=5.0, **hp)
+    polys = [cueq.convolution_polynomial(m.tp) for m in model.modules() if type(m) is Convolution]
+    polys += [cueq.contraction_polynomial(m) for m in model.modules()
+              if type(m) is SymmetricContraction]
+    assert len(polys) == model.n_layers * (2 if name == "mace" else 1)
+    for poly in polys:
+        poly = poly.flatten_coefficient_modes().squeeze_modes()
+        assert all(stp.coefficient_subscripts == "" for _, stp in poly.operations)
+        extents = set()
+        for operand in poly.operands:
+            assert operand.ndim in (0, 1) and operand.all_same_segment_shape()
+            if operand.ndim == 1:
+                extents.add(operand.segment_shape)
+        assert extents == {(64,)}
