@@ -59,8 +59,9 @@ class EdgeMessages(nn.Module):
     node-level tensors (N, ...) gathered with ``senders`` (E_c,), ``edges`` the per-edge
     tensors of the chunk (E_c, ...). They may also override ``finish(sums)``, a per-atom map
     of the summed messages [(n, ...)] (e.g. the output linear of a convolution): it runs inside
-    each chunk, so wide sums are never kept for all atoms. ``edge_chunk``: edges per chunk,
-    0 = never chunk.
+    each chunk, so wide sums are never kept for all atoms. A fused kernel that gathers,
+    computes and sums in one step overrides ``sums`` instead (``cueq.CueqConvolution``).
+    ``edge_chunk``: edges per chunk, 0 = never chunk.
     """
 
     edge_chunk: int
