@@ -76,12 +76,18 @@ def test_cueq_equals_e3nn_float64(accelerated, name):
 
 @needs_cueq
 @pytest.mark.parametrize("name", MODELS)
-def test_cueq_keeps_parameters_and_checkpoint(accelerated, name):
+def test_cueq_keeps_parameters_and_checkpoint(accelerated, name, tmp_path):
+    from geoff.checkpoint import load, save
+
     reference, fast, graph = accelerated[name]
     ref_state, state = reference.state_dict(), fast.state_dict()
     assert list(state) == list(ref_state)  # same keys: checkpoints do not change
     for key in state:
         _close(state[key], ref_state[key], rtol=0, atol=0)
+    save(fast, tmp_path / "fast.ckpt")  # loads as a plain e3nn-path model
+    loaded = load(tmp_path / "fast.ckpt").double()
+    assert not any(type(m).__name__.startswith("Cueq") for m in loaded.modules())
+    _close(loaded(graph)["forces"], reference(graph)["forces"])
     # shared, not copied: a change to a parameter reaches the kernel path
     params = dict(fast.named_parameters())
     conv_w = next(k for k in params if k.endswith("linear_out.weight"))
