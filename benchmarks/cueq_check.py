@@ -1,6 +1,7 @@
 """cuEquivariance kernels against the e3nn path, without pytest (for the GPU machine).
 
     python benchmarks/cueq_check.py --device cuda [--atoms 864] [--out check.json]
+    python benchmarks/cueq_check.py --device cuda --graphs   # + CUDA graphs, eager vs captured
 
 For NequIP-style and MACE-style (speed.py's hyper-parameters), float64 and float32, on a
 rattled FCC Cu cell with a few Zr: energy, per-atom energies, forces and stress of
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from speed import CUTOFF, MODELS, structure  # benchmarks/speed.py
+from speed import CUTOFF, MODELS, _median_time, structure  # benchmarks/speed.py
 
 TOLERANCE = 1e-10  # float64, relative to the largest value
 
@@ -73,6 +74,40 @@ def compare(name: str, dtype: str, device: str, n_atoms: int) -> list:
     return rows
 
 
+def graphs_rows(name: str, device: str, n_atoms: int) -> list:
+    """864-atom model call, float32: e3nn vs cuEq, eager vs CUDA graphs (geoff.cuda_graphs)."""
+    from geoff.cuda_graphs import GraphedModel
+    from geoff.graph import atoms_to_graph
+    from geoff.inference import frozen
+    from geoff.potentials import build_model
+    from geoff.potentials.chunking import set_edge_chunk
+    from geoff.potentials.cueq import accelerate
+
+    torch.manual_seed(0)
+    built = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
+    dev = torch.device(device)
+    graph = None
+    rows = []
+    for kernels in ("e3nn", "cueq"):
+        model = set_edge_chunk(frozen(built, device, "float32"), 0)
+        if kernels == "cueq":
+            accelerate(model)
+        graph = graph or atoms_to_graph(structure("cu", n_atoms), model, dtype=torch.float32,
+                                        device=dev)
+        runner = GraphedModel(model, max_atoms=None, pad_only=dev.type != "cuda")
+        ref = model(graph)
+        out = runner(graph)
+        row = dict(model=name, kernels=kernels, atoms=int(graph["positions"].shape[0]),
+                   captured_vs_eager=float((out["forces"] - ref["forces"]).abs().max()))
+        for label, fn in (("eager", model), ("captured", runner)):
+            row[f"{label}_ms"] = 1e3 * _median_time(lambda fn=fn: fn(graph)["forces"].sum().item(),
+                                                    dev, 30, 3.0)
+        row.update(stats=dict(runner.stats), failed=list(runner.failed.values())[:1])
+        print(f"GRAPHS {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +116,15 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=["mace", "nequip"])
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     parser.add_argument("--out", default=None, help="write the rows (JSON) here")
+    parser.add_argument("--graphs", action="store_true",
+                        help="instead: time eager vs CUDA graphs, e3nn vs cuEq (float32)")
     args = parser.parse_args(argv)
+    if args.graphs:
+        rows = [r for name in args.models for r in graphs_rows(name, args.device, args.atoms)]
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     rows = []
     for name in args.models:
         for dtype in args.dtypes:

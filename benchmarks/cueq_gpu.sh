@@ -11,7 +11,8 @@
 #      graph + the calculator call): MACE-style at 864 / 32,000 / 131,072 atoms with the
 #      default edge chunking; MACE-style + cuEq unchunked from 32,000 atoms doubled until out
 #      of memory; MACE-style + cuEq in chunks of 2^20 edges doubled from 262,144 to 1.1M
-#      atoms (model only); NequIP-style e3nn vs cuEq at 864 / 32,000.
+#      atoms (model only); NequIP-style e3nn vs cuEq at 864 / 32,000;
+#   3. (after the first MACE series) eager vs CUDA graphs, e3nn vs cuEq, at 864 atoms.
 # Run from the repository root, kind nvidia-h200, carrying .whl and .peers:
 #   OUT=$OUT bash benchmarks/cueq_gpu.sh
 # Knobs: DEADLINE_S (480: seconds from the start; no new size after it), DEVICE (cpu: a dry
@@ -35,7 +36,7 @@ left() { echo $(( END - $(date +%s) )); }
 pack() {
   cp -f "$OUT/run.log" "$RES/" 2>/dev/null
   { echo "# cuEquivariance vs e3nn kernels (benchmarks/cueq_gpu.sh)"; echo
-    for f in check.log mace.md mace_cueq_plain.md mace_grow.md nequip.md; do
+    for f in check.log mace.md graphs.log mace_cueq_plain.md mace_grow.md nequip.md; do
       [ -f "$RES/$f" ] && { echo "## $f"; echo; cat "$RES/$f"; echo; }
     done; } > "$RES/cueq.md"
   cp -f "$RES/cueq.md" "$OUT/"
@@ -111,6 +112,14 @@ speed() {  # speed.py with a deadline a little before ours; $1 = table name, res
 }
 # a. what a user gets: the default edge chunking (131,072 edges) for both kernels
 speed mace --models mace --kernels e3nn cueq --sizes $MACE_SIZES
+# CUDA graphs at the smallest size (issue 12's <= 5 ms at 864 atoms): eager vs captured
+if (( $(left) > 60 )); then
+  stamp "3. cueq_check.py --graphs at $CHECK_ATOMS atoms"
+  timeout $(( $(left) > 100 ? 80 : $(left) - 20 )) "$V" benchmarks/cueq_check.py --device "$DEV" \
+    --graphs --atoms "$CHECK_ATOMS" --out "$RES/graphs.json" 2>"$RES/graphs.err" \
+    | tee "$RES/graphs.log"
+  stamp "cueq_check.py --graphs exit ${PIPESTATUS[0]}"
+fi
 # b. cuEq keeps ~15x less per edge than e3nn: its top speed unchunked, doubled to out of memory
 speed mace_cueq_plain --models mace --kernels cueq --edge-chunks 0 --sizes $PLAIN_SIZES --grow \
   --max-atoms "$MAX_ATOMS" --model-only
