@@ -92,7 +92,8 @@ def _median_time(fn, device, repeats: int, budget_s: float) -> float:
 
 
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
-               budget_s: float, edge_chunk=None, with_calc: bool = True) -> dict:
+               budget_s: float, edge_chunk=None, with_calc: bool = True,
+               kernels: str = "e3nn") -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes)."""
     import torch
 
@@ -104,7 +105,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
-    calc = GeoffCalculator(model, device=device, dtype=dtype)
+    calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels)
     if edge_chunk is not None:
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)
@@ -137,7 +138,8 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     return row
 
 
-def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None) -> list:
+def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None,
+               kernels: str = "e3nn") -> list:
     """Every size for one (model, structure, dtype, edge chunk), each in a fresh subprocess
     (the memory is the size's own; an out-of-memory failure ends the series, not the run)."""
     rows = []
@@ -152,7 +154,7 @@ def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None) -> list:
         cmd = [sys.executable, __file__, "--one", json.dumps(
             dict(name=name, kind=kind, n=n, dtype=dtype, device=args.device,
                  repeats=args.repeats, budget=args.budget, threads=args.threads,
-                 edge_chunk=edge_chunk, calc=not args.model_only))]
+                 edge_chunk=edge_chunk, calc=not args.model_only, kernels=kernels))]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   timeout=None if left == float("inf") else left)
@@ -179,7 +181,7 @@ def one(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     row = time_geoff(spec["name"], spec["kind"], spec["n"], spec["dtype"], spec["device"],
                      spec["repeats"], spec["budget"], spec.get("edge_chunk"),
-                     spec.get("calc", True))
+                     spec.get("calc", True), spec.get("kernels", "e3nn"))
     print(json.dumps(row))
 
 
@@ -249,6 +251,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", action="store_true", help="install and time the peers")
     parser.add_argument("--edge-chunks", nargs="+", type=int, default=[None],
                         help="edges per checkpointed chunk, one series each (0: plain path)")
+    parser.add_argument("--kernels", nargs="+", default=["e3nn"], choices=["e3nn", "cueq"],
+                        help="tensor-product kernels, one series each (cueq: geoff[cuda]; "
+                             "shown as model+cueq)")
     parser.add_argument("--model-only", action="store_true", help="skip the calculator timing")
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds: start no size after it, stop a running one at it")
@@ -267,8 +272,10 @@ def main(argv=None) -> int:
         for kind in args.structures:
             for dtype in args.dtypes:
                 for chunk in args.edge_chunks:
-                    results[(name, kind, dtype, chunk)] = run_series(args, name, kind, dtype,
-                                                                     chunk)
+                    for kernels in args.kernels:
+                        label = name if kernels == "e3nn" else f"{name}+{kernels}"
+                        results[(label, kind, dtype, chunk)] = run_series(
+                            args, name, kind, dtype, chunk, kernels)
     text += "\n" + table(results) + "\n"
     if args.peers:
         from peers import run_peers  # benchmarks/peers.py

@@ -118,6 +118,9 @@ def export(model_or_ckpt, path, dtype: str = "float64", device: str = "cpu") -> 
         from .checkpoint import load
 
         model = frozen(load(model_or_ckpt), device, dtype)
+    from .potentials.cueq import restore
+
+    model = restore(model)  # TorchScript runs the e3nn path: undo kernels="cueq" on the copy
     meta = metadata(model, dtype, device)
     meta.update(per_layer_metadata(model))
     if meta["layer_comm"] is not None:  # add the pieces pair_style geoff graph layers calls

@@ -49,6 +49,11 @@ class GeoffCalculator(Calculator):
             ``"auto"`` captures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` at any size; the
             CPU, refused models (DimeNet++, GemNet, FAENet) and failed captures run eagerly.
             Results equal the eager ones to float round-off.
+        kernels: ``"e3nn"`` (default), ``"cueq"`` or ``"auto"``: NequIP-style and MACE-style
+            tensor products through NVIDIA cuEquivariance's fused kernels
+            (``geoff.potentials.cueq``; ``pip install geoff[cuda]`` plus the ops wheel for
+            your CUDA), same weights, results equal to float round-off. ``"auto"``: cuEq when
+            it is installed and the device is CUDA. ``"cueq"`` without it raises.
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
@@ -67,7 +72,8 @@ class GeoffCalculator(Calculator):
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
                  forces: Optional[str] = None, check_overlaps: bool = True,
                  neighbour_list: str = "auto", skin: float = 0.0,
-                 edge_chunk: Optional[int] = None, cuda_graphs=False, **kwargs):
+                 edge_chunk: Optional[int] = None, cuda_graphs=False, kernels: str = "e3nn",
+                 **kwargs):
         super().__init__(**kwargs)
         self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if not isinstance(model, torch.nn.Module):
@@ -82,6 +88,10 @@ class GeoffCalculator(Calculator):
         self.model = frozen(model, self.device, self.dtype)
         if edge_chunk is not None:  # None: the model's default (potentials/chunking.py)
             set_edge_chunk(self.model, edge_chunk)
+        if kernels != "e3nn":  # on the frozen copy, in its final device and dtype
+            from ..potentials.cueq import with_kernels
+
+            with_kernels(self.model, kernels, self.device)
         self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list

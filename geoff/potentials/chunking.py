@@ -59,8 +59,9 @@ class EdgeMessages(nn.Module):
     node-level tensors (N, ...) gathered with ``senders`` (E_c,), ``edges`` the per-edge
     tensors of the chunk (E_c, ...). They may also override ``finish(sums)``, a per-atom map
     of the summed messages [(n, ...)] (e.g. the output linear of a convolution): it runs inside
-    each chunk, so wide sums are never kept for all atoms. ``edge_chunk``: edges per chunk,
-    0 = never chunk.
+    each chunk, so wide sums are never kept for all atoms. A fused kernel that gathers,
+    computes and sums in one step overrides ``sums`` instead (``cueq.CueqConvolution``).
+    ``edge_chunk``: edges per chunk, 0 = never chunk.
     """
 
     edge_chunk: int
@@ -82,9 +83,13 @@ class EdgeMessages(nn.Module):
         """``finish`` of the per-receiver sums of ``messages``: [(n_nodes, ...)]."""
         n_edges = edge_index.shape[1]
         if torch.jit.is_scripting() or self.edge_chunk <= 0 or n_edges <= self.edge_chunk:
-            out = self.messages(nodes, edges, edge_index[1])
-            return self.finish([scatter_sum(m, edge_index[0], n_nodes) for m in out])
+            return self.finish(self.sums(nodes, edges, edge_index[0], edge_index[1], n_nodes))
         return self._aggregate_chunked(nodes, edges, edge_index, n_nodes)
+
+    def sums(self, nodes: List[Tensor], edges: List[Tensor], receivers: Tensor, senders: Tensor,
+             n_nodes: int) -> List[Tensor]:
+        """Per-receiver sums of ``messages`` [(n_nodes, ...)]; a fused kernel may override it."""
+        return [scatter_sum(m, receivers, n_nodes) for m in self.messages(nodes, edges, senders)]
 
     @torch.jit.unused
     def _aggregate_chunked(self, nodes: List[Tensor], edges: List[Tensor], edge_index: Tensor,
@@ -94,9 +99,8 @@ class EdgeMessages(nn.Module):
         pieces: List[List[Tensor]] = []
         for a, b, lo, hi in _receiver_chunks(receivers, n_nodes, self.edge_chunk):
             def chunk_sum(a=a, b=b, lo=lo, hi=hi):
-                out = self.messages(nodes, [e[lo:hi] for e in edges], senders[lo:hi])
-                return tuple(self.finish([scatter_sum(m, receivers[lo:hi] - a, b - a)
-                                          for m in out]))
+                return tuple(self.finish(self.sums(nodes, [e[lo:hi] for e in edges],
+                                                   receivers[lo:hi] - a, senders[lo:hi], b - a)))
 
             # Non-reentrant: works with torch.autograd.grad, create_graph and the tensors the
             # closure captures; messages draw no random numbers: no RNG state to restore.
