@@ -208,3 +208,20 @@ def test_polynomials_fit_the_uniform_1d_kernel(name, hp):
             if operand.ndim == 1:
                 extents.add(operand.segment_shape)
         assert extents == {(64,)}
+
+
+@needs_cueq
+def test_cueq_default_chunk_is_its_own_and_a_chosen_chunk_stays():
+    """The fused kernels get CUEQ_EDGE_CHUNK where the model had the e3nn default; a chunk the
+    user chose stays; ``restore`` hands the e3nn default back."""
+    from geoff.potentials.chunking import DEFAULT_EDGE_CHUNK
+
+    def chunks(model):
+        return {m.edge_chunk for m in model.modules() if hasattr(m, "edge_chunk")}
+
+    model = cueq.accelerate(small_model("mace"), method="naive")
+    assert chunks(model) == {cueq.CUEQ_EDGE_CHUNK}
+    assert chunks(cueq.restore(model)) == {DEFAULT_EDGE_CHUNK}
+    chosen = cueq.accelerate(set_edge_chunk(small_model("mace"), 4096), method="naive")
+    assert chunks(chosen) == {4096}
+    assert chunks(cueq.restore(chosen)) == {4096}

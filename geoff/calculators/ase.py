@@ -86,12 +86,12 @@ class GeoffCalculator(Calculator):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.model = frozen(model, self.device, self.dtype)
-        if edge_chunk is not None:  # None: the model's default (potentials/chunking.py)
-            set_edge_chunk(self.model, edge_chunk)
         if kernels != "e3nn":  # on the frozen copy, in its final device and dtype
             from ..potentials.cueq import with_kernels
 
             with_kernels(self.model, kernels, self.device)
+        if edge_chunk is not None:  # None: the model's (or kernels') default (chunking.py)
+            set_edge_chunk(self.model, edge_chunk)
         self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
