@@ -25,6 +25,8 @@
 # WEAK_SIZES (32000), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000), MEM_ATOMS (864),
 # LIMIT_ARGS and SCALE_ARGS (extra arguments of the limits and strong-scaling runs, e.g.
 # "--chunk 2048" to make a CPU dry run's small systems chunked).
+# GRAPH_ON ("host device", or one of them; unset: the plugin's default): where the strong-
+# scaling runs find the graph's edges each step (pair_style geoff graph_on), each value a run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -183,7 +185,7 @@ scaling() {    # scaling <out.md> <args...>: one lammps_scaling.py call, bounded
 MODELS=${MODELS:-painn mace}
 for model in $MODELS; do
   scaling "lammps_strong_${model}.md" --model "$model" --timing sync \
-    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${SCALE_ARGS:-}
+    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${GRAPH_ON:+--graph-on $GRAPH_ON} ${SCALE_ARGS:-}
 done
 for model in $MODELS; do
   scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} --steps 20

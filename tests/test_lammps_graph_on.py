@@ -95,6 +95,10 @@ def test_device_graph_matches_host_graph(style, ranks, model):
     label = f"{style.replace(' ', '_')}_np{ranks}"
     host, host_out = run_deck(workdir, path, label + "_host", style + " graph_on host", ranks)
     device, out = run_deck(workdir, path, label + "_device", style + " graph_on device", ranks)
+    assert "pair_style geoff: graph_on device (candidate edges" in out
+    assert "graph_on device" not in host_out
+    builds = re.search(r"graph_on device: (\d+) candidate builds per rank", out)
+    assert builds and int(builds.group(1)) >= 2, out[-2000:]    # the setup call's is not counted
     assert neighbour_builds(out) >= 3, "too few neighbour-list builds to exercise the rebuilds"
     assert neighbour_builds(out) == neighbour_builds(host_out)
     assert np.array_equal(host[:, :, 0], device[:, :, 0])

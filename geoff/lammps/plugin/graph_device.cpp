@@ -37,7 +37,11 @@ void PairGeoff::choose_graph_on()
   const bool can = layered || periodic_graph;
   graph_on_device = can && (graph_on_request == "device" ||
                             (graph_on_request == "auto" && torch_->on_gpu()));
-  if (!can && graph_on_request == "device" && comm->me == 0)
+  if (comm->me == 0 && graph_on_device)
+    utils::logmesg(lmp, "pair_style geoff: graph_on device (candidate edges uploaded once per "
+                   "neighbour-list build; each step only positions go up and the edges within "
+                   "the cutoff are found on the model's device)\n");
+  else if (comm->me == 0 && !can && graph_on_request == "device")
     utils::logmesg(lmp, "pair_style geoff: graph_on device serves graph periodic and graph "
                    "layers; graph ghosts builds its graph on the host\n");
   dgraph_->valid = false;    // candidates again at the first call of the run
@@ -51,6 +55,7 @@ void PairGeoff::choose_graph_on()
 void PairGeoff::rebuild_graph_candidates()
 {
   GeoffDeviceGraph &dg = *dgraph_;
+  const auto t0 = std::chrono::steady_clock::now();
   GeoffLayerComm &lc = *layers_;
   const tagint *tag = atom->tag;
   const int nlocal = atom->nlocal;
@@ -112,6 +117,19 @@ void PairGeoff::rebuild_graph_candidates()
   dg.nlocal = nlocal;
   dg.nall = nall;
   dg.valid = true;
+  dg.t_rebuild += seconds_since(t0);
+  ++dg.n_rebuilds;
+}
+
+// The timing summary's note: candidate builds since the run's setup, ms each.
+std::string PairGeoff::device_graph_summary()
+{
+  GeoffDeviceGraph &dg = *dgraph_;
+  if (!graph_on_device) return "";
+  double mine[2] = {dg.t_rebuild, (double) dg.n_rebuilds}, sum[2];
+  MPI_Allreduce(mine, sum, 2, MPI_DOUBLE, MPI_SUM, world);
+  return fmt::format("; graph_on device: {:.0f} candidate builds per rank, {:.4g} ms each "
+                     "(in graph)", sum[1] / comm->nprocs, sum[1] > 0 ? 1000 * sum[0] / sum[1] : 0.0);
 }
 
 /* ----------------------------------------------------------------------
@@ -190,6 +208,15 @@ void PairGeoff::host_edges()
     edge_buf[E + e] = dg.cand[C + c];
     edge_j[e] = dg.cand_j[c];
   }
+}
+
+// Bytes of the host lists kept between neighbour-list builds (memory_usage).
+double PairGeoff::device_graph_bytes() const
+{
+  const GeoffDeviceGraph &dg = *dgraph_;
+  return sizeof(int) * (double) (dg.points.capacity() + dg.point_of.capacity() +
+                                 dg.cand_j.capacity()) +
+      sizeof(int64_t) * (double) (dg.cand.capacity() + dg.keep.capacity());
 }
 
 // The graph of this call: built on the device, or uploaded from the host buffers.

@@ -41,6 +41,7 @@
 #include "timer.h"
 
 #include "geoff_torch.h"
+#include "graph_device.h"
 #include "layer_chunks.h"
 #include "layer_comm.h"
 
@@ -218,6 +219,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   if (reset_timers) {    // the setup call is not counted (as LAMMPS' loop time)
     lc.reset();
     chunks_->reset();
+    dgraph_->reset();
     reset_timers = false;
   }
   pvector[0] = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
@@ -235,7 +237,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
 void PairGeoff::finish_layers()
 {
   const GeoffLayerComm &lc = *layers_;
-  const std::string chunking = chunk_summary();    // collective: before rank 0 goes on alone
+  const std::string chunking = chunk_summary() + device_graph_summary();    // collective
   const double model = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
   double mine[15] = {lc.t_graph, model, lc.t_comm, lc.t_scatter, (double) lc.n_calls,
                      lc.sum_rows, lc.sum_ghost_rows, lc.sum_edges, lc.sum_local,

@@ -726,6 +726,7 @@ void PairGeoff::compute(int eflag, int vflag)
     t_graph = t_model = t_scatter = sum_atoms = sum_edges = 0.0;
     n_calls = 0;
     chunks_->reset();
+    dgraph_->reset();
     reset_timers = false;
   }
   pvector[0] = t_model;
@@ -804,7 +805,8 @@ void PairGeoff::add_edge_virials(const double *g, int n_edges)
 void PairGeoff::finish()
 {
   if (layered) return finish_layers();
-  const std::string chunking = chunk_summary();    // collective: before rank 0 goes on alone
+  // Collective: before rank 0 goes on alone.
+  const std::string chunking = chunk_summary() + device_graph_summary();
   double mine[6] = {t_graph, t_model, t_scatter, (double) n_calls, sum_atoms, sum_edges};
   double sum[6];
   MPI_Allreduce(mine, sum, 6, MPI_DOUBLE, MPI_SUM, world);
@@ -833,6 +835,7 @@ double PairGeoff::memory_usage()
   bytes += sizeof(int64_t) * (species_buf.capacity() + edge_buf.capacity());
   bytes += sizeof(int64_t) * (chunks_->index.capacity() + chunks_->ptr.capacity());
   bytes += sizeof(int) * (chunks_->stamp.capacity() + chunks_->local.capacity());
+  bytes += device_graph_bytes();    // graph_on device (graph_device.cpp)
   return bytes;
 }
 

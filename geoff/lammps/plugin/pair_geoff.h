@@ -149,6 +149,8 @@ class PairGeoff : public Pair {
   void rebuild_graph_candidates();     // after a neighbour-list build
   int build_graph_device();            // returns the number of edges
   void host_edges();                   // edge_buf and edge_j from the kept candidates
+  double device_graph_bytes() const;   // its host lists (memory_usage)
+  std::string device_graph_summary();  // collective (MPI_Allreduce); "" with graph_on host
   // The graph of this call on the model's device (graph_tensors' keys): the device graph, or
   // the host buffers uploaded (`shifts` false: zero shifts, graph ghosts).
   c10::Dict<std::string, at::Tensor> graph_input(int n_edges, bool shifts);
