@@ -3,6 +3,7 @@ against the ghost shell (graph ghosts) and one rank (graph periodic).
 
     python benchmarks/lammps_scaling.py                                  # cu_schnet, 2k + 16k
     python benchmarks/lammps_scaling.py --model examples/models/cu_painn.ckpt --sizes 2048
+    python benchmarks/lammps_scaling.py --sizes 2048 --graph-on host device   # graph_on each
 
 For each size (fcc Cu, 4 n^3 atoms, 300 K NVE, 1 fs) it runs 1 rank and each --ranks count
 with each --graphs mode, and reads LAMMPS' loop time and the pair style's timing summary

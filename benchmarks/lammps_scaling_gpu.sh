@@ -185,7 +185,8 @@ scaling() {    # scaling <out.md> <args...>: one lammps_scaling.py call, bounded
 MODELS=${MODELS:-painn mace}
 for model in $MODELS; do
   scaling "lammps_strong_${model}.md" --model "$model" --timing sync \
-    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${GRAPH_ON:+--graph-on $GRAPH_ON} ${SCALE_ARGS:-}
+    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${GRAPH_ON:+--graph-on $GRAPH_ON} \
+    ${SCALE_ARGS:-}
 done
 for model in $MODELS; do
   scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} --steps 20
