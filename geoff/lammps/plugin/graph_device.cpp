@@ -129,7 +129,8 @@ std::string PairGeoff::device_graph_summary()
   double mine[2] = {dg.t_rebuild, (double) dg.n_rebuilds}, sum[2];
   MPI_Allreduce(mine, sum, 2, MPI_DOUBLE, MPI_SUM, world);
   return fmt::format("; graph_on device: {:.0f} candidate builds per rank, {:.4g} ms each "
-                     "(in graph)", sum[1] / comm->nprocs, sum[1] > 0 ? 1000 * sum[0] / sum[1] : 0.0);
+                     "(in graph)", sum[1] / comm->nprocs,
+                     sum[1] > 0 ? 1000 * sum[0] / sum[1] : 0.0);
 }
 
 /* ----------------------------------------------------------------------
@@ -164,14 +165,24 @@ int PairGeoff::build_graph_device()
   torch::Tensor rsq = dx * dx;
   rsq.add_(dy * dy).add_(dz * dz);
   torch::Tensor keep = (rsq < cutoff * cutoff).nonzero().view({-1});
-  const bool check = overlap > 0.0 && C > 0;
-  torch::Tensor back = check ? torch::cat({keep, rsq.argmin().view({1})}) : keep;
-  back = back.to(torch::kCPU).contiguous();
   const int64_t E = keep.size(0);
-  dg.keep.assign(back.data_ptr<int64_t>(), back.data_ptr<int64_t>() + E);
+  // Back to the host in one int32 copy: the kept candidates when the host needs the edges one
+  // by one (virials, the chunk plan), and the closest candidate for the overlap check.
+  const bool edges_to_host = vflag_global || vflag_atom || use_chunks(E);
+  const bool check = overlap > 0.0 && C > 0;
+  std::vector<torch::Tensor> parts;
+  if (edges_to_host) parts.push_back(keep);
+  if (check) parts.push_back(rsq.argmin().view({1}));
+  torch::Tensor back;
+  if (!parts.empty()) back = torch::cat(parts).to(torch::kInt32).to(torch::kCPU).contiguous();
+  const int32_t *kept_h = back.defined() ? back.data_ptr<int32_t>() : nullptr;
+  if (edges_to_host)
+    dg.keep.assign(kept_h, kept_h + E);
+  else
+    dg.keep.clear();
   min_i = min_j = -1;
   if (check) {    // the closest candidate, measured again on the host as the host graph does
-    const int64_t cmin = back.data_ptr<int64_t>()[E];
+    const int64_t cmin = kept_h[edges_to_host ? E : 0];
     const int i = (int) dg.cand[cmin], j = dg.cand_j[cmin];
     const double ex = x[j][0] - x[i][0], ey = x[j][1] - x[i][1], ez = x[j][2] - x[i][2];
     const double r2 = ex * ex + ey * ey + ez * ez;
@@ -190,7 +201,7 @@ int PairGeoff::build_graph_device()
   dg.graph.insert("pbc", dg.pbc_d);
   dg.graph.insert("batch", dg.batch_d);
 
-  if (vflag_global || vflag_atom || use_chunks(E)) host_edges();
+  if (edges_to_host) host_edges();
   return (int) E;
 }
 
@@ -216,7 +227,7 @@ double PairGeoff::device_graph_bytes() const
   const GeoffDeviceGraph &dg = *dgraph_;
   return sizeof(int) * (double) (dg.points.capacity() + dg.point_of.capacity() +
                                  dg.cand_j.capacity()) +
-      sizeof(int64_t) * (double) (dg.cand.capacity() + dg.keep.capacity());
+      sizeof(int) * (double) dg.keep.capacity() + sizeof(int64_t) * (double) dg.cand.capacity();
 }
 
 // The graph of this call: built on the device, or uploaded from the host buffers.

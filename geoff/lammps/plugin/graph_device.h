@@ -38,7 +38,8 @@ struct GeoffDeviceGraph {
   // (n_rows,), n_local (1,), pbc (1,3), batch (n_rows,).
   torch::Tensor cand_d, species_d, n_local_d, pbc_d, batch_d;
   // This step: the kept candidates (E,) on the host, and the graph (graph_tensors' keys).
-  std::vector<int64_t> keep;
+  // Candidate indices fit an int: LAMMPS' neighbour lists count pairs in ints.
+  std::vector<int> keep;    // filled only when the host needs the edges (host_edges)
   c10::Dict<std::string, torch::Tensor> graph;
 
   // Since the run's setup (the setup call's build is not counted): candidate builds and
