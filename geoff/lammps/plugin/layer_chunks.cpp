@@ -286,11 +286,7 @@ void PairGeoff::run_chunked(int n_edges)
   double t_up = 0, t_fwd = 0, t_bwd = 0, x_fwd = 0;    // x_fwd: the forward's exchanges
   try {
     plan_chunks(n_edges);
-    const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
-                              domain->zperiodic != 0};
-    TensorDict graph = graph_tensors(tm, n, pos_buf.data(), species_buf.data(), n_edges,
-                                     edge_buf.data(), shift_buf.data(), domain->h, periodic,
-                                     nlocal);
+    TensorDict graph = graph_input(n_edges, true);    // graph_device.cpp
     run.positions = graph.at("positions");
     run.shifts = graph.at("shifts");
     run.species = graph.at("species");

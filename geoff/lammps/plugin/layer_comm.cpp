@@ -41,6 +41,7 @@
 #include "timer.h"
 
 #include "geoff_torch.h"
+#include "graph_device.h"
 #include "layer_chunks.h"
 #include "layer_comm.h"
 
@@ -145,30 +146,11 @@ int PairGeoff::build_graph_layers()
 
   neighbours_within_cutoff(list->inum);
 
-  // Atom ID -> row: a vector when IDs are dense enough, a hash map otherwise.
-  tagint max_tag = 0;
-  for (int i = 0; i < nall; ++i) max_tag = std::max(max_tag, tag[i]);
-  const bool dense = max_tag <= 4 * (tagint) nall + 1024;
-  if (dense)
-    lc.tag_row.assign((size_t) max_tag + 1, -1);
-  else
-    lc.tag_row_sparse.clear();
-  auto row_of = [&](tagint t) -> int {
-    if (dense) return lc.tag_row[t];
-    auto it = lc.tag_row_sparse.find(t);
-    return it == lc.tag_row_sparse.end() ? -1 : it->second;
-  };
-  auto set_row = [&](tagint t, int r) {
-    if (dense)
-      lc.tag_row[t] = r;
-    else
-      lc.tag_row_sparse[t] = r;
-  };
-
+  lc.begin_rows(tag, nall);
   graph_atoms.resize(nlocal);
   for (int i = 0; i < nlocal; ++i) {
     graph_atoms[i] = i;
-    set_row(tag[i], i);
+    lc.set_row(tag[i], i);
   }
   const size_t n_edges = adj.size();
   edge_buf.resize(2 * n_edges + 2);
@@ -181,11 +163,11 @@ int PairGeoff::build_graph_layers()
     const int *nb = adj.data() + adj_start[i];
     for (int c = 0; c < adj_count[i]; ++c, ++e) {
       const int j = nb[c];
-      int r = j < nlocal ? j : row_of(tag[j]);
+      int r = j < nlocal ? j : lc.row_of(tag[j]);
       if (r < 0) {    // first image of an atom owned by another rank: a ghost row
         r = (int) graph_atoms.size();
         graph_atoms.push_back(j);
-        set_row(tag[j], r);
+        lc.set_row(tag[j], r);
       }
       const int o = graph_atoms[r];
       recv[e] = i;
@@ -210,7 +192,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   GeoffLayerComm &lc = *layers_;
   auto t0 = Clock::now();
   const int nlocal = atom->nlocal;
-  const int n_edges = build_graph_layers();
+  const int n_edges = graph_on_device ? build_graph_device() : build_graph_layers();
   stop_on_overlap();
   const int n = (int) graph_atoms.size();
   lc.t_graph += seconds_since(t0);
@@ -237,6 +219,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
   if (reset_timers) {    // the setup call is not counted (as LAMMPS' loop time)
     lc.reset();
     chunks_->reset();
+    dgraph_->reset();
     reset_timers = false;
   }
   pvector[0] = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
@@ -254,7 +237,7 @@ void PairGeoff::compute_layers(int eflag, int vflag)
 void PairGeoff::finish_layers()
 {
   const GeoffLayerComm &lc = *layers_;
-  const std::string chunking = chunk_summary();    // collective: before rank 0 goes on alone
+  const std::string chunking = chunk_summary() + device_graph_summary();    // collective
   const double model = lc.t_upload + lc.t_forward + lc.t_backward + lc.t_xfer;
   double mine[15] = {lc.t_graph, model, lc.t_comm, lc.t_scatter, (double) lc.n_calls,
                      lc.sum_rows, lc.sum_ghost_rows, lc.sum_edges, lc.sum_local,

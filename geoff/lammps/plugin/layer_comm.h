@@ -31,6 +31,32 @@ struct GeoffLayerComm {
   // local atom goes to that atom. Atom ID -> row:
   std::vector<int> tag_row;                          // atom ID -> row (dense IDs)
   std::unordered_map<tagint, int> tag_row_sparse;    // atom ID -> row (sparse IDs)
+  bool dense = true;
+  // Empties the lookup for the atoms' IDs tag[0..nall): a vector when the IDs are dense
+  // enough, a hash map otherwise.
+  void begin_rows(const tagint *tag, int nall)
+  {
+    tagint max_tag = 0;
+    for (int i = 0; i < nall; ++i) max_tag = tag[i] > max_tag ? tag[i] : max_tag;
+    dense = max_tag <= 4 * (tagint) nall + 1024;
+    if (dense)
+      tag_row.assign((size_t) max_tag + 1, -1);
+    else
+      tag_row_sparse.clear();
+  }
+  int row_of(tagint t) const    // -1: no row yet
+  {
+    if (dense) return tag_row[t];
+    auto it = tag_row_sparse.find(t);
+    return it == tag_row_sparse.end() ? -1 : it->second;
+  }
+  void set_row(tagint t, int r)
+  {
+    if (dense)
+      tag_row[t] = r;
+    else
+      tag_row_sparse[t] = r;
+  }
 
   // Rows LAMMPS sends to other ranks (or to its own periodic images): the local atoms that
   // appear in a forward send list, sorted; found by a one-column probe exchange after each

@@ -159,11 +159,7 @@ void PairGeoff::layers_forward(GeoffLayerTape &tape, int n_edges)
   const int nlocal = atom->nlocal;
   const int n = (int) graph_atoms.size();
   const int L = n_layers;
-  const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
-                            domain->zperiodic != 0};
-  TensorDict graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
-                                   edge_buf.data(), shift_buf.data(), domain->h, periodic,
-                                   nlocal);
+  TensorDict graph = graph_input(n_edges, true);    // graph_device.cpp
   // Leaves of the backward pass: positions, and shifts (dE/dshift_e = dE/dr_e: the virial).
   tape.positions = graph.at("positions").requires_grad_(true);
   tape.shifts = graph.at("shifts");

@@ -35,11 +35,7 @@ void PairGeoff::run_whole(int n_edges)
   const int n = (int) graph_atoms.size();
   const int nlocal = atom->nlocal;
   const bool per_atom_virial = vflag_atom != 0;
-  const bool periodic[3] = {domain->xperiodic != 0, domain->yperiodic != 0,
-                            domain->zperiodic != 0};
-  auto graph = graph_tensors(*torch_, n, pos_buf.data(), species_buf.data(), n_edges,
-                             edge_buf.data(), periodic_graph ? shift_buf.data() : nullptr,
-                             domain->h, periodic, nlocal);
+  auto graph = graph_input(n_edges, periodic_graph);    // graph_device.cpp
   torch::Tensor positions = graph.at("positions");
   torch::Tensor shifts = graph.at("shifts");
   if (per_atom_virial) {    // leaves of our own backward pass

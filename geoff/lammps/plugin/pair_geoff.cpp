@@ -65,6 +65,7 @@
 using namespace LAMMPS_NS;
 
 #include "geoff_torch.h"
+#include "graph_device.h"
 #include "layer_chunks.h"
 #include "layer_comm.h"
 
@@ -88,13 +89,15 @@ std::string join(const std::vector<std::string> &items)
 
 PairGeoff::PairGeoff(LAMMPS *lmp) :
     Pair(lmp), torch_(new GeoffTorch), cutoff(0.0), n_layers(1), hops(1), global_frames(false),
-    conservative(true), device_request("auto"), graph_request("auto"), periodic_graph(true),
+    conservative(true), device_request("auto"), graph_request("auto"),
+    graph_on_request("auto"), graph_on_device(false), periodic_graph(true),
     overlap_request(-1.0), overlap(0.5), min_rsq(0.0), min_i(-1), min_j(-1), t_graph(0.0),
     t_model(0.0), t_scatter(0.0), sum_atoms(0.0), sum_edges(0.0), n_calls(0), reset_timers(true)
 {
   layers_.reset(new GeoffLayerComm);
   layered = false;
   chunks_.reset(new GeoffChunks);
+  dgraph_.reset(new GeoffDeviceGraph);
   chunk_edges = GEOFF_DEFAULT_CHUNK;
   chunk_explicit = false;
   single_enable = 0;
@@ -153,6 +156,12 @@ void PairGeoff::settings(int narg, char **arg)
         error->all(FLERR, "pair_style geoff graph must be auto, periodic, ghosts or layers, "
                    "got '{}'", graph_request);
       iarg += 2;
+    } else if (key == "graph_on" && iarg + 1 < narg) {
+      graph_on_request = arg[iarg + 1];
+      if (graph_on_request != "auto" && graph_on_request != "host" && graph_on_request != "device")
+        error->all(FLERR, "pair_style geoff graph_on must be auto, host or device, got '{}'",
+                   graph_on_request);
+      iarg += 2;
     } else if (key == "timing" && iarg + 1 < narg) {
       const std::string how = arg[iarg + 1];
       if (how != "fast" && how != "sync")
@@ -175,7 +184,7 @@ void PairGeoff::settings(int narg, char **arg)
       error->all(FLERR,
                  "Illegal pair_style geoff argument '{}': usage is `pair_style geoff "
                  "[device auto|cpu|cuda] [graph auto|periodic|ghosts|layers] [overlap <A>] "
-                 "[timing fast|sync] [chunk <edges>]`",
+                 "[timing fast|sync] [chunk <edges>] [graph_on auto|host|device]`",
                  key);
     }
   }
@@ -471,7 +480,9 @@ void PairGeoff::init_style()
   if (periodic_graph && atom->tag_enable == 0)
     error->all(FLERR, "pair_style geoff graph periodic needs atom IDs (atom_modify id yes)");
 
-  if (init_style_layers()) return;    // graph layers: layer_comm.cpp
+  const bool layers_run = init_style_layers();    // graph layers: layer_comm.cpp
+  choose_graph_on();                              // graph_device.cpp
+  if (layers_run) return;
   if (periodic_graph) {
     ghostneigh = 0;
     neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -577,7 +588,7 @@ int PairGeoff::build_graph_periodic()
 {
   // The layers graph (layer_comm.cpp) on one rank: every ghost is a periodic image of a local
   // atom, so it becomes an edge to that atom plus a shift, and no ghost rows remain.
-  const int n_edges = build_graph_layers();
+  const int n_edges = graph_on_device ? build_graph_device() : build_graph_layers();
   const int nlocal = atom->nlocal;
   if ((int) graph_atoms.size() > nlocal)
     error->one(FLERR, "pair_style geoff graph periodic: ghost atom ID {} has no owner on this "
@@ -715,6 +726,7 @@ void PairGeoff::compute(int eflag, int vflag)
     t_graph = t_model = t_scatter = sum_atoms = sum_edges = 0.0;
     n_calls = 0;
     chunks_->reset();
+    dgraph_->reset();
     reset_timers = false;
   }
   pvector[0] = t_model;
@@ -793,7 +805,8 @@ void PairGeoff::add_edge_virials(const double *g, int n_edges)
 void PairGeoff::finish()
 {
   if (layered) return finish_layers();
-  const std::string chunking = chunk_summary();    // collective: before rank 0 goes on alone
+  // Collective: before rank 0 goes on alone.
+  const std::string chunking = chunk_summary() + device_graph_summary();
   double mine[6] = {t_graph, t_model, t_scatter, (double) n_calls, sum_atoms, sum_edges};
   double sum[6];
   MPI_Allreduce(mine, sum, 6, MPI_DOUBLE, MPI_SUM, world);
@@ -822,6 +835,7 @@ double PairGeoff::memory_usage()
   bytes += sizeof(int64_t) * (species_buf.capacity() + edge_buf.capacity());
   bytes += sizeof(int64_t) * (chunks_->index.capacity() + chunks_->ptr.capacity());
   bytes += sizeof(int) * (chunks_->stamp.capacity() + chunks_->local.capacity());
+  bytes += device_graph_bytes();    // graph_on device (graph_device.cpp)
   return bytes;
 }
 

@@ -2,7 +2,7 @@
    pair_style geoff: geoff (GEOmetric Force Fields) TorchScript models in LAMMPS.
 
    pair_style geoff [device auto|cpu|cuda] [graph auto|periodic|layers|ghosts] [overlap <A>]
-                    [timing fast|sync] [chunk <edges>]
+                    [timing fast|sync] [chunk <edges>] [graph_on auto|host|device]
    pair_coeff * * model.pt Cu Zr          (one element per atom type)
 
    The model file is written by `geoff export`; it carries its own metadata (species,
@@ -23,6 +23,9 @@
      per-layer pieces over chunks of about N edges with recomputation (layer_chunks.cpp; one
      rank then uses them instead of the fused periodic forward): exact, and memory bounded by
      the node features of every layer plus one chunk's per-edge activations.
+   graph_on device (default on a GPU) | host (default on the CPU): where the edges of graph
+     periodic and graph layers are found each step (graph_device.cpp): on the device from the
+     candidates of each neighbour-list build, or on the host and uploaded.
 ------------------------------------------------------------------------- */
 
 #ifdef PAIR_CLASS
@@ -44,6 +47,9 @@ PairStyle(geoff,PairGeoff);
 namespace at {
 class Tensor;    // torch::Tensor
 }
+namespace c10 {
+template <class Key, class Value> class Dict;    // the graph handed to the model
+}
 
 namespace LAMMPS_NS {
 
@@ -52,6 +58,7 @@ struct GeoffLayerComm;    // graph layers: buffers, metadata, timers (layer_comm
 struct GeoffLayerTape;    // graph layers: what the forward pass keeps (layer_model.cpp)
 struct GeoffChunks;       // chunk N: the chunks of this call, counters (layer_chunks.h)
 struct GeoffChunkRun;     // chunk N: one call's full tensors (layer_chunks.cpp)
+struct GeoffDeviceGraph;  // graph_on device: candidates and this step's graph (graph_device.h)
 
 class PairGeoff : public Pair {
  public:
@@ -94,6 +101,8 @@ class PairGeoff : public Pair {
   // Settings.
   std::string device_request;    // auto | cpu | cuda
   std::string graph_request;     // auto | periodic | ghosts
+  std::string graph_on_request;  // auto | host | device
+  bool graph_on_device;          // this run: the graph is built on the model's device
   bool periodic_graph;           // this run: local atoms + shifts (one rank) or ghosts
   double overlap_request;        // pair_style ... overlap <A>; < 0: from the model (below)
   double overlap;                // A: two atoms closer than this stop the run (0: off)
@@ -132,6 +141,19 @@ class PairGeoff : public Pair {
   void layers_backward(GeoffLayerTape &tape);
 
   void finish_layers();
+
+  // graph_on device (graph periodic and layers): candidates per neighbour-list build, the
+  // within-cutoff edges on the device every step (graph_device.cpp).
+  std::unique_ptr<GeoffDeviceGraph> dgraph_;
+  void choose_graph_on();              // init_style: graph_on_device for this run
+  void rebuild_graph_candidates();     // after a neighbour-list build
+  int build_graph_device();            // returns the number of edges
+  void host_edges();                   // edge_buf and edge_j from the kept candidates
+  double device_graph_bytes() const;   // its host lists (memory_usage)
+  std::string device_graph_summary();  // collective (MPI_Allreduce); "" with graph_on host
+  // The graph of this call on the model's device (graph_tensors' keys): the device graph, or
+  // the host buffers uploaded (`shifts` false: zero shifts, graph ghosts).
+  c10::Dict<std::string, at::Tensor> graph_input(int n_edges, bool shifts);
 
   // chunk N (edges per chunk, 0 = off): the pieces over chunks of atoms with recomputation,
   // memory bounded by the node features of every layer plus one chunk (layer_chunks.cpp).
