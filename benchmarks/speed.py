@@ -254,21 +254,32 @@ def _failed(reason: str):
 
 
 def run_all(args, report) -> tuple:
-    """Every series at the given sizes first, then (``--grow``) each one grown from its
-    last size: the headline sizes are measured before the deadline can cut the growth.
+    """The first structure in the first dtype for every family (the headline), then, with
+    ``--grow``, each of those grown from its last size, then the other structures and
+    dtypes (not grown): what matters most is measured before the deadline cuts the rest.
     ``report(geoff, peers)`` is called after each series (partial tables)."""
     geoff, peers = {}, {}
     items = plan(args)
-    for key, is_peer, run, sizes, _ in items:
+    first = (args.structures[0], args.dtypes[0])
+    is_first = [(key[-2], key[-1]) == first if is_peer else key[1:3] == first
+                for key, is_peer, *_ in items]
+    order = [i for i in range(len(items)) if is_first[i]]
+    rest = [i for i in range(len(items)) if not is_first[i]]
+    for i in order:
+        key, is_peer, run, sizes, _ = items[i]
         (peers if is_peer else geoff)[key] = run(sizes, False)
         report(geoff, peers)
-    if args.grow:
-        for key, is_peer, run, sizes, may_grow in items:
-            rows = (peers if is_peer else geoff)[key]
-            if may_grow and rows and all("model_s" in r for r in rows) \
-                    and 2 * rows[-1]["atoms"] <= args.max_atoms:
-                rows.extend(run([2 * rows[-1]["atoms"]], True))
-                report(geoff, peers)
+    for i in order if args.grow else []:
+        key, is_peer, run, sizes, may_grow = items[i]
+        rows = (peers if is_peer else geoff)[key]
+        if may_grow and rows and all("model_s" in r for r in rows) \
+                and 2 * rows[-1]["atoms"] <= args.max_atoms:
+            rows.extend(run([2 * rows[-1]["atoms"]], True))
+            report(geoff, peers)
+    for i in rest:
+        key, is_peer, run, sizes, _ = items[i]
+        (peers if is_peer else geoff)[key] = run(sizes, False)
+        report(geoff, peers)
     return geoff, peers
 
 
@@ -283,7 +294,8 @@ def main(argv=None) -> int:
                         help="default: 32 256 864 (cpu), 864 32000 131072 (cuda)")
     parser.add_argument("--float64-sizes", nargs="+", type=int, default=None,
                         help="sizes for float64 (default: --sizes); these series do not grow")
-    parser.add_argument("--grow", action="store_true", help="double after the last size")
+    parser.add_argument("--grow", action="store_true",
+                        help="double after the last size (first structure and dtype only)")
     parser.add_argument("--max-atoms", type=int, default=1_100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5,
