@@ -64,7 +64,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 
 check() {  # check <folder> <python statement>: the peer imports in its own folder
-  if PYTHONPATH="$GEOFF_PEERS/$1:$PWD/benchmarks:$PYTHONPATH" "$PY" -c "$2" >>"$LOG" 2>&1; then
+  if PYTHONPATH="$GEOFF_PEERS/$1:$PWD/benchmarks/peers:$PWD/benchmarks:$PYTHONPATH" "$PY" -c "$2" >>"$LOG" 2>&1; then
     log "imports ok: $1"
   else
     log "FAILED: imports of $1 (see run.log)"

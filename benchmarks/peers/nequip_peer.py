@@ -29,8 +29,9 @@ def prepare(spec: dict):
         per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
         compile_mode=spec.get("compile", "eager"))
     model.eval()
+    identity = {s: s for s in species}
     transforms = [ChemicalSpeciesToAtomTypeMapper(model_type_names=species,
-                                                  chemical_species_to_atom_type_map={s: s for s in species}),
+                                                  chemical_species_to_atom_type_map=identity),
                   NeighborListTransform(r_max=CUTOFF)]
     calc = NequIPCalculator(model, device=spec["device"], transforms=transforms)
     atoms = structure(spec["kind"], spec["n"])

@@ -47,6 +47,7 @@ def prepare(spec: dict):
         model({k: v.clone() for k, v in batch.items()})["forces"].sum().item()
 
     def calc_call():
+        calc.atoms = None  # SpkCalculator skips the call for atoms it has already seen
         calc.calculate(atoms, ["energy", "forces"], ["positions"])
 
     return model_call, calc_call, len(atoms), int(batch[properties.idx_i].shape[0])
