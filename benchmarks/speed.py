@@ -90,6 +90,26 @@ def _median_time(fn, device, repeats: int, budget_s: float) -> float:
     return float(np.median(times))
 
 
+def first_call_memory(model_call, dev) -> dict:
+    """Run ``model_call`` once: ``mem_bytes`` it needed (GPU: ``max_memory_allocated`` minus
+    what was allocated before; CPU: peak RSS growth, KiB on Linux, so a fresh process per
+    size) and, on the CPU, ``first_s`` (its time, s)."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        model_call()
+        return {"mem_bytes": torch.cuda.max_memory_allocated(dev) - before}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    model_call()
+    first_s = time.perf_counter() - start
+    return {"first_s": first_s,
+            "mem_bytes": 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)}
+
+
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
                budget_s: float, edge_chunk=None, with_calc: bool = True) -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes)."""
@@ -116,18 +136,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     def calc_call():
         calc.calculate(atoms, ["energy", "forces"], ["positions"])
 
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        model_call()
-        row["mem_bytes"] = torch.cuda.max_memory_allocated(dev) - before
-    else:  # peak RSS growth over the first call (KiB on Linux): a fresh process per size
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        model_call()
-        row["first_s"] = time.perf_counter() - start
-        row["mem_bytes"] = 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    row.update(first_call_memory(model_call, dev))
     if repeats == 0 and "first_s" in row:  # CPU, slow sizes: the first call's time only
         row["model_s"] = row["first_s"]
     else:

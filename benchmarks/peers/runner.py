@@ -12,9 +12,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import json
-import resource
 import sys
-import time
 import types
 
 # Imported at module level by mace's plotting CLI only, never on the timed path; left out of
@@ -59,24 +57,13 @@ def measure(prepare, spec: dict) -> dict:
     """``prepare(spec)`` returns (model_call, calc_call, n_atoms, n_edges); time both."""
     import torch
 
-    from speed import _median_time
+    from speed import _median_time, first_call_memory
 
     torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])
     model_call, calc_call, n_atoms, n_edges = prepare(spec)
     row = {"atoms": n_atoms, "edges": n_edges}
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        model_call()
-        row["mem_bytes"] = torch.cuda.max_memory_allocated(dev) - before
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        model_call()
-        row["first_s"] = time.perf_counter() - start
-        row["mem_bytes"] = 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    row.update(first_call_memory(model_call, dev))
     row["model_s"] = _median_time(model_call, dev, spec["repeats"], spec["budget"])
     row["calc_s"] = (_median_time(calc_call, dev, spec["repeats"], spec["budget"])
                      if spec.get("calc", True) else float("nan"))
