@@ -239,6 +239,9 @@ def plan(args) -> list:
                                   run_series(args, *a, sizes=sz, grow=g), sizes, not short))
                 for peer in (p for p in chosen if p.family == name):
                     key = (peer.label, name, kind, dtype)
+                    if peer.not_run:
+                        items.append((key, True, _failed(peer.not_run), sizes, False))
+                        continue
                     if peer.gpu_only and args.device == "cpu":
                         items.append((key, True, _failed("GPU only"), sizes, False))
                         continue

@@ -2,9 +2,9 @@
 cutoff 5 Å, 8 Bessel functions, random weights (``NequIPGNNModel(seed=0)``, untrained).
 
 ``spec["compile"]``: ``"eager"`` or ``"compile"`` (nequip's ``compile_mode="compile"``:
-its ``CompileGraphModel``, torch.compile of the model's graph, the path nequip documents
-for training; its AOTInductor export, ``nequip-compile --mode aotinductor``, needs a saved
-checkpoint or package and is not run here). Neighbour list: nequip's
+its ``CompileGraphModel``, torch.compile of the model's graph; but it runs the eager model
+for a batch of fewer than 2 frames, so ``speed.py`` lists that row as not run; its
+AOTInductor export, ``nequip-compile --mode aotinductor``, needs a saved package). Neighbour list: nequip's
 ``NeighborListTransform`` (matscipy backend, its default), as ``NequIPCalculator`` builds it.
 """
 from __future__ import annotations
