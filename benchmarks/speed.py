@@ -47,7 +47,7 @@ MODELS = {
     "mace": dict(n_features=64, n_layers=2, l_max=3, hidden_l_max=1, correlation=3),
 }
 CUTOFF = 5.0
-PEERS_DIR = Path(os.environ.get("GEOFF_PEERS", Path.home() / ".cache" / "geoff-peers"))
+TP_MODELS = ("nequip", "mace")  # the models --kernels applies to (geoff/potentials/cueq.py)
 
 
 def structure(kind: str, n_atoms: int):
@@ -91,10 +91,31 @@ def _median_time(fn, device, repeats: int, budget_s: float) -> float:
     return float(np.median(times))
 
 
+def first_call_memory(model_call, dev) -> dict:
+    """Run ``model_call`` once: ``mem_bytes`` it needed (GPU: ``max_memory_allocated`` minus
+    what was allocated before; CPU: peak RSS growth, KiB on Linux, so a fresh process per
+    size) and, on the CPU, ``first_s`` (its time, s)."""
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        model_call()
+        return {"mem_bytes": torch.cuda.max_memory_allocated(dev) - before}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    model_call()
+    first_s = time.perf_counter() - start
+    return {"first_s": first_s,
+            "mem_bytes": 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)}
+
+
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
                budget_s: float, edge_chunk=None, with_calc: bool = True,
                kernels: str = "e3nn") -> dict:
-    """One row for one size: model and calculator medians (s) and memory (bytes)."""
+    """One row for one size: model and calculator medians (s) and memory (bytes);
+    ``kernels``: the tensor-product kernels (``GeoffCalculator(kernels=...)``)."""
     import torch
 
     from geoff.calculators.ase import GeoffCalculator
@@ -118,18 +139,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     def calc_call():
         calc.calculate(atoms, ["energy", "forces"], ["positions"])
 
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        model_call()
-        row["mem_bytes"] = torch.cuda.max_memory_allocated(dev) - before
-    else:  # peak RSS growth over the first call (KiB on Linux): a fresh process per size
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        model_call()
-        row["first_s"] = time.perf_counter() - start
-        row["mem_bytes"] = 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    row.update(first_call_memory(model_call, dev))
     if repeats == 0 and "first_s" in row:  # CPU, slow sizes: the first call's time only
         row["model_s"] = row["first_s"]
     else:
@@ -138,12 +148,30 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     return row
 
 
-def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None,
-               kernels: str = "e3nn") -> list:
-    """Every size for one (model, structure, dtype, edge chunk), each in a fresh subprocess
-    (the memory is the size's own; an out-of-memory failure ends the series, not the run)."""
+def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None, kernels="e3nn",
+               sizes=None, grow=None) -> list:
+    """Every size for one (model, structure, dtype, edge chunk, kernels), each in a fresh
+    subprocess (the memory is the size's own; an out-of-memory failure ends the series, not
+    the run)."""
+    spec = dict(name=name, kind=kind, dtype=dtype, device=args.device, repeats=args.repeats,
+                budget=args.budget, threads=args.threads, edge_chunk=edge_chunk,
+                calc=not args.model_only, kernels=kernels)
+
+    def command(n):
+        return [sys.executable, __file__, "--one", json.dumps(dict(spec, n=n))]
+
+    return run_sizes(args, f"{name} {kind} {dtype} chunk={edge_chunk} {kernels}", command,
+                     sizes=sizes, grow=grow)
+
+
+def run_sizes(args, label: str, command, env=None, sizes=None, grow=None) -> list:
+    """Rows for ``sizes`` (default ``args.sizes``), ``command(n)`` printing one JSON row per
+    size as its last line; with ``grow`` (default ``args.grow``) the size doubles after the
+    last one until a failure, ``args.max_atoms`` or the deadline. A failing size gives a
+    ``failed`` row (out of memory, deadline, or the last line of its stderr) and ends it."""
     rows = []
-    sizes = list(args.sizes)
+    sizes = list(args.sizes if sizes is None else sizes)
+    grow = args.grow if grow is None else grow
     k = 0
     while k < len(sizes):
         n = sizes[k]
@@ -151,28 +179,29 @@ def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None,
         if left < 5:
             rows.append({"atoms": n, "failed": "deadline"})
             break
-        cmd = [sys.executable, __file__, "--one", json.dumps(
-            dict(name=name, kind=kind, n=n, dtype=dtype, device=args.device,
-                 repeats=args.repeats, budget=args.budget, threads=args.threads,
-                 edge_chunk=edge_chunk, calc=not args.model_only, kernels=kernels))]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
+            proc = subprocess.run(command(n), capture_output=True, text=True, env=env,
                                   timeout=None if left == float("inf") else left)
         except subprocess.TimeoutExpired:
             rows.append({"atoms": n, "failed": "deadline"})
             break
         if proc.returncode != 0:
-            oom = "out of memory" in proc.stderr.lower() or "OutOfMemory" in proc.stderr
-            rows.append({"atoms": n, "failed": "out of memory" if oom else
-                         proc.stderr.strip().splitlines()[-1][:120]})
+            rows.append({"atoms": n, "failed": _failure(proc.stderr)})
             break
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"  {name} {kind} {dtype} chunk={edge_chunk} {rows[-1]}", file=sys.stderr,
-              flush=True)
-        if args.grow and k == len(sizes) - 1 and 2 * n <= args.max_atoms:
+        print(f"  {label} {rows[-1]}", file=sys.stderr, flush=True)
+        if grow and k == len(sizes) - 1 and 2 * n <= args.max_atoms:
             sizes.append(2 * n)
         k += 1
     return rows
+
+
+def _failure(stderr: str) -> str:
+    """Why a size failed, for its table cell: out of memory, or the last stderr line."""
+    if "out of memory" in stderr.lower() or "OutOfMemory" in stderr:
+        return "out of memory"
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "no output")[:160].replace("|", "/")
 
 
 def one(spec: dict) -> None:
@@ -185,44 +214,6 @@ def one(spec: dict) -> None:
     print(json.dumps(row))
 
 
-def exponent(rows: list) -> float:
-    pts = [(r["atoms"], r["model_s"]) for r in rows if "model_s" in r and r["atoms"] >= 256]
-    if len(pts) < 2:
-        return float("nan")
-    n, t = np.log(np.array(pts)).T
-    return float(np.polyfit(n, t, 1)[0])
-
-
-def table(results: dict) -> str:
-    lines = ["| model | structure | dtype | edge chunk | atoms | edges | model ms | calc ms "
-             "| calc/model | atoms/s (model) | mem/atom KB | exponent | largest that ran |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, kind, dtype, chunk), rows in results.items():
-        ok = [r for r in rows if "model_s" in r]
-        largest = ok[-1]["atoms"] if ok else 0
-        fail = next((r for r in rows if "failed" in r), None)
-        note = f"{largest}" + (f" ({fail['atoms']}: {fail['failed']})" if fail else "")
-        if not ok and fail:  # not even the first size ran: say why
-            lines.append(f"| {name} | {kind} | {dtype} | {_chunk_name(chunk)} | {fail['atoms']} "
-                         f"| | | | | | | | {fail['failed']} |")
-        for r in ok:
-            lines.append(
-                f"| {name} | {kind} | {dtype} | {_chunk_name(chunk)} | {r['atoms']} | "
-                f"{r['edges']} | "
-                f"{1e3 * r['model_s']:.2f} | {1e3 * r['calc_s']:.2f} | "
-                f"{r['calc_s'] / r['model_s']:.2f} | {r['atoms'] / r['model_s']:.3g} | "
-                f"{r['mem_bytes'] / r['atoms'] / 1e3:.1f} | {exponent(ok):.2f} | {note} |")
-    return "\n".join(lines)
-
-
-def _chunk_name(chunk) -> str:
-    from geoff.potentials.chunking import DEFAULT_EDGE_CHUNK
-
-    if chunk is None:
-        return f"default ({DEFAULT_EDGE_CHUNK})"
-    return "plain" if chunk == 0 else str(chunk)
-
-
 def header(args) -> str:
     import torch
 
@@ -231,6 +222,82 @@ def header(args) -> str:
     return (f"machine: {platform.node()} ({dev or platform.machine()}), {os.cpu_count()} cores, "
             f"torch {torch.__version__}, threads {args.threads}, load average at start "
             f"{load[0]:.1f}\ncommand: python benchmarks/speed.py {' '.join(sys.argv[1:])}\n")
+
+
+def plan(args) -> list:
+    """(key, is_peer, run(sizes, grow) -> rows, sizes, may_grow) in the order to run them:
+    per model family, geoff's series then its peers' for the same structure and dtype."""
+    from peers import PEERS, install, peer_command, peer_env, selected
+
+    chosen = selected(args.peers) if args.peers is not None else []
+    installed = {}
+    items = []
+    for name in args.models or sorted({p.family for p in chosen}):
+        for kind in args.structures:
+            for dtype in args.dtypes:
+                short = dtype == "float64" and args.float64_sizes
+                sizes = args.float64_sizes if short else args.sizes
+                for chunk in args.edge_chunks if name in args.models else []:
+                    for kernels in args.kernels if name in TP_MODELS else ["e3nn"]:
+                        a = (name, kind, dtype, chunk, kernels)
+                        items.append((a, False, lambda sz, g, a=a:
+                                      run_series(args, *a, sizes=sz, grow=g), sizes, not short))
+                for peer in (p for p in chosen if p.family == name):
+                    key = (peer.label, name, kind, dtype)
+                    if peer.not_run:
+                        items.append((key, True, _failed(peer.not_run), sizes, False))
+                        continue
+                    if peer.gpu_only and args.device == "cpu":
+                        items.append((key, True, _failed("GPU only"), sizes, False))
+                        continue
+                    if peer.folder not in installed:
+                        installed[peer.folder] = install(peer.folder)
+                    if installed[peer.folder]:
+                        items.append((key, True, _failed(installed[peer.folder]), sizes, False))
+                        continue
+                    spec = dict(kind=kind, dtype=dtype, device=args.device, repeats=args.repeats,
+                                budget=args.budget, threads=args.threads,
+                                calc=not args.model_only)
+                    items.append((key, True, lambda sz, g, c=peer_command(peer, spec),
+                                  e=peer_env(peer.folder), k=key:
+                                  run_sizes(args, " ".join(k), c, env=e, sizes=sz, grow=g),
+                                  sizes, not short))
+    assert PEERS  # the registry the names were chosen from
+    return items
+
+
+def _failed(reason: str):
+    return lambda sizes, grow: [{"atoms": sizes[0], "failed": reason}]
+
+
+def run_all(args, report) -> tuple:
+    """The first structure in the first dtype for every family (the headline), then, with
+    ``--grow``, each of those grown from its last size, then the other structures and
+    dtypes (not grown): what matters most is measured before the deadline cuts the rest.
+    ``report(geoff, peers)`` is called after each series (partial tables)."""
+    geoff, peers = {}, {}
+    items = plan(args)
+    first = (args.structures[0], args.dtypes[0])
+    is_first = [(key[-2], key[-1]) == first if is_peer else key[1:3] == first
+                for key, is_peer, *_ in items]
+    order = [i for i in range(len(items)) if is_first[i]]
+    rest = [i for i in range(len(items)) if not is_first[i]]
+    for i in order:
+        key, is_peer, run, sizes, _ = items[i]
+        (peers if is_peer else geoff)[key] = run(sizes, False)
+        report(geoff, peers)
+    for i in order if args.grow else []:
+        key, is_peer, run, sizes, may_grow = items[i]
+        rows = (peers if is_peer else geoff)[key]
+        if may_grow and rows and all("model_s" in r for r in rows) \
+                and 2 * rows[-1]["atoms"] <= args.max_atoms:
+            rows.extend(run([2 * rows[-1]["atoms"]], True))
+            report(geoff, peers)
+    for i in rest:
+        key, is_peer, run, sizes, _ = items[i]
+        (peers if is_peer else geoff)[key] = run(sizes, False)
+        report(geoff, peers)
+    return geoff, peers
 
 
 def main(argv=None) -> int:
@@ -242,18 +309,23 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", nargs="+", type=int, default=None,
                         help="default: 32 256 864 (cpu), 864 32000 131072 (cuda)")
-    parser.add_argument("--grow", action="store_true", help="double after the last size")
+    parser.add_argument("--float64-sizes", nargs="+", type=int, default=None,
+                        help="sizes for float64 (default: --sizes); these series do not grow")
+    parser.add_argument("--grow", action="store_true",
+                        help="double after the last size (first structure and dtype only)")
     parser.add_argument("--max-atoms", type=int, default=1_100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed calls (median); 0 on the CPU: time the first call only")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per timing")
-    parser.add_argument("--peers", action="store_true", help="install and time the peers")
+    parser.add_argument("--peers", nargs="*", default=None,
+                        help="time the peers too (all, or those named: mace-torch cuEq nequip "
+                             "compile schnetpack SchNet PaiNN ...), each in its own folder")
     parser.add_argument("--edge-chunks", nargs="+", type=int, default=[None],
                         help="edges per checkpointed chunk, one series each (0: plain path)")
     parser.add_argument("--kernels", nargs="+", default=["e3nn"], choices=["e3nn", "cueq"],
-                        help="tensor-product kernels, one series each (cueq: geoff[cuda]; "
-                             "shown as model+cueq)")
+                        help="tensor-product kernels of the NequIP- and MACE-style models, one "
+                             "series each (cueq: pip install geoff[cuda]; rows 'geoff mace+cueq')")
     parser.add_argument("--model-only", action="store_true", help="skip the calculator timing")
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds: start no size after it, stop a running one at it")
@@ -266,21 +338,21 @@ def main(argv=None) -> int:
     if args.sizes is None:
         args.sizes = [32, 256, 864] if args.device == "cpu" else [864, 32000, 131072]
     args.deadline_at = time.time() + args.deadline
-    text = header(args)
-    results = {}
-    for name in args.models:
-        for kind in args.structures:
-            for dtype in args.dtypes:
-                for chunk in args.edge_chunks:
-                    for kernels in args.kernels:
-                        label = name if kernels == "e3nn" else f"{name}+{kernels}"
-                        results[(label, kind, dtype, chunk)] = run_series(
-                            args, name, kind, dtype, chunk, kernels)
-    text += "\n" + table(results) + "\n"
-    if args.peers:
-        from peers import run_peers  # benchmarks/peers.py
+    head = header(args)
 
-        text += "\n" + run_peers(args) + "\n"
+    def render(geoff, peers, final=False) -> str:
+        from peers.table import combined_table
+
+        load = os.getloadavg()[0]
+        tail = f"\nload average at the end: {load:.1f}\n" if final else "\n(partial)\n"
+        return head + "\n" + combined_table(geoff, peers) + "\n" + tail
+
+    def report(geoff, peers):
+        if args.out:
+            Path(args.out).write_text(render(geoff, peers))
+
+    geoff, peers = run_all(args, report)
+    text = render(geoff, peers, final=True)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

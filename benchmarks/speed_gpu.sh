@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# GPU run of issue 12's peer comparison: geoff and every peer in ONE `speed.py --peers` call.
+#
+#   OUT=$OUT bash benchmarks/speed_gpu.sh        # kind nvidia-h200, carry [".whl", ".peers"]
+#
+# Installs .whl (ase, matscipy) and each peer from .peers/ (benchmarks/peers_wheels.sh) into
+# its own --target folder, offline; checks each peer imports; then times Cu and Cu64Zr36,
+# float32 at SIZES (geoff and the peers grow by doubling to MAX_ATOMS / their out of memory)
+# and float64 at the two smallest sizes. Order: MACE (geoff, mace-torch, + cuEq) first, then
+# NequIP, schnetpack's PaiNN and SchNet. The table is rewritten after every series
+# ($OUT/speed.md, partial until the end); logs and the rest go into $OUT/results.tar.gz
+# (packed on exit, the deadline included). DEVICE=cpu runs the same on the CPU (tests).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}; mkdir -p "$OUT"
+DEVICE=${DEVICE:-cuda}
+DEADLINE_S=${DEADLINE_S:-500}
+SIZES=${SIZES:-864 32000 131072}
+MAX_ATOMS=${MAX_ATOMS:-1100000}
+REPEATS=${REPEATS:-3}
+BUDGET=${BUDGET:-10}
+PY=${PYTHON:-python3}
+WORK=${WORK:-$(mktemp -d)}
+START=$(date +%s)
+RES="$OUT/results"; mkdir -p "$RES"
+LOG="$RES/run.log"
+
+log() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
+pack() {
+  cp -f "$OUT/speed.md" "$RES/" 2>/dev/null
+  tar -czf "$OUT/results.tar.gz" -C "$OUT" results && log "packed $OUT/results.tar.gz"
+}
+trap pack EXIT
+
+log "device $DEVICE, sizes $SIZES, deadline ${DEADLINE_S} s, work $WORK"
+"$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" 2>&1 | tee -a "$LOG"
+
+# geoff's own environment: .whl (ase, matscipy) on PYTHONPATH, never a peer's package
+mkdir -p "$WORK/py"
+"$PY" -m pip install -q --no-deps --no-index --target "$WORK/py" .whl/*.whl >>"$LOG" 2>&1 \
+  && log "installed .whl" || log "FAILED: installing .whl"
+export PYTHONPATH="$PWD:$WORK/py${PYTHONPATH:+:$PYTHONPATH}"
+
+# each peer in its own folder: $GEOFF_PEERS/<folder>, marked .installed for speed.py
+export GEOFF_PEERS="$WORK/peers"
+install_peer() {  # install_peer <folder> <wheel dir>...
+  local folder=$1; shift
+  local target="$GEOFF_PEERS/$folder" wheels=()
+  for d in "$@"; do wheels+=(".peers/$d"/*.whl); done
+  if "$PY" -m pip install -q --no-deps --no-index --ignore-requires-python \
+       --target "$target" "${wheels[@]}" >>"$LOG" 2>&1; then
+    touch "$target/.installed"; log "installed peer $folder"
+  else
+    log "FAILED: installing peer $folder (its rows will say why)"
+  fi
+}
+install_peer mace mace common
+install_peer nequip nequip common
+install_peer schnetpack schnetpack common
+if [ "$DEVICE" = cuda ]; then
+  install_peer mace_cueq mace cueq common
+  tar -xJf .peers/cueq/cueq-ops.tar.xz -C "$GEOFF_PEERS/mace_cueq" >>"$LOG" 2>&1 \
+    && log "unpacked cuEq ops" || log "FAILED: unpacking cuEq ops"
+fi
+
+check() {  # check <folder> <python statement>: the peer imports in its own folder
+  if PYTHONPATH="$GEOFF_PEERS/$1:$PWD/benchmarks/peers:$PWD/benchmarks:$PYTHONPATH" "$PY" -c "$2" >>"$LOG" 2>&1; then
+    log "imports ok: $1"
+  else
+    log "FAILED: imports of $1 (see run.log)"
+  fi
+}
+check mace "from runner import stub_missing; stub_missing(); import mace.calculators, e3nn; print('e3nn', e3nn.__version__)"
+check nequip "import nequip.model, nequip.integrations.ase, e3nn; print('e3nn', e3nn.__version__)"
+check schnetpack "import schnetpack.interfaces, schnetpack.transform"
+[ "$DEVICE" = cuda ] && check mace_cueq "from runner import stub_missing; stub_missing(); import cuequivariance_torch, cuequivariance_ops_torch, mace.calculators"
+
+left=$(( DEADLINE_S - ($(date +%s) - START) ))
+log "speed.py --peers, $left s left"
+read -r -a sizes <<< "$SIZES"
+"$PY" benchmarks/speed.py --device "$DEVICE" --peers --models mace nequip painn schnet \
+  --structures cu cuzr --dtypes float32 float64 --sizes "${sizes[@]}" \
+  --float64-sizes "${sizes[@]:0:2}" --grow --max-atoms "$MAX_ATOMS" \
+  --repeats "$REPEATS" --budget "$BUDGET" --threads "${THREADS:-8}" \
+  --deadline "$left" --out "$OUT/speed.md" >"$RES/speed.stdout" 2>"$RES/speed.stderr"
+log "speed.py exit $?"
+tail -5 "$RES/speed.stderr" >>"$LOG"
