@@ -10,6 +10,8 @@
 # NequIP, schnetpack's PaiNN and SchNet. The table is rewritten after every series
 # ($OUT/speed.md, partial until the end); logs and the rest go into $OUT/results.tar.gz
 # (packed on exit, the deadline included). DEVICE=cpu runs the same on the CPU (tests).
+# Knobs: SIZES, MODELS, STRUCTURES, DTYPES, KERNELS, GROW (1), PASS2_MODELS, PASS2_SIZES,
+# DEADLINE_S, MAX_ATOMS, REPEATS, BUDGET, THREADS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -27,7 +29,7 @@ LOG="$RES/run.log"
 
 log() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
 pack() {
-  cp -f "$OUT/speed.md" "$RES/" 2>/dev/null
+  cp -f "$OUT"/speed*.md "$RES/" 2>/dev/null
   tar -czf "$OUT/results.tar.gz" -C "$OUT" results && log "packed $OUT/results.tar.gz"
 }
 trap pack EXIT
@@ -75,13 +77,31 @@ check nequip "import nequip.model, nequip.integrations.ase, e3nn; print('e3nn', 
 check schnetpack "import schnetpack.interfaces, schnetpack.transform"
 [ "$DEVICE" = cuda ] && check mace_cueq "from runner import stub_missing; stub_missing(); import cuequivariance_torch, cuequivariance_ops_torch, mace.calculators"
 
-left=$(( DEADLINE_S - ($(date +%s) - START) ))
-log "speed.py --peers, $left s left"
-read -r -a sizes <<< "$SIZES"
-"$PY" benchmarks/speed.py --device "$DEVICE" --peers --models mace nequip painn schnet \
-  --structures cu cuzr --dtypes float32 float64 --sizes "${sizes[@]}" \
-  --float64-sizes "${sizes[@]:0:2}" --grow --max-atoms "$MAX_ATOMS" \
-  --repeats "$REPEATS" --budget "$BUDGET" --threads "${THREADS:-8}" \
-  --deadline "$left" --out "$OUT/speed.md" >"$RES/speed.stdout" 2>"$RES/speed.stderr"
-log "speed.py exit $?"
-tail -5 "$RES/speed.stderr" >>"$LOG"
+# geoff's own cuEquivariance kernels (geoff[cuda]) for --kernels cueq: the same wheels, into
+# geoff's folder (cuEq does not use e3nn, so it cannot clash with geoff's e3nn)
+if [ "$DEVICE" = cuda ] && [[ "${KERNELS:-e3nn cueq}" == *cueq* ]]; then
+  "$PY" -m pip install -q --no-deps --no-index --target "$WORK/py" .peers/cueq/*.whl >>"$LOG" 2>&1 \
+    && tar -xJf .peers/cueq/cueq-ops.tar.xz -C "$WORK/py" >>"$LOG" 2>&1 \
+    && log "geoff[cuda]: cuEquivariance installed for geoff" || log "FAILED: cuEq for geoff"
+fi
+
+# One speed.py --peers pass: pass <name> <models> <sizes> [grow]; knobs STRUCTURES (cu cuzr),
+# DTYPES (float32 float64), KERNELS (e3nn cueq). PASS2_MODELS/PASS2_SIZES: a second pass
+# (e.g. the MACE family at large sizes first, the others at small sizes after).
+run_pass() {
+  local name=$1 models=$2 sz=$3 grow=${4:-}
+  local left=$(( DEADLINE_S - ($(date +%s) - START) ))
+  [ "$left" -gt 20 ] || { log "skipped (deadline): pass $name"; return; }
+  log "speed.py --peers pass $name: $models at $sz, $left s left"
+  read -r -a sizes <<< "$sz"
+  read -r -a fam <<< "$models"
+  "$PY" benchmarks/speed.py --device "$DEVICE" --peers --models "${fam[@]}" \
+    --structures ${STRUCTURES:-cu cuzr} --dtypes ${DTYPES:-float32 float64} --sizes "${sizes[@]}" \
+    --float64-sizes "${sizes[@]:0:2}" $grow --max-atoms "$MAX_ATOMS" --kernels ${KERNELS:-e3nn cueq} \
+    --repeats "$REPEATS" --budget "$BUDGET" --threads "${THREADS:-8}" \
+    --deadline "$left" --out "$OUT/speed$name.md" >"$RES/speed$name.stdout" 2>"$RES/speed$name.stderr"
+  log "speed.py pass $name exit $?"
+  tail -5 "$RES/speed$name.stderr" >>"$LOG"
+}
+run_pass "" "${MODELS:-mace nequip painn schnet}" "$SIZES" "$([ "${GROW:-1}" = 1 ] && echo --grow)"
+[ -n "${PASS2_MODELS:-}" ] && run_pass 2 "$PASS2_MODELS" "${PASS2_SIZES:-$SIZES}"

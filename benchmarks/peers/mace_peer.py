@@ -18,7 +18,11 @@ def mace_model(dtype):
 
     torch.manual_seed(0)
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = modules.MACE(
+    # ScaleShiftMACE (scale 1, shift 0: the same numbers as MACE) because mace's e3nn ->
+    # cuEquivariance conversion (enable_cueq) reads its config from that class only: with
+    # modules.MACE the H200 run failed with KeyError: 'hidden_irreps'.
+    model = modules.ScaleShiftMACE(
+        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
         r_max=CUTOFF, num_bessel=8, num_polynomial_cutoff=6, max_ell=3,
         interaction_cls=block, interaction_cls_first=block, num_interactions=2,
         num_elements=2, hidden_irreps=o3.Irreps("64x0e+64x1o"), MLP_irreps=o3.Irreps("16x0e"),
