@@ -12,18 +12,9 @@
 # DEVICE (cpu: a dry run of the script without a GPU, tiny sizes).
 # Results: $OUT/cuda_graphs.md (the tables), $OUT/run.log, $OUT/results.tar.gz (rows.json, the
 # logs), packed on exit even when stopped early.
-set -uo pipefail
 cd "$(dirname "$0")/.."
-T0=$(date +%s)
-END=$((T0 + ${DEADLINE_S:-500}))
-V=${PYTHON:-python3}
-DEV=${DEVICE:-cuda}
-WORK=${WORK:-$(mktemp -d /tmp/geoff-cg.XXXXXX)}
-OUT=${OUT:-$WORK/out}
-RES="$WORK/results"
-mkdir -p "$OUT" "$RES" "$WORK/py"
-exec > >(tee -a "$OUT/run.log") 2>&1
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+TAG=cg DEFAULT_DEADLINE_S=500
+source benchmarks/gpu_call_common.sh
 pack() {
   cp -f "$OUT/run.log" "$RES/" 2>/dev/null
   [ -f "$RES/cuda_graphs.md" ] && cp -f "$RES/cuda_graphs.md" "$OUT/"

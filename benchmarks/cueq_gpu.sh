@@ -20,19 +20,9 @@
 # GROW_FROM, MAX_ATOMS, NEQUIP_SIZES, REPEATS, BUDGET.
 # Results: $OUT/cueq.md (the tables), $OUT/run.log, $OUT/results.tar.gz (everything: check
 # JSON, logs, tables), packed on exit even when stopped early.
-set -uo pipefail
 cd "$(dirname "$0")/.."
-T0=$(date +%s)
-END=$((T0 + ${DEADLINE_S:-480}))
-V=${PYTHON:-python3}
-DEV=${DEVICE:-cuda}
-WORK=${WORK:-$(mktemp -d /tmp/geoff-cueq.XXXXXX)}
-OUT=${OUT:-$WORK/out}
-RES="$WORK/results"
-mkdir -p "$OUT" "$RES" "$WORK/py"
-exec > >(tee -a "$OUT/run.log") 2>&1
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-left() { echo $(( END - $(date +%s) )); }
+TAG=cueq DEFAULT_DEADLINE_S=480
+source benchmarks/gpu_call_common.sh
 pack() {
   cp -f "$OUT/run.log" "$RES/" 2>/dev/null
   { echo "# cuEquivariance vs e3nn kernels (benchmarks/cueq_gpu.sh)"; echo
