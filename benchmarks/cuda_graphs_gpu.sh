@@ -22,13 +22,7 @@ pack() {
 }
 trap pack EXIT
 
-stamp "installing the carried wheels"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .whl/*.whl \
-    || stamp "WARNING: pip install of .whl/ failed"
-else
-  stamp "WARNING: no .whl/ (ase, matscipy must be importable already)"
-fi
+install_whl
 export PYTHONPATH="$(pwd):$WORK/py${PYTHONPATH:+:$PYTHONPATH}"
 "$V" -c "import ase, matscipy, e3nn, torch, geoff.cuda_graphs; print('ase', ase.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   || { stamp "FAILED: imports"; exit 1; }

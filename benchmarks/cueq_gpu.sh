@@ -34,13 +34,7 @@ pack() {
 }
 trap pack EXIT
 
-stamp "installing the carried wheels"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .whl/*.whl \
-    || stamp "WARNING: pip install of .whl/ failed"
-else
-  stamp "WARNING: no .whl/ (ase, matscipy must be importable already)"
-fi
+install_whl
 if ls .peers/cueq/*.whl >/dev/null 2>&1; then
   "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .peers/cueq/*.whl \
     || stamp "WARNING: pip install of .peers/cueq/*.whl failed"

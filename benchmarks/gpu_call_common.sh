@@ -2,7 +2,7 @@
 # the log they share. Set TAG (the work folder's name) and DEFAULT_DEADLINE_S first.
 # Defines T0, END (nothing new starts after it), V (python), DEV (cuda, or cpu for a dry
 # run), WORK, OUT, RES (everything packed at the end), stamp and left; tees all output to
-# $OUT/run.log.
+# $OUT/run.log; install_whl installs the carried .whl/ wheels.
 set -uo pipefail
 T0=$(date +%s)
 END=$((T0 + ${DEADLINE_S:-$DEFAULT_DEADLINE_S}))
@@ -15,3 +15,12 @@ mkdir -p "$OUT" "$RES" "$WORK/py"
 exec > >(tee -a "$OUT/run.log") 2>&1
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 left() { echo $(( END - $(date +%s) )); }
+install_whl() {  # the carried wheels (.whl/: ase, matscipy, ...) into $WORK/py
+  stamp "installing the carried wheels"
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .whl/*.whl \
+      || stamp "WARNING: pip install of .whl/ failed"
+  else
+    stamp "WARNING: no .whl/ (ase, matscipy must be importable already)"
+  fi
+}
