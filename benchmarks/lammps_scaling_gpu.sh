@@ -22,7 +22,7 @@
 #   WEAK_SIZES=256 CHUNK_SIZE=500 BIG_SIZE=500 MEM_STEPS=100 MEM_ATOMS=256 bash $0
 # Knobs: DEADLINE_S (520: nothing starts after it), LIMIT_S (170: the bisections' time),
 # LIMIT_START (524288), SCALE_UNTIL_S (430), SIZES (131072), STEPS (10), MODELS (painn mace),
-# WEAK_SIZES (32000), WEAK_STEPS (20), BIG_STEPS (3), RUN_LIMITS (1; 0 skips the
+# WEAK_SIZES (32000), WEAK_STEPS (20), BIG_STEPS (3), BIG_MODELS (painn), RUN_LIMITS (1; 0 skips the
 # bisections), ORDER (strong weak chunk_cost big; also weak1 memwait weak2), CHUNK_SIZE (32000), BIG_SIZE (1048576), MEM_STEPS (10000; 0 skips the memory run), MEM_ATOMS (864),
 # LIMIT_ARGS and SCALE_ARGS (extra arguments of the limits and strong-scaling runs, e.g.
 # "--chunk 2048" to make a CPU dry run's small systems chunked).
@@ -221,8 +221,10 @@ weak2() { for model in $MODELS; do
     --sizes ${WEAK_SIZES:-32000} --steps ${WEAK_STEPS:-20} --timing sync
 done; }
 memwait() { stamp "waiting for the memory run"; [ -n "$MEM" ] && wait "$MEM"; stamp "memory run over"; }
-big() { scaling "lammps_strong_1M_painn.md" --model painn --timing sync \
-  --sizes ${BIG_SIZE:-1048576} --steps ${BIG_STEPS:-3}; }
+big() { for model in ${BIG_MODELS:-painn}; do
+  scaling "lammps_strong_1M_${model}.md" --model "$model" --timing sync \
+    --sizes ${BIG_SIZE:-1048576} --steps ${BIG_STEPS:-3}
+done; }
 # ORDER: which parts run, in that order ("big" gets the clock up to the deadline when last)
 ORDER=${ORDER:-strong weak chunk_cost big}
 for part in $ORDER; do
