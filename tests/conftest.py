@@ -73,6 +73,22 @@ def cluster(seed=0, n=10):
     return atoms
 
 
+def tiny_cu_study(name, models, ensembles, seeds=(0, 1), **changes):
+    """A study config on the 8-atom fcc Cu cell (1 x 1 x 2 cubic), 1 fs, logged every 2
+    steps: the replica/study tests' shared set-up; ``changes`` replace top-level keys."""
+    config = {
+        "name": name, "models": models,
+        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
+                                                  "a": 3.61, "cubic": True,
+                                                  "repeat": [1, 1, 2]}}],
+        "ensembles": ensembles, "timesteps_fs": [1.0], "seeds": list(seeds),
+        "md": {"log_every": 2, "traj_every": 2},
+        "failure": {"min_distance_factor": None}, "analysis": {"jacobian_structures": 1},
+    }
+    config.update(changes)
+    return config
+
+
 @pytest.fixture
 def triclinic():
     return rattled_triclinic()

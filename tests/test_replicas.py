@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 
-from conftest import small_model
+from conftest import small_model, tiny_cu_study
 from geoff.md import FailureCriteria, MDSettings, run_md
 from geoff.md.replica_forces import BatchedForces
 from geoff.md.replicas import replica_steps_per_s, run_replicas
@@ -180,18 +180,10 @@ def test_study_replicas_equal_the_per_seed_study(tmp_path):
     from geoff.checkpoint import save
 
     save(small_model("schnet"), tmp_path / "cons.ckpt")
-    config = {
-        "name": "tiny-replicas",
-        "models": [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
-        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
-                                                  "a": 3.61, "cubic": True,
-                                                  "repeat": [1, 1, 2]}}],
-        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
-                       "tau_fs": 10, "time_ps": 0.01}],
-        "timesteps_fs": [1.0], "seeds": [0, 1, 2], "md": {"log_every": 2, "traj_every": 2},
-        "failure": {"min_distance_factor": None},
-        "analysis": {"jacobian_structures": 1},
-    }
+    config = tiny_cu_study(
+        "tiny-replicas", [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
+        [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400, "tau_fs": 10,
+          "time_ps": 0.01}], seeds=(0, 1, 2))
     rows = study_rows(config, tmp_path)
     assert len(rows[True]) == len(rows[False]) == 3
     for a, b in zip(rows[False], rows[True]):
@@ -333,18 +325,11 @@ def test_study_batches_mts_cells(tmp_path):
     from geoff.checkpoint import save
 
     save(small_model("schnet", force_head="both"), tmp_path / "both.ckpt")
-    config = {
-        "name": "tiny-mts",
-        "models": [{"name": "mts", "checkpoint": str(tmp_path / "both.ckpt"), "forces": "mts",
-                    "mts_steps": 2}],
-        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
-                                                  "a": 3.61, "cubic": True,
-                                                  "repeat": [1, 1, 2]}}],
-        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
-                       "tau_fs": 10, "time_ps": 0.008}],
-        "timesteps_fs": [1.0], "seeds": [0, 1], "md": {"log_every": 2, "traj_every": 2},
-        "failure": {"min_distance_factor": None}, "analysis": {"jacobian_structures": 1},
-    }
+    config = tiny_cu_study(
+        "tiny-mts", [{"name": "mts", "checkpoint": str(tmp_path / "both.ckpt"),
+                      "forces": "mts", "mts_steps": 2}],
+        [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400, "tau_fs": 10,
+          "time_ps": 0.008}])
     rows = study_rows(config, tmp_path)
     assert [(r["seed"], r["status"], r["steps_done"]) for r in rows[True]] == \
         [(r["seed"], r["status"], r["steps_done"]) for r in rows[False]] == \

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from conftest import small_model
+from conftest import small_model, tiny_cu_study
 from geoff.md import FailureCriteria, MDSettings
 from geoff.md.replica_forces import BatchedForces
 from geoff.md.replicas import batched_forces
@@ -61,18 +61,11 @@ def test_study_md_key_reaches_batched_forces(tmp_path, monkeypatch):
     from geoff.md.study import run_study
 
     save(small_model("schnet"), tmp_path / "cons.ckpt")
-    config = {
-        "name": "tiny-graphs",
-        "models": [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
-        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
-                                                  "a": 3.61, "cubic": True,
-                                                  "repeat": [1, 1, 2]}}],
-        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
-                       "tau_fs": 10, "time_ps": 0.004}],
-        "timesteps_fs": [1.0], "seeds": [0, 1], "replicas": True,
-        "md": {"log_every": 2, "traj_every": 2, "cuda_graphs": "auto"},
-        "failure": {"min_distance_factor": None}, "analysis": {"jacobian_structures": 1},
-    }
+    config = tiny_cu_study(
+        "tiny-graphs", [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
+        [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400, "tau_fs": 10,
+          "time_ps": 0.004}], replicas=True,
+        md={"log_every": 2, "traj_every": 2, "cuda_graphs": "auto"})
     cfg = load_config(config)
     assert batch_options(cfg) == {"cuda_graphs": "auto"}
     settings = run_settings(cfg, cfg.models[0], cfg.ensembles[0], 1.0, 0)

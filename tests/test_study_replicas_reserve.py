@@ -28,26 +28,20 @@ def test_a_study_s_nve_leg_keeps_its_reserve(tmp_path, monkeypatch):
     import csv
     import time
 
-    from conftest import small_model
+    from conftest import small_model, tiny_cu_study
     from geoff.checkpoint import save
     from geoff.md.study import run_study
 
     save(small_model("schnet"), tmp_path / "cons.ckpt")
-    config = {
-        "name": "tiny-reserve", "replicas": True,
-        "models": [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
-        "systems": [{"name": "cu8", "structure": {"bulk": "Cu", "crystalstructure": "fcc",
-                                                  "a": 3.61, "cubic": True,
-                                                  "repeat": [1, 1, 2]}}],
-        "ensembles": [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400,
-                       "tau_fs": 10, "time_ps": 1000.0},
-                      {"name": "nve", "ensemble": "nve", "temperature_K": 400,
-                       "time_ps": 1000.0}],
-        "timesteps_fs": [1.0], "seeds": [0, 1], "md": {"log_every": 50, "traj_every": 50},
-        "failure": {"min_distance_factor": None, "min_distance": 0.01, "max_force": None,
-                        "temperature_factor": None},  # a random model: only the clock stops it
-            "analysis": {"jacobian_structures": 1},
-    }
+    config = tiny_cu_study(
+        "tiny-reserve", [{"name": "cons", "checkpoint": str(tmp_path / "cons.ckpt")}],
+        [{"name": "nvt", "ensemble": "bussi", "temperature_K": 400, "tau_fs": 10,
+          "time_ps": 1000.0},
+         {"name": "nve", "ensemble": "nve", "temperature_K": 400, "time_ps": 1000.0}],
+        replicas=True, md={"log_every": 50, "traj_every": 50},
+        # a random model: only the clock stops it
+        failure={"min_distance_factor": None, "min_distance": 0.01, "max_force": None,
+                 "temperature_factor": None})
     monkeypatch.delenv("GEOFF_REPLICA_WALL_S", raising=False)
     monkeypatch.setenv("GEOFF_REPLICA_DEADLINE", f"{time.time() + 6:.3f}")
     monkeypatch.setenv("GEOFF_REPLICA_RESERVE_S", "3")
