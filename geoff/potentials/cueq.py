@@ -318,6 +318,7 @@ def with_kernels(model: nn.Module, kernels: str, device) -> nn.Module:
     if kernels == "e3nn":
         return restore(model)
     if kernels == "auto":
-        has_tp = any(type(m) in (Convolution, SymmetricContraction) for m in model.modules())
+        swappable = tuple(e3nn_type for e3nn_type, _ in _SWAPS)
+        has_tp = any(type(m) in swappable for m in model.modules())
         return accelerate(model) if has_tp and available(device) else model
     return accelerate(model)
