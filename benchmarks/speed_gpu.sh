@@ -11,7 +11,8 @@
 # ($OUT/speed.md, partial until the end); logs and the rest go into $OUT/results.tar.gz
 # (packed on exit, the deadline included). DEVICE=cpu runs the same on the CPU (tests).
 # Knobs: SIZES, MODELS, STRUCTURES, DTYPES, KERNELS, GROW (1), PASS2_MODELS, PASS2_SIZES,
-# DEADLINE_S, MAX_ATOMS, REPEATS, BUDGET, THREADS.
+# DEADLINE_S, MAX_ATOMS, REPEATS, BUDGET, THREADS, PEERS (names as speed.py --peers takes them;
+# unset: every peer of the models), EDGE_CHUNKS (geoff's series, e.g. "0 131072").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -95,7 +96,10 @@ run_pass() {
   log "speed.py --peers pass $name: $models at $sz, $left s left"
   read -r -a sizes <<< "$sz"
   read -r -a fam <<< "$models"
-  "$PY" benchmarks/speed.py --device "$DEVICE" --peers --models "${fam[@]}" \
+  local peers=() chunks=()
+  [ -n "${PEERS:-}" ] && read -r -a peers <<< "$PEERS"
+  [ -n "${EDGE_CHUNKS:-}" ] && chunks=(--edge-chunks $EDGE_CHUNKS)
+  "$PY" benchmarks/speed.py --device "$DEVICE" --peers "${peers[@]}" "${chunks[@]}" --models "${fam[@]}" \
     --structures ${STRUCTURES:-cu cuzr} --dtypes ${DTYPES:-float32 float64} --sizes "${sizes[@]}" \
     --float64-sizes "${sizes[@]:0:2}" $grow --max-atoms "$MAX_ATOMS" --kernels ${KERNELS:-e3nn cueq} \
     --repeats "$REPEATS" --budget "$BUDGET" --threads "${THREADS:-8}" \
