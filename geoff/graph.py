@@ -56,6 +56,38 @@ def species_indices(symbols: Sequence[str], species: Sequence[str]) -> np.ndarra
     return np.fromiter((lookup[s] for s in symbols), dtype=np.int64, count=len(symbols))
 
 
+def atoms_species(atoms, species: Sequence[str]) -> np.ndarray:
+    """(N,) int64 indices into ``species`` of each atom of ``atoms``, looked up by atomic
+    number in one vectorised step (the per-symbol Python loop cost ~35 ms at 131k atoms, a
+    quarter of a GPU step). Unknown elements raise ``species_indices``' error naming them."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    table = np.full(len(chemical_symbols), -1, dtype=np.int64)
+    for k, s in enumerate(species):
+        if s not in atomic_numbers:  # a label that is not an element: the symbol path
+            return species_indices(atoms.get_chemical_symbols(), species)
+        table[atomic_numbers[s]] = k
+    z = table[atoms.numbers]
+    if (z < 0).any():
+        return species_indices(atoms.get_chemical_symbols(), species)  # raises, naming them
+    return z
+
+
+class _Symbols:
+    """``atoms``' chemical symbols by index, made only when an error message names one."""
+
+    def __init__(self, numbers: np.ndarray):
+        self.numbers = numbers
+
+    def __getitem__(self, k: int) -> str:
+        from ase.data import chemical_symbols
+
+        return chemical_symbols[int(self.numbers[k])]
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
 def _neighbour_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
     """A non-singular cell for the neighbour search.
 
@@ -212,8 +244,8 @@ def atoms_to_graph(
         raise ValueError("the structure has no atoms; a graph needs at least one atom")
     if min_distance is None:
         min_distance = overlap_threshold(model)
-    symbols = atoms.get_chemical_symbols()
-    z = species_indices(symbols, species)
+    z = atoms_species(atoms, species)
+    symbols = _Symbols(atoms.numbers)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     i, j, shifts = _edges(atoms.positions, cell, pbc, cutoff, neighbour_list, device)

@@ -114,3 +114,20 @@ def test_non_periodic_search_cell_ignores_the_periodic_extent():
         i, j, s = neighbour_list(p, cell, pbc, 4.0)
         lengths.append(np.sort(np.linalg.norm(p[j] - p[i] + s, axis=1)))
     np.testing.assert_allclose(lengths[1], lengths[0], atol=1e-6)
+
+
+def test_atoms_species_matches_the_symbol_lookup():
+    """The vectorised lookup by atomic number gives what the per-symbol one gives, for any
+    order of the model's species, and falls back to it for labels that are not elements."""
+    from geoff.graph import atoms_species, species_indices
+
+    rng = np.random.default_rng(3)
+    atoms = Atoms(numbers=rng.choice([29, 40, 13], size=200), positions=rng.random((200, 3)) * 20)
+    for species in (["Cu", "Zr", "Al"], ["Zr", "Al", "Cu"]):
+        z = atoms_species(atoms, species)
+        assert z.dtype == np.int64
+        np.testing.assert_array_equal(z, species_indices(atoms.get_chemical_symbols(), species))
+    with pytest.raises(ValueError, match=r"species 'Al' not in model species \['Cu', 'Zr'\]"):
+        atoms_species(atoms, ["Cu", "Zr"])
+    with pytest.raises(ValueError, match=r"species 'Al', 'Cu', 'Zr' not in model species \['A'\]"):
+        atoms_species(atoms, ["A"])  # not an element: the symbol path names every unknown

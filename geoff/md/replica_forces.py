@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..cuda_graphs import graphed
-from ..graph import neighbour_list, species_indices
+from ..graph import atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype
 
 
@@ -52,7 +52,7 @@ class BatchedForces:
         self.n_atoms = len(atoms)
         self.cell = np.asarray(atoms.cell.array, dtype=np.float64)
         self.pbc = np.asarray(atoms.pbc, dtype=bool)
-        z = species_indices(atoms.get_chemical_symbols(), model.species)
+        z = atoms_species(atoms, model.species)
         self.species = torch.as_tensor(z, device=self.device)
         self.on_device = (not self.pbc.any()) or (
             self.pbc.all() and _orthorhombic_wide(self.cell, self.cutoff))
