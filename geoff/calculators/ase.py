@@ -15,6 +15,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ..cuda_graphs import graphed
 from ..graph import atoms_to_graph
 from ..inference import force_key, frozen, torch_dtype
+from ..cpu_memory import keep_freed_memory
 from ..potentials.chunking import set_edge_chunk
 from ..neighbours import NeighbourCache
 
@@ -85,6 +86,8 @@ class GeoffCalculator(Calculator):
         self.force_key = force_key(model.force_head, forces)
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
+        if self.device.type == "cpu":  # reuse freed memory between calls (geoff.cpu_memory)
+            keep_freed_memory()
         self.model = frozen(model, self.device, self.dtype)
         if kernels != "e3nn":  # on the frozen copy, in its final device and dtype
             from ..potentials.cueq import with_kernels
