@@ -61,6 +61,9 @@
 #include <fstream>
 #include <thread>
 #include <unordered_map>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 using namespace LAMMPS_NS;
 
@@ -372,6 +375,20 @@ void PairGeoff::node_rank_and_size(int &rank, int &size)
   MPI_Comm_free(&node);
 }
 
+// Keep freed CPU memory in the process, as geoff.cpu_memory does for Python: each force call
+// allocates and frees the same large per-edge tensors, which glibc would otherwise map and
+// fault in afresh every step (735k page faults and 1.5 s of system time per call for PaiNN at
+// 864 atoms on the 2-core machine). GEOFF_KEEP_FREED_MEMORY=0 switches it off.
+static void keep_freed_memory()
+{
+#ifdef __GLIBC__
+  const char *keep = getenv("GEOFF_KEEP_FREED_MEMORY");
+  if (keep && std::string(keep) == "0") return;
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);
+#endif
+}
+
 void PairGeoff::choose_device()
 {
   int node_rank = 0, node_size = 1;
@@ -394,6 +411,7 @@ void PairGeoff::choose_device()
     setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", /*overwrite=*/0);
   } else {
     torch_->device = torch::Device(torch::kCPU);
+    keep_freed_memory();
   }
 
   // CPU threads: torch's own choice (OMP_NUM_THREADS, or torch.set_num_threads in a Python
