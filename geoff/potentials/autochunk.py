@@ -1,0 +1,275 @@
+"""``edge_chunk="auto"``: the largest edge chunk that fits in the GPU's free memory.
+
+Edge chunking (``chunking.py``) bounds the per-edge activations of a large graph at the price
+of computing the messages twice (1.5-1.9x slower on an H200 at 32k atoms). A fixed chunk
+either wastes that price when the graph fits anyway, or lets a graph run out of memory.
+``AutoChunk`` picks the chunk per call instead:
+
+* **CPU**: the models' own default (``DEFAULT_EDGE_CHUNK``, chunks above 131,072 edges),
+  i.e. today's behaviour. Measured on the 2-core CPU (float32 FCC Cu, 2 threads, model
+  energy+forces; ``benchmarks/speed.py --edge-chunks 0 131072``): 256 and 864 atoms are below
+  the chunk size (same path); at 8,000 atoms (336k edges) chunking costs SchNet and PaiNN
+  only a few per cent (the recomputed messages are small next to the rest on a CPU) and
+  bounds the memory of large systems, so the CPU keeps it.
+* **CUDA**: no chunking when the predicted peak of the whole graph fits in (1 - ``HEADROOM``)
+  of the memory this process can still get (``torch.cuda.mem_get_info`` free memory plus
+  the caching allocator's free blocks); otherwise the largest power-of-two chunk whose
+  predicted peak fits.
+
+The prediction is measured, not declared per model: on the first large call (more than
+``DEFAULT_EDGE_CHUNK`` edges) ``calibrate`` runs three energy+forces probes on a compact
+ball of the user's own graph (about ``PROBE_EDGES`` and twice that many edges, plain, then
+the larger one in small chunks), reads each one's ``torch.cuda.max_memory_allocated`` growth
+and fits ``peak(E, C) = fixed + kept * E + chunked * min(C, E)`` (bytes; E edges, C edges per
+chunk). Measuring covers every model, width, dtype and kernel (cuEquivariance's fused
+kernels keep ~10x less per edge) without a table to keep in step with the code; the ball's
+boundary atoms have fewer neighbours, which charges per-atom memory to fewer edges: the
+estimate errs high. The fit is cached per (device, dtype, chunking module types); the
+calibration costs three small calls once and resets CUDA's peak-memory statistics.
+
+Safety net: a call that still raises ``torch.cuda.OutOfMemoryError`` frees the cache, halves
+the chunk, retries (at most ``MAX_HALVINGS`` times, never below ``MIN_CHUNK``), remembers the
+smaller chunk as a cap for later calls and warns once; then it raises a ``MemoryError`` naming
+the system size and ``edge_chunk=``.
+
+An int chunk (``GeoffCalculator(edge_chunk=C)``, ``set_edge_chunk``) keeps its meaning; the
+modules always hold an int, so TorchScript export and LAMMPS are unaffected.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .chunking import DEFAULT_EDGE_CHUNK, EdgeMessages, RowChunked
+
+HEADROOM = 0.15  # share of the available memory left free (fragmentation, estimate error)
+MIN_CHUNK = 2 ** 12  # edges; smaller chunks cost many launches for little memory
+MAX_HALVINGS = 5  # out-of-memory retries before giving up
+PROBE_EDGES = 2 ** 15  # edges of the smaller calibration probe (the larger one has twice)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Predicted peak bytes of one energy+forces call: ``fixed + kept*E + chunked*min(C, E)``.
+
+    ``kept``: bytes per edge held whatever the chunk (geometry, node tensors per edge);
+    ``chunked``: bytes per edge of one chunk's activations (what chunking bounds).
+    """
+
+    fixed: float
+    kept: float
+    chunked: float
+
+    def peak(self, n_edges: int, chunk: int) -> float:
+        c = n_edges if chunk <= 0 else min(chunk, n_edges)
+        return self.fixed + self.kept * n_edges + self.chunked * c
+
+
+def choose_edge_chunk(n_edges: int, available_bytes: float, fit: MemoryFit,
+                      headroom: float = HEADROOM, min_chunk: Optional[int] = None) -> int:
+    """Edges per chunk for a graph of ``n_edges``: 0 (no chunking) when the whole graph's
+    predicted peak fits in ``(1 - headroom) * available_bytes``, else the largest power of two
+    whose predicted peak fits, at least ``min_chunk`` (what fits nothing is left to the
+    out-of-memory retry). A power of two keeps the choice stable between calls of one size.
+    ``min_chunk`` defaults to ``MIN_CHUNK``."""
+    min_chunk = MIN_CHUNK if min_chunk is None else min_chunk
+    budget = (1.0 - headroom) * available_bytes
+    if fit.peak(n_edges, 0) <= budget or fit.chunked <= 0:
+        return 0  # fits, or chunking would not save anything measurable
+    room = budget - fit.fixed - fit.kept * n_edges  # bytes left for one chunk's activations
+    if room < fit.chunked * min_chunk:
+        return min(min_chunk, n_edges)
+    chunk = 2 ** int(math.floor(math.log2(room / fit.chunked)))
+    return 0 if chunk >= n_edges else max(chunk, min_chunk)
+
+
+def uses_gpu_memory(device: torch.device) -> bool:
+    """Whether calls on ``device`` get the chunk chosen from free memory (CUDA only)."""
+    return device.type == "cuda"
+
+
+def available_bytes(device: torch.device) -> int:
+    """Bytes this process can still allocate on ``device``: the driver's free memory plus
+    the blocks PyTorch's caching allocator holds but does not use."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def probe_graph(graph: Dict[str, Tensor], n_edges: int) -> Dict[str, Tensor]:
+    """The sub-graph of the atoms nearest the centre of ``graph``'s atoms with about
+    ``n_edges`` edges (both ends inside; a compact ball, so its atoms keep most of their
+    neighbours). Keys as ``geoff.graph`` (``n_local`` is dropped: the probe has no ghosts)."""
+    positions, edge_index = graph["positions"], graph["edge_index"]
+    n_atoms, total = positions.shape[0], edge_index.shape[1]
+    # A ball of k atoms keeps fewer than k * E/N edges (its boundary): ask for a bit more.
+    k = min(n_atoms, max(2, int(1.3 * n_edges * n_atoms / max(total, 1))))
+    centre = positions.detach().mean(0)
+    atoms = torch.topk((positions.detach() - centre).norm(dim=1), k, largest=False).indices
+    atoms = atoms.sort().values  # keep the original order (edges stay sorted by receiver)
+    new_index = torch.full((n_atoms,), -1, dtype=torch.long, device=positions.device)
+    new_index[atoms] = torch.arange(k, device=positions.device)
+    mapped = new_index[edge_index]
+    keep = (mapped >= 0).all(0)
+    sub = {"positions": positions[atoms], "species": graph["species"][atoms],
+           "edge_index": mapped[:, keep], "shifts": graph["shifts"][keep]}
+    for key in ("cell", "pbc"):
+        sub[key] = graph[key]
+    if "batch" in graph:
+        sub["batch"] = graph["batch"][atoms]
+    return sub
+
+
+def chunking_modules(model: nn.Module) -> List[nn.Module]:
+    """The modules whose ``edge_chunk`` the choice sets (``EdgeMessages``, ``RowChunked``)."""
+    return [m for m in model.modules() if isinstance(m, (EdgeMessages, RowChunked))]
+
+
+def _peak_bytes(model: nn.Module, graph: Dict[str, Tensor], chunk: int) -> int:
+    """Peak bytes one energy+forces call of ``model`` on ``graph`` at ``chunk`` allocates."""
+    device = graph["positions"].device
+    for m in chunking_modules(model):
+        m.edge_chunk = chunk
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = model(graph, compute_forces=True)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return int(peak)
+
+
+def calibrate(model: nn.Module, graph: Dict[str, Tensor], peak_bytes: Callable = _peak_bytes,
+              probe_edges: int = PROBE_EDGES) -> MemoryFit:
+    """``MemoryFit`` of ``model`` from three probes on balls of ``graph`` (module docstring).
+
+    ``peak_bytes(model, graph, chunk) -> bytes`` measures one call (replaceable for tests).
+    Restores the modules' chunks afterwards."""
+    saved = [m.edge_chunk for m in chunking_modules(model)]
+    try:
+        small = probe_graph(graph, probe_edges)
+        large = probe_graph(graph, 2 * probe_edges)
+        e1, e2 = small["edge_index"].shape[1], large["edge_index"].shape[1]
+        if e2 <= e1 + 64:
+            raise ValueError(f"calibration needs a graph of more than {2 * probe_edges} edges")
+        p1 = peak_bytes(model, small, 0)
+        p2 = peak_bytes(model, large, 0)
+        chunk = max(e2 // 8, 1)
+        p2c = peak_bytes(model, large, chunk)
+    finally:
+        for m, c in zip(chunking_modules(model), saved):
+            m.edge_chunk = c
+    slope = max((p2 - p1) / (e2 - e1), 0.0)  # kept + chunked, bytes per edge
+    fixed = max(p2 - slope * e2, 0.0)
+    chunked = min(max((p2 - p2c) / (e2 - chunk), 0.0), slope)
+    return MemoryFit(fixed=fixed, kept=slope - chunked, chunked=chunked)
+
+
+def _halved(chunk: int, n_edges: int) -> int:
+    """The next chunk after an out-of-memory error at ``chunk`` (0 = the whole graph)."""
+    base = n_edges if chunk <= 0 else min(chunk, n_edges)
+    return 2 ** int(math.floor(math.log2(max(base // 2, 1))))
+
+
+class AutoChunk:
+    """Calls ``run(graph, **kwargs)`` with the edge chunk of ``model`` chosen per call.
+
+    ``run``: the model or a wrapper calling it (e.g. ``geoff.cuda_graphs.GraphedModel``);
+    ``model``: what the chunk is set on and the calibration probes call (no wrapper). Set
+    the model's kernels before (the chunking modules are looked up once). ``last_chunk``:
+    the chunk of the last call (None on the CPU: the modules' own). Module docstring: how.
+    """
+
+    def __init__(self, model: nn.Module, run: Optional[Callable] = None):
+        self.model, self.run = model, run if run is not None else model
+        self.modules = chunking_modules(model)
+        self.fits: Dict[tuple, MemoryFit] = {}
+        self.cap: Optional[int] = None  # edges: a chunk that ran out of memory, halved
+        self.last_chunk: Optional[int] = None
+        self._warned = False
+
+    def chunk_for(self, graph: Dict[str, Tensor]) -> Optional[int]:
+        """Edges per chunk for ``graph`` (0 = none), or None: leave the modules' own."""
+        positions = graph["positions"]
+        device = positions.device
+        if not uses_gpu_memory(device) or not self.modules:
+            return None
+        n_edges = int(graph["edge_index"].shape[1])
+        if n_edges <= DEFAULT_EDGE_CHUNK:
+            chunk = 0  # what the static default does too: no calibration for small graphs
+        else:
+            fit = self._fit(graph)
+            chunk = DEFAULT_EDGE_CHUNK if fit is None else \
+                choose_edge_chunk(n_edges, available_bytes(device), fit)
+        if self.cap is not None and self.cap < n_edges and (chunk == 0 or chunk > self.cap):
+            chunk = self.cap
+        return chunk
+
+    def _fit(self, graph: Dict[str, Tensor]) -> Optional[MemoryFit]:
+        positions = graph["positions"]
+        key = (str(positions.device), positions.dtype, tuple(type(m) for m in self.modules))
+        if key not in self.fits:
+            try:
+                self.fits[key] = calibrate(self.model, graph)
+            except (torch.cuda.OutOfMemoryError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if key not in self.fits:  # outside the except block: its traceback holds memory
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._warn(f"edge_chunk='auto': the memory calibration failed ({reason}); "
+                           f"using chunks of {DEFAULT_EDGE_CHUNK} edges")
+                return None
+        return self.fits[key]
+
+    def _set(self, chunk: int) -> None:
+        if chunk != self.last_chunk:
+            log.info("edge_chunk='auto': %s", f"chunks of {chunk} edges" if chunk else "no chunking")
+        for m in self.modules:
+            m.edge_chunk = chunk
+        self.last_chunk = chunk
+
+    def __call__(self, graph: Dict[str, Tensor], **kwargs):
+        chunk = self.chunk_for(graph)
+        if chunk is None:
+            return self.run(graph, **kwargs)
+        n_edges = int(graph["edge_index"].shape[1])
+        for attempt in range(MAX_HALVINGS + 1):
+            self._set(chunk)
+            try:
+                return self.run(graph, **kwargs)
+            except torch.cuda.OutOfMemoryError:
+                pass  # retried below, once the failed call's tensors are released
+            chunk = self._after_out_of_memory(chunk, graph, attempt)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _after_out_of_memory(self, chunk: int, graph: Dict[str, Tensor], attempt: int) -> int:
+        n_atoms, n_edges = graph["positions"].shape[0], int(graph["edge_index"].shape[1])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        smaller = _halved(chunk, n_edges)
+        if attempt >= MAX_HALVINGS or smaller < MIN_CHUNK:
+            tried = "the whole graph" if chunk <= 0 else f"chunks of {chunk} edges"
+            raise torch.cuda.OutOfMemoryError(
+                f"edge_chunk='auto': out of GPU memory for {n_atoms} atoms ({n_edges} edges) "
+                f"even in {tried}, after {attempt + 1} tries; free GPU memory (other "
+                f"processes), split the system (LAMMPS with several GPUs), or set "
+                f"edge_chunk= yourself (e.g. GeoffCalculator(edge_chunk={MIN_CHUNK}))")
+        self.cap = smaller
+        self._warn(f"edge_chunk='auto': out of GPU memory at {n_atoms} atoms ({n_edges} edges) "
+                   f"with {'no chunking' if chunk <= 0 else f'chunks of {chunk} edges'}; "
+                   f"retrying with chunks of {smaller} edges (at most that from now on; "
+                   f"edge_chunk= sets it yourself)")
+        return smaller
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:  # once per calculator: MD calls it every step
+            self._warned = True
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
