@@ -240,13 +240,22 @@ def test_edge_chunk_other_strings_raise():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_calibration_and_auto_results():
-    """On a GPU: the real calibration gives positive bytes per edge, and auto = plain."""
+def test_gpu_calibration_and_auto_results(monkeypatch):
+    """On a GPU: the real calibration measures positive bytes per edge, a memory budget
+    that forces chunks gives chunks, and auto equals plain (float64)."""
     model = small_model("painn").cuda()
-    graph = {k: v.cuda() for k, v in _cu_graph(model, k=14, dtype=torch.float32).items()}
+    graph = {k: v.cuda() for k, v in _cu_graph(model, k=14).items()}
+    n_edges = graph["edge_index"].shape[1]
+    assert n_edges > DEFAULT_EDGE_CHUNK  # the calibrated branch
     fit = calibrate(model, graph, probe_edges=8192)
     assert fit.chunked > 0 and fit.kept + fit.chunked > 100  # bytes per edge
+    plain = set_edge_chunk(model, 0)(graph)
     auto = AutoChunk(model)
     out = auto(graph)
-    plain = set_edge_chunk(model, 0)(graph)
-    torch.testing.assert_close(out["forces"], plain["forces"], rtol=1e-4, atol=1e-5)
+    assert auto.last_chunk == 0  # an H200 holds this graph whole
+    monkeypatch.setattr(autochunk, "available_bytes",
+                        lambda device: 0.5 * auto.fits[next(iter(auto.fits))].peak(n_edges, 0))
+    chunked = auto(graph)
+    assert 0 < auto.last_chunk < n_edges
+    for result in (out, chunked):
+        torch.testing.assert_close(result["forces"], plain["forces"], rtol=1e-10, atol=1e-12)
