@@ -17,15 +17,15 @@ either wastes that price when the graph fits anyway, or lets a graph run out of 
   predicted peak fits.
 
 The prediction is measured, not declared per model: on the first large call (more than
-``DEFAULT_EDGE_CHUNK`` edges) ``calibrate`` runs three energy+forces probes on a compact
-ball of the user's own graph (about ``PROBE_EDGES`` and twice that many edges, plain, then
-the larger one in small chunks), reads each one's ``torch.cuda.max_memory_allocated`` growth
-and fits ``peak(E, C) = fixed + kept * E + chunked * min(C, E)`` (bytes; E edges, C edges per
-chunk). Measuring covers every model, width, dtype and kernel (cuEquivariance's fused
+``DEFAULT_EDGE_CHUNK`` edges) ``calibrate`` runs energy+forces probes on a compact ball of
+the user's own graph (a warm-up, then ~2 ``PROBE_EDGES`` edges plain and in small chunks),
+reads each one's ``torch.cuda.max_memory_allocated`` growth and fits
+``peak(E, C) = kept * E + chunked * min(C, E)`` (bytes; E edges, C edges per chunk). Measuring covers every model, width, dtype and kernel (cuEquivariance's fused
 kernels keep ~10x less per edge) without a table to keep in step with the code; the ball's
-boundary atoms have fewer neighbours, which charges per-atom memory to fewer edges: the
-estimate errs high. The fit is cached per (device, dtype, chunking module types); the
-calibration costs three small calls once and resets CUDA's peak-memory statistics.
+boundary atoms have fewer neighbours, which charges per-atom memory to fewer edges, and
+constant costs are charged per edge too: the estimate errs high. The fit is cached per
+(device, dtype, chunking module types); the calibration costs three small calls once and
+resets CUDA's peak-memory statistics.
 
 Safety net: a call that still raises ``torch.cuda.OutOfMemoryError`` frees the cache, halves
 the chunk, retries (at most ``MAX_HALVINGS`` times, never below ``MIN_CHUNK``), remembers the
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -49,9 +50,13 @@ from torch import Tensor, nn
 from .chunking import DEFAULT_EDGE_CHUNK, EdgeMessages, RowChunked
 
 HEADROOM = 0.15  # share of the available memory left free (fragmentation, estimate error)
+# On the CPU the fit counts only what autograd saves (exact there, where peak RSS is allocator
+# noise); transients (one layer's temporaries and gradients) come on top: keep half free.
+CPU_HEADROOM = 0.5
 MIN_CHUNK = 2 ** 12  # edges; smaller chunks cost many launches for little memory
 MAX_HALVINGS = 5  # out-of-memory retries before giving up
 PROBE_EDGES = 2 ** 15  # edges of the smaller calibration probe (the larger one has twice)
+CPU_PROBE_EDGES = 2 ** 13  # saved bytes are exact: small probes suffice (and cost ~1 s)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,18 @@ def available_bytes(device: torch.device) -> int:
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
+def host_available_bytes() -> int:
+    """Bytes of RAM the system can still give (``MemAvailable``, Linux; else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def probe_graph(graph: Dict[str, Tensor], n_edges: int) -> Dict[str, Tensor]:
     """The sub-graph of the atoms nearest the centre of ``graph``'s atoms with about
     ``n_edges`` edges (both ends inside; a compact ball, so its atoms keep most of their
@@ -147,30 +164,53 @@ def _peak_bytes(model: nn.Module, graph: Dict[str, Tensor], chunk: int) -> int:
     return int(peak)
 
 
-def calibrate(model: nn.Module, graph: Dict[str, Tensor], peak_bytes: Callable = _peak_bytes,
-              probe_edges: int = PROBE_EDGES) -> MemoryFit:
-    """``MemoryFit`` of ``model`` from three probes on balls of ``graph`` (module docstring).
+def _saved_bytes(model: nn.Module, graph: Dict[str, Tensor], chunk: int) -> int:
+    """Bytes autograd saves for the backward pass of one energy+forces call at ``chunk``
+    (each storage once; a checkpointed chunk's activations are not saved: recomputed)."""
+    for m in chunking_modules(model):
+        m.edge_chunk = chunk
+    storages: Dict[int, int] = {}
 
-    ``peak_bytes(model, graph, chunk) -> bytes`` measures one call (replaceable for tests).
-    Restores the modules' chunks afterwards."""
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(graph, compute_forces=True)
+    return sum(storages.values())
+
+
+def calibrate(model: nn.Module, graph: Dict[str, Tensor], peak_bytes: Callable = _peak_bytes,
+              probe_edges: int = PROBE_EDGES, sees_chunk: bool = True) -> MemoryFit:
+    """``MemoryFit`` of ``model`` from probes on balls of ``graph`` (module docstring).
+
+    A warm-up call on a ball of ~``probe_edges`` edges (one-time allocations: cuBLAS
+    workspace, caches), then a ball of ~2x as many edges, plain and in chunks of 1/8 of its
+    edges. The fit is proportional (``fixed`` = 0): what a probe needs is charged to its
+    edges, so constant costs and the ball's boundary atoms (fewer edges per atom than the
+    bulk) make it err high, never low. ``peak_bytes(model, graph, chunk) -> bytes`` measures
+    one call (replaceable for tests); ``sees_chunk``: whether it counts one chunk's
+    activations (a peak does; saved bytes do not: they are recomputed). Restores the
+    modules' chunks afterwards."""
     saved = [m.edge_chunk for m in chunking_modules(model)]
     try:
-        small = probe_graph(graph, probe_edges)
         large = probe_graph(graph, 2 * probe_edges)
-        e1, e2 = small["edge_index"].shape[1], large["edge_index"].shape[1]
-        if e2 <= e1 + 64:
+        edges = large["edge_index"].shape[1]
+        if edges < probe_edges:
             raise ValueError(f"calibration needs a graph of more than {2 * probe_edges} edges")
-        p1 = peak_bytes(model, small, 0)
-        p2 = peak_bytes(model, large, 0)
-        chunk = max(e2 // 8, 1)
-        p2c = peak_bytes(model, large, chunk)
+        peak_bytes(model, probe_graph(graph, probe_edges), 0)  # warm-up
+        plain = peak_bytes(model, large, 0)
+        chunk = max(edges // 8, 1)
+        chunked_call = peak_bytes(model, large, chunk)
     finally:
         for m, c in zip(chunking_modules(model), saved):
             m.edge_chunk = c
-    slope = max((p2 - p1) / (e2 - e1), 0.0)  # kept + chunked, bytes per edge
-    fixed = max(p2 - slope * e2, 0.0)
-    chunked = min(max((p2 - p2c) / (e2 - chunk), 0.0), slope)
-    return MemoryFit(fixed=fixed, kept=slope - chunked, chunked=chunked)
+    total = max(plain, 0) / edges  # bytes per edge, plain
+    # plain = (kept + chunked) E; chunked_call = kept E + chunked C (C only if it is seen)
+    chunked = (plain - chunked_call) / (edges - chunk if sees_chunk else edges)
+    chunked = min(max(chunked, 0.0), total)
+    return MemoryFit(fixed=0.0, kept=total - chunked, chunked=chunked)
 
 
 def _halved(chunk: int, n_edges: int) -> int:
@@ -198,27 +238,33 @@ class AutoChunk:
 
     def chunk_for(self, graph: Dict[str, Tensor]) -> Optional[int]:
         """Edges per chunk for ``graph`` (0 = none), or None: leave the modules' own."""
-        positions = graph["positions"]
-        device = positions.device
-        if not uses_gpu_memory(device) or not self.modules:
+        device = graph["positions"].device
+        if not self.modules:
             return None
         n_edges = int(graph["edge_index"].shape[1])
+        gpu = uses_gpu_memory(device)
         if n_edges <= DEFAULT_EDGE_CHUNK:
             chunk = 0  # what the static default does too: no calibration for small graphs
         else:
-            fit = self._fit(graph)
-            chunk = DEFAULT_EDGE_CHUNK if fit is None else \
-                choose_edge_chunk(n_edges, available_bytes(device), fit)
+            fit = self._fit(graph, gpu)
+            if fit is None:
+                chunk = DEFAULT_EDGE_CHUNK
+            elif gpu:
+                chunk = choose_edge_chunk(n_edges, available_bytes(device), fit)
+            else:
+                chunk = choose_edge_chunk(n_edges, host_available_bytes(), fit, CPU_HEADROOM)
         if self.cap is not None and self.cap < n_edges and (chunk == 0 or chunk > self.cap):
             chunk = self.cap
         return chunk
 
-    def _fit(self, graph: Dict[str, Tensor]) -> Optional[MemoryFit]:
+    def _fit(self, graph: Dict[str, Tensor], gpu: bool) -> Optional[MemoryFit]:
         positions = graph["positions"]
         key = (str(positions.device), positions.dtype, tuple(type(m) for m in self.modules))
         if key not in self.fits:
+            how = {} if gpu else {"peak_bytes": _saved_bytes, "probe_edges": CPU_PROBE_EDGES,
+                                  "sees_chunk": False}
             try:
-                self.fits[key] = calibrate(self.model, graph)
+                self.fits[key] = calibrate(self.model, graph, **how)
             except (torch.cuda.OutOfMemoryError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
             if key not in self.fits:  # outside the except block: its traceback holds memory
