@@ -42,12 +42,12 @@ class GeoffCalculator(Calculator):
             (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD).
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
-            lower for MACE-style, messages computed twice). ``"auto"`` (default): on CUDA no
-            chunking when the graph fits in the free GPU memory, else the largest chunk that
-            fits (measured once per calculator; out-of-memory calls are retried in smaller
-            chunks), on the CPU the model's default (``geoff.potentials.autochunk``); an
-            int: that many edges; 0 = never; None = the model's default
-            (``DEFAULT_EDGE_CHUNK``). Results equal to float round-off.
+            lower for MACE-style, messages computed twice). ``"auto"`` (default): no
+            chunking when the graph fits in the free GPU memory (CPU: half the available
+            RAM), else the largest chunk that fits (memory per edge measured once per
+            calculator; CUDA out-of-memory calls are retried in smaller chunks;
+            ``geoff.potentials.autochunk``); an int: that many edges; 0 = never; None = the
+            model's default (``DEFAULT_EDGE_CHUNK``). Results equal to float round-off.
         cuda_graphs: ``True``, ``"auto"`` or ``False`` (default): on CUDA, run the model
             through captured CUDA graphs with shapes padded to buckets
             (``geoff.cuda_graphs``): small systems stop paying one launch per kernel.
