@@ -19,16 +19,11 @@
 cd "$(dirname "$0")/.."
 TAG=autochunk DEFAULT_DEADLINE_S=300
 source benchmarks/gpu_call_common.sh
-pack() {
-  cp -f "$OUT/run.log" "$RES/" 2>/dev/null
-  [ -f "$RES/autochunk.md" ] && cp -f "$RES/autochunk.md" "$OUT/"
-  tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
-}
-trap pack EXIT
+trap 'pack_tables autochunk.md' EXIT
 
 install_whl
 export PYTHONPATH="$(pwd):$(pwd)/benchmarks:$WORK/py${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-"$V" -c "import ase, e3nn, torch; print('ase', ase.__version__, 'e3nn', e3nn.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+"$V" -c "import ase, e3nn, torch; print('ase', ase.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   || { stamp "FAILED: imports"; exit 1; }
 [ "$DEV" = cuda ] && nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader
 
