@@ -22,8 +22,8 @@ the allocator's caches). ``exponent``: slope of log(time) against log(N) over th
 Memory levers (``geoff/potentials/chunking.py``): ``--edge-chunks 0 131072 auto`` runs every
 series once per value (0 = the plain path, C = edges in checkpointed chunks of about C,
 ``auto`` = what ``GeoffCalculator`` does by default, ``geoff/potentials/autochunk.py``: the
-row's label shows the chunk it chose at that size; default ``auto``); ``--model-only`` skips the calculator timing (the memory
-runs at 1M atoms need the time). ``benchmarks/memory_gpu.sh`` is the GPU memory run.
+row's label shows the chunk it chose at that size; default ``auto``); ``--model-only`` skips
+the calculator timing (the memory runs at 1M atoms need the time). ``benchmarks/memory_gpu.sh`` is the GPU memory run.
 CPU memory is measured around the first model call only (peak RSS growth, fresh process).
 """
 from __future__ import annotations

@@ -102,7 +102,7 @@ def choose_edge_chunk(n_edges: int, available_bytes: float, fit: MemoryFit,
 
 
 def uses_gpu_memory(device: torch.device) -> bool:
-    """Whether calls on ``device`` get the chunk chosen from free memory (CUDA only)."""
+    """Whether calls on ``device`` measure and budget GPU memory (CUDA) or RAM (else)."""
     return device.type == "cuda"
 
 
@@ -282,7 +282,8 @@ class AutoChunk:
 
     def _set(self, chunk: int) -> None:
         if chunk != self.last_chunk:
-            log.info("edge_chunk='auto': %s", f"chunks of {chunk} edges" if chunk else "no chunking")
+            log.info("edge_chunk='auto': %s",
+                     f"chunks of {chunk} edges" if chunk else "no chunking")
         for m in self.modules:
             m.edge_chunk = chunk
         self.last_chunk = chunk
