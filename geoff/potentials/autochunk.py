@@ -2,10 +2,12 @@
 chunk that fits.
 
 Edge chunking (``chunking.py``) bounds the per-edge activations of a large graph at the price
-of computing the messages twice: 1.5-1.9x slower on an H200 at 32k atoms, and 2.3x on the
-CPU (SchNet, 8,788 FCC Cu atoms, 376k edges, float32, 1 thread, interleaved runs: 13.2 s
-plain, 30.6 s in chunks of 2^17 edges). A fixed chunk either wastes that price when the graph
-fits anyway, or lets a graph run out of memory. ``AutoChunk`` picks the chunk per call:
+of computing the messages twice: 1.5-1.9x slower on an H200 at 32k atoms. On the CPU
+(8,788 FCC Cu atoms, 376k edges, float32, speed.py's models, 1 thread, best of 3 interleaved
+calls on a loaded 2-core machine) chunks of 2^17 edges cost SchNet 2.3x (13.2 s plain, 30.6 s
+chunked) and PaiNN 1.08x (78 s, 84 s); at 256 and 864 atoms (< 2^17 edges) both paths are
+the same. A fixed chunk either wastes that price when the graph fits anyway, or lets a graph
+run out of memory. ``AutoChunk`` picks the chunk per call:
 
 * up to ``DEFAULT_EDGE_CHUNK`` (131,072) edges: no chunking, as the static default does;
 * **CUDA**, above it: no chunking when the predicted peak of the whole graph fits in
@@ -15,8 +17,7 @@ fits anyway, or lets a graph run out of memory. ``AutoChunk`` picks the chunk pe
 * **CPU**, above it: the same rule against the system's available RAM (``MemAvailable``)
   with ``CPU_HEADROOM`` (half) kept free, because there the prediction counts only the bytes
   autograd saves (exact on the CPU, where peak RSS is allocator noise), not transients. So
-  the 2^17 default, which costs 2.3x on a CPU, now applies only to systems that would not
-  fit in RAM unchunked.
+  the CPU no longer pays for chunks (up to 2.3x) when the system fits in RAM unchunked.
 
 The prediction is measured, not declared per model: on the first large call ``calibrate``
 runs energy+forces probes on a compact ball of the user's own graph (a warm-up, then about
