@@ -2,7 +2,8 @@
 # the log they share. Set TAG (the work folder's name) and DEFAULT_DEADLINE_S first.
 # Defines T0, END (nothing new starts after it), V (python), DEV (cuda, or cpu for a dry
 # run), WORK, OUT, RES (everything packed at the end), stamp and left; tees all output to
-# $OUT/run.log; install_whl installs the carried .whl/ wheels.
+# $OUT/run.log; install_whl installs the carried .whl/ wheels; pack_tables TABLE... (for
+# trap EXIT) copies run.log and the named tables to $OUT and packs $RES.
 set -uo pipefail
 T0=$(date +%s)
 END=$((T0 + ${DEADLINE_S:-$DEFAULT_DEADLINE_S}))
@@ -23,4 +24,10 @@ install_whl() {  # the carried wheels (.whl/: ase, matscipy, ...) into $WORK/py
   else
     stamp "WARNING: no .whl/ (ase, matscipy must be importable already)"
   fi
+}
+pack_tables() {  # on exit: run.log and the tables named ($RES/<name>) to $OUT, all of $RES packed
+  cp -f "$OUT/run.log" "$RES/" 2>/dev/null
+  local table
+  for table in "$@"; do [ -f "$RES/$table" ] && cp -f "$RES/$table" "$OUT/"; done
+  tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
 }

@@ -19,10 +19,11 @@ the allocator's caches). ``exponent``: slope of log(time) against log(N) over th
 >= 256. ``--grow`` doubles the size after the last one until the model runs out of memory
 (or ``--max-atoms``) or until ``--deadline`` seconds have passed.
 
-Memory levers (``geoff/potentials/chunking.py``): ``--edge-chunks 0 131072`` runs every
-series once per value (0 = the plain path, C = edges in checkpointed chunks of about C;
-default: the model's own default); ``--model-only`` skips the calculator timing (the memory
-runs at 1M atoms need the time). ``benchmarks/memory_gpu.sh`` is the GPU memory run.
+Memory levers (``geoff/potentials/chunking.py``): ``--edge-chunks 0 131072 auto`` runs every
+series once per value (0 = the plain path, C = edges in checkpointed chunks of about C,
+``auto`` = what ``GeoffCalculator`` does by default, ``geoff/potentials/autochunk.py``: the
+row's label shows the chunk it chose at that size; default ``auto``); ``--model-only`` skips
+the calculator timing (the memory runs at 1M atoms need the time). ``benchmarks/memory_gpu.sh`` is the GPU memory run.
 CPU memory is measured around the first model call only (peak RSS growth, fresh process).
 """
 from __future__ import annotations
@@ -126,12 +127,19 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
-    calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels)
-    if edge_chunk is not None:
+    calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels,
+                           edge_chunk="auto" if edge_chunk == "auto" else None)
+    if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)
     graph = atoms_to_graph(atoms, calc.model, dtype=calc.dtype, device=dev)
     row = {"atoms": len(atoms), "edges": int(graph["edge_index"].shape[1])}
+    if edge_chunk == "auto":  # the model timing runs at the chunk the calculator chooses
+        start = time.perf_counter()
+        row["chunk"] = calc.auto_chunk.chunk_for(graph)  # None on the CPU: the model's own
+        row["choose_s"] = time.perf_counter() - start  # the first: with the calibration
+        if row["chunk"] is not None:
+            set_edge_chunk(calc.model, row["chunk"])
 
     def model_call():
         calc.model(graph)["forces"].sum().item()
@@ -300,6 +308,10 @@ def run_all(args, report) -> tuple:
     return geoff, peers
 
 
+def _chunk(text: str):
+    return "auto" if text == "auto" else int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,8 +333,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="*", default=None,
                         help="time the peers too (all, or those named: mace-torch cuEq nequip "
                              "compile schnetpack SchNet PaiNN ...), each in its own folder")
-    parser.add_argument("--edge-chunks", nargs="+", type=int, default=[None],
-                        help="edges per checkpointed chunk, one series each (0: plain path)")
+    parser.add_argument("--edge-chunks", nargs="+", type=_chunk, default=["auto"],
+                        help="edges per checkpointed chunk, one series each (0: plain path; "
+                             "auto: chosen from the free GPU memory, the calculator's default)")
     parser.add_argument("--kernels", nargs="+", default=["e3nn"], choices=["e3nn", "cueq"],
                         help="tensor-product kernels of the NequIP- and MACE-style models, one "
                              "series each (cueq: pip install geoff[cuda]; rows 'geoff mace+cueq')")

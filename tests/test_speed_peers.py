@@ -62,3 +62,11 @@ def test_ratio_is_against_geoffs_fastest_series_and_kernels_label_the_rows():
 def test_exponent_is_the_log_log_slope_over_sizes_from_256():
     rows = [_row(32, 1.0), _row(1000, 0.1), _row(8000, 0.8)]
     assert exponent(rows) == pytest.approx(1.0)
+
+
+def test_auto_rows_name_the_chunk_chosen_at_each_size():
+    geoff = {("painn", "cu", "float32", "auto", "e3nn"): [
+        dict(_row(32000, 0.1), chunk=0), dict(_row(1000000, 5.0), chunk=2 ** 21)]}
+    lines = [line for line in combined_table(geoff, {}).splitlines() if "geoff painn" in line]
+    assert "geoff painn (edge chunk auto: plain)" in lines[0]
+    assert f"geoff painn (edge chunk auto: {2 ** 21})" in lines[1]

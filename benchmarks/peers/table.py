@@ -81,6 +81,9 @@ def combined_table(geoff: dict, peers: dict) -> str:
                 lines.append(lead + f"{fail['atoms']} | | | | | | | | {fail['failed']} | |")
             for r in ok:
                 x = "" if is_geoff else _ratio_text(ratio(by_size.get(r["atoms"]), r))
+                if "chunk" in r:  # edge_chunk="auto": the chunk it chose at this size
+                    chosen = "default" if r["chunk"] is None else r["chunk"] or "plain"
+                    lead = f"| {family} | {label[:-1]}: {chosen}) | {kind} | {dtype} | "
                 lines.append(lead + f"{_cells(r)} | {largest} | {x} |")
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ the stability study all call it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from ..cuda_graphs import graphed
 from ..graph import atoms_to_graph
 from ..inference import force_key, frozen, torch_dtype
 from ..cpu_memory import keep_freed_memory
+from ..potentials.autochunk import AutoChunk
 from ..potentials.chunking import set_edge_chunk
 from ..neighbours import NeighbourCache
 
@@ -42,8 +43,12 @@ class GeoffCalculator(Calculator):
             (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD).
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
-            lower for MACE-style, messages computed twice); 0 = never; None = the model's
-            default (``DEFAULT_EDGE_CHUNK``). Results equal to float round-off.
+            lower for MACE-style, messages computed twice). ``"auto"`` (default): no
+            chunking when the graph fits in the free GPU memory (CPU: half the available
+            RAM), else the largest chunk that fits (memory per edge measured once per
+            calculator; CUDA out-of-memory calls are retried in smaller chunks;
+            ``geoff.potentials.autochunk``); an int: that many edges; 0 = never; None = the
+            model's default (``DEFAULT_EDGE_CHUNK``). Results equal to float round-off.
         cuda_graphs: ``True``, ``"auto"`` or ``False`` (default): on CUDA, run the model
             through captured CUDA graphs with shapes padded to buckets
             (``geoff.cuda_graphs``): small systems stop paying one launch per kernel.
@@ -73,8 +78,8 @@ class GeoffCalculator(Calculator):
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
                  forces: Optional[str] = None, check_overlaps: bool = True,
                  neighbour_list: str = "auto", skin: float = 0.0,
-                 edge_chunk: Optional[int] = None, cuda_graphs=False, kernels: str = "e3nn",
-                 **kwargs):
+                 edge_chunk: Union[int, str, None] = "auto", cuda_graphs=False,
+                 kernels: str = "e3nn", **kwargs):
         super().__init__(**kwargs)
         self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if not isinstance(model, torch.nn.Module):
@@ -93,11 +98,16 @@ class GeoffCalculator(Calculator):
             from ..potentials.cueq import with_kernels
 
             with_kernels(self.model, kernels, self.device)
-        if edge_chunk is not None:  # None: the model's (or kernels') default (chunking.py)
+        if edge_chunk is not None and edge_chunk != "auto":  # None: the model's own default
             set_edge_chunk(self.model, edge_chunk)
         self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
+        # "auto": the chunk chosen per call from the free GPU memory, around run_model
+        self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
+
+    def _run(self, graph, **kwargs):
+        return self.run_model(graph, **kwargs)  # looked up per call: run_model may be swapped
 
     @property
     def species(self):
@@ -122,8 +132,8 @@ class GeoffCalculator(Calculator):
         # backward pass only when its conservative forces are asked for.
         backward = self.force_key == "forces" and (
             "forces" in properties or self.model.force_head == "conservative")
-        out = self.run_model(self.graph(atoms), compute_forces=backward,
-                             compute_stress=want_stress)
+        call = self.auto_chunk or self.run_model
+        out = call(self.graph(atoms), compute_forces=backward, compute_stress=want_stress)
         energy = float(out["energy"].detach().sum())
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["energies"] = _numpy(out["energies"])

@@ -29,8 +29,10 @@ The chunked path is Python-only: under TorchScript (``geoff export``, the LAMMPS
 ``aggregate`` always takes the plain path.
 
 The knob: ``set_edge_chunk(model, C)`` (``GeoffCalculator(edge_chunk=C)``); 0 switches it
-off. The default ``DEFAULT_EDGE_CHUNK`` leaves small systems on the plain (fastest) path and
-bounds the per-edge memory of large ones.
+off. The modules' default ``DEFAULT_EDGE_CHUNK`` leaves small systems on the plain (fastest)
+path and bounds the per-edge memory of large ones. ``GeoffCalculator``'s default,
+``edge_chunk="auto"`` (``autochunk.py``), sets the chunk per call on CUDA: none when the graph
+fits in the free GPU memory, else the largest that fits.
 """
 
 from typing import List
@@ -172,6 +174,10 @@ def _receiver_chunks(receivers: Tensor, n_nodes: int, edge_chunk: int):
 
 def set_edge_chunk(model: nn.Module, edge_chunk: int) -> nn.Module:
     """Set ``edge_chunk`` (edges per chunk, 0 = off) on every chunking module in ``model``."""
+    if isinstance(edge_chunk, str) or not float(edge_chunk).is_integer():
+        raise ValueError(f"edge_chunk must be an int (edges per chunk, 0 = off), got "
+                         f"{edge_chunk!r}; 'auto' is chosen per call: "
+                         "GeoffCalculator(edge_chunk='auto') or geoff.potentials.autochunk")
     if edge_chunk < 0:
         raise ValueError(f"edge_chunk must be >= 0 (0 switches chunking off), got {edge_chunk}")
     for module in model.modules():
