@@ -55,18 +55,19 @@ PEERS = [
     Peer("mace-torch 0.3.16", "mace", "mace", "mace_peer"),
     Peer("mace-torch 0.3.16 + cuEq 0.13", "mace", "mace_cueq", "mace_peer", {"cueq": True},
          gpu_only=True),
-    Peer("nequip 0.19.1 eager", "nequip", "nequip", "nequip_peer", {"compile": "eager"},
-         name="nequip_eager"),
-    # nequip at its fastest: nequip-compile --mode aotinductor of a package (nequip_package),
+    # nequip at its fastest (first, so that a deadline cuts eager, not these):
+    # nequip-compile --mode aotinductor of a package (nequip_package),
     # with its fastest tensor-product kernels that install offline: cuEquivariance (the
-    # wheels mace_cueq uses). OpenEquivariance 0.7.0 is an sdist only (a CMake/nanobind
-    # build, then a CUDA extension JIT-built at import): not installable on the device.
+    # wheels mace_cueq uses). OpenEquivariance 0.7.0 is an sdist only, whose CMake build
+    # downloads LibTorch and which JIT-builds a CUDA extension at import: not offline.
     # (Its compile_mode="compile" runs the eager model for a batch of < 2 frames: no row.)
     Peer("nequip 0.19.1 AOTInductor", "nequip", "nequip", "nequip_peer",
          {"compile": "aotinductor"}, name="nequip_aot"),
     Peer("nequip 0.19.1 AOTInductor + cuEq 0.13", "nequip", "nequip", "nequip_peer",
          {"compile": "aotinductor", "modifiers": ["enable_CuEquivariance"]}, gpu_only=True,
          name="nequip_aot_cueq"),
+    Peer("nequip 0.19.1 eager", "nequip", "nequip", "nequip_peer", {"compile": "eager"},
+         name="nequip_eager"),
     Peer("schnetpack 2.2.0 SchNet", "schnet", "schnetpack", "schnetpack_peer",
          {"model": "schnet"}),
     Peer("schnetpack 2.2.0 PaiNN", "painn", "schnetpack", "schnetpack_peer",
