@@ -117,7 +117,7 @@ prepare_nequip_aot() {
   wait
   cp -f "$GEOFF_PEERS"/nequip_models/*.json "$GEOFF_PEERS"/nequip_models/*.log "$RES/" 2>/dev/null
 }
-if [[ " ${MODELS:-nequip} " == *" nequip "* ]] && [[ -z "${PEERS:-}" || "$PEERS" == *aot* ]]; then
+if [[ " ${MODELS:-nequip} ${PASS2_MODELS:-} " == *" nequip "* ]] && [[ -z "${PEERS:-}" || "$PEERS" == *aot* ]]; then
   prepare_nequip_aot $([ "$DEVICE" = cuda ] && [[ "${PEERS:-cueq}" == *cueq* ]] && echo cueq)
 fi
 
