@@ -93,8 +93,9 @@ if [ "$DEVICE" = cuda ] && [[ "${KERNELS:-e3nn cueq}" == *cueq* || "${PEERS:-cue
 fi
 
 # nequip's AOTInductor models, before speed.py (each compile is minutes): per dtype, the
-# package (one-epoch nequip-train + nequip-package, CPU), then nequip-compile for e3nn and
-# cuEq kernels in parallel; the runner finds them in $GEOFF_PEERS/nequip_models.
+# package (one-epoch nequip-train + nequip-package, CPU), then nequip-compile for each kernel
+# choice in parallel (prepare_nequip_aot <modifiers>...: "" for e3nn, enable_CuEquivariance);
+# the runner finds them in $GEOFF_PEERS/nequip_models.
 prepare_nequip_aot() {
   local env="$GEOFF_PEERS/nequip:$PWD/benchmarks/peers:$PWD/benchmarks:$PYTHONPATH"
   local left=$(( DEADLINE_S - ($(date +%s) - START) - 60 )) dtype
@@ -105,7 +106,7 @@ prepare_nequip_aot() {
       timeout "$left" env PYTHONPATH="$env" "$PY" benchmarks/peers/nequip_package.py \
         --dtype "$dtype" >>"$RES/nequip_aot.log" 2>&1 || { log "FAILED: nequip package $dtype"; exit; }
       log "nequip package $dtype built"
-      for mods in "" ${1:+enable_CuEquivariance}; do
+      for mods in "$@"; do
         timeout "$left" env PYTHONPATH="$env" "$PY" benchmarks/peers/nequip_package.py \
           --dtype "$dtype" --compile "$DEVICE" --modifiers $mods >>"$RES/nequip_aot.log" 2>&1 \
           && log "nequip compiled: $(cat "$GEOFF_PEERS/nequip_models/nequip-cuzr-$dtype-$DEVICE-${mods:-e3nn}.nequip.json")" \
@@ -117,8 +118,13 @@ prepare_nequip_aot() {
   wait
   cp -f "$GEOFF_PEERS"/nequip_models/*.json "$GEOFF_PEERS"/nequip_models/*.log "$RES/" 2>/dev/null
 }
-if [[ " ${MODELS:-nequip} ${PASS2_MODELS:-} " == *" nequip "* ]] && [[ -z "${PEERS:-}" || "$PEERS" == *aot* ]]; then
-  prepare_nequip_aot $([ "$DEVICE" = cuda ] && [[ "${PEERS:-cueq}" == *cueq* ]] && echo cueq)
+aot_variants=()  # the AOT peers that PEERS selects (speed.py's names; all when empty)
+wants() { local w; for w in "$@"; do [[ " ${PEERS:-nequip} " == *" $w "* ]] && return 0; done; return 1; }
+wants nequip aotinductor nequip_aot && aot_variants+=("")
+[ "$DEVICE" = cuda ] && wants nequip aotinductor nequip_aot_cueq cueq \
+  && aot_variants+=(enable_CuEquivariance)
+if [[ " ${MODELS:-nequip} ${PASS2_MODELS:-} " == *" nequip "* ]] && [ ${#aot_variants[@]} -gt 0 ]; then
+  prepare_nequip_aot "${aot_variants[@]}"
 fi
 
 # One speed.py --peers pass: pass <name> <models> <sizes> [grow]; knobs STRUCTURES (cu cuzr),
