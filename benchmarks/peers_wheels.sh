@@ -48,8 +48,10 @@ download mace mace-torch==0.3.16 e3nn==0.4.4 prettytable==3.18.0 wcwidth==0.2.13
   configargparse==1.9.0 lmdb==1.7.5 orjson==3.11.3
 download cueq cuequivariance==0.13.0 cuequivariance-torch==0.13.0 platformdirs==4.4.0 \
   nvidia-ml-py==13.580.82
+# pytorch-lightning and lmdb: nequip-train, which makes the package its AOTInductor rows
+# compile on the device (benchmarks/peers/nequip_package.py)
 download nequip nequip==0.19.1 lightning==2.6.6 hydra-core==1.3.2 requests==2.32.5 \
-  urllib3==2.5.0 idna==3.10 certifi==2025.8.3
+  urllib3==2.5.0 idna==3.10 certifi==2025.8.3 pytorch-lightning==2.6.6 lmdb==1.7.5
 download schnetpack schnetpack==2.2.0 pytorch-lightning==2.6.6 vesin==0.6.2 dirsync==2.2.6 \
   fasteners==0.20
 build_wheel schnetpack progressbar==2.5  # sdist only on PyPI

@@ -11,8 +11,14 @@
 # ($OUT/speed.md, partial until the end); logs and the rest go into $OUT/results.tar.gz
 # (packed on exit, the deadline included). DEVICE=cpu runs the same on the CPU (tests).
 # Knobs: SIZES, MODELS, STRUCTURES, DTYPES, KERNELS, GROW (1), PASS2_MODELS, PASS2_SIZES,
-# DEADLINE_S, MAX_ATOMS, REPEATS, BUDGET, THREADS, PEERS (names as speed.py --peers takes them;
-# unset: every peer of the models), EDGE_CHUNKS (geoff's series, e.g. "0 131072").
+# DEADLINE_S, MAX_ATOMS, REPEATS, BUDGET, THREADS, PEERS (names for --peers; all when empty,
+# e.g. "nequip_eager nequip_aot nequip_aot_cueq"). nequip's AOTInductor rows: its package is
+# trained and packed here (benchmarks/peers/nequip_package.py, offline) and nequip-compiled
+# for each dtype and kernel choice, in parallel, before speed.py (compile seconds in run.log);
+# e.g. nequip alone at its fastest beside geoff's NequIP-style:
+#   OUT=$OUT MODELS=nequip STRUCTURES=cu DTYPES=float32 GROW=0 \
+#     PEERS="nequip_eager nequip_aot nequip_aot_cueq" bash benchmarks/speed_gpu.sh
+# EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -74,16 +80,52 @@ check() {  # check <folder> <python statement>: the peer imports in its own fold
   fi
 }
 check mace "from runner import stub_missing; stub_missing(); import mace.calculators, e3nn; print('e3nn', e3nn.__version__)"
-check nequip "import nequip.model, nequip.integrations.ase, e3nn; print('e3nn', e3nn.__version__)"
+check nequip "import nequip.model, nequip.integrations.ase, pytorch_lightning, lmdb, e3nn; print('e3nn', e3nn.__version__)"
 check schnetpack "import schnetpack.interfaces, schnetpack.transform"
 [ "$DEVICE" = cuda ] && check mace_cueq "from runner import stub_missing; stub_missing(); import cuequivariance_torch, cuequivariance_ops_torch, mace.calculators"
 
 # geoff's own cuEquivariance kernels (geoff[cuda]) for --kernels cueq: the same wheels, into
-# geoff's folder (cuEq does not use e3nn, so it cannot clash with geoff's e3nn)
-if [ "$DEVICE" = cuda ] && [[ "${KERNELS:-e3nn cueq}" == *cueq* ]]; then
+# geoff's folder (cuEq does not use e3nn, so it cannot clash with geoff's e3nn); nequip's
+# enable_CuEquivariance finds them there too (its runner has geoff's PYTHONPATH after its own)
+if [ "$DEVICE" = cuda ] && [[ "${KERNELS:-e3nn cueq}" == *cueq* || "${PEERS:-cueq}" == *cueq* ]]; then
   "$PY" -m pip install -q --no-deps --no-index --target "$WORK/py" .peers/cueq/*.whl >>"$LOG" 2>&1 \
     && tar -xJf .peers/cueq/cueq-ops.tar.xz -C "$WORK/py" >>"$LOG" 2>&1 \
     && log "geoff[cuda]: cuEquivariance installed for geoff" || log "FAILED: cuEq for geoff"
+fi
+
+# nequip's AOTInductor models, before speed.py (each compile is minutes): per dtype, the
+# package (one-epoch nequip-train + nequip-package, CPU), then nequip-compile for each kernel
+# choice in parallel (prepare_nequip_aot <modifiers>...: "" for e3nn, enable_CuEquivariance);
+# the runner finds them in $GEOFF_PEERS/nequip_models.
+prepare_nequip_aot() {
+  local env="$GEOFF_PEERS/nequip:$PWD/benchmarks/peers:$PWD/benchmarks:$PYTHONPATH"
+  local left=$(( DEADLINE_S - ($(date +%s) - START) - 60 )) dtype
+  [ "$left" -gt 60 ] || { log "skipped (deadline): nequip AOTInductor"; return; }
+  log "nequip AOTInductor: package + compile (${left} s at most)"
+  for dtype in ${DTYPES:-float32 float64}; do
+    (
+      timeout "$left" env PYTHONPATH="$env" "$PY" benchmarks/peers/nequip_package.py \
+        --dtype "$dtype" >>"$RES/nequip_aot.log" 2>&1 || { log "FAILED: nequip package $dtype"; exit; }
+      log "nequip package $dtype built"
+      for mods in "$@"; do
+        timeout "$left" env PYTHONPATH="$env" "$PY" benchmarks/peers/nequip_package.py \
+          --dtype "$dtype" --compile "$DEVICE" --modifiers $mods >>"$RES/nequip_aot.log" 2>&1 \
+          && log "nequip compiled: $(cat "$GEOFF_PEERS/nequip_models/nequip-cuzr-$dtype-$DEVICE-${mods:-e3nn}.nequip.json")" \
+          || log "FAILED: nequip-compile $dtype ${mods:-e3nn} (see nequip_aot.log)" &
+      done
+      wait
+    ) &
+  done
+  wait
+  cp -f "$GEOFF_PEERS"/nequip_models/*.json "$GEOFF_PEERS"/nequip_models/*.log "$RES/" 2>/dev/null
+}
+aot_variants=()  # the AOT peers that PEERS selects (speed.py's names; all when empty)
+wants() { local w; for w in "$@"; do [[ " ${PEERS:-nequip} " == *" $w "* ]] && return 0; done; return 1; }
+wants nequip aotinductor nequip_aot && aot_variants+=("")
+[ "$DEVICE" = cuda ] && wants nequip aotinductor nequip_aot_cueq cueq \
+  && aot_variants+=(enable_CuEquivariance)
+if [[ " ${MODELS:-nequip} ${PASS2_MODELS:-} " == *" nequip "* ]] && [ ${#aot_variants[@]} -gt 0 ]; then
+  prepare_nequip_aot "${aot_variants[@]}"
 fi
 
 # One speed.py --peers pass: pass <name> <models> <sizes> [grow]; knobs STRUCTURES (cu cuzr),

@@ -1,39 +1,89 @@
-"""nequip 0.19.1 at geoff's matched NequIP hyper-parameters: 64 features, l_max 2, 3 layers,
-cutoff 5 Å, 8 Bessel functions, random weights (``NequIPGNNModel(seed=0)``, untrained).
+"""nequip 0.19.1 at geoff's matched NequIP hyper-parameters (``nequip_package.MATCHED``: 64
+features, l_max 2, 3 layers, cutoff 5 Å, 8 Bessel functions), random weights (``seed=0``).
 
-``spec["compile"]``: ``"eager"`` or ``"compile"`` (nequip's ``compile_mode="compile"``:
-its ``CompileGraphModel``, torch.compile of the model's graph; but it runs the eager model
-for a batch of fewer than 2 frames, so ``speed.py`` lists that row as not run; its
-AOTInductor export, ``nequip-compile --mode aotinductor``, needs a saved package). Neighbour list: nequip's
-``NeighborListTransform`` (matscipy backend, its default), as ``NequIPCalculator`` builds it.
+``spec["compile"]``:
+
+- ``"eager"``: ``NequIPGNNModel(seed=0, ...)`` built in process, run eagerly.
+- ``"aotinductor"``: nequip at its fastest, the way its docs deploy a model: the package
+  of ``nequip_package`` (built on first use), ``nequip-compile --mode aotinductor --target
+  ase`` for ``spec["device"]`` with ``spec["modifiers"]`` (e.g. ``["enable_CuEquivariance"]``,
+  its cuEquivariance tensor-product kernels; CUDA only), loaded by
+  ``NequIPCalculator.from_compiled_model``. Compiled once per dtype, device and modifiers
+  (cached next to the package); the row's ``compile_s`` is what that compile took.
+
+(nequip's ``compile_mode="compile"``, its train-time torch.compile, runs the eager model for
+a batch of fewer than 2 frames, i.e. for every single structure here: not a row.)
+``spec["hyper"]`` overrides the hyper-parameters (tests: a tiny model). Neighbour list:
+nequip's ``NeighborListTransform`` (matscipy backend, its default) in both modes, as
+``NequIPCalculator`` builds it.
 """
 from __future__ import annotations
 
+MODES = ("eager", "aotinductor")
 
-def prepare(spec: dict):
-    """(model call on a prepared graph, NequIPCalculator call, atoms, edges)."""
-    import torch
-    from nequip.data import AtomicDataDict
+
+def check_spec(spec: dict) -> dict:
+    """The spec's nequip options, checked: ``compile`` in MODES, ``modifiers`` only with
+    ``aotinductor``; returns ``{"compile", "modifiers", "hyper"}``."""
+    mode = spec.get("compile", "eager")
+    if mode not in MODES:
+        raise ValueError(f"nequip_peer: compile={mode!r} is not one of {MODES}; "
+                         "'compile' (train-time torch.compile) runs eager on one frame")
+    modifiers = list(spec.get("modifiers", []))
+    if modifiers and mode != "aotinductor":
+        raise ValueError("nequip_peer: modifiers apply at nequip-compile time; set "
+                         "compile='aotinductor' to use " + ", ".join(modifiers))
+    return {"compile": mode, "modifiers": modifiers, "hyper": dict(spec.get("hyper", {}))}
+
+
+def _eager_calculator(spec: dict, hyper: dict):
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.integrations.ase import NequIPCalculator
     from nequip.model import NequIPGNNModel
     from nequip.utils.global_state import set_global_state
 
-    from speed import CUTOFF, structure
+    from nequip_package import MATCHED, TYPE_NAMES
 
     set_global_state()  # nequip's defaults (TF32 off), required before building a model
-    species = ["Cu", "Zr"]
-    model = NequIPGNNModel(
-        seed=0, model_dtype=spec["dtype"], r_max=CUTOFF, type_names=species, num_layers=3,
-        l_max=2, num_features=64, num_bessels=8, avg_num_neighbors=42.0,
-        per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
-        compile_mode=spec.get("compile", "eager"))
+    hyper = dict(MATCHED, **hyper)
+    model = NequIPGNNModel(seed=0, model_dtype=spec["dtype"], type_names=TYPE_NAMES,
+                           per_type_energy_scales=1.0, per_type_energy_shifts=0.0, **hyper)
     model.eval()
-    identity = {s: s for s in species}
-    transforms = [ChemicalSpeciesToAtomTypeMapper(model_type_names=species,
-                                                  chemical_species_to_atom_type_map=identity),
-                  NeighborListTransform(r_max=CUTOFF)]
-    calc = NequIPCalculator(model, device=spec["device"], transforms=transforms)
+    transforms = [ChemicalSpeciesToAtomTypeMapper(
+                      model_type_names=TYPE_NAMES,
+                      chemical_species_to_atom_type_map={s: s for s in TYPE_NAMES}),
+                  NeighborListTransform(r_max=hyper["r_max"])]
+    return NequIPCalculator(model, device=spec["device"], transforms=transforms)
+
+
+def _compiled_calculator(spec: dict, options: dict) -> tuple:
+    """(NequIPCalculator on the AOTInductor model, compile seconds)."""
+    from nequip.integrations.ase import NequIPCalculator
+    from nequip.utils.global_state import set_global_state
+
+    from nequip_package import build_package, compile_aot
+
+    set_global_state()
+    package = build_package(spec["dtype"], options["hyper"])
+    path, seconds = compile_aot(package, spec["device"], options["modifiers"])
+    calc = NequIPCalculator.from_compiled_model(str(path), device=spec["device"],
+                                               chemical_species_to_atom_type_map=True)
+    return calc, seconds
+
+
+def prepare(spec: dict):
+    """(model call on a prepared graph, NequIPCalculator call, atoms, edges[, extra row
+    fields]): the extra ``compile_s`` for the AOTInductor model."""
+    from nequip.data import AtomicDataDict
+
+    from speed import structure
+
+    options = check_spec(spec)
+    extra = {}
+    if options["compile"] == "aotinductor":
+        calc, extra["compile_s"] = _compiled_calculator(spec, options)
+    else:
+        calc = _eager_calculator(spec, options["hyper"])
     atoms = structure(spec["kind"], spec["n"])
     graph = calc.atoms_to_data(atoms)
 
@@ -43,4 +93,5 @@ def prepare(spec: dict):
     def calc_call():
         calc.calculate(atoms, ["energy", "forces"], ["positions"])
 
-    return model_call, calc_call, len(atoms), int(graph[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
+    edges = int(graph[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
+    return model_call, calc_call, len(atoms), edges, extra

@@ -54,15 +54,16 @@ def stub_missing(names=OPTIONAL_IMPORTS) -> list:
 
 
 def measure(prepare, spec: dict) -> dict:
-    """``prepare(spec)`` returns (model_call, calc_call, n_atoms, n_edges); time both."""
+    """``prepare(spec)`` returns (model_call, calc_call, n_atoms, n_edges[, extra]); time
+    both. ``extra``: more fields for the row (e.g. ``compile_s``, seconds)."""
     import torch
 
     from speed import _median_time, first_call_memory
 
     torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])
-    model_call, calc_call, n_atoms, n_edges = prepare(spec)
-    row = {"atoms": n_atoms, "edges": n_edges}
+    model_call, calc_call, n_atoms, n_edges, *extra = prepare(spec)
+    row = {"atoms": n_atoms, "edges": n_edges, **(extra[0] if extra else {})}
     row.update(first_call_memory(model_call, dev))
     row["model_s"] = _median_time(model_call, dev, spec["repeats"], spec["budget"])
     row["calc_s"] = (_median_time(calc_call, dev, spec["repeats"], spec["budget"])
