@@ -44,10 +44,10 @@ class PaiNNMessage(EdgeMessages):
         phi_s, v = nodes[0], nodes[1]  # (N, 3F), (N, 3, F)
         rbf, envelope, unit = edges[0], edges[1], edges[2]  # (E, n_rbf), (E,), (E, 3)
         # The envelope on every message makes energies and forces vanish smoothly at the cutoff.
-        x = phi_s[senders] * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
+        x = phi_s.index_select(0, senders) * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
         ds, dv_v, dv_r = torch.split(x, self.n_features, dim=-1)
         # Vector message: gated neighbour vectors plus a gated edge direction (both equivariant).
-        dv = v[senders] * dv_v.unsqueeze(1) + unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
+        dv = v.index_select(0, senders) * dv_v.unsqueeze(1) + unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
         return [ds, dv]
 
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
