@@ -336,7 +336,7 @@ class Convolution(EdgeMessages):
 
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
         sh, rbf = edges[0], edges[1]  # (E, irreps_sh.dim), (E, n_rbf)
-        return self.tp(nodes[0][senders], sh, self.radial(rbf))  # [(E, D_k)]
+        return self.tp(nodes[0].index_select(0, senders), sh, self.radial(rbf))  # [(E, D_k)]
 
     def finish(self, sums: List[Tensor]) -> List[Tensor]:
         summed = torch.cat(sums, dim=1)  # (n, tp.dim)

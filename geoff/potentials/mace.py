@@ -89,6 +89,13 @@ class _Coupling(ExactConstants):
     ``out[g] = sum c * p[i] * a[j]`` over the level's non-zero coefficients ``(i, j, g, c)``
     (a few percent of the dense (D_in, D_A, D_out) tensor). Components lead the layout, so
     every gather and scatter moves whole contiguous (N, n) slabs.
+
+    Evaluated per distinct pair ``(i, g)`` (K of them, ~half the non-zeros): one matrix
+    product ``T = M a`` with ``M[k, j] = c(i_k, j, g_k)`` (K, D_A) sums the factor side, then
+    ``out[g_k] += p[i_k] * T[k]``. That moves K slabs instead of the non-zeros' five passes
+    (two gathers, two products, one scatter) and leaves no (nnz, N, n) temporaries for the
+    backward pass. ``i_in``, ``i_factor``, ``i_out`` and ``coefficients`` keep the plain table
+    (``cueq.py`` reads it).
     """
 
     def __init__(self, coupling: Tensor):
@@ -100,12 +107,18 @@ class _Coupling(ExactConstants):
         self.register_buffer("i_out", nonzero[:, 2].contiguous(), persistent=False)
         coefficients = coupling[nonzero[:, 0], nonzero[:, 1], nonzero[:, 2]]
         self.register_constant("coefficients", coefficients.reshape(-1, 1, 1))
+        pairs = sorted({(i, g) for i, _, g in nonzero.tolist()})  # distinct (i, g)
+        pair_matrix = torch.stack([coupling[i, :, g] for i, g in pairs])  # (K, D_A)
+        self.register_buffer("k_in", torch.tensor([i for i, _ in pairs]), persistent=False)
+        self.register_buffer("k_out", torch.tensor([g for _, g in pairs]), persistent=False)
+        self.register_constant("pair_matrix", pair_matrix)
 
     def forward(self, p: Tensor, a: Tensor) -> Tensor:
-        products = p.index_select(0, self.i_in) * a.index_select(0, self.i_factor)  # (nnz, N, n)
-        products = products * self.coefficients  # (nnz, N, n)
-        out = torch.zeros((self.d_out, p.shape[1], p.shape[2]), dtype=p.dtype, device=p.device)
-        return out.index_add(0, self.i_out, products)  # (D_out, N, n)
+        n_atoms, n = p.shape[1], p.shape[2]
+        t = torch.mm(self.pair_matrix, a.reshape(a.shape[0], n_atoms * n))  # (K, N n)
+        products = p.index_select(0, self.k_in) * t.reshape(-1, n_atoms, n)  # (K, N, n)
+        out = torch.zeros((self.d_out, n_atoms, n), dtype=p.dtype, device=p.device)
+        return out.index_add(0, self.k_out, products)  # (D_out, N, n)
 
 
 class SymmetricContraction(RowChunked):

@@ -41,18 +41,24 @@ class PaiNNMessage(EdgeMessages):
         self.filter = nn.Linear(n_rbf, 3 * n_features)
 
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
-        phi_s, v = nodes[0], nodes[1]  # (N, 3F), (N, 3, F)
+        """``nodes`` [phi(s) (N, 3F), v (N, 3, F)], or [phi(s)] alone where v is zero."""
+        phi_s = nodes[0]  # (N, 3F)
         rbf, envelope, unit = edges[0], edges[1], edges[2]  # (E, n_rbf), (E,), (E, 3)
         # The envelope on every message makes energies and forces vanish smoothly at the cutoff.
-        x = phi_s[senders] * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
+        x = phi_s.index_select(0, senders) * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
         ds, dv_v, dv_r = torch.split(x, self.n_features, dim=-1)
         # Vector message: gated neighbour vectors plus a gated edge direction (both equivariant).
-        dv = v[senders] * dv_v.unsqueeze(1) + unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
+        dv = unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
+        if len(nodes) > 1:
+            dv = nodes[1].index_select(0, senders) * dv_v.unsqueeze(1) + dv  # (E, 3, F)
         return [ds, dv]
 
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
-                unit: Tensor):
-        ds, dv = self.aggregate([self.phi(s), v], [rbf, envelope, unit], edge_index, s.shape[0])
+                unit: Tensor, v_is_zero: bool = False):
+        """``v_is_zero``: v is the embedding's zeros (layer 0), so the (E, 3, F) neighbour-vector
+        term of the messages is skipped: it is exactly zero, and so is its gradient."""
+        nodes = [self.phi(s)] if v_is_zero else [self.phi(s), v]
+        ds, dv = self.aggregate(nodes, [rbf, envelope, unit], edge_index, s.shape[0])
         return s + ds, v + dv  # (N, F), (N, 3, F)
 
 
@@ -89,8 +95,8 @@ class PaiNNLayer(nn.Module):
         self.update = PaiNNUpdate(n_features, act, eps)
 
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
-                unit: Tensor):
-        s, v = self.message(s, v, edge_index, rbf, envelope, unit)
+                unit: Tensor, v_is_zero: bool = False):
+        s, v = self.message(s, v, edge_index, rbf, envelope, unit, v_is_zero)
         return self.update(s, v)  # (N, F), (N, 3, F)
 
 
@@ -107,7 +113,8 @@ class PaiNN(LayeredRepresentation):
         eps: added to squared vector norms (in squared feature units) before the square root.
 
     Pieces (``representation.py``): state ``{"s": (N, F), "v": (N, 3, F)}``, both exchanged
-    between layers; geometry ``edge_index``, ``unit`` (E, 3), ``rbf``, ``envelope``.
+    between layers; geometry ``edge_index``, ``unit`` (E, 3), ``rbf``, ``envelope``. Layer 0
+    takes ``v`` to be the zeros that ``embed`` returns (it skips the messages' v term).
     """
 
     EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
@@ -144,8 +151,9 @@ class PaiNN(LayeredRepresentation):
         s, v = state["s"], state["v"]
         for index, block in enumerate(self.layers):
             if index == k:
+                # Layer 0 reads the embedding's zero vectors (see the class docstring).
                 s, v = block(s, v, geometry["edge_index"], geometry["rbf"],
-                             geometry["envelope"], geometry["unit"])  # (N, F), (N, 3, F)
+                             geometry["envelope"], geometry["unit"], k == 0)  # (N, F), (N, 3, F)
         return {"s": s, "v": v}
 
     def readout(self, state: Dict[str, Tensor],

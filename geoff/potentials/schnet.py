@@ -30,7 +30,7 @@ class CFConv(EdgeMessages):
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
         rbf, envelope = edges[0], edges[1]  # (E, n_rbf), (E,)
         w = self.filter(rbf) * envelope.unsqueeze(-1)  # (E, F)
-        return [nodes[0][senders] * w]  # (E, F)
+        return [nodes[0].index_select(0, senders) * w]  # (E, F)
 
     def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor) -> Tensor:
         summed = self.aggregate([self.in_lin(h)], [rbf, envelope], edge_index, h.shape[0])
