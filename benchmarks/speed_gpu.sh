@@ -52,8 +52,12 @@ export PYTHONPATH="$PWD:$WORK/py${PYTHONPATH:+:$PYTHONPATH}"
 
 # each peer in its own folder: $GEOFF_PEERS/<folder>, marked .installed for speed.py
 export GEOFF_PEERS="$WORK/peers"
+wanted() {  # wanted <folder>: a peer folder PEERS asks for (every folder when PEERS is empty)
+  [ -z "${PEERS:-}" ] || [[ " $PEERS " == *"$1"* ]]
+}
 install_peer() {  # install_peer <folder> <wheel dir>...
   local folder=$1; shift
+  wanted "$folder" || { log "peer $folder not asked for (PEERS)"; return 0; }
   local target="$GEOFF_PEERS/$folder" wheels=()
   for d in "$@"; do wheels+=(".peers/$d"/*.whl); done
   if "$PY" -m pip install -q --no-deps --no-index --ignore-requires-python \
@@ -66,13 +70,14 @@ install_peer() {  # install_peer <folder> <wheel dir>...
 install_peer mace mace common
 install_peer nequip nequip common
 install_peer schnetpack schnetpack common
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] && wanted mace_cueq; then
   install_peer mace_cueq mace cueq common
   tar -xJf .peers/cueq/cueq-ops.tar.xz -C "$GEOFF_PEERS/mace_cueq" >>"$LOG" 2>&1 \
     && log "unpacked cuEq ops" || log "FAILED: unpacking cuEq ops"
 fi
 
 check() {  # check <folder> <python statement>: the peer imports in its own folder
+  wanted "$1" || return 0
   if PYTHONPATH="$GEOFF_PEERS/$1:$PWD/benchmarks/peers:$PWD/benchmarks:$PYTHONPATH" "$PY" -c "$2" >>"$LOG" 2>&1; then
     log "imports ok: $1"
   else
