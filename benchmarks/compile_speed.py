@@ -1,7 +1,7 @@
 """torch.compile (geoff/compiled.py) against the eager model: compile time, agreement, speed.
 
     python benchmarks/compile_speed.py --device cpu --sizes 256 864 --out DIR   # 2-core CPU
-    python benchmarks/compile_speed.py --device cuda --sizes 864 32000 131072 --graphs \\
+    python benchmarks/compile_speed.py --device cuda --sizes 864 32000 131072 --graphs 2000 \\
         --kernels e3nn cueq --deadline 300 --out DIR                              # GPU
     python benchmarks/compile_speed.py --device cpu --sizes 32 --calls 2 --tiny --out DIR  # dry run
 
@@ -12,10 +12,11 @@ subprocess per (model, kernels): a crash or out-of-memory ends that series only.
 the compiled model is built once and serves every size (dynamic shapes): ``compile_s`` is the
 first compiled call at that size (compilation included; ~0 when no recompilation was
 needed), ``graphs`` the graphs compiled so far. Then ``--calls`` rounds, each one eager call
-and one compiled call (and, with ``--graphs``, one call of the compiled model inside
-``geoff.cuda_graphs.GraphedModel``), interleaved so that the load of a shared machine hits
-all alike; medians of the CUDA-synchronised wall times; ``ratio`` = median over rounds of
-compiled / eager (< 1: compile pays). ``max_dF`` = max |F_compiled - F_eager| (eV/Å).
+and one compiled call (and, below ``--graphs`` atoms, one call each of the eager and of the
+compiled model captured in CUDA graphs, ``geoff.cuda_graphs.GraphedModel``), interleaved so
+that the load of a shared machine hits all alike; medians of the CUDA-synchronised wall times; ``ratio`` = median over rounds of
+compiled / eager (< 1: compile pays), ``captured_ratio`` the same for the captured pair.
+``max_dF`` = max |F_compiled - F_eager| (eV/Å).
 
 Rows go to ``DIR/rows.jsonl`` as soon as measured, the table to ``DIR/compile.md``.
 """
@@ -39,7 +40,8 @@ TINY = {"schnet": dict(n_features=8, n_layers=2), "painn": dict(n_features=8, n_
         "nequip": dict(n_features=8, n_layers=2, l_max=2),
         "mace": dict(n_features=8, n_layers=2, l_max=2, hidden_l_max=1, correlation=3)}
 COLUMNS = ("model", "kernels", "atoms", "edges", "compile_s", "graphs", "eager_ms",
-           "compiled_ms", "ratio", "graphed_ms", "graphed_ratio", "max_dF", "failed")
+           "compiled_ms", "ratio", "captured_eager_ms", "captured_compiled_ms",
+           "captured_ratio", "max_dF", "failed")
 
 
 def build(name: str, kernels: str, device: str, tiny: bool):
@@ -81,7 +83,10 @@ def series(spec: dict) -> None:
     dev = torch.device(spec["device"])
     model = build(spec["model"], spec["kernels"], spec["device"], spec["tiny"])
     compiled = CompiledModel(model)
-    graphed = GraphedModel(compiled, max_atoms=None) if spec["graphs"] else None
+    captured = {}  # below --graphs atoms: the eager and the compiled model in CUDA graphs
+    if spec["graphs"]:
+        captured = {"captured_eager": GraphedModel(model, max_atoms=spec["graphs"]),
+                    "captured_compiled": GraphedModel(compiled, max_atoms=spec["graphs"])}
     for n in spec["sizes"]:
         if time.time() > spec["deadline_at"]:
             break
@@ -96,9 +101,9 @@ def series(spec: dict) -> None:
             row["graphs"] = compiled.stats["graphs"]
             row["max_dF"] = float((compiled(graph)["forces"] - model(graph)["forces"])
                                   .abs().max())
-            if graphed is not None:
-                calls["graphed"] = lambda: graphed(graph)["forces"].sum().item()
-            for fn in calls.values():  # warm-up (the graphed one captures here)
+            for k, runner in captured.items() if row["atoms"] < spec["graphs"] else ():
+                calls[k] = lambda runner=runner: runner(graph)["forces"].sum().item()
+            for fn in calls.values():  # warm-up (the captured ones capture here)
                 fn(), fn()
             times = {k: [] for k in calls}
             for _ in range(spec["calls"]):
@@ -110,9 +115,10 @@ def series(spec: dict) -> None:
             for k in calls:
                 row[f"{k}_ms"] = 1e3 * float(np.median(times[k]))
             row["ratio"] = float(np.median(np.array(times["compiled"]) / eager))
-            if graphed is not None:
-                row["graphed_ratio"] = float(np.median(np.array(times["graphed"]) / eager))
-                row["graphed_stats"] = dict(graphed.stats)
+            if "captured_eager" in calls:
+                row["captured_ratio"] = float(np.median(np.array(times["captured_compiled"])
+                                                        / np.array(times["captured_eager"])))
+                row["captured_stats"] = {k: dict(r.stats) for k, r in captured.items()}
         except Exception as exc:  # noqa: BLE001 - the row says why, the series ends
             row["failed"] = f"{type(exc).__name__}: {exc}"[:200]
             print(json.dumps(row), flush=True)
@@ -143,8 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 864])
     parser.add_argument("--calls", type=int, default=20, help="interleaved rounds (median)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--graphs", action="store_true",
-                        help="also the compiled model inside CUDA graphs (GraphedModel)")
+    parser.add_argument("--graphs", type=int, default=0, metavar="MAX_ATOMS",
+                        help="also the compiled model inside CUDA graphs (GraphedModel) below "
+                             "this many atoms (0: not)")
     parser.add_argument("--tiny", action="store_true", help="8-feature models (a dry run)")
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds from now: no new size after it, a series stopped at it")

@@ -35,7 +35,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from .cuda_graphs import takes_chunked_path
+from .cuda_graphs import refusal, takes_chunked_path
 from .graph import EDGE_INDEX, POSITIONS, Graph
 
 DYNAMO_CONFIG = dict(
@@ -77,6 +77,7 @@ class CompiledModel(nn.Module):
         reason = _refusal_in_training(model)
         if reason is not None:
             raise ValueError(reason)
+        self.training = False  # nn.Module starts in training mode; this wrapper never trains
         self.model = model
         self.stats = {"calls": 0, "graphs": 0, "eager": 0}
         options = torch._inductor.list_mode_options(mode) if mode else {}
@@ -124,3 +125,22 @@ class CompiledModel(nn.Module):
                           "limit was reached in this process?): the model ran eagerly",
                           RuntimeWarning, stacklevel=2)
         return out
+
+
+def compiled(model: nn.Module, compile: bool) -> nn.Module:
+    """``model`` or a ``CompiledModel`` around it, for ``GeoffCalculator(compile=...)``.
+
+    Models whose shapes depend on the data (``geoff.cuda_graphs.REFUSED``: triplets built
+    inside the model, PCA frames) would recompile at every step: they run eagerly, with a
+    warning.
+    """
+    if compile not in (True, False):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
+    if not compile:
+        return model
+    reason = refusal(model)
+    if reason is not None and not model.training:
+        warnings.warn(f"compile=True: this model runs eagerly ({reason})", RuntimeWarning,
+                      stacklevel=3)
+        return model
+    return CompiledModel(model)
