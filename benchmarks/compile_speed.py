@@ -87,7 +87,7 @@ def series(spec: dict) -> None:
     if spec["graphs"]:
         captured = {"captured_eager": GraphedModel(model, max_atoms=spec["graphs"]),
                     "captured_compiled": GraphedModel(compiled, max_atoms=spec["graphs"])}
-    for n in spec["sizes"]:
+    for n, n_calls in zip(spec["sizes"], spec["calls"]):
         if time.time() > spec["deadline_at"]:
             break
         row = dict(model=spec["model"], kernels=spec["kernels"])
@@ -106,7 +106,7 @@ def series(spec: dict) -> None:
             for fn in calls.values():  # warm-up (the captured ones capture here)
                 fn(), fn()
             times = {k: [] for k in calls}
-            for _ in range(spec["calls"]):
+            for _ in range(n_calls):
                 for k, fn in calls.items():
                     times[k].append(timed(fn, dev))
                 if time.time() > spec["deadline_at"]:
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="+", default=["e3nn"],
                         help="e3nn and/or cueq (NequIP- and MACE-style only)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 864])
-    parser.add_argument("--calls", type=int, default=20, help="interleaved rounds (median)")
+    parser.add_argument("--calls", type=int, nargs="+", default=[20],
+                        help="interleaved rounds (median): one value, or one per size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--graphs", type=int, default=0, metavar="MAX_ATOMS",
                         help="also the compiled model inside CUDA graphs (GraphedModel) below "
@@ -161,6 +162,9 @@ def main(argv=None) -> int:
     if args.one:
         series(json.loads(args.one))
         return 0
+    if len(args.calls) not in (1, len(args.sizes)):
+        parser.error(f"--calls: one value or one per size ({len(args.sizes)}), got {args.calls}")
+    args.calls = args.calls * len(args.sizes) if len(args.calls) == 1 else args.calls
     deadline_at = time.time() + args.deadline
     out = Path(args.out) if args.out else None
     if out:
