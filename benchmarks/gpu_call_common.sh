@@ -2,7 +2,8 @@
 # the log they share. Set TAG (the work folder's name) and DEFAULT_DEADLINE_S first.
 # Defines T0, END (nothing new starts after it), V (python), DEV (cuda, or cpu for a dry
 # run), WORK, OUT, RES (everything packed at the end), stamp and left; tees all output to
-# $OUT/run.log; install_whl installs the carried .whl/ wheels.
+# $OUT/run.log; install_whl installs the carried .whl/ wheels, install_cueq the carried
+# cuEquivariance wheels (.peers/cueq/).
 set -uo pipefail
 T0=$(date +%s)
 END=$((T0 + ${DEADLINE_S:-$DEFAULT_DEADLINE_S}))
@@ -23,4 +24,14 @@ install_whl() {  # the carried wheels (.whl/: ase, matscipy, ...) into $WORK/py
   else
     stamp "WARNING: no .whl/ (ase, matscipy must be importable already)"
   fi
+}
+install_cueq() {  # .peers/cueq/ when carried: *.whl (cuequivariance, cuequivariance-torch, ...)
+  # and *.tar.xz (the ops wheels unpacked, site-packages layout), into $WORK/py
+  if ls .peers/cueq/*.whl >/dev/null 2>&1; then
+    "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .peers/cueq/*.whl \
+      || stamp "WARNING: pip install of .peers/cueq/*.whl failed"
+  fi
+  for archive in .peers/cueq/*.tar.xz; do
+    [ -f "$archive" ] && { tar -xJf "$archive" -C "$WORK/py" || stamp "WARNING: $archive failed"; }
+  done
 }
