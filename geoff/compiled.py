@@ -7,24 +7,25 @@ loops on the CPU and Triton kernels on CUDA.
 
 How the autograd forces survive compilation (``EnergyModel.forward`` is not touched):
 TorchDynamo splits the forward at ``torch.autograd.grad`` (and at the two ``requires_grad_``
-calls before it) into four graphs. The large one, graph -> energy, is compiled with
+calls before it) into up to four graphs. The large one, graph -> energy, is compiled with
 AOTAutograd, which compiles its backward as well; ``torch.autograd.grad`` then runs outside
-the compiled regions and calls that compiled backward. The other three graphs are a few
-elementwise ops each.
+the compiled regions and calls that compiled backward. The others are a few elementwise ops.
 
 Shapes: atoms and edges change from structure to structure and the edges every MD step. The
 model is compiled with dynamic shapes (``dynamic=True``): one compilation serves every edge
-count, with a few more for size classes the guards tell apart (a size of 0 or 1, or the
-edge count crossing a model's ``edge_chunk``). ``stats["graphs"]`` counts the graphs the
-backend compiled (4 per compilation of the whole forward), so a test can bound the
-recompilations of an MD run.
+count (10 MD steps of a SchNet: no recompilation), with a graph more when a guard of the
+dynamic graph fails (NequIP- and MACE-style: one more from 256 to 864 atoms, op not traced).
+``stats["graphs"]`` counts the graphs the backend compiled (3 for energy + forces, 4 with
+stress: the ``requires_grad_`` and ``autograd.grad`` splits), so a test can bound the
+recompilations of an MD run. Sizes on the chunked path (``edge_chunk``) run eagerly
+(``stats["eager"]``): their chunk bounds are host data, a new graph every call.
 
 What is refused, with the reason (``ValueError``): training mode (the trainer needs
 ``create_graph=True``: AOTAutograd's compiled backward is not differentiable twice), and
 positions that already require grad (a caller's own autograd graph, e.g. a Jacobian, makes
 the model keep its graph with ``create_graph=True`` for the same reason).
 
-The compile cost is paid on the first call of each new shape class (seconds to a minute on
+The compile cost is paid on the first call of each new shape class (seconds to minutes on
 the CPU; see the README's Speed section for what it buys per model).
 """
 from __future__ import annotations
