@@ -10,8 +10,10 @@
 #      of memory ends that model's series (unchunked PaiNN and MACE-style do not fit 131k).
 #      Two lanes when two GPUs are visible (lane 0: schnet, painn, nequip; lane 1: mace with
 #      e3nn then cuEq kernels), else one after the other in that order of priority.
-# Run from the repository root (carry .whl, and .peers for the cuEq rows):
+# Run from the repository root, kind nvidia-h200-x2 (two lanes; one GPU runs them in turn),
+# carrying .whl, and .peers for the cuEq rows (about 6 min with the default deadline):
 #   OUT=$OUT bash benchmarks/compile_gpu.sh
+# Dry run here (tiny models, ~6 min on 2 loaded cores): DEVICE=cpu OUT=/tmp/x bash benchmarks/compile_gpu.sh
 # Knobs: DEADLINE_S (360: seconds from the start; no new size after it), SIZES, CALLS,
 # GRAPHS_MAX, LANE0, LANE1 (the models of each lane), DEVICE (cpu: a dry run without a GPU,
 # 8-feature models at 32 and 108 atoms).
