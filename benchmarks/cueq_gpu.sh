@@ -35,13 +35,7 @@ pack() {
 trap pack EXIT
 
 install_whl
-if ls .peers/cueq/*.whl >/dev/null 2>&1; then
-  "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .peers/cueq/*.whl \
-    || stamp "WARNING: pip install of .peers/cueq/*.whl failed"
-fi
-for archive in .peers/cueq/*.tar.xz; do  # unpacked ops wheels: site-packages layout
-  [ -f "$archive" ] && { tar -xJf "$archive" -C "$WORK/py" || stamp "WARNING: $archive failed"; }
-done
+install_cueq
 export PYTHONPATH="$(pwd):$(pwd)/benchmarks:$WORK/py${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$V" -c "import ase, matscipy, e3nn, torch; print('ase', ase.__version__, 'e3nn', e3nn.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   || { stamp "FAILED: imports"; exit 1; }

@@ -2,8 +2,9 @@
 # the log they share. Set TAG (the work folder's name) and DEFAULT_DEADLINE_S first.
 # Defines T0, END (nothing new starts after it), V (python), DEV (cuda, or cpu for a dry
 # run), WORK, OUT, RES (everything packed at the end), stamp and left; tees all output to
-# $OUT/run.log; install_whl installs the carried .whl/ wheels; pack_tables TABLE... (for
-# trap EXIT) copies run.log and the named tables to $OUT and packs $RES.
+# $OUT/run.log; install_whl installs the carried .whl/ wheels, install_cueq the carried
+# cuEquivariance wheels (.peers/cueq/); pack_tables TABLE... (for trap EXIT) copies run.log
+# and the named tables to $OUT and packs $RES.
 set -uo pipefail
 T0=$(date +%s)
 END=$((T0 + ${DEADLINE_S:-$DEFAULT_DEADLINE_S}))
@@ -30,4 +31,14 @@ pack_tables() {  # on exit: run.log and the tables named ($RES/<name>) to $OUT, 
   local table
   for table in "$@"; do [ -f "$RES/$table" ] && cp -f "$RES/$table" "$OUT/"; done
   tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
+}
+install_cueq() {  # .peers/cueq/ when carried: *.whl (cuequivariance, cuequivariance-torch, ...)
+  # and *.tar.xz (the ops wheels unpacked, site-packages layout), into $WORK/py
+  if ls .peers/cueq/*.whl >/dev/null 2>&1; then
+    "$V" -m pip install -q --no-deps --no-index --target "$WORK/py" .peers/cueq/*.whl \
+      || stamp "WARNING: pip install of .peers/cueq/*.whl failed"
+  fi
+  for archive in .peers/cueq/*.tar.xz; do
+    [ -f "$archive" ] && { tar -xJf "$archive" -C "$WORK/py" || stamp "WARNING: $archive failed"; }
+  done
 }

@@ -114,9 +114,10 @@ def first_call_memory(model_call, dev) -> dict:
 
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
                budget_s: float, edge_chunk=None, with_calc: bool = True,
-               kernels: str = "e3nn") -> dict:
+               kernels: str = "e3nn", compile: bool = False) -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes);
-    ``kernels``: the tensor-product kernels (``GeoffCalculator(kernels=...)``)."""
+    ``kernels``: the tensor-product kernels (``GeoffCalculator(kernels=...)``); ``compile``:
+    ``GeoffCalculator(compile=True)`` (the first call, in the memory, compiles)."""
     import torch
 
     from geoff.calculators.ase import GeoffCalculator
@@ -127,7 +128,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
-    calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels,
+    calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels, compile=compile,
                            edge_chunk="auto" if edge_chunk == "auto" else None)
     if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
@@ -142,7 +143,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
             set_edge_chunk(calc.model, row["chunk"])
 
     def model_call():
-        calc.model(graph)["forces"].sum().item()
+        calc.run_model(graph)["forces"].sum().item()  # the model itself unless compiled
 
     def calc_call():
         calc.calculate(atoms, ["energy", "forces"], ["positions"])
@@ -160,10 +161,11 @@ def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None, kernels=
                sizes=None, grow=None) -> list:
     """Every size for one (model, structure, dtype, edge chunk, kernels), each in a fresh
     subprocess (the memory is the size's own; an out-of-memory failure ends the series, not
-    the run)."""
+    the run). ``kernels`` ending in "+compile" (a label for the table): the --compile series."""
     spec = dict(name=name, kind=kind, dtype=dtype, device=args.device, repeats=args.repeats,
                 budget=args.budget, threads=args.threads, edge_chunk=edge_chunk,
-                calc=not args.model_only, kernels=kernels)
+                calc=not args.model_only, kernels=kernels.removesuffix("+compile"),
+                compile=kernels.endswith("+compile"))
 
     def command(n):
         return [sys.executable, __file__, "--one", json.dumps(dict(spec, n=n))]
@@ -218,7 +220,8 @@ def one(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     row = time_geoff(spec["name"], spec["kind"], spec["n"], spec["dtype"], spec["device"],
                      spec["repeats"], spec["budget"], spec.get("edge_chunk"),
-                     spec.get("calc", True), spec.get("kernels", "e3nn"))
+                     spec.get("calc", True), spec.get("kernels", "e3nn"),
+                     spec.get("compile", False))
     print(json.dumps(row))
 
 
@@ -246,7 +249,8 @@ def plan(args) -> list:
                 short = dtype == "float64" and args.float64_sizes
                 sizes = args.float64_sizes if short else args.sizes
                 for chunk in args.edge_chunks if name in args.models else []:
-                    for kernels in args.kernels if name in TP_MODELS else ["e3nn"]:
+                    for kernels in [k + c for k in (args.kernels if name in TP_MODELS
+                                                    else ["e3nn"]) for c in args.compile]:
                         a = (name, kind, dtype, chunk, kernels)
                         items.append((a, False, lambda sz, g, a=a:
                                       run_series(args, *a, sizes=sz, grow=g), sizes, not short))
@@ -339,6 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="+", default=["e3nn"], choices=["e3nn", "cueq"],
                         help="tensor-product kernels of the NequIP- and MACE-style models, one "
                              "series each (cueq: pip install geoff[cuda]; rows 'geoff mace+cueq')")
+    parser.add_argument("--compile", action="store_const", const=["", "+compile"],
+                        default=[""], help="each geoff series also through torch.compile "
+                        "(GeoffCalculator(compile=True); rows 'geoff NAME+...+compile')")
     parser.add_argument("--model-only", action="store_true", help="skip the calculator timing")
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds: start no size after it, stop a running one at it")
