@@ -18,6 +18,7 @@
 # e.g. nequip alone at its fastest beside geoff's NequIP-style:
 #   OUT=$OUT MODELS=nequip STRUCTURES=cu DTYPES=float32 GROW=0 \
 #     PEERS="nequip_eager nequip_aot nequip_aot_cueq" bash benchmarks/speed_gpu.sh
+# COMPILE=1: each geoff series also through torch.compile (speed.py --compile).
 # EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -146,6 +147,7 @@ run_pass() {
   local peers=() chunks=()
   [ -n "${PEERS:-}" ] && read -r -a peers <<< "$PEERS"
   [ -n "${EDGE_CHUNKS:-}" ] && chunks=(--edge-chunks $EDGE_CHUNKS)
+  [ "${COMPILE:-0}" = 1 ] && chunks+=(--compile)
   "$PY" benchmarks/speed.py --device "$DEVICE" --peers "${peers[@]}" "${chunks[@]}" --models "${fam[@]}" \
     --structures ${STRUCTURES:-cu cuzr} --dtypes ${DTYPES:-float32 float64} --sizes "${sizes[@]}" \
     --float64-sizes "${sizes[@]:0:2}" $grow --max-atoms "$MAX_ATOMS" --kernels ${KERNELS:-e3nn cueq} \
