@@ -22,17 +22,7 @@
 cd "$(dirname "$0")/.."
 TAG=compile DEFAULT_DEADLINE_S=360
 source benchmarks/gpu_call_common.sh
-pack() {
-  cp -f "$OUT/run.log" "$RES/" 2>/dev/null
-  { echo "# torch.compile vs eager (benchmarks/compile_gpu.sh)"; echo
-    for lane in 0 1; do
-      [ -f "$RES/lane$lane/compile.md" ] && { echo "## lane $lane"; echo
-        cat "$RES/lane$lane/compile.md"; echo; }
-    done; } > "$RES/compile.md"
-  cp -f "$RES/compile.md" "$OUT/"
-  tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
-}
-trap pack EXIT
+trap 'pack_joined compile.md "torch.compile vs eager (benchmarks/compile_gpu.sh)" lane0/compile.md lane1/compile.md' EXIT
 
 install_whl
 install_cueq

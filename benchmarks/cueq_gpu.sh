@@ -23,16 +23,7 @@
 cd "$(dirname "$0")/.."
 TAG=cueq DEFAULT_DEADLINE_S=480
 source benchmarks/gpu_call_common.sh
-pack() {
-  cp -f "$OUT/run.log" "$RES/" 2>/dev/null
-  { echo "# cuEquivariance vs e3nn kernels (benchmarks/cueq_gpu.sh)"; echo
-    for f in check.log mace.md graphs.log mace_cueq_plain.md mace_grow.md nequip.md; do
-      [ -f "$RES/$f" ] && { echo "## $f"; echo; cat "$RES/$f"; echo; }
-    done; } > "$RES/cueq.md"
-  cp -f "$RES/cueq.md" "$OUT/"
-  tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
-}
-trap pack EXIT
+trap 'pack_joined cueq.md "cuEquivariance vs e3nn kernels (benchmarks/cueq_gpu.sh)" check.log mace.md graphs.log mace_cueq_plain.md mace_grow.md nequip.md' EXIT
 
 install_whl
 install_cueq

@@ -4,7 +4,7 @@
 # run), WORK, OUT, RES (everything packed at the end), stamp and left; tees all output to
 # $OUT/run.log; install_whl installs the carried .whl/ wheels, install_cueq the carried
 # cuEquivariance wheels (.peers/cueq/); pack_tables TABLE... (for trap EXIT) copies run.log
-# and the named tables to $OUT and packs $RES.
+# and the named tables to $OUT and packs $RES; pack_joined joins tables under one title.
 set -uo pipefail
 T0=$(date +%s)
 END=$((T0 + ${DEADLINE_S:-$DEFAULT_DEADLINE_S}))
@@ -30,6 +30,16 @@ pack_tables() {  # on exit: run.log and the tables named ($RES/<name>) to $OUT, 
   cp -f "$OUT/run.log" "$RES/" 2>/dev/null
   local table
   for table in "$@"; do [ -f "$RES/$table" ] && cp -f "$RES/$table" "$OUT/"; done
+  tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
+}
+pack_joined() {  # pack_joined <out.md> <title> <file>... (for trap EXIT): the named $RES files
+  # joined under one title into $RES/<out.md> and $OUT, run.log kept, all of $RES packed
+  local out=$1 title=$2 f; shift 2
+  cp -f "$OUT/run.log" "$RES/" 2>/dev/null
+  { echo "# $title"; echo
+    for f in "$@"; do [ -f "$RES/$f" ] && { echo "## $f"; echo; cat "$RES/$f"; echo; }; done
+  } > "$RES/$out"
+  cp -f "$RES/$out" "$OUT/"
   tar -czf "$OUT/results.tar.gz" -C "$WORK" results && stamp "packed $OUT/results.tar.gz"
 }
 install_cueq() {  # .peers/cueq/ when carried: *.whl (cuequivariance, cuequivariance-torch, ...)
