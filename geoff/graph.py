@@ -15,7 +15,16 @@ pbc            (B, 3) bool  periodicity of each structure
 batch          (N,) int64   structure index of each atom
 n_local        (1,) int64   optional: atoms at index >= n_local are ghosts (LAMMPS) whose
                             energies are not summed
+edge_pair      (E,) int64   optional (``add_edge_pairs``): the unordered pair {i, j, ±shift}
+                            of each edge; an edge and its reverse share one
+pair_first     (P,) int64   optional, with ``edge_pair``: one edge of each pair
 =============  ===========  ==============================================================
+
+With ``edge_pair``, models compute the factors that depend on |r_ij| only (radial bases
+through their filter / radial MLPs) once per pair instead of once per edge: a full
+neighbour list holds every pair twice, so that work halves. Results do not change (the
+reverse edge's vector is the exact negative). Graphs without the keys (LAMMPS, padded CUDA
+graph buffers) take the per-edge path.
 
 Neighbour lists are built here, outside the model (matscipy); a model never builds its own.
 """
@@ -35,6 +44,8 @@ CELL = "cell"
 PBC = "pbc"
 BATCH = "batch"
 N_LOCAL = "n_local"
+EDGE_PAIR = "edge_pair"
+PAIR_FIRST = "pair_first"
 
 Graph = Dict[str, Tensor]
 
@@ -213,6 +224,7 @@ def atoms_to_graph(
     device: Optional[torch.device | str] = None,
     min_distance: Optional[float] = None,
     neighbour_list="auto",
+    edge_pairs: bool = False,
 ) -> Graph:
     """Build the Graph of one ``ase.Atoms`` (neighbours within ``model.cutoff``).
 
@@ -227,6 +239,8 @@ def atoms_to_graph(
     ``neighbour_list``: ``"matscipy"`` (CPU), ``"torch"`` (a cell list on ``device``,
     ``geoff.neighbours``), ``"auto"`` (torch on CUDA, else matscipy) or a callable
     ``(positions, cell, pbc, cutoff) -> (i, j, shifts)`` such as a ``NeighbourCache``.
+
+    ``edge_pairs``: also the keys ``edge_pair`` and ``pair_first`` (``add_edge_pairs``).
     """
     from .structure_checks import check_edge_lengths, check_overlaps, overlap_threshold
 
@@ -253,7 +267,7 @@ def atoms_to_graph(
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
         check_edge_lengths(atoms.positions, i, j, shifts, min_distance, symbols)
-    return {
+    graph = {
         POSITIONS: torch.as_tensor(atoms.positions, dtype=dtype, device=device),
         SPECIES: torch.as_tensor(z, device=device),
         EDGE_INDEX: torch.stack([torch.as_tensor(i, device=device),
@@ -263,6 +277,42 @@ def atoms_to_graph(
         PBC: torch.as_tensor(pbc, device=device).unsqueeze(0),
         BATCH: torch.zeros(len(atoms), dtype=torch.long, device=device),
     }
+    return add_edge_pairs(graph) if edge_pairs else graph
+
+
+def edge_pairs(edge_index: Tensor, shifts: Tensor):
+    """``(edge_pair (E,), pair_first (P,))``: edges grouped into unordered pairs.
+
+    Edge ``i <- j`` with shift ``s`` and edge ``j <- i`` with shift ``-s`` are one pair (the
+    same distance); an edge without its reverse in the list is a pair of its own. Shifts are
+    compared to 1e-4 Å. Sorting-based: O(E log E), on the edges' device.
+    """
+    i, j = edge_index[0], edge_index[1]
+    q = torch.round(shifts.detach().to(torch.float64) * 1e4).to(torch.long)  # (E, 3)
+    # canonical orientation: i < j, or i == j (a periodic self-image) with s > 0 (lexically)
+    flip = i > j
+    same = i == j
+    sign = torch.sign(q)
+    first_nonzero = torch.argmax((sign != 0).to(torch.int8), dim=1)
+    negative = sign.gather(1, first_nonzero.unsqueeze(1)).squeeze(1) < 0
+    flip = flip | (same & negative)
+    a, b = torch.where(flip, j, i), torch.where(flip, i, j)
+    q = torch.where(flip.unsqueeze(1), -q, q)
+    keys = torch.stack([a, b, q[:, 0], q[:, 1], q[:, 2]], dim=1)  # (E, 5)
+    _, edge_pair = torch.unique(keys, dim=0, return_inverse=True)
+    n_pairs = int(edge_pair.max()) + 1 if edge_pair.numel() else 0
+    order = torch.arange(edge_pair.shape[0], device=edge_pair.device)
+    pair_first = torch.full((n_pairs,), edge_pair.shape[0], dtype=torch.long,
+                            device=edge_pair.device)
+    pair_first = pair_first.scatter_reduce(0, edge_pair, order, reduce="amin")
+    return edge_pair, pair_first
+
+
+def add_edge_pairs(graph: Graph) -> Graph:
+    """``graph`` with ``edge_pair`` and ``pair_first`` (see the module docstring)."""
+    out = dict(graph)
+    out[EDGE_PAIR], out[PAIR_FIRST] = edge_pairs(graph[EDGE_INDEX], graph[SHIFTS])
+    return out
 
 
 def _edges(positions, cell, pbc, cutoff, method, device):
@@ -294,11 +344,21 @@ def batch_graphs(graphs: List[Graph]) -> Graph:
     out: Graph = {}
     offsets = np.cumsum([0] + [int(g[POSITIONS].shape[0]) for g in graphs[:-1]])
     out[EDGE_INDEX] = torch.cat([g[EDGE_INDEX] + int(o) for g, o in zip(graphs, offsets)], dim=1)
+    paired = [EDGE_PAIR in g for g in graphs]
+    if any(paired):
+        if not all(paired):
+            raise ValueError("batch_graphs: some graphs have edge pairs and some do not; "
+                             "build all with edge_pairs=True (or none)")
+        edge_offsets = np.cumsum([0] + [int(g[EDGE_INDEX].shape[1]) for g in graphs[:-1]])
+        pair_offsets = np.cumsum([0] + [int(g[PAIR_FIRST].shape[0]) for g in graphs[:-1]])
+        out[EDGE_PAIR] = torch.cat([g[EDGE_PAIR] + int(o) for g, o in zip(graphs, pair_offsets)])
+        out[PAIR_FIRST] = torch.cat([g[PAIR_FIRST] + int(o)
+                                     for g, o in zip(graphs, edge_offsets)])
     out[BATCH] = torch.cat(
         [torch.full_like(g[BATCH], k) for k, g in enumerate(graphs)]
     )
     for key in graphs[0]:
-        if key in (EDGE_INDEX, BATCH, N_LOCAL):
+        if key in (EDGE_INDEX, BATCH, N_LOCAL, EDGE_PAIR, PAIR_FIRST):
             continue
         out[key] = torch.cat([g[key] for g in graphs], dim=0)
     return out

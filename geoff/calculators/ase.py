@@ -121,9 +121,10 @@ class GeoffCalculator(Calculator):
         return self.model.species
 
     def graph(self, atoms):
+        # edge pairs: the models' distance-only terms once per pair of reverse edges
         return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
                               min_distance=self.min_distance,
-                              neighbour_list=self.neighbour_list)
+                              neighbour_list=self.neighbour_list, edge_pairs=True)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

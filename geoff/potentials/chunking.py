@@ -35,7 +35,7 @@ path and bounds the per-edge memory of large ones. ``GeoffCalculator``'s default
 fits in the free GPU memory, else the largest that fits.
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -59,11 +59,16 @@ class EdgeMessages(nn.Module):
 
     Subclasses implement ``messages(nodes, edges, senders) -> [(E_c, ...)]``: ``nodes`` are
     node-level tensors (N, ...) gathered with ``senders`` (E_c,), ``edges`` the per-edge
-    tensors of the chunk (E_c, ...). They may also override ``finish(sums)``, a per-atom map
-    of the summed messages [(n, ...)] (e.g. the output linear of a convolution): it runs inside
-    each chunk, so wide sums are never kept for all atoms. A fused kernel that gathers,
-    computes and sums in one step overrides ``sums`` instead (``cueq.CueqConvolution``).
-    ``edge_chunk``: edges per chunk, 0 = never chunk.
+    tensors of the chunk (E_c, ...): first what ``radial_terms`` returned, then the other edge
+    tensors ``aggregate`` was given. ``radial_terms(inputs)`` is the part of the messages that
+    depends on the distance only (filter networks, radial MLPs): given ``edge_pair``
+    (``geoff.graph.add_edge_pairs``) it runs once per pair of reverse edges on the plain path
+    and its rows are copied to both edges (half the work on a full neighbour list; on the
+    chunked path it runs per chunk on every edge). Subclasses may also override
+    ``finish(sums)``, a per-atom map of the summed messages [(n, ...)] (e.g. the output linear
+    of a convolution): it runs inside each chunk, so wide sums are never kept for all atoms.
+    A fused kernel that gathers, computes and sums in one step overrides ``sums`` instead
+    (``cueq.CueqConvolution``). ``edge_chunk``: edges per chunk, 0 = never chunk.
     """
 
     edge_chunk: int
@@ -76,17 +81,31 @@ class EdgeMessages(nn.Module):
         # A plain string: TorchScript may compile this stub (it cannot take type(self)).
         raise NotImplementedError("an EdgeMessages subclass must implement messages")
 
+    def radial_terms(self, inputs: List[Tensor]) -> List[Tensor]:
+        """Distance-only factors of the messages from rows of ``inputs`` (identity here)."""
+        return inputs
+
     def finish(self, sums: List[Tensor]) -> List[Tensor]:
         """Per-atom map of the message sums [(n, ...)] (identity unless overridden)."""
         return sums
 
-    def aggregate(self, nodes: List[Tensor], edges: List[Tensor], edge_index: Tensor,
-                  n_nodes: int) -> List[Tensor]:
-        """``finish`` of the per-receiver sums of ``messages``: [(n_nodes, ...)]."""
+    def aggregate(self, nodes: List[Tensor], radial_inputs: List[Tensor], edges: List[Tensor],
+                  edge_index: Tensor, n_nodes: int,
+                  edge_pair: Optional[Tensor] = None) -> List[Tensor]:
+        """``finish`` of the per-receiver sums of ``messages``: [(n_nodes, ...)].
+
+        ``radial_inputs``: one row per edge, or one per pair when ``edge_pair`` (E,) is given.
+        """
         n_edges = edge_index.shape[1]
         if torch.jit.is_scripting() or self.edge_chunk <= 0 or n_edges <= self.edge_chunk:
-            return self.finish(self.sums(nodes, edges, edge_index[0], edge_index[1], n_nodes))
-        return self._aggregate_chunked(nodes, edges, edge_index, n_nodes)
+            weights = self.radial_terms(radial_inputs)
+            if edge_pair is not None:
+                weights = [w.index_select(0, edge_pair) for w in weights]
+            return self.finish(self.sums(nodes, weights + edges, edge_index[0], edge_index[1],
+                                         n_nodes))
+        if edge_pair is not None:  # the inputs (a few numbers per edge) to every edge
+            radial_inputs = [x.index_select(0, edge_pair) for x in radial_inputs]
+        return self._aggregate_chunked(nodes, radial_inputs, edges, edge_index, n_nodes)
 
     def sums(self, nodes: List[Tensor], edges: List[Tensor], receivers: Tensor, senders: Tensor,
              n_nodes: int) -> List[Tensor]:
@@ -94,14 +113,18 @@ class EdgeMessages(nn.Module):
         return [scatter_sum(m, receivers, n_nodes) for m in self.messages(nodes, edges, senders)]
 
     @torch.jit.unused
-    def _aggregate_chunked(self, nodes: List[Tensor], edges: List[Tensor], edge_index: Tensor,
+    def _aggregate_chunked(self, nodes: List[Tensor], radial_inputs: List[Tensor],
+                           edges: List[Tensor], edge_index: Tensor,
                            n_nodes: int) -> List[Tensor]:
-        edge_index, edges = _sorted_by_receiver(edge_index, edges)
+        n_radial = len(radial_inputs)
+        edge_index, edges = _sorted_by_receiver(edge_index, radial_inputs + edges)
         receivers, senders = edge_index[0], edge_index[1]
         pieces: List[List[Tensor]] = []
         for a, b, lo, hi in _receiver_chunks(receivers, n_nodes, self.edge_chunk):
             def chunk_sum(a=a, b=b, lo=lo, hi=hi):
-                return tuple(self.finish(self.sums(nodes, [e[lo:hi] for e in edges],
+                chunk = [e[lo:hi] for e in edges]
+                weights = self.radial_terms(chunk[:n_radial])
+                return tuple(self.finish(self.sums(nodes, weights + chunk[n_radial:],
                                                    receivers[lo:hi] - a, senders[lo:hi], b - a)))
 
             # Non-reentrant: works with torch.autograd.grad, create_graph and the tensors the

@@ -215,16 +215,17 @@ class CueqConvolution(Convolution):
 
     def sums(self, nodes: List[Tensor], edges: List[Tensor], receivers: Tensor, senders: Tensor,
              n_nodes: int) -> List[Tensor]:
-        sh, rbf = edges[0], edges[1]  # (E, sh_dim), (E, n_rbf)
+        w, sh = edges[0], edges[1]  # (E, tp.weight_numel), (E, sh_dim)
         x = nodes[0]  # (N, irreps_in.dim), ir_mul layout
         shape = torch.empty((n_nodes, 1), dtype=x.dtype, device=x.device)
-        [out] = self.kernel([self.radial(rbf), x, sh], input_indices={1: senders},
+        [out] = self.kernel([w, x, sh], input_indices={1: senders},
                             output_indices={0: receivers}, output_shapes={0: shape})
         return [out]  # (n_nodes, tp.dim), geoff's internal layout
 
-    def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor) -> Tensor:
+    def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
+                edge_pair: Optional[Tensor] = None) -> Tensor:
         x = self.linear_in(h).index_select(1, self.x_order)  # (N, irreps_in.dim), ir_mul
-        return self.aggregate([x], [sh, rbf], edge_index, h.shape[0])[0]
+        return self.aggregate([x], [rbf], [sh], edge_index, h.shape[0], edge_pair)[0]
 
 
 class CueqSymmetricContraction(SymmetricContraction):

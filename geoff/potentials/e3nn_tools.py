@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -319,8 +319,8 @@ class Convolution(EdgeMessages):
     come from an MLP on the radial basis. ``Y_ij`` is expected to carry the cutoff envelope
     already. This is NequIP's interaction and MACE's atomic basis ``A_i`` (``norm =
     1/sqrt(avg)`` in NequIP, ``1/avg`` in MACE). ``Linear_out`` mixes the paths that lead to
-    the same irrep. The radial MLP and the tensor product are per-edge (``messages``; chunked
-    by ``EdgeMessages``).
+    the same irrep. The radial MLP (``radial_terms``: once per pair of reverse edges when the
+    graph has them) and the tensor product are per-edge (chunked by ``EdgeMessages``).
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps,
@@ -334,17 +334,23 @@ class Convolution(EdgeMessages):
         self.norm = float(norm)
         self.irreps_out = irreps_out
 
+    def radial_terms(self, inputs: List[Tensor]) -> List[Tensor]:
+        return [self.radial(inputs[0])]  # (rows, n_rbf) -> (rows, tp.weight_numel)
+
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
-        sh, rbf = edges[0], edges[1]  # (E, irreps_sh.dim), (E, n_rbf)
-        return self.tp(nodes[0].index_select(0, senders), sh, self.radial(rbf))  # [(E, D_k)]
+        w, sh = edges[0], edges[1]  # (E, tp.weight_numel), (E, irreps_sh.dim)
+        return self.tp(nodes[0].index_select(0, senders), sh, w)  # [(E, D_k)]
 
     def finish(self, sums: List[Tensor]) -> List[Tensor]:
         summed = torch.cat(sums, dim=1)  # (n, tp.dim)
         summed = summed.index_select(1, self.tp.to_irreps) * self.norm  # (n, tp.irreps_out.dim)
         return [self.linear_out(summed)]  # (n, irreps_out.dim)
 
-    def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor) -> Tensor:
-        return self.aggregate([self.linear_in(h)], [sh, rbf], edge_index, h.shape[0])[0]
+    def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
+                edge_pair: Optional[Tensor] = None) -> Tensor:
+        """``rbf``: (E, n_rbf), or (P, n_rbf) per pair of reverse edges with ``edge_pair``."""
+        return self.aggregate([self.linear_in(h)], [rbf], [sh], edge_index, h.shape[0],
+                              edge_pair)[0]
 
 
 class EdgeEmbedding(nn.Module):
@@ -357,10 +363,13 @@ class EdgeEmbedding(nn.Module):
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
 
-    def forward(self, edge_vec: Tensor):
+    def forward(self, edge_vec: Tensor, pair_first: Optional[Tensor] = None):
+        """``pair_first`` (P,): the Bessel basis only at these edges (one per pair)."""
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
         sh = self.sh(edge_vec) * self.envelope(r).unsqueeze(-1)  # (E, irreps_sh.dim)
-        return sh, self.rbf(r)  # (E, irreps_sh.dim), (E, n_rbf)
+        if pair_first is not None:
+            r = r.index_select(0, pair_first)  # (P,)
+        return sh, self.rbf(r)  # (E, irreps_sh.dim), (E or P, n_rbf)
 
 
 def to_cartesian(x: Tensor, offset: int, mul: int, xyz: Tensor) -> Tensor:

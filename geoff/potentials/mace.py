@@ -76,7 +76,7 @@ from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstant
                          cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
                          to_cartesian)
 from .chunking import RowChunked
-from .representation import LayeredRepresentation
+from .representation import LayeredRepresentation, edge_pair, pair_first, with_pairs
 
 # (irrep, index of the last factor used, body order = number of non-constant factors)
 _Block = Tuple[o3.Irrep, int, int]
@@ -263,8 +263,8 @@ class MACELayer(nn.Module):
         self.irreps_out = o3.Irreps(irreps_out)
 
     def forward(self, h: Tensor, species: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor,
-                edge_index: Tensor) -> Tensor:
-        A = self.conv(h, sh, rbf, edge_index)  # (N, irreps_A.dim)
+                edge_index: Tensor, edge_pair: Optional[Tensor] = None) -> Tensor:
+        A = self.conv(h, sh, rbf, edge_index, edge_pair)  # (N, irreps_A.dim)
         out = self.linear(self.product(A, species))  # (N, irreps_out.dim)
         skip = self.skip
         if skip is not None:
@@ -333,13 +333,13 @@ class MACE(LayeredRepresentation):
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         species = graph["species"]
-        sh, rbf = self.edges(edge_vec)  # (E, sh.dim), (E, n_rbf)
+        sh, rbf = self.edges(edge_vec, pair_first(graph))  # (E, sh.dim), (E or P, n_rbf)
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
         geometry = {"edge_index": graph["edge_index"], "species": species, "one_hot": one_hot,
                     "sh": sh, "rbf": rbf}
         h = self.embedding(species)  # (N, F), irreps F x 0e
         scalars = torch.zeros((h.shape[0], 0), dtype=h.dtype, device=h.device)  # (N, 0)
-        return {"h": h, "scalars": scalars}, geometry
+        return {"h": h, "scalars": scalars}, with_pairs(graph, geometry)
 
     def layer(self, k: int, state: Dict[str, Tensor],
               geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -348,7 +348,8 @@ class MACE(LayeredRepresentation):
         for index, block in enumerate(self.layers):
             if index == k:
                 h = block(h, geometry["species"], geometry["one_hot"], geometry["sh"],
-                          geometry["rbf"], geometry["edge_index"])  # (N, hidden.dim)
+                          geometry["rbf"], geometry["edge_index"],
+                          edge_pair(geometry))  # (N, hidden.dim)
                 # 0e block first: this layer's scalars (N, F) join the earlier ones.
                 scalars = torch.cat([scalars, h[:, : self.n_features]], dim=-1)  # (N, (k+1) F)
         return {"h": h, "scalars": scalars}

@@ -46,7 +46,7 @@ from e3nn import o3
 from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, Gate, block_offset,
                          cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
                          to_cartesian)
-from .representation import LayeredRepresentation
+from .representation import LayeredRepresentation, edge_pair, pair_first, with_pairs
 
 class InteractionBlock(nn.Module):
     """One NequIP layer: convolution + element-dependent self-connection, gate, residual."""
@@ -68,9 +68,10 @@ class InteractionBlock(nn.Module):
         self.irreps_out = self.gate.irreps_out
         self.residual = self.irreps_out == o3.Irreps(irreps_in)
 
-    def forward(self, h: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor,
-                edge_index: Tensor) -> Tensor:
-        x = self.conv(h, sh, rbf, edge_index) + self.self_connection(h, one_hot)  # (N, gate_in.dim)
+    def forward(self, h: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
+                edge_pair: Optional[Tensor] = None) -> Tensor:
+        x = self.conv(h, sh, rbf, edge_index, edge_pair) \
+            + self.self_connection(h, one_hot)  # (N, gate_in.dim)
         x = self.gate(x)  # (N, irreps_out.dim)
         if self.residual:
             return h + x  # (N, irreps_out.dim)
@@ -139,10 +140,10 @@ class NequIP(LayeredRepresentation):
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         species = graph["species"]
-        sh, rbf = self.edges(edge_vec)  # (E, sh.dim), (E, n_rbf)
+        sh, rbf = self.edges(edge_vec, pair_first(graph))  # (E, sh.dim), (E or P, n_rbf)
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
         geometry = {"edge_index": graph["edge_index"], "sh": sh, "rbf": rbf, "one_hot": one_hot}
-        return {"h": self.embedding(species)}, geometry  # h (N, F), irreps F x 0e
+        return {"h": self.embedding(species)}, with_pairs(graph, geometry)  # h (N, F): F x 0e
 
     def layer(self, k: int, state: Dict[str, Tensor],
               geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -151,7 +152,7 @@ class NequIP(LayeredRepresentation):
         for index, block in enumerate(self.blocks):
             if index == k:
                 h = block(h, geometry["one_hot"], geometry["sh"], geometry["rbf"],
-                          geometry["edge_index"])  # (N, irreps.dim)
+                          geometry["edge_index"], edge_pair(geometry))  # (N, irreps.dim)
         return {"h": h}
 
     def readout(self, state: Dict[str, Tensor],

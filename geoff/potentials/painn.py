@@ -18,20 +18,21 @@ Departures from the paper:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .chunking import EdgeMessages
 from .layers import BesselBasis, PolynomialCutoff, mlp
-from .representation import LayeredRepresentation
+from .representation import LayeredRepresentation, edge_pair, pair_rows, with_pairs
 
 
 class PaiNNMessage(EdgeMessages):
     """Neighbours' scalars and vectors -> residual updates of the receiver's s and v.
 
-    The filters and the messages are per-edge (``messages``; chunked by ``EdgeMessages``).
+    The filters (``radial_terms``, once per pair of reverse edges when the graph has them)
+    and the messages are per-edge (chunked by ``EdgeMessages``).
     """
 
     def __init__(self, n_features: int, n_rbf: int, act: str):
@@ -40,12 +41,16 @@ class PaiNNMessage(EdgeMessages):
         self.phi = mlp([n_features, n_features, 3 * n_features], act=act)
         self.filter = nn.Linear(n_rbf, 3 * n_features)
 
+    def radial_terms(self, inputs: List[Tensor]) -> List[Tensor]:
+        # The envelope on every message makes energies and forces vanish smoothly at the cutoff.
+        rbf, envelope = inputs[0], inputs[1]  # (rows, n_rbf), (rows,)
+        return [self.filter(rbf) * envelope.unsqueeze(-1)]  # (rows, 3F)
+
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
         """``nodes`` [phi(s) (N, 3F), v (N, 3, F)], or [phi(s)] alone where v is zero."""
         phi_s = nodes[0]  # (N, 3F)
-        rbf, envelope, unit = edges[0], edges[1], edges[2]  # (E, n_rbf), (E,), (E, 3)
-        # The envelope on every message makes energies and forces vanish smoothly at the cutoff.
-        x = phi_s.index_select(0, senders) * self.filter(rbf) * envelope.unsqueeze(-1)  # (E, 3F)
+        w, unit = edges[0], edges[1]  # (E, 3F), (E, 3)
+        x = phi_s.index_select(0, senders) * w  # (E, 3F)
         ds, dv_v, dv_r = torch.split(x, self.n_features, dim=-1)
         # Vector message: gated neighbour vectors plus a gated edge direction (both equivariant).
         dv = unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # (E, 3, F)
@@ -54,11 +59,13 @@ class PaiNNMessage(EdgeMessages):
         return [ds, dv]
 
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
-                unit: Tensor, v_is_zero: bool = False):
+                unit: Tensor, v_is_zero: bool = False, edge_pair: Optional[Tensor] = None):
         """``v_is_zero``: v is the embedding's zeros (layer 0), so the (E, 3, F) neighbour-vector
-        term of the messages is skipped: it is exactly zero, and so is its gradient."""
+        term of the messages is skipped: it is exactly zero, and so is its gradient.
+        ``edge_pair``: ``rbf`` has one row per pair of reverse edges (``EdgeMessages``)."""
         nodes = [self.phi(s)] if v_is_zero else [self.phi(s), v]
-        ds, dv = self.aggregate(nodes, [rbf, envelope, unit], edge_index, s.shape[0])
+        ds, dv = self.aggregate(nodes, [rbf, envelope], [unit], edge_index, s.shape[0],
+                                edge_pair)
         return s + ds, v + dv  # (N, F), (N, 3, F)
 
 
@@ -95,8 +102,8 @@ class PaiNNLayer(nn.Module):
         self.update = PaiNNUpdate(n_features, act, eps)
 
     def forward(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
-                unit: Tensor, v_is_zero: bool = False):
-        s, v = self.message(s, v, edge_index, rbf, envelope, unit, v_is_zero)
+                unit: Tensor, v_is_zero: bool = False, edge_pair: Optional[Tensor] = None):
+        s, v = self.message(s, v, edge_index, rbf, envelope, unit, v_is_zero, edge_pair)
         return self.update(s, v)  # (N, F), (N, 3, F)
 
 
@@ -114,7 +121,9 @@ class PaiNN(LayeredRepresentation):
 
     Pieces (``representation.py``): state ``{"s": (N, F), "v": (N, 3, F)}``, both exchanged
     between layers; geometry ``edge_index``, ``unit`` (E, 3), ``rbf``, ``envelope``. Layer 0
-    takes ``v`` to be the zeros that ``embed`` returns (it skips the messages' v term).
+    takes ``v`` to be the zeros that ``embed`` returns (it skips the messages' v term). With
+    edge pairs in the graph, ``rbf`` and ``envelope`` have one row per pair and ``edge_pair``
+    (E,) joins them.
     """
 
     EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
@@ -139,11 +148,11 @@ class PaiNN(LayeredRepresentation):
         r = torch.linalg.norm(edge_vec, dim=-1).clamp(min=1e-12)  # (E,)
         geometry = {"edge_index": graph["edge_index"],
                     "unit": edge_vec / r.unsqueeze(-1),  # (E, 3)
-                    "rbf": self.rbf(r),  # (E, n_rbf)
-                    "envelope": self.envelope(r)}  # (E,)
+                    "rbf": self.rbf(pair_rows(graph, r)),  # (E or P, n_rbf)
+                    "envelope": self.envelope(pair_rows(graph, r))}  # (E or P,)
         s = self.embedding(graph["species"])  # (N, F)
         v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
-        return {"s": s, "v": v}, geometry  # (N, F), (N, 3, F)
+        return {"s": s, "v": v}, with_pairs(graph, geometry)  # (N, F), (N, 3, F)
 
     def layer(self, k: int, state: Dict[str, Tensor],
               geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -153,7 +162,8 @@ class PaiNN(LayeredRepresentation):
             if index == k:
                 # Layer 0 reads the embedding's zero vectors (see the class docstring).
                 s, v = block(s, v, geometry["edge_index"], geometry["rbf"],
-                             geometry["envelope"], geometry["unit"], k == 0)  # (N, F), (N, 3, F)
+                             geometry["envelope"], geometry["unit"], k == 0,
+                             edge_pair(geometry))  # (N, F), (N, 3, F)
         return {"s": s, "v": v}
 
     def readout(self, state: Dict[str, Tensor],

@@ -19,6 +19,12 @@ A *representation* maps a graph (``geoff.graph``) and its edge vectors to per-at
     entry named by the class attribute ``EDGE_GATE``, the per-edge factor all messages are
     linear in (the cutoff envelope, or the enveloped spherical harmonics).
 
+    Optional graph keys ``edge_pair`` / ``pair_first`` (``geoff.graph.add_edge_pairs``): an
+    ``embed`` may compute its distance-only terms once per pair of reverse edges
+    (``pair_rows``) and pass ``edge_pair`` on in the geometry (``with_pairs``); the layers
+    give it to ``EdgeMessages.aggregate``. With an ``edge_mask`` the pairs are dropped first
+    (a mask may weight the two edges of a pair differently).
+
     A new model file may start here: it works everywhere except where the pieces below are
     needed (``decomposable`` is False).
 
@@ -52,7 +58,7 @@ A *representation* maps a graph (``geoff.graph``) and its edge vectors to per-at
     ``EnergyModel`` carries ``representation.embed``, ``.layer`` and ``.readout``.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -126,12 +132,52 @@ class LayeredRepresentation(Representation):
             raise IndexError("layer index {} out of range for {} layers".format(k, self.n_layers))
 
     def forward(self, graph: Dict[str, Tensor], edge_vec: Tensor) -> Dict[str, Tensor]:
+        if "edge_mask" in graph:  # a mask weights each edge: the per-edge path, not pairs
+            graph = without_pairs(graph)
         state, geometry = self.embed(graph, edge_vec)
         if "edge_mask" in graph:
             geometry = mask_edges(geometry, graph["edge_mask"], self.edge_gate)
         for k in range(self.n_layers):
             state = self.layer(k, state, geometry)
         return self.readout(state, geometry)
+
+
+def pair_rows(graph: Dict[str, Tensor], x: Tensor) -> Tensor:
+    """Rows of ``x`` (E, ...) at one edge of each pair (P, ...) when the graph has edge pairs
+    (``geoff.graph.add_edge_pairs``), else ``x``: the inputs of the distance-only terms."""
+    if "pair_first" in graph:
+        return x.index_select(0, graph["pair_first"])
+    return x
+
+
+def pair_first(graph: Dict[str, Tensor]) -> Optional[Tensor]:
+    """``graph["pair_first"]`` (P,) when the graph has edge pairs, else None."""
+    if "pair_first" in graph:
+        return graph["pair_first"]
+    return None
+
+
+def edge_pair(geometry: Dict[str, Tensor]) -> Optional[Tensor]:
+    """``geometry["edge_pair"]`` (E,) when ``embed`` put it there, else None."""
+    if "edge_pair" in geometry:
+        return geometry["edge_pair"]
+    return None
+
+
+def without_pairs(graph: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``graph`` without ``edge_pair`` and ``pair_first``."""
+    out: Dict[str, Tensor] = {}
+    for key, item in graph.items():
+        if key != "edge_pair" and key != "pair_first":
+            out[key] = item
+    return out
+
+
+def with_pairs(graph: Dict[str, Tensor], geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """``geometry`` plus the graph's ``edge_pair`` if it has one (for ``embed``)."""
+    if "edge_pair" in graph:
+        geometry["edge_pair"] = graph["edge_pair"]
+    return geometry
 
 
 def mask_edges(geometry: Dict[str, Tensor], edge_mask: Tensor, gate: str) -> Dict[str, Tensor]:

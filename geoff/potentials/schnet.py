@@ -5,20 +5,21 @@ sees no force jumps) instead of the cosine cutoff, and Gaussian bases on [0, cut
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .chunking import EdgeMessages
 from .layers import GaussianBasis, PolynomialCutoff, mlp
-from .representation import LayeredRepresentation
+from .representation import LayeredRepresentation, edge_pair, pair_rows, with_pairs
 
 
 class CFConv(EdgeMessages):
     """One interaction: h_i += mlp( sum_j W(r_ij) * lin(h_j) ), W a filter network on r.
 
-    The filter and the messages are per-edge (``messages``; chunked by ``EdgeMessages``).
+    The filter (``radial_terms``, once per pair of reverse edges when the graph has them) and
+    the messages are per-edge (chunked by ``EdgeMessages``).
     """
 
     def __init__(self, n_features: int, n_rbf: int, act: str):
@@ -27,13 +28,17 @@ class CFConv(EdgeMessages):
         self.in_lin = nn.Linear(n_features, n_features, bias=False)
         self.out = mlp([n_features, n_features, n_features], act=act)
 
-    def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
-        rbf, envelope = edges[0], edges[1]  # (E, n_rbf), (E,)
-        w = self.filter(rbf) * envelope.unsqueeze(-1)  # (E, F)
-        return [nodes[0].index_select(0, senders) * w]  # (E, F)
+    def radial_terms(self, inputs: List[Tensor]) -> List[Tensor]:
+        rbf, envelope = inputs[0], inputs[1]  # (rows, n_rbf), (rows,)
+        return [self.filter(rbf) * envelope.unsqueeze(-1)]  # (rows, F)
 
-    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor) -> Tensor:
-        summed = self.aggregate([self.in_lin(h)], [rbf, envelope], edge_index, h.shape[0])
+    def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
+        return [nodes[0].index_select(0, senders) * edges[0]]  # (E, F)
+
+    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
+                edge_pair: Optional[Tensor] = None) -> Tensor:
+        summed = self.aggregate([self.in_lin(h)], [rbf, envelope], [], edge_index, h.shape[0],
+                                edge_pair)
         return h + self.out(summed[0])  # (N, F)
 
 
@@ -41,7 +46,8 @@ class SchNet(LayeredRepresentation):
     """Per-atom invariant features (N, n_features) from species and interatomic distances.
 
     Pieces (``representation.py``): state ``{"h": (N, F)}``, exchanged between layers;
-    geometry ``edge_index``, ``rbf`` (E, n_rbf), ``envelope`` (E,).
+    geometry ``edge_index``, ``rbf`` (E, n_rbf) and ``envelope`` (E,): with edge pairs in the
+    graph one row per pair (P, ...) and ``edge_pair`` (E,) to join them.
     """
 
     EDGE_GATE = "envelope"  # graph["edge_mask"] multiplies this (representation.py)
@@ -61,9 +67,10 @@ class SchNet(LayeredRepresentation):
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
         geometry = {"edge_index": graph["edge_index"],
-                    "rbf": self.rbf(r),  # (E, n_rbf)
-                    "envelope": self.envelope(r)}  # (E,)
-        return {"h": self.embedding(graph["species"])}, geometry  # h (N, F)
+                    "rbf": self.rbf(pair_rows(graph, r)),  # (E or P, n_rbf)
+                    "envelope": self.envelope(pair_rows(graph, r))}  # (E or P,)
+        h = self.embedding(graph["species"])  # (N, F)
+        return {"h": h}, with_pairs(graph, geometry)
 
     def layer(self, k: int, state: Dict[str, Tensor],
               geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -72,7 +79,7 @@ class SchNet(LayeredRepresentation):
         for index, interaction in enumerate(self.interactions):
             if index == k:
                 h = interaction(h, geometry["edge_index"], geometry["rbf"],
-                                geometry["envelope"])  # (N, F)
+                                geometry["envelope"], edge_pair(geometry))  # (N, F)
         return {"h": h}
 
     def readout(self, state: Dict[str, Tensor],
