@@ -285,27 +285,48 @@ def edge_pairs(edge_index: Tensor, shifts: Tensor):
 
     Edge ``i <- j`` with shift ``s`` and edge ``j <- i`` with shift ``-s`` are one pair (the
     same distance); an edge without its reverse in the list is a pair of its own. Shifts are
-    compared to 1e-4 Å. Sorting-based: O(E log E), on the edges' device.
+    compared at 0.01 Å (distinct periodic images differ by a lattice vector). Two 1-D sorts
+    of int64 keys on the edges' device (``torch.unique``).
     """
     i, j = edge_index[0], edge_index[1]
-    q = torch.round(shifts.detach().to(torch.float64) * 1e4).to(torch.long)  # (E, 3)
+    n_edges = int(i.shape[0])
+    device = i.device
+    if n_edges == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty
+    q = torch.round(shifts.detach().to(torch.float64) * 100.0).to(torch.long)  # (E, 3)
     # canonical orientation: i < j, or i == j (a periodic self-image) with s > 0 (lexically)
-    flip = i > j
-    same = i == j
     sign = torch.sign(q)
-    first_nonzero = torch.argmax((sign != 0).to(torch.int8), dim=1)
-    negative = sign.gather(1, first_nonzero.unsqueeze(1)).squeeze(1) < 0
-    flip = flip | (same & negative)
+    first_nonzero = torch.argmax((sign != 0).to(torch.int8), dim=1, keepdim=True)
+    negative = sign.gather(1, first_nonzero).squeeze(1) < 0
+    flip = (i > j) | ((i == j) & negative)
     a, b = torch.where(flip, j, i), torch.where(flip, i, j)
     q = torch.where(flip.unsqueeze(1), -q, q)
-    keys = torch.stack([a, b, q[:, 0], q[:, 1], q[:, 2]], dim=1)  # (E, 5)
-    _, edge_pair = torch.unique(keys, dim=0, return_inverse=True)
-    n_pairs = int(edge_pair.max()) + 1 if edge_pair.numel() else 0
-    order = torch.arange(edge_pair.shape[0], device=edge_pair.device)
-    pair_first = torch.full((n_pairs,), edge_pair.shape[0], dtype=torch.long,
-                            device=edge_pair.device)
+    n_atoms = int(torch.maximum(a.max(), b.max())) + 1
+    span = int(q.abs().max())
+    base = 2 * span + 1
+    if base ** 3 < 2 ** 62:
+        shift_key = ((q[:, 0] + span) * base + (q[:, 1] + span)) * base + (q[:, 2] + span)
+        codes, shift_code = torch.unique(shift_key, return_inverse=True)
+        n_codes = int(codes.shape[0])
+        if n_atoms * n_atoms * n_codes < 2 ** 62:
+            key = (a * n_atoms + b) * n_codes + shift_code
+            _, edge_pair = torch.unique(key, return_inverse=True)
+        else:
+            edge_pair = _row_pairs(a, b, q)
+    else:
+        edge_pair = _row_pairs(a, b, q)
+    n_pairs = int(edge_pair.max()) + 1
+    order = torch.arange(n_edges, device=device)
+    pair_first = torch.full((n_pairs,), n_edges, dtype=torch.long, device=device)
     pair_first = pair_first.scatter_reduce(0, edge_pair, order, reduce="amin")
     return edge_pair, pair_first
+
+
+def _row_pairs(a: Tensor, b: Tensor, q: Tensor) -> Tensor:
+    """``edge_pair`` by unique rows (slow): for keys too wide for one int64."""
+    keys = torch.stack([a, b, q[:, 0], q[:, 1], q[:, 2]], dim=1)  # (E, 5)
+    return torch.unique(keys, dim=0, return_inverse=True)[1]
 
 
 def add_edge_pairs(graph: Graph) -> Graph:
