@@ -27,18 +27,21 @@ def geoff_call(args):
     from geoff.potentials import build_model
     from geoff.potentials.chunking import set_edge_chunk
 
-    from speed import CUTOFF, MODELS, structure
+    from speed import ARCHITECTURE, CUTOFF, MODELS, structure
 
     torch.manual_seed(0)
-    model = build_model(args.model, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[args.model])
+    model = build_model(ARCHITECTURE.get(args.model, args.model), species=["Cu", "Zr"],
+                        cutoff=CUTOFF, **MODELS[args.model])
+    pairs = {"auto": "auto", "on": True, "off": False}[args.edge_pairs]
     calc = GeoffCalculator(model, device=args.device, dtype=args.dtype, kernels=args.kernels,
-                           compile=args.compile, edge_chunk="auto")
+                           compile=args.compile, edge_chunk="auto", edge_pairs=pairs)
     atoms = structure("cu", args.atoms)
     graph = calc.graph(atoms)  # the calculator's graph (edge pairs included)
     chunk = calc.auto_chunk.chunk_for(graph)
     if chunk is not None:
         set_edge_chunk(calc.model, chunk)
     print(f"geoff {args.model} kernels={args.kernels} compile={args.compile} chunk={chunk} "
+          f"edge pairs={'pair_first' in graph} "
           f"atoms {len(atoms)} edges {graph['edge_index'].shape[1]}")
     return lambda: calc.run_model(graph)["forces"].sum().item()
 
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="mace", help="geoff model (speed.py's MODELS)")
     parser.add_argument("--kernels", default="cueq", help="geoff: e3nn, cueq or auto")
     parser.add_argument("--compile", action="store_true", help="geoff: torch.compile")
+    parser.add_argument("--edge-pairs", default="auto", choices=["auto", "on", "off"],
+                        help="geoff: GeoffCalculator(edge_pairs=...) (auto: on the CPU only)")
     parser.add_argument("--module", default="mace_peer", help="peer runner module")
     parser.add_argument("--cueq", action="store_true", help="peer: cuEquivariance on")
     parser.add_argument("--atoms", type=int, default=32000)

@@ -4,7 +4,9 @@
 #
 #   OUT=$OUT bash benchmarks/profile_gpu.sh     # kind nvidia-h200, carry [".whl", ".peers"]
 #
-# Knobs: ATOMS (32000), PROFILES ("geoff geoff_compile peer"), MODEL (mace), DEADLINE_S (200).
+# Knobs: ATOMS (32000), PROFILES ("geoff geoff_compile peer"; also geoff_e3nn, and
+# geoff_pairs / geoff_compile_pairs: the same with GeoffCalculator(edge_pairs=True)),
+# MODEL (mace), DEADLINE_S (200).
 # Writes $OUT/profile_<name>.txt and run.log.
 TAG=profile DEFAULT_DEADLINE_S=200
 source "$(dirname "$0")/gpu_call_common.sh"
@@ -27,6 +29,9 @@ for name in ${PROFILES:-geoff geoff_compile peer}; do
     geoff) args=(geoff --model "${MODEL:-mace}" --kernels cueq); path=$GEOFF_PATH ;;
     geoff_e3nn) args=(geoff --model "${MODEL:-mace}" --kernels e3nn); path=$GEOFF_PATH ;;
     geoff_compile) args=(geoff --model "${MODEL:-mace}" --kernels cueq --compile); path=$GEOFF_PATH ;;
+    geoff_pairs) args=(geoff --model "${MODEL:-mace}" --kernels cueq --edge-pairs on); path=$GEOFF_PATH ;;
+    geoff_compile_pairs) args=(geoff --model "${MODEL:-mace}" --kernels cueq --compile --edge-pairs on)
+          path=$GEOFF_PATH ;;
     peer) args=(peer --module mace_peer --cueq)
           path="$PEER:$PWD/benchmarks/peers:$PWD/benchmarks:$WORK/py${PYTHONPATH:+:$PYTHONPATH}" ;;
   esac

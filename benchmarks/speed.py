@@ -47,9 +47,13 @@ MODELS = {
     "painn": dict(n_features=128, n_layers=3),
     "nequip": dict(n_features=64, n_layers=3, l_max=2),
     "mace": dict(n_features=64, n_layers=2, l_max=3, hidden_l_max=1, correlation=3),
+    # the issue's second MACE measurement: 128 channels (not in the default --models)
+    "mace128": dict(n_features=128, n_layers=2, l_max=3, hidden_l_max=1, correlation=3),
 }
+ARCHITECTURE = {"mace128": "mace"}  # the registry name where a row's name is not one
+DEFAULT_MODELS = ["schnet", "painn", "nequip", "mace"]
 CUTOFF = 5.0
-TP_MODELS = ("nequip", "mace")  # the models --kernels applies to (geoff/potentials/cueq.py)
+TP_MODELS = ("nequip", "mace", "mace128")  # the models --kernels applies to (geoff/potentials/cueq.py)
 
 
 def structure(kind: str, n_atoms: int):
@@ -115,10 +119,11 @@ def first_call_memory(model_call, dev) -> dict:
 
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
                budget_s: float, edge_chunk=None, with_calc: bool = True,
-               kernels: str = "e3nn", compile: bool = False) -> dict:
+               kernels: str = "e3nn", compile: bool = False, edge_pairs: str = "auto") -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes);
     ``kernels``: the tensor-product kernels (``GeoffCalculator(kernels=...)``); ``compile``:
-    ``GeoffCalculator(compile=True)`` (the first call, in the memory, compiles)."""
+    ``GeoffCalculator(compile=True)`` (the first call, in the memory, compiles);
+    ``edge_pairs``: "auto", "on" or "off" (``GeoffCalculator(edge_pairs=...)``)."""
     import torch
 
     from geoff.calculators.ase import GeoffCalculator
@@ -127,9 +132,11 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(name, species=["Cu", "Zr"], cutoff=CUTOFF, **MODELS[name])
+    model = build_model(ARCHITECTURE.get(name, name), species=["Cu", "Zr"], cutoff=CUTOFF,
+                        **MODELS[name])
     calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels, compile=compile,
-                           edge_chunk="auto" if edge_chunk == "auto" else None)
+                           edge_chunk="auto" if edge_chunk == "auto" else None,
+                           edge_pairs={"auto": "auto", "on": True, "off": False}[edge_pairs])
     if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)
@@ -161,11 +168,14 @@ def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None, kernels=
                sizes=None, grow=None) -> list:
     """Every size for one (model, structure, dtype, edge chunk, kernels), each in a fresh
     subprocess (the memory is the size's own; an out-of-memory failure ends the series, not
-    the run). ``kernels`` ending in "+compile" (a label for the table): the --compile series."""
+    the run). ``kernels`` is also the table's label: "+compile" marks the --compile series,
+    "+pairs" / "+edges" the --edge-pairs on / off series."""
+    parts = kernels.split("+")
+    pairs = "on" if "pairs" in parts else "off" if "edges" in parts else "auto"
     spec = dict(name=name, kind=kind, dtype=dtype, device=args.device, repeats=args.repeats,
                 budget=args.budget, threads=args.threads, edge_chunk=edge_chunk,
-                calc=not args.model_only, kernels=kernels.removesuffix("+compile"),
-                compile=kernels.endswith("+compile"))
+                calc=not args.model_only, kernels=parts[0], compile="compile" in parts,
+                edge_pairs=pairs)
 
     def command(n):
         return [sys.executable, __file__, "--one", json.dumps(dict(spec, n=n))]
@@ -221,7 +231,7 @@ def one(spec: dict) -> None:
     row = time_geoff(spec["name"], spec["kind"], spec["n"], spec["dtype"], spec["device"],
                      spec["repeats"], spec["budget"], spec.get("edge_chunk"),
                      spec.get("calc", True), spec.get("kernels", "e3nn"),
-                     spec.get("compile", False))
+                     spec.get("compile", False), spec.get("edge_pairs", "auto"))
     print(json.dumps(row))
 
 
@@ -249,8 +259,9 @@ def plan(args) -> list:
                 short = dtype == "float64" and args.float64_sizes
                 sizes = args.float64_sizes if short else args.sizes
                 for chunk in args.edge_chunks if name in args.models else []:
-                    for kernels in [k + c for k in (args.kernels if name in TP_MODELS
-                                                    else ["e3nn"]) for c in args.compile]:
+                    for kernels in [k + c + p for k in (args.kernels if name in TP_MODELS
+                                                        else ["e3nn"])
+                                    for c in args.compile for p in args.edge_pairs]:
                         a = (name, kind, dtype, chunk, kernels)
                         items.append((a, False, lambda sz, g, a=a:
                                       run_series(args, *a, sizes=sz, grow=g), sizes, not short))
@@ -319,7 +330,7 @@ def _chunk(text: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS, choices=list(MODELS))
     parser.add_argument("--structures", nargs="+", default=["cu", "cuzr"], choices=["cu", "cuzr"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--device", default="cpu")
@@ -346,12 +357,17 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_const", const=["", "+compile"],
                         default=[""], help="each geoff series also through torch.compile "
                         "(GeoffCalculator(compile=True); rows 'geoff NAME+...+compile')")
+    parser.add_argument("--edge-pairs", nargs="+", default=["auto"],
+                        choices=["auto", "on", "off"], type=str,
+                        help="GeoffCalculator(edge_pairs=...), one series each (auto: on the "
+                             "CPU; rows '+pairs' / '+edges' for on / off)")
     parser.add_argument("--model-only", action="store_true", help="skip the calculator timing")
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds: start no size after it, stop a running one at it")
     parser.add_argument("--out", default=None, help="write the table (markdown) here")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.edge_pairs = [{"auto": "", "on": "+pairs", "off": "+edges"}[p] for p in args.edge_pairs]
     if args.one:
         one(json.loads(args.one))
         return 0

@@ -19,6 +19,8 @@
 #   OUT=$OUT MODELS=nequip STRUCTURES=cu DTYPES=float32 GROW=0 \
 #     PEERS="nequip_eager nequip_aot nequip_aot_cueq" bash benchmarks/speed_gpu.sh
 # COMPILE=1: each geoff series also through torch.compile (speed.py --compile).
+# EDGE_PAIRS: e.g. "on off": each geoff series with and without edge pairs (speed.py
+# --edge-pairs; the calculator's default "auto" keeps them off on CUDA until measured).
 # EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -148,6 +150,7 @@ run_pass() {
   [ -n "${PEERS:-}" ] && read -r -a peers <<< "$PEERS"
   [ -n "${EDGE_CHUNKS:-}" ] && chunks=(--edge-chunks $EDGE_CHUNKS)
   [ "${COMPILE:-0}" = 1 ] && chunks+=(--compile)
+  [ -n "${EDGE_PAIRS:-}" ] && chunks+=(--edge-pairs $EDGE_PAIRS)
   "$PY" benchmarks/speed.py --device "$DEVICE" --peers "${peers[@]}" "${chunks[@]}" --models "${fam[@]}" \
     --structures ${STRUCTURES:-cu cuzr} --dtypes ${DTYPES:-float32 float64} --sizes "${sizes[@]}" \
     --float64-sizes "${sizes[@]:0:2}" $grow --max-atoms "$MAX_ATOMS" --kernels ${KERNELS:-e3nn cueq} \

@@ -137,3 +137,12 @@ def test_an_edge_mask_takes_the_per_edge_path(name):
     _close(out["energies"], ref["energies"])
     _close(out["forces"], ref["forces"])
     assert (ref["energies"] - model(graph)["energies"]).abs().max() > 1e-6  # the mask matters
+
+
+def test_calculator_edge_pairs_knob():
+    model = small_model("schnet")
+    atoms = rattled_triclinic()
+    assert "edge_pair" not in GeoffCalculator(model, edge_pairs=False).graph(atoms)
+    assert "edge_pair" in GeoffCalculator(model, edge_pairs=True).graph(atoms)
+    with pytest.raises(ValueError, match="edge_pairs must be"):
+        GeoffCalculator(model, edge_pairs="yes")

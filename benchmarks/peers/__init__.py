@@ -55,6 +55,9 @@ PEERS = [
     Peer("mace-torch 0.3.16", "mace", "mace", "mace_peer"),
     Peer("mace-torch 0.3.16 + cuEq 0.13", "mace", "mace_cueq", "mace_peer", {"cueq": True},
          gpu_only=True),
+    Peer("mace-torch 0.3.16, 128 ch.", "mace128", "mace", "mace_peer", {"channels": 128}),
+    Peer("mace-torch 0.3.16 + cuEq 0.13, 128 ch.", "mace128", "mace_cueq", "mace_peer",
+         {"cueq": True, "channels": 128}, gpu_only=True),
     # nequip at its fastest (first, so that a deadline cuts eager, not these):
     # nequip-compile --mode aotinductor of a package (nequip_package),
     # with its fastest tensor-product kernels that install offline: cuEquivariance (the

@@ -1,6 +1,6 @@
 """mace-torch 0.3.16 at the issue's hyper-parameters, with or without cuEquivariance.
 
-64x0e+64x1o hidden irreps, l_max 3, correlation 3, 2 interactions, 8 Bessel functions,
+64x0e+64x1o hidden irreps (``spec["channels"]`` = 128: 128x0e+128x1o), l_max 3, correlation 3, 2 interactions, 8 Bessel functions,
 cutoff 5 Å, random weights. ``spec["cueq"]``: ``MACECalculator(enable_cueq=True)``
 converts the model to cuEquivariance's kernels (GPU only). mace builds its neighbour list
 with matscipy (in ``AtomicData.from_config``), on the CPU.
@@ -8,7 +8,7 @@ with matscipy (in ``AtomicData.from_config``), on the CPU.
 from __future__ import annotations
 
 
-def mace_model(dtype):
+def mace_model(dtype, channels: int = 64):
     import numpy as np
     import torch
     from e3nn import o3
@@ -25,7 +25,7 @@ def mace_model(dtype):
         atomic_inter_scale=1.0, atomic_inter_shift=0.0,
         r_max=CUTOFF, num_bessel=8, num_polynomial_cutoff=6, max_ell=3,
         interaction_cls=block, interaction_cls_first=block, num_interactions=2,
-        num_elements=2, hidden_irreps=o3.Irreps("64x0e+64x1o"), MLP_irreps=o3.Irreps("16x0e"),
+        num_elements=2, hidden_irreps=o3.Irreps(f"{channels}x0e+{channels}x1o"), MLP_irreps=o3.Irreps("16x0e"),
         gate=torch.nn.functional.silu, atomic_energies=np.zeros(2), avg_num_neighbors=42.0,
         atomic_numbers=[29, 40], correlation=3, radial_type="bessel")
     return model.to(dtype)
@@ -49,7 +49,7 @@ def prepare(spec: dict):
     dtype = getattr(torch, spec["dtype"])
     torch.set_default_dtype(dtype)
     dev = torch.device(spec["device"])
-    calc = MACECalculator(models=mace_model(dtype).to(dev), device=spec["device"],
+    calc = MACECalculator(models=mace_model(dtype, spec.get("channels", 64)).to(dev), device=spec["device"],
                           default_dtype=spec["dtype"], enable_cueq=spec.get("cueq", False))
     atoms = structure(spec["kind"], spec["n"])
     config = data.config_from_atoms(atoms)

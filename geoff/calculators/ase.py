@@ -66,6 +66,13 @@ class GeoffCalculator(Calculator):
             call); results equal the eager ones to float round-off. Combines with
             ``cuda_graphs`` (the compiled model is captured). Sizes on the chunked path
             (``edge_chunk``) and DimeNet++, GemNet, FAENet run eagerly.
+        edge_pairs: ``"auto"`` (default: on the CPU), ``True`` or ``False``: graphs with edge
+            pairs (``geoff.graph.add_edge_pairs``), so that SchNet's and PaiNN's filters, the
+            NequIP- and MACE-style radial MLPs and the envelopes run once per pair of reverse
+            edges instead of once per edge. Same results to round-off. On the 2-core CPU at
+            256 Cu atoms the model time went to 0.56 (SchNet), 0.90 (PaiNN), 0.87
+            (NequIP-style), 0.99 (MACE-style) of the per-edge path; not yet measured on a GPU,
+            where ``"auto"`` keeps the per-edge path.
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
@@ -85,7 +92,7 @@ class GeoffCalculator(Calculator):
                  forces: Optional[str] = None, check_overlaps: bool = True,
                  neighbour_list: str = "auto", skin: float = 0.0,
                  edge_chunk: Union[int, str, None] = "auto", cuda_graphs=False,
-                 kernels: str = "e3nn", compile: bool = False, **kwargs):
+                 kernels: str = "e3nn", compile: bool = False, edge_pairs="auto", **kwargs):
         super().__init__(**kwargs)
         self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if not isinstance(model, torch.nn.Module):
@@ -110,6 +117,9 @@ class GeoffCalculator(Calculator):
         self.run_model = graphed(compiled(self.model, compile), cuda_graphs, self.device)
         # "auto": the chunk chosen per call from the free GPU memory, around run_model
         self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
+        if edge_pairs not in ("auto", True, False):
+            raise ValueError(f"edge_pairs must be 'auto', True or False, got {edge_pairs!r}")
+        self.edge_pairs = self.device.type == "cpu" if edge_pairs == "auto" else edge_pairs
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
 
@@ -124,7 +134,7 @@ class GeoffCalculator(Calculator):
         # edge pairs: the models' distance-only terms once per pair of reverse edges
         return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
                               min_distance=self.min_distance,
-                              neighbour_list=self.neighbour_list, edge_pairs=True)
+                              neighbour_list=self.neighbour_list, edge_pairs=self.edge_pairs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
