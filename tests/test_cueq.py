@@ -13,7 +13,7 @@ import torch
 from conftest import rattled_triclinic, small_model
 
 from geoff.calculators.ase import GeoffCalculator
-from geoff.graph import atoms_to_graph
+from geoff.graph import add_edge_pairs, atoms_to_graph
 from geoff.potentials import cueq
 from geoff.potentials.chunking import set_edge_chunk
 from geoff.potentials.e3nn_tools import Convolution
@@ -68,9 +68,10 @@ def test_cueq_equals_e3nn_float64(accelerated, name):
     assert (name == "mace") == ("CueqSymmetricContraction" in kinds)
     ref = reference(graph, compute_stress=True)
     for chunk in (0, 37):  # the plain path and many checkpointed chunks
-        out = set_edge_chunk(fast, chunk)(graph, compute_stress=True)
-        for key in KEYS:
-            _close(out[key], ref[key])
+        for g in (graph, add_edge_pairs(graph)):  # per edge, and radial weights per pair
+            out = set_edge_chunk(fast, chunk)(g, compute_stress=True)
+            for key in KEYS:
+                _close(out[key], ref[key])
     assert ref["forces"].abs().max() > 1e-6 and ref["stress"].abs().max() > 1e-7
 
 
@@ -171,8 +172,8 @@ def test_gpu_kernels_equal_e3nn(name, dtype):
     ref = model(graph, compute_stress=True)
     fast = cueq.accelerate(small_model(name).to(device="cuda", dtype=dtype))
     assert all(m.kernel.method == "uniform_1d" for m in fast.modules() if hasattr(m, "kernel"))
-    for chunk in (0, 997):
-        out = set_edge_chunk(fast, chunk)(graph, compute_stress=True)
+    for chunk, g in ((0, graph), (997, graph), (0, add_edge_pairs(graph))):
+        out = set_edge_chunk(fast, chunk)(g, compute_stress=True)
         for key in KEYS:
             scale = float(exact[key].abs().max())
             err = float((out[key].double() - exact[key]).abs().max())

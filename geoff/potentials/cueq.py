@@ -222,6 +222,21 @@ class CueqConvolution(Convolution):
                             output_indices={0: receivers}, output_shapes={0: shape})
         return [out]  # (n_nodes, tp.dim), geoff's internal layout
 
+    def aggregate(self, nodes: List[Tensor], radial_inputs: List[Tensor], edges: List[Tensor],
+                  edge_index: Tensor, n_nodes: int,
+                  edge_pair: Optional[Tensor] = None) -> List[Tensor]:
+        """With edge pairs on the plain path the kernel reads each edge's radial weights from
+        its pair's row (an input index, like the senders): no (E, weights) copy is made."""
+        n_edges = edge_index.shape[1]
+        if edge_pair is None or 0 < self.edge_chunk < n_edges:
+            return super().aggregate(nodes, radial_inputs, edges, edge_index, n_nodes, edge_pair)
+        w = self.radial(radial_inputs[0])  # (P, tp.weight_numel)
+        x, sh = nodes[0], edges[0]
+        shape = torch.empty((n_nodes, 1), dtype=x.dtype, device=x.device)
+        [out] = self.kernel([w, x, sh], input_indices={0: edge_pair, 1: edge_index[1]},
+                            output_indices={0: edge_index[0]}, output_shapes={0: shape})
+        return self.finish([out])
+
     def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
                 edge_pair: Optional[Tensor] = None) -> Tensor:
         x = self.linear_in(h).index_select(1, self.x_order)  # (N, irreps_in.dim), ir_mul
