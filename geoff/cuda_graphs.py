@@ -40,7 +40,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .graph import BATCH, CELL, EDGE_INDEX, PBC, POSITIONS, SHIFTS, SPECIES, Graph
+from .graph import (BATCH, CELL, EDGE_INDEX, EDGE_PAIR, PAIR_FIRST, PBC, POSITIONS, SHIFTS,
+                    SPECIES, Graph)
 
 # Representations that cannot be captured, and why (keyed by class name: no import needed).
 REFUSED = {
@@ -62,6 +63,7 @@ GROWTH = 1.25  # bucket to bucket: at most 25 % padding
 WARMUP_CALLS = 3
 
 INPUT_KEYS = {POSITIONS, SPECIES, BATCH, EDGE_INDEX, SHIFTS, CELL, PBC}  # the static buffers
+PAIR_KEYS = {EDGE_PAIR, PAIR_FIRST}  # optional (graph.add_edge_pairs): not padded
 PER_STRUCTURE = ("energy", "stress", "virial")  # outputs (B, ...); all others are per atom
 
 
@@ -272,8 +274,11 @@ class GraphedModel:
         """The bucket of ``graph``, or None when it runs eagerly (see the module docstring)."""
         positions = graph[POSITIONS]
         device = positions.device
-        if self.refused is not None or self.model.training or not set(graph) <= INPUT_KEYS:
-            return None  # other keys (n_local of LAMMPS, ...) are not in the static buffers
+        # other keys (n_local of LAMMPS, ...) are not in the static buffers; edge pairs are
+        # left behind (the padded graph takes the per-edge path: same numbers)
+        if self.refused is not None or self.model.training \
+                or not set(graph) - PAIR_KEYS <= INPUT_KEYS:
+            return None
         if positions.requires_grad or not torch.is_grad_enabled():
             return None  # a caller's own autograd graph (Jacobians) or no grad: eager semantics
         if device.type != "cuda" and not self.pad_only:
