@@ -70,9 +70,9 @@ class GeoffCalculator(Calculator):
             pairs (``geoff.graph.add_edge_pairs``), so that SchNet's and PaiNN's filters, the
             NequIP- and MACE-style radial MLPs and the envelopes run once per pair of reverse
             edges instead of once per edge. Same results to round-off. On the 2-core CPU at
-            256 Cu atoms the model time went to 0.56 (SchNet), 0.90 (PaiNN), 0.87
-            (NequIP-style), 0.99 (MACE-style) of the per-edge path; not yet measured on a GPU,
-            where ``"auto"`` keeps the per-edge path.
+            256 Cu atoms the model time went to 0.56-0.72 (SchNet), 0.90-1.02 (PaiNN),
+            0.87-0.94 (NequIP-style), 0.88-0.99 (MACE-style) of the per-edge path (two runs);
+            not yet measured on a GPU, where ``"auto"`` keeps the per-edge path.
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
