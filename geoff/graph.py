@@ -247,9 +247,10 @@ def atoms_to_graph(
     if model is not None:
         species = list(model.species)
         cutoff = float(model.cutoff)
-        model_dtype, model_device = _model_dtype_device(model)
-        dtype = model_dtype if dtype is None else dtype
-        device = model_device if device is None else device
+        if dtype is None or device is None:  # (walking the parameters costs ~1 ms a call)
+            model_dtype, model_device = _model_dtype_device(model)
+            dtype = model_dtype if dtype is None else dtype
+            device = model_device if device is None else device
     dtype = torch.float64 if dtype is None else dtype
     device = "cpu" if device is None else device
     if species is None or cutoff is None:
