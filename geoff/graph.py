@@ -303,20 +303,10 @@ def edge_pairs(edge_index: Tensor, shifts: Tensor):
     flip = (i > j) | ((i == j) & negative)
     a, b = torch.where(flip, j, i), torch.where(flip, i, j)
     q = torch.where(flip.unsqueeze(1), -q, q)
-    n_atoms = int(torch.maximum(a.max(), b.max())) + 1
-    span = int(q.abs().max())
-    base = 2 * span + 1
-    if base ** 3 < 2 ** 62:
-        shift_key = ((q[:, 0] + span) * base + (q[:, 1] + span)) * base + (q[:, 2] + span)
-        codes, shift_code = torch.unique(shift_key, return_inverse=True)
-        n_codes = int(codes.shape[0])
-        if n_atoms * n_atoms * n_codes < 2 ** 62:
-            key = (a * n_atoms + b) * n_codes + shift_code
-            _, edge_pair = torch.unique(key, return_inverse=True)
-        else:
-            edge_pair = _row_pairs(a, b, q)
-    else:
-        edge_pair = _row_pairs(a, b, q)
+    edge_pair = _key_pairs(a, b, q)
+    if edge_pair is None:  # keys too wide for one int64: unique rows (slow)
+        keys = torch.stack([a, b, q[:, 0], q[:, 1], q[:, 2]], dim=1)  # (E, 5)
+        edge_pair = torch.unique(keys, dim=0, return_inverse=True)[1]
     n_pairs = int(edge_pair.max()) + 1
     order = torch.arange(n_edges, device=device)
     pair_first = torch.full((n_pairs,), n_edges, dtype=torch.long, device=device)
@@ -324,10 +314,19 @@ def edge_pairs(edge_index: Tensor, shifts: Tensor):
     return edge_pair, pair_first
 
 
-def _row_pairs(a: Tensor, b: Tensor, q: Tensor) -> Tensor:
-    """``edge_pair`` by unique rows (slow): for keys too wide for one int64."""
-    keys = torch.stack([a, b, q[:, 0], q[:, 1], q[:, 2]], dim=1)  # (E, 5)
-    return torch.unique(keys, dim=0, return_inverse=True)[1]
+def _key_pairs(a: Tensor, b: Tensor, q: Tensor) -> Optional[Tensor]:
+    """``edge_pair`` from one int64 key per edge (atoms a <= b, shift code), or None when the
+    key would not fit in 62 bits."""
+    span = int(q.abs().max())
+    base = 2 * span + 1
+    if base ** 3 >= 2 ** 62:
+        return None
+    shift_key = ((q[:, 0] + span) * base + (q[:, 1] + span)) * base + (q[:, 2] + span)
+    codes, shift_code = torch.unique(shift_key, return_inverse=True)
+    n_atoms, n_codes = int(b.max()) + 1, int(codes.shape[0])  # b >= a
+    if n_atoms * n_atoms * n_codes >= 2 ** 62:
+        return None
+    return torch.unique((a * n_atoms + b) * n_codes + shift_code, return_inverse=True)[1]
 
 
 def add_edge_pairs(graph: Graph) -> Graph:

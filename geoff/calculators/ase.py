@@ -18,7 +18,7 @@ from ..graph import atoms_to_graph
 from ..inference import force_key, frozen, torch_dtype
 from ..cpu_memory import keep_freed_memory
 from ..potentials.autochunk import AutoChunk
-from ..potentials.chunking import set_edge_chunk
+from ..potentials.chunking import EdgeMessages, set_edge_chunk
 from ..neighbours import NeighbourCache
 
 
@@ -66,8 +66,8 @@ class GeoffCalculator(Calculator):
             call); results equal the eager ones to float round-off. Combines with
             ``cuda_graphs`` (the compiled model is captured). Sizes on the chunked path
             (``edge_chunk``) and DimeNet++, GemNet, FAENet run eagerly.
-        edge_pairs: ``"auto"`` (default: on the CPU), ``True`` or ``False``: graphs with edge
-            pairs (``geoff.graph.add_edge_pairs``), so that SchNet's and PaiNN's filters, the
+        edge_pairs: ``"auto"`` (default: on the CPU, for models whose message layers use
+            them), ``True`` or ``False``: graphs with edge pairs (``geoff.graph.add_edge_pairs``), so that SchNet's and PaiNN's filters, the
             NequIP- and MACE-style radial MLPs and the envelopes run once per pair of reverse
             edges instead of once per edge. Same results to round-off. On the 2-core CPU at
             256 Cu atoms the model time went to 0.56-0.72 (SchNet), 0.90-1.02 (PaiNN),
@@ -119,7 +119,10 @@ class GeoffCalculator(Calculator):
         self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
         if edge_pairs not in ("auto", True, False):
             raise ValueError(f"edge_pairs must be 'auto', True or False, got {edge_pairs!r}")
-        self.edge_pairs = self.device.type == "cpu" if edge_pairs == "auto" else edge_pairs
+        if edge_pairs == "auto":  # building pairs for a model that ignores them is waste
+            edge_pairs = self.device.type == "cpu" and any(
+                isinstance(m, EdgeMessages) for m in self.model.modules())
+        self.edge_pairs = edge_pairs
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
 

@@ -53,7 +53,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from .chunking import DEFAULT_EDGE_CHUNK, EdgeMessages, RowChunked
+from .chunking import DEFAULT_EDGE_CHUNK, EdgeMessages, RowChunked, set_edge_chunk
 
 HEADROOM = 0.15  # share of the available memory left free (fragmentation, estimate error)
 # On the CPU the fit counts only what autograd saves (exact there, where peak RSS is allocator
@@ -158,8 +158,7 @@ def chunking_modules(model: nn.Module) -> List[nn.Module]:
 def _peak_bytes(model: nn.Module, graph: Dict[str, Tensor], chunk: int) -> int:
     """Peak bytes one energy+forces call of ``model`` on ``graph`` at ``chunk`` allocates."""
     device = graph["positions"].device
-    for m in chunking_modules(model):
-        m.edge_chunk = chunk
+    set_edge_chunk(model, chunk)
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -173,8 +172,7 @@ def _peak_bytes(model: nn.Module, graph: Dict[str, Tensor], chunk: int) -> int:
 def _saved_bytes(model: nn.Module, graph: Dict[str, Tensor], chunk: int) -> int:
     """Bytes autograd saves for the backward pass of one energy+forces call at ``chunk``
     (each storage once; a checkpointed chunk's activations are not saved: recomputed)."""
-    for m in chunking_modules(model):
-        m.edge_chunk = chunk
+    set_edge_chunk(model, chunk)
     storages: Dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
@@ -293,7 +291,6 @@ class AutoChunk:
         chunk = self.chunk_for(graph)
         if chunk is None:
             return self.run(graph, **kwargs)
-        n_edges = int(graph["edge_index"].shape[1])
         for attempt in range(MAX_HALVINGS + 1):
             self._set(chunk)
             try:

@@ -216,11 +216,17 @@ class CueqConvolution(Convolution):
     def sums(self, nodes: List[Tensor], edges: List[Tensor], receivers: Tensor, senders: Tensor,
              n_nodes: int) -> List[Tensor]:
         w, sh = edges[0], edges[1]  # (E, tp.weight_numel), (E, sh_dim)
-        x = nodes[0]  # (N, irreps_in.dim), ir_mul layout
+        return [self._fused(w, nodes[0], sh, receivers, senders, n_nodes)]
+
+    def _fused(self, w: Tensor, x: Tensor, sh: Tensor, receivers: Tensor, senders: Tensor,
+               n_nodes: int, w_index: Optional[Tensor] = None) -> Tensor:
+        """The kernel: (n_nodes, tp.dim) sums in geoff's internal layout; ``x`` (N, ...) in
+        ir_mul layout, gathered by ``senders``; ``w`` per edge, or per pair with ``w_index``."""
         shape = torch.empty((n_nodes, 1), dtype=x.dtype, device=x.device)
-        [out] = self.kernel([w, x, sh], input_indices={1: senders},
-                            output_indices={0: receivers}, output_shapes={0: shape})
-        return [out]  # (n_nodes, tp.dim), geoff's internal layout
+        gathers = {1: senders} if w_index is None else {0: w_index, 1: senders}
+        [out] = self.kernel([w, x, sh], input_indices=gathers, output_indices={0: receivers},
+                            output_shapes={0: shape})
+        return out
 
     def aggregate(self, nodes: List[Tensor], radial_inputs: List[Tensor], edges: List[Tensor],
                   edge_index: Tensor, n_nodes: int,
@@ -231,11 +237,8 @@ class CueqConvolution(Convolution):
         if edge_pair is None or 0 < self.edge_chunk < n_edges:
             return super().aggregate(nodes, radial_inputs, edges, edge_index, n_nodes, edge_pair)
         w = self.radial(radial_inputs[0])  # (P, tp.weight_numel)
-        x, sh = nodes[0], edges[0]
-        shape = torch.empty((n_nodes, 1), dtype=x.dtype, device=x.device)
-        [out] = self.kernel([w, x, sh], input_indices={0: edge_pair, 1: edge_index[1]},
-                            output_indices={0: edge_index[0]}, output_shapes={0: shape})
-        return self.finish([out])
+        return self.finish([self._fused(w, nodes[0], edges[0], edge_index[0], edge_index[1],
+                                        n_nodes, edge_pair)])
 
     def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
                 edge_pair: Optional[Tensor] = None) -> Tensor:

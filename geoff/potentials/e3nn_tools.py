@@ -45,6 +45,7 @@ from e3nn import o3
 
 from .chunking import EdgeMessages
 from .layers import BesselBasis, PolynomialCutoff, mlp
+from .representation import pair_rows
 
 # Build options for e3nn's code-generated modules (Linear, self-connection products). Their
 # einsum-path search (opt_einsum_fx) costs ~0.3 s per module at build time and buys nothing
@@ -363,13 +364,11 @@ class EdgeEmbedding(nn.Module):
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
 
-    def forward(self, edge_vec: Tensor, pair_first: Optional[Tensor] = None):
-        """``pair_first`` (P,): the Bessel basis only at these edges (one per pair)."""
+    def forward(self, edge_vec: Tensor, graph: Dict[str, Tensor]):
+        """The Bessel basis once per pair of reverse edges when ``graph`` has edge pairs."""
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
         sh = self.sh(edge_vec) * self.envelope(r).unsqueeze(-1)  # (E, irreps_sh.dim)
-        if pair_first is not None:
-            r = r.index_select(0, pair_first)  # (P,)
-        return sh, self.rbf(r)  # (E, irreps_sh.dim), (E or P, n_rbf)
+        return sh, self.rbf(pair_rows(graph, r))  # (E, irreps_sh.dim), (E or P, n_rbf)
 
 
 def to_cartesian(x: Tensor, offset: int, mul: int, xyz: Tensor) -> Tensor:

@@ -76,7 +76,7 @@ from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstant
                          cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
                          to_cartesian)
 from .chunking import RowChunked
-from .representation import LayeredRepresentation, edge_pair, pair_first, with_pairs
+from .representation import LayeredRepresentation, edge_pair, with_pairs
 
 # (irrep, index of the last factor used, body order = number of non-constant factors)
 _Block = Tuple[o3.Irrep, int, int]
@@ -333,7 +333,7 @@ class MACE(LayeredRepresentation):
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         species = graph["species"]
-        sh, rbf = self.edges(edge_vec, pair_first(graph))  # (E, sh.dim), (E or P, n_rbf)
+        sh, rbf = self.edges(edge_vec, graph)  # (E, sh.dim), (E or P, n_rbf)
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
         geometry = {"edge_index": graph["edge_index"], "species": species, "one_hot": one_hot,
                     "sh": sh, "rbf": rbf}

@@ -46,7 +46,7 @@ from e3nn import o3
 from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, Gate, block_offset,
                          cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
                          to_cartesian)
-from .representation import LayeredRepresentation, edge_pair, pair_first, with_pairs
+from .representation import LayeredRepresentation, edge_pair, with_pairs
 
 class InteractionBlock(nn.Module):
     """One NequIP layer: convolution + element-dependent self-connection, gate, residual."""
@@ -140,7 +140,7 @@ class NequIP(LayeredRepresentation):
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         species = graph["species"]
-        sh, rbf = self.edges(edge_vec, pair_first(graph))  # (E, sh.dim), (E or P, n_rbf)
+        sh, rbf = self.edges(edge_vec, graph)  # (E, sh.dim), (E or P, n_rbf)
         one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
         geometry = {"edge_index": graph["edge_index"], "sh": sh, "rbf": rbf, "one_hot": one_hot}
         return {"h": self.embedding(species)}, with_pairs(graph, geometry)  # h (N, F): F x 0e

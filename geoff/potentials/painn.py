@@ -146,10 +146,11 @@ class PaiNN(LayeredRepresentation):
         # Edges join distinct points (periodic self-images included), so r > 0 in any valid
         # graph; the clamp only guards the division against a duplicate atom.
         r = torch.linalg.norm(edge_vec, dim=-1).clamp(min=1e-12)  # (E,)
+        r_rows = pair_rows(graph, r)  # (E or P,): the distance-only terms once per pair
         geometry = {"edge_index": graph["edge_index"],
                     "unit": edge_vec / r.unsqueeze(-1),  # (E, 3)
-                    "rbf": self.rbf(pair_rows(graph, r)),  # (E or P, n_rbf)
-                    "envelope": self.envelope(pair_rows(graph, r))}  # (E or P,)
+                    "rbf": self.rbf(r_rows),  # (E or P, n_rbf)
+                    "envelope": self.envelope(r_rows)}  # (E or P,)
         s = self.embedding(graph["species"])  # (N, F)
         v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
         return {"s": s, "v": v}, with_pairs(graph, geometry)  # (N, F), (N, 3, F)

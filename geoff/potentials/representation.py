@@ -150,13 +150,6 @@ def pair_rows(graph: Dict[str, Tensor], x: Tensor) -> Tensor:
     return x
 
 
-def pair_first(graph: Dict[str, Tensor]) -> Optional[Tensor]:
-    """``graph["pair_first"]`` (P,) when the graph has edge pairs, else None."""
-    if "pair_first" in graph:
-        return graph["pair_first"]
-    return None
-
-
 def edge_pair(geometry: Dict[str, Tensor]) -> Optional[Tensor]:
     """``geometry["edge_pair"]`` (E,) when ``embed`` put it there, else None."""
     if "edge_pair" in geometry:

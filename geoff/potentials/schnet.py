@@ -65,10 +65,10 @@ class SchNet(LayeredRepresentation):
 
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
+        r = pair_rows(graph, torch.linalg.norm(edge_vec, dim=-1))  # (E or P,): once per pair
         geometry = {"edge_index": graph["edge_index"],
-                    "rbf": self.rbf(pair_rows(graph, r)),  # (E or P, n_rbf)
-                    "envelope": self.envelope(pair_rows(graph, r))}  # (E or P,)
+                    "rbf": self.rbf(r),  # (E or P, n_rbf)
+                    "envelope": self.envelope(r)}  # (E or P,)
         h = self.embedding(graph["species"])  # (N, F)
         return {"h": h}, with_pairs(graph, geometry)
 
