@@ -138,6 +138,21 @@ def test_restore_and_export_take_the_e3nn_path(accelerated, tmp_path):
 
 
 @needs_cueq
+def test_cueq_last_layer_with_and_without_vectors():
+    """A direct head keeps MACE's last-layer vectors (the full contraction kernel); the
+    conservative head runs the 0e-only kernel. Both equal the e3nn path."""
+    graph = atoms_to_graph(rattled_triclinic(), small_model("mace"), dtype=torch.float64)
+    for head in ("conservative", "both"):
+        reference = small_model("mace", force_head=head)
+        fast = cueq.accelerate(small_model("mace", force_head=head), method="naive")
+        last = fast.representation.layers[-1].product
+        assert last.scalars_only == (head == "conservative")
+        ref, out = reference(graph, compute_stress=True), fast(graph, compute_stress=True)
+        for key in ref:
+            _close(out[key], ref[key])
+
+
+@needs_cueq
 def test_calculator_kernels_option():
     model = small_model("mace", species=("Cu", "Zr"))
     atoms = rattled_triclinic()
@@ -197,9 +212,9 @@ def test_polynomials_fit_the_uniform_1d_kernel(name, hp):
 
     model = build_model(name, species=["Cu", "Zr"], cutoff=5.0, **hp)
     polys = [cueq.convolution_polynomial(m.tp) for m in model.modules() if type(m) is Convolution]
-    polys += [cueq.contraction_polynomial(m) for m in model.modules()
-              if type(m) is SymmetricContraction]
-    assert len(polys) == model.n_layers * (2 if name == "mace" else 1)
+    polys += [cueq.contraction_polynomial(m, scalars_only=only) for m in model.modules()
+              if type(m) is SymmetricContraction for only in (False, True)]
+    assert len(polys) == model.n_layers * (3 if name == "mace" else 1)
     for poly in polys:
         poly = poly.flatten_coefficient_modes().squeeze_modes()
         assert all(stp.coefficient_subscripts == "" for _, stp in poly.operations)

@@ -154,24 +154,30 @@ def _expand_chain(sc: SymmetricContraction) -> Dict[Tuple[int, Tuple[int, ...], 
     return terms
 
 
-def contraction_polynomial(sc: SymmetricContraction):
+def contraction_polynomial(sc: SymmetricContraction, scalars_only: bool = False):
     """``SymmetricContraction`` as a polynomial ``[w (Z, paths n), A (N, ir_mul)] -> out``.
 
     One operation per degree ``D`` (w, A x D, out), each path one monomial of the expanded
     chains; ``out`` (N, d_targets n) in ir_mul layout, component ``t`` = geoff's target row.
+    ``scalars_only``: the monomials of the 0e target alone, ``out`` (N, n).
     """
     cue, _ = _cue()
     n = sc.n_features
+    scalar_row = -1  # geoff's output row of the 0e target
+    if scalars_only:
+        scalar_row = int(sc.target_row[sc.path_of_row.tolist().index(int(sc.scalar_paths[0]))])
     by_degree: Dict[int, list] = defaultdict(list)
     for (path, mono, row), c in _expand_chain(sc).items():
+        if scalars_only and row != scalar_row:
+            continue
         if abs(c) > 1e-14 and mono:  # the constant path is pruned by construction
-            by_degree[len(mono)].append((path, mono, row, c))
+            by_degree[len(mono)].append((path, mono, 0 if scalars_only else row, c))
     operations = []
     for degree in sorted(by_degree):
         stp = cue.SegmentedTensorProduct.from_subscripts(",".join(["u"] * (degree + 2)))
         for operand, count in [(0, sc.n_paths)] + [(1 + k, sum(sc.A_dims))
                                                    for k in range(degree)] + \
-                [(degree + 1, sc.d_targets)]:
+                [(degree + 1, 1 if scalars_only else sc.d_targets)]:
             for _ in range(count):
                 stp.add_segment(operand, (n,))
         for path, mono, row, c in by_degree[degree]:
@@ -189,8 +195,9 @@ def _kernel(polynomial, method: str, dtype: torch.dtype, device) -> nn.Module:
 
 
 def _drop_kernel_keys(module, state_dict, prefix, local_metadata):
-    """State-dict hook: the kernel's constants are not part of a checkpoint."""
-    for key in [k for k in state_dict if k.startswith(prefix + "kernel.")]:
+    """State-dict hook: the kernels' constants are not part of a checkpoint."""
+    kernels = (prefix + "kernel.", prefix + "scalar_kernel.")
+    for key in [k for k in state_dict if k.startswith(kernels)]:
         del state_dict[key]
 
 
@@ -253,9 +260,14 @@ class CueqSymmetricContraction(SymmetricContraction):
         RowChunked.__init__(self, sc.edge_chunk)
         self.weight, self.n_features, self.irreps_out = sc.weight, sc.n_features, sc.irreps_out
         self.n_paths, self.d_targets = sc.n_paths, sc.d_targets
+        self.scalars_only, self.has_scalars = sc.scalars_only, sc.has_scalars
         n = sc.n_features
         self.kernel = _kernel(contraction_polynomial(sc), method, sc.weight.dtype,
                               sc.weight.device)
+        self.scalar_kernel = self.kernel  # the 0e paths alone (a last layer without vectors)
+        if sc.has_scalars:
+            self.scalar_kernel = _kernel(contraction_polynomial(sc, scalars_only=True), method,
+                                         sc.weight.dtype, sc.weight.device)
         self.register_buffer("A_order", _ir_mul_order(sc.A_sizes, n).to(sc.weight.device),
                              persistent=False)
         # ir_mul output (component t, channel u) -> e3nn blocks (N, n (2L+1)) per target
@@ -271,6 +283,10 @@ class CueqSymmetricContraction(SymmetricContraction):
     def rows(self, inputs: List[Tensor]) -> Tensor:
         A, species = inputs[0], inputs[1]  # (n, irreps_A.dim), (n,)
         w = self.weight.transpose(0, 1).reshape(self.weight.shape[1], -1)  # (Z, paths n)
+        if self.scalars_only:  # ir_mul of the one 0e component is the channels: no reorder
+            [out] = self.scalar_kernel([w, A.index_select(1, self.A_order)],
+                                       input_indices={0: species})
+            return out  # (n, n_features)
         [out] = self.kernel([w, A.index_select(1, self.A_order)], input_indices={0: species})
         return out.index_select(1, self.out_order)  # (n, irreps_out.dim)
 
@@ -318,6 +334,8 @@ def restore(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, (CueqConvolution, CueqSymmetricContraction)):
                 original = child.__dict__["e3nn_module"]
+                if isinstance(child, CueqSymmetricContraction):
+                    original.scalars_only = child.scalars_only
                 chunk = child.edge_chunk
                 original.edge_chunk = DEFAULT_EDGE_CHUNK if chunk == CUEQ_EDGE_CHUNK else chunk
                 weight = next(child.parameters())  # its own constants follow later .to() calls

@@ -130,6 +130,9 @@ class EnergyModel(nn.Module):
             self.vector_channel_head = VectorChannelHead(n_vectors)
         elif self.direct:
             self.edge_vector_head = EdgeVectorHead(n_scalars, cutoff)
+        skip_vectors = getattr(representation, "skip_vectors", None)
+        if self.vector_channel_head is None and skip_vectors is not None:
+            skip_vectors()  # no head reads them (MACE then skips its last l > 0 paths)
         # Per-element energy shift (eV) and scale (eV): set from data by the trainer.
         self.register_buffer("atomic_energies", torch.zeros(len(species)))
         self.register_buffer("scale", torch.ones(len(species)))

@@ -219,9 +219,20 @@ class SymmetricContraction(RowChunked):
         # Element-dependent, channel-wise weight of every coupling path: (paths, Z, n).
         self.weight = nn.Parameter(torch.randn(self.n_paths, n_species, n))
         self.irreps_out = irreps_out
+        # ``scalars_only``: the 0e block alone (N, n), from the paths into 0e (correlation 3,
+        # l_max 3: 94 of the expanded chains' 695 monomials). For a last layer whose vectors
+        # nobody reads (``MACE.skip_vectors``); the weights are the same rows of ``weight``.
+        self.scalars_only = False
+        scalar_paths = [p for p, path in enumerate(final) if path[2] == o3.Irrep("0e")]
+        self.has_scalars = len(scalar_paths) > 0
+        kept = scalar_paths or [0]  # a placeholder table keeps TorchScript's attributes fixed
+        self.contract_scalars = _Coupling(coupling(blocks, [final[p] for p in kept],
+                                                   [scale[p] for p in kept]))
+        self.register_buffer("scalar_paths", torch.tensor(scalar_paths, dtype=torch.long),
+                             persistent=False)
 
     def forward(self, A: Tensor, species: Tensor) -> Tensor:
-        return self.map_rows([A, species])  # (N, irreps_out.dim)
+        return self.map_rows([A, species])  # (N, irreps_out.dim), (N, n) if scalars_only
 
     def rows(self, inputs: List[Tensor]) -> Tensor:
         A, species = inputs[0], inputs[1]  # (n, irreps_A.dim), (n,)
@@ -234,6 +245,10 @@ class SymmetricContraction(RowChunked):
         p = ones if self.start_with_ones else factors  # (D_1, N, n)
         for level in self.levels:
             p = level(p, factors)  # (D_k, N, n)
+        if self.scalars_only:
+            q = self.contract_scalars(p, factors)  # (paths into 0e, N, n)
+            w = self.weight.index_select(0, self.scalar_paths)[:, species]  # (paths, N, n)
+            return (q * w).sum(0)  # (N, n): the 0e block
         q = self.contract(p, factors)  # (rows, N, n): every path's output
         w = self.weight.index_select(0, self.path_of_row)[:, species]  # (rows, N, n)
         out = torch.zeros((self.d_targets, n_atoms, n), dtype=A.dtype, device=A.device)
@@ -261,14 +276,27 @@ class MACELayer(nn.Module):
             self.skip = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{n_species}x0e"),
                                                        irreps_out, **E3NN_OPTIONS)
         self.irreps_out = o3.Irreps(irreps_out)
+        if self.irreps_out[0].ir != o3.Irrep("0e"):
+            raise ValueError(f"MACELayer's irreps_out must start with 0e, got {irreps_out}")
+        self.dim_out = self.irreps_out.dim
 
     def forward(self, h: Tensor, species: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor,
                 edge_index: Tensor, edge_pair: Optional[Tensor] = None) -> Tensor:
+        """(N, irreps_out.dim); the 0e block alone (N, n) when ``product.scalars_only``."""
         A = self.conv(h, sh, rbf, edge_index, edge_pair)  # (N, irreps_A.dim)
-        out = self.linear(self.product(A, species))  # (N, irreps_out.dim)
+        b = self.product(A, species)  # (N, irreps_out.dim) or (N, n)
+        n = b.shape[1]
+        if self.product.scalars_only:
+            # The linear and the skip map 0e to 0e only: zero l > 0 inputs change no scalar.
+            pad = torch.zeros((b.shape[0], self.dim_out - n), dtype=b.dtype,
+                              device=b.device)
+            b = torch.cat([b, pad], dim=1)  # (N, irreps_out.dim), 0e block first
+        out = self.linear(b)  # (N, irreps_out.dim)
         skip = self.skip
         if skip is not None:
             out = out + skip(h, one_hot)  # (N, irreps_out.dim)
+        if self.product.scalars_only:
+            return out[:, :n]  # (N, n): only the scalars are right
         return out  # (N, irreps_out.dim)
 
 
@@ -329,6 +357,17 @@ class MACE(LayeredRepresentation):
         self.vector_offset = block_offset(hidden, "1o")
         self.register_buffer("xyz", torch.tensor(cartesian_l1_order(), dtype=torch.long),
                              persistent=False)
+
+    def skip_vectors(self, skip: bool = True) -> None:
+        """Stop (or resume) computing the last layer's ``l > 0`` channels: nothing but the
+        direct force head reads them (``vectors``), and without them the last contraction
+        runs only its paths into ``0e``. ``EnergyModel`` calls this for heads that read no
+        vectors; ``n_vectors`` becomes 0 (no ``vectors`` in the readout) while skipped."""
+        last = self.layers[-1].product
+        if skip and not last.has_scalars:
+            return
+        last.scalars_only = bool(skip)
+        self.n_vectors = 0 if skip else self.n_features * int(self.vector_offset >= 0)
 
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:

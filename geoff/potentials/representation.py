@@ -86,6 +86,10 @@ class Representation(nn.Module):
         self.n_layers = int(n_layers)
         self.is_local = bool(is_local)
 
+    def skip_vectors(self, skip: bool = True) -> None:
+        """The caller reads no ``vectors``: a representation may stop computing what only
+        they need (``MACE`` does, setting ``n_vectors`` to 0); the default keeps them."""
+
 
 class LayeredRepresentation(Representation):
     """A representation in pieces: ``embed``, ``layer(k, ...)`` for k < n_layers, ``readout``.
