@@ -97,8 +97,12 @@ def main(argv=None) -> int:
         else "self_cuda_time_total"
     if args.device == "cpu":
         key = "self_cpu_time_total"
-    total = sum(getattr(e, key) for e in events) or 1.0
-    print(f"device time per call {total / 1e3 / args.calls:.2f} ms; top by self device time:")
+    # Operator rows and the kernel rows under them both carry the kernels' time: the total
+    # sums the kernels alone (DeviceType.CUDA events), so shares add up to 100 % once.
+    kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    total = sum(getattr(e, key) for e in (kernels or events)) or 1.0
+    print(f"device time per call {total / 1e3 / args.calls:.2f} ms (kernels); top rows "
+          "by self device time (operators and their kernels both listed):")
     rows = sorted(events, key=lambda e: -getattr(e, key))[: args.top]
     for e in rows:
         share = 100 * getattr(e, key) / total

@@ -247,7 +247,8 @@ def header(args) -> str:
 
 def plan(args) -> list:
     """(key, is_peer, run(sizes, grow) -> rows, sizes, may_grow) in the order to run them:
-    per model family, geoff's series then its peers' for the same structure and dtype."""
+    per model family, structure and dtype, the peers' series first (the yardstick: a
+    deadline then cuts geoff's extra variants, not the ratio), then geoff's."""
     from peers import PEERS, install, peer_command, peer_env, selected
 
     chosen = selected(args.peers) if args.peers is not None else []
@@ -258,6 +259,7 @@ def plan(args) -> list:
             for dtype in args.dtypes:
                 short = dtype == "float64" and args.float64_sizes
                 sizes = args.float64_sizes if short else args.sizes
+                first = len(items)  # this family's series start here; its peers go first
                 for chunk in args.edge_chunks if name in args.models else []:
                     for kernels in [k + c + p for k in (args.kernels if name in TP_MODELS
                                                         else ["e3nn"])
@@ -285,6 +287,7 @@ def plan(args) -> list:
                                   e=peer_env(peer.folder), k=key:
                                   run_sizes(args, " ".join(k), c, env=e, sizes=sz, grow=g),
                                   sizes, not short))
+                items[first:] = sorted(items[first:], key=lambda item: not item[1])
     assert PEERS  # the registry the names were chosen from
     return items
 

@@ -34,13 +34,13 @@ BUDGET=${BUDGET:-10}
 PY=${PYTHON:-python3}
 WORK=${WORK:-$(mktemp -d)}
 START=$(date +%s)
-RES="$OUT/results"; mkdir -p "$RES"
+RES="$WORK/results"; mkdir -p "$RES"  # not under $OUT: the device returns 8 files at most
 LOG="$RES/run.log"
 
 log() { echo "[$(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
 pack() {
   cp -f "$OUT"/speed*.md "$RES/" 2>/dev/null
-  tar -czf "$OUT/results.tar.gz" -C "$OUT" results && log "packed $OUT/results.tar.gz"
+  tar -czf "$OUT/results.tar.gz" -C "$WORK" results && log "packed $OUT/results.tar.gz"
 }
 trap pack EXIT
 

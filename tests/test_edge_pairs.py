@@ -146,3 +146,17 @@ def test_calculator_edge_pairs_knob():
     assert "edge_pair" in GeoffCalculator(model, edge_pairs=True).graph(atoms)
     with pytest.raises(ValueError, match="edge_pairs must be"):
         GeoffCalculator(model, edge_pairs="yes")
+
+
+def test_auto_edge_pairs_where_measured():
+    """``"auto"``: any model with message layers on the CPU; on CUDA only the cuEq kernels
+    (the e3nn path on a GPU was not measured with pairs)."""
+    from geoff.calculators.ase import auto_edge_pairs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_edge_pairs(small_model("mace"), cpu)
+    assert not auto_edge_pairs(small_model("dimenet"), cpu)  # no EdgeMessages layers
+    assert not auto_edge_pairs(small_model("mace"), cuda)
+    fused = type("CueqConvolution", (torch.nn.Module,), {})()
+    holder = torch.nn.Sequential(fused)
+    assert auto_edge_pairs(holder, cuda) and not auto_edge_pairs(torch.nn.Linear(1, 1), cuda)
