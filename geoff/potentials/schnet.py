@@ -10,8 +10,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+import copy
+
 from .chunking import EdgeMessages
 from .layers import GaussianBasis, PolynomialCutoff, mlp
+from .radial_table import DEFAULT_POINTS, RadialTable
 from .representation import LayeredRepresentation, edge_pair, pair_rows, with_pairs
 
 
@@ -27,17 +30,22 @@ class CFConv(EdgeMessages):
         self.filter = mlp([n_rbf, n_features, n_features], act=act)
         self.in_lin = nn.Linear(n_features, n_features, bias=False)
         self.out = mlp([n_features, n_features, n_features], act=act)
+        self.table: Optional[RadialTable] = None  # filter x envelope of r (SchNet.tabulate)
 
     def radial_terms(self, inputs: List[Tensor]) -> List[Tensor]:
+        table = self.table
+        if table is not None and len(inputs) == 1:  # [r (rows,)]: read from the table
+            return [table(inputs[0])]  # (rows, F)
         rbf, envelope = inputs[0], inputs[1]  # (rows, n_rbf), (rows,)
         return [self.filter(rbf) * envelope.unsqueeze(-1)]  # (rows, F)
 
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
         return [nodes[0].index_select(0, senders) * edges[0]]  # (E, F)
 
-    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
+    def forward(self, h: Tensor, edge_index: Tensor, radial: List[Tensor],
                 edge_pair: Optional[Tensor] = None) -> Tensor:
-        summed = self.aggregate([self.in_lin(h)], [rbf, envelope], [], edge_index, h.shape[0],
+        """``radial``: [rbf (rows, n_rbf), envelope (rows,)], or [r (rows,)] with a table."""
+        summed = self.aggregate([self.in_lin(h)], radial, [], edge_index, h.shape[0],
                                 edge_pair)
         return h + self.out(summed[0])  # (N, F)
 
@@ -63,12 +71,34 @@ class SchNet(LayeredRepresentation):
             [CFConv(n_features, n_rbf, activation) for _ in range(n_layers)]
         )
 
+    def tabulate(self, n_points: int = DEFAULT_POINTS) -> None:
+        """Read each layer's filter x envelope from a ``RadialTable`` (inference): sampled
+        now in float64 on [0, cutoff], stored in the model's dtype and device. Training mode
+        and edge masks keep the networks; ``untabulate`` drops the tables."""
+        ref = next(self.parameters())
+        rbf, envelope = copy.deepcopy(self.rbf).double(), copy.deepcopy(self.envelope).double()
+        cutoff = float(self.rbf.centres[-1])
+        for interaction in self.interactions:
+            filter64 = copy.deepcopy(interaction.filter).double()
+            interaction.table = RadialTable(
+                lambda r, f=filter64: f(rbf(r)) * envelope(r).unsqueeze(-1), 0.0, cutoff,
+                n_points, dtype=ref.dtype, device=ref.device)
+
+    def untabulate(self) -> None:
+        """Back to the filter networks (``tabulate`` undone)."""
+        for interaction in self.interactions:
+            interaction.table = None
+
     def embed(self, graph: Dict[str, Tensor],
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         r = pair_rows(graph, torch.linalg.norm(edge_vec, dim=-1))  # (E or P,): once per pair
-        geometry = {"edge_index": graph["edge_index"],
-                    "rbf": self.rbf(r),  # (E or P, n_rbf)
-                    "envelope": self.envelope(r)}  # (E or P,)
+        geometry = {"edge_index": graph["edge_index"]}
+        if self.interactions[0].table is not None and not self.training \
+                and "edge_mask" not in graph:
+            geometry["r"] = r  # (E or P,): the tables take the distance itself
+        else:
+            geometry["rbf"] = self.rbf(r)  # (E or P, n_rbf)
+            geometry["envelope"] = self.envelope(r)  # (E or P,)
         h = self.embedding(graph["species"])  # (N, F)
         return {"h": h}, with_pairs(graph, geometry)
 
@@ -76,10 +106,13 @@ class SchNet(LayeredRepresentation):
               geometry: Dict[str, Tensor]) -> Dict[str, Tensor]:
         self.check_layer(k)
         h = state["h"]
+        if "r" in geometry:
+            radial = [geometry["r"]]
+        else:
+            radial = [geometry["rbf"], geometry["envelope"]]
         for index, interaction in enumerate(self.interactions):
             if index == k:
-                h = interaction(h, geometry["edge_index"], geometry["rbf"],
-                                geometry["envelope"], edge_pair(geometry))  # (N, F)
+                h = interaction(h, geometry["edge_index"], radial, edge_pair(geometry))  # (N, F)
         return {"h": h}
 
     def readout(self, state: Dict[str, Tensor],
