@@ -54,6 +54,7 @@ ARCHITECTURE = {"mace128": "mace"}  # the registry name where a row's name is no
 DEFAULT_MODELS = ["schnet", "painn", "nequip", "mace"]
 CUTOFF = 5.0
 TP_MODELS = ("nequip", "mace", "mace128")  # the models --kernels applies to (geoff/potentials/cueq.py)
+TABLE_MODELS = ("schnet",)  # the models --radial-table applies to (geoff/potentials/radial_table.py)
 
 
 def structure(kind: str, n_atoms: int):
@@ -119,11 +120,13 @@ def first_call_memory(model_call, dev) -> dict:
 
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
                budget_s: float, edge_chunk=None, with_calc: bool = True,
-               kernels: str = "e3nn", compile: bool = False, edge_pairs: str = "auto") -> dict:
+               kernels: str = "e3nn", compile: bool = False, edge_pairs: str = "auto",
+               radial_table: bool = False) -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes);
     ``kernels``: the tensor-product kernels (``GeoffCalculator(kernels=...)``); ``compile``:
     ``GeoffCalculator(compile=True)`` (the first call, in the memory, compiles);
-    ``edge_pairs``: "auto", "on" or "off" (``GeoffCalculator(edge_pairs=...)``)."""
+    ``edge_pairs``: "auto", "on" or "off" (``GeoffCalculator(edge_pairs=...)``);
+    ``radial_table``: ``GeoffCalculator(radial_table=...)``."""
     import torch
 
     from geoff.calculators.ase import GeoffCalculator
@@ -136,7 +139,8 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
                         **MODELS[name])
     calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels, compile=compile,
                            edge_chunk="auto" if edge_chunk == "auto" else None,
-                           edge_pairs={"auto": "auto", "on": True, "off": False}[edge_pairs])
+                           edge_pairs={"auto": "auto", "on": True, "off": False}[edge_pairs],
+                           radial_table=radial_table)
     if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)
@@ -169,13 +173,13 @@ def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None, kernels=
     """Every size for one (model, structure, dtype, edge chunk, kernels), each in a fresh
     subprocess (the memory is the size's own; an out-of-memory failure ends the series, not
     the run). ``kernels`` is also the table's label: "+compile" marks the --compile series,
-    "+pairs" / "+edges" the --edge-pairs on / off series."""
+    "+pairs" / "+edges" the --edge-pairs on / off series, "+table" the --radial-table one."""
     parts = kernels.split("+")
     pairs = "on" if "pairs" in parts else "off" if "edges" in parts else "auto"
     spec = dict(name=name, kind=kind, dtype=dtype, device=args.device, repeats=args.repeats,
                 budget=args.budget, threads=args.threads, edge_chunk=edge_chunk,
                 calc=not args.model_only, kernels=parts[0], compile="compile" in parts,
-                edge_pairs=pairs)
+                edge_pairs=pairs, radial_table="table" in parts)
 
     def command(n):
         return [sys.executable, __file__, "--one", json.dumps(dict(spec, n=n))]
@@ -231,7 +235,8 @@ def one(spec: dict) -> None:
     row = time_geoff(spec["name"], spec["kind"], spec["n"], spec["dtype"], spec["device"],
                      spec["repeats"], spec["budget"], spec.get("edge_chunk"),
                      spec.get("calc", True), spec.get("kernels", "e3nn"),
-                     spec.get("compile", False), spec.get("edge_pairs", "auto"))
+                     spec.get("compile", False), spec.get("edge_pairs", "auto"),
+                     spec.get("radial_table", False))
     print(json.dumps(row))
 
 
@@ -261,9 +266,11 @@ def plan(args) -> list:
                 sizes = args.float64_sizes if short else args.sizes
                 first = len(items)  # this family's series start here; its peers go first
                 for chunk in args.edge_chunks if name in args.models else []:
-                    for kernels in [k + c + p for k in (args.kernels if name in TP_MODELS
+                    for kernels in [k + c + p + t for k in (args.kernels if name in TP_MODELS
                                                         else ["e3nn"])
-                                    for c in args.compile for p in args.edge_pairs]:
+                                    for c in args.compile for p in args.edge_pairs
+                                    for t in (args.radial_table if name in TABLE_MODELS
+                                              else [""])]:
                         a = (name, kind, dtype, chunk, kernels)
                         items.append((a, False, lambda sz, g, a=a:
                                       run_series(args, *a, sizes=sz, grow=g), sizes, not short))
@@ -360,6 +367,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_const", const=["", "+compile"],
                         default=[""], help="each geoff series also through torch.compile "
                         "(GeoffCalculator(compile=True); rows 'geoff NAME+...+compile')")
+    parser.add_argument("--radial-table", action="store_const", const=["", "+table"],
+                        default=[""], help="SchNet also with GeoffCalculator(radial_table="
+                        "True) (rows 'geoff schnet+...+table')")
     parser.add_argument("--edge-pairs", nargs="+", default=["auto"],
                         choices=["auto", "on", "off"], type=str,
                         help="GeoffCalculator(edge_pairs=...), one series each (auto: on the "

@@ -118,3 +118,9 @@ def test_calculator_radial_table_option():
                                atol=1e-7 * np.abs(results[0]).max())
     with pytest.raises(ValueError, match="radial_table=True"):
         GeoffCalculator(small_model("painn"), radial_table=True)
+    with pytest.raises(ValueError, match="radial_table must be"):
+        GeoffCalculator(small_model("schnet"), radial_table="yes")
+    # "auto": on for float32 on the CPU, off in float64 and for models without tables
+    assert GeoffCalculator(small_model("schnet"), dtype="float32").radial_table
+    assert not GeoffCalculator(small_model("schnet"), dtype="float64").radial_table
+    assert not GeoffCalculator(small_model("painn"), dtype="float32").radial_table
