@@ -121,12 +121,12 @@ def first_call_memory(model_call, dev) -> dict:
 def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repeats: int,
                budget_s: float, edge_chunk=None, with_calc: bool = True,
                kernels: str = "e3nn", compile: bool = False, edge_pairs: str = "auto",
-               radial_table: bool = False) -> dict:
+               radial_table: str = "auto") -> dict:
     """One row for one size: model and calculator medians (s) and memory (bytes);
     ``kernels``: the tensor-product kernels (``GeoffCalculator(kernels=...)``); ``compile``:
     ``GeoffCalculator(compile=True)`` (the first call, in the memory, compiles);
     ``edge_pairs``: "auto", "on" or "off" (``GeoffCalculator(edge_pairs=...)``);
-    ``radial_table``: ``GeoffCalculator(radial_table=...)``."""
+    ``radial_table``: "auto", "on" or "off" (``GeoffCalculator(radial_table=...)``)."""
     import torch
 
     from geoff.calculators.ase import GeoffCalculator
@@ -140,7 +140,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels, compile=compile,
                            edge_chunk="auto" if edge_chunk == "auto" else None,
                            edge_pairs={"auto": "auto", "on": True, "off": False}[edge_pairs],
-                           radial_table=radial_table)
+                           radial_table={"auto": "auto", "on": True, "off": False}[radial_table])
     if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)
@@ -173,13 +173,15 @@ def run_series(args, name: str, kind: str, dtype: str, edge_chunk=None, kernels=
     """Every size for one (model, structure, dtype, edge chunk, kernels), each in a fresh
     subprocess (the memory is the size's own; an out-of-memory failure ends the series, not
     the run). ``kernels`` is also the table's label: "+compile" marks the --compile series,
-    "+pairs" / "+edges" the --edge-pairs on / off series, "+table" the --radial-table one."""
+    "+pairs" / "+edges" the --edge-pairs on / off series, "+table" / "+network" the
+    --radial-table on / off ones (unmarked series: the calculator's "auto")."""
     parts = kernels.split("+")
     pairs = "on" if "pairs" in parts else "off" if "edges" in parts else "auto"
     spec = dict(name=name, kind=kind, dtype=dtype, device=args.device, repeats=args.repeats,
                 budget=args.budget, threads=args.threads, edge_chunk=edge_chunk,
                 calc=not args.model_only, kernels=parts[0], compile="compile" in parts,
-                edge_pairs=pairs, radial_table="table" in parts)
+                edge_pairs=pairs,
+                radial_table="on" if "table" in parts else "off" if "network" in parts else "auto")
 
     def command(n):
         return [sys.executable, __file__, "--one", json.dumps(dict(spec, n=n))]
@@ -236,7 +238,7 @@ def one(spec: dict) -> None:
                      spec["repeats"], spec["budget"], spec.get("edge_chunk"),
                      spec.get("calc", True), spec.get("kernels", "e3nn"),
                      spec.get("compile", False), spec.get("edge_pairs", "auto"),
-                     spec.get("radial_table", False))
+                     spec.get("radial_table", "auto"))
     print(json.dumps(row))
 
 
@@ -367,9 +369,11 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_const", const=["", "+compile"],
                         default=[""], help="each geoff series also through torch.compile "
                         "(GeoffCalculator(compile=True); rows 'geoff NAME+...+compile')")
-    parser.add_argument("--radial-table", action="store_const", const=["", "+table"],
-                        default=[""], help="SchNet also with GeoffCalculator(radial_table="
-                        "True) (rows 'geoff schnet+...+table')")
+    parser.add_argument("--radial-table", nargs="+", default=["auto"],
+                        choices=["auto", "on", "off"],
+                        help="SchNet's GeoffCalculator(radial_table=...), one series each "
+                             "(auto: on the CPU in float32; rows '+table' / '+network' for on "
+                             "/ off)")
     parser.add_argument("--edge-pairs", nargs="+", default=["auto"],
                         choices=["auto", "on", "off"], type=str,
                         help="GeoffCalculator(edge_pairs=...), one series each (auto: on the "
@@ -381,6 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.edge_pairs = [{"auto": "", "on": "+pairs", "off": "+edges"}[p] for p in args.edge_pairs]
+    args.radial_table = [{"auto": "", "on": "+table", "off": "+network"}[t]
+                         for t in args.radial_table]
     if args.one:
         one(json.loads(args.one))
         return 0

@@ -129,14 +129,13 @@ class GeoffCalculator(Calculator):
         self.model = frozen(model, self.device, self.dtype)
         if radial_table not in ("auto", True, False):
             raise ValueError(f"radial_table must be 'auto', True or False, got {radial_table!r}")
+        wanted = radial_table
         if radial_table == "auto":  # where measured to pay, and below float32 round-off
-            if self.device.type == "cpu" and self.dtype == torch.float32:
-                tabulate_radial(self.model)
-        elif radial_table and not tabulate_radial(self.model):
+            wanted = self.device.type == "cpu" and self.dtype == torch.float32
+        self.radial_table = bool(wanted) and tabulate_radial(self.model) > 0
+        if radial_table is True and not self.radial_table:
             raise ValueError(f"radial_table=True: {type(self.model.representation).__name__} "
                              "has no tabulated filters (SchNet has); leave it False")
-        self.radial_table = any(getattr(m, "table", None) is not None
-                                for m in self.model.modules())
         if kernels != "e3nn":  # on the frozen copy, in its final device and dtype
             from ..potentials.cueq import with_kernels
 

@@ -260,12 +260,12 @@ class CueqSymmetricContraction(SymmetricContraction):
         RowChunked.__init__(self, sc.edge_chunk)
         self.weight, self.n_features, self.irreps_out = sc.weight, sc.n_features, sc.irreps_out
         self.n_paths, self.d_targets = sc.n_paths, sc.d_targets
-        self.scalars_only, self.has_scalars = sc.scalars_only, sc.has_scalars
+        self.scalars_only = sc.scalars_only
         n = sc.n_features
         self.kernel = _kernel(contraction_polynomial(sc), method, sc.weight.dtype,
                               sc.weight.device)
         self.scalar_kernel = self.kernel  # the 0e paths alone (a last layer without vectors)
-        if sc.has_scalars:
+        if sc.scalar_paths.numel() > 0:
             self.scalar_kernel = _kernel(contraction_polynomial(sc, scalars_only=True), method,
                                          sc.weight.dtype, sc.weight.device)
         self.register_buffer("A_order", _ir_mul_order(sc.A_sizes, n).to(sc.weight.device),

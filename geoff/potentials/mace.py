@@ -224,8 +224,7 @@ class SymmetricContraction(RowChunked):
         # nobody reads (``MACE.skip_vectors``); the weights are the same rows of ``weight``.
         self.scalars_only = False
         scalar_paths = [p for p, path in enumerate(final) if path[2] == o3.Irrep("0e")]
-        self.has_scalars = len(scalar_paths) > 0
-        kept = scalar_paths or [0]  # a placeholder table keeps TorchScript's attributes fixed
+        kept = scalar_paths or [0]  # no 0e target: a placeholder (scalars_only is never set)
         self.contract_scalars = _Coupling(coupling(blocks, [final[p] for p in kept],
                                                    [scale[p] for p in kept]))
         self.register_buffer("scalar_paths", torch.tensor(scalar_paths, dtype=torch.long),
@@ -363,10 +362,7 @@ class MACE(LayeredRepresentation):
         direct force head reads them (``vectors``), and without them the last contraction
         runs only its paths into ``0e``. ``EnergyModel`` calls this for heads that read no
         vectors; ``n_vectors`` becomes 0 (no ``vectors`` in the readout) while skipped."""
-        last = self.layers[-1].product
-        if skip and not last.has_scalars:
-            return
-        last.scalars_only = bool(skip)
+        self.layers[-1].product.scalars_only = bool(skip)  # its irreps start with 0e
         self.n_vectors = 0 if skip else self.n_features * int(self.vector_offset >= 0)
 
     def embed(self, graph: Dict[str, Tensor],

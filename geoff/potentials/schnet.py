@@ -5,12 +5,11 @@ sees no force jumps) instead of the cosine cutoff, and Gaussian bases on [0, cut
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-
-import copy
 
 from .chunking import EdgeMessages
 from .layers import GaussianBasis, PolynomialCutoff, mlp
@@ -65,6 +64,7 @@ class SchNet(LayeredRepresentation):
         super().__init__(n_scalars=n_features, n_vectors=0, n_layers=n_layers,
                          node_features=["h"])
         self.embedding = nn.Embedding(n_species, n_features)
+        self.cutoff = float(cutoff)
         self.rbf = GaussianBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
         self.interactions = nn.ModuleList(
@@ -77,11 +77,10 @@ class SchNet(LayeredRepresentation):
         and edge masks keep the networks; ``untabulate`` drops the tables."""
         ref = next(self.parameters())
         rbf, envelope = copy.deepcopy(self.rbf).double(), copy.deepcopy(self.envelope).double()
-        cutoff = float(self.rbf.centres[-1])
         for interaction in self.interactions:
             filter64 = copy.deepcopy(interaction.filter).double()
             interaction.table = RadialTable(
-                lambda r, f=filter64: f(rbf(r)) * envelope(r).unsqueeze(-1), 0.0, cutoff,
+                lambda r, f=filter64: f(rbf(r)) * envelope(r).unsqueeze(-1), 0.0, self.cutoff,
                 n_points, dtype=ref.dtype, device=ref.device)
 
     def untabulate(self) -> None:
