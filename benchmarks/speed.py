@@ -54,7 +54,7 @@ ARCHITECTURE = {"mace128": "mace"}  # the registry name where a row's name is no
 DEFAULT_MODELS = ["schnet", "painn", "nequip", "mace"]
 CUTOFF = 5.0
 TP_MODELS = ("nequip", "mace", "mace128")  # the models --kernels applies to (geoff/potentials/cueq.py)
-TABLE_MODELS = ("schnet",)  # the models --radial-table applies to (geoff/potentials/radial_table.py)
+TABLE_MODELS = ("schnet", "nequip", "mace", "mace128")  # the models --radial-table applies to (geoff/potentials/radial_table.py)
 
 
 def structure(kind: str, n_atoms: int):
@@ -371,9 +371,9 @@ def main(argv=None) -> int:
                         "(GeoffCalculator(compile=True); rows 'geoff NAME+...+compile')")
     parser.add_argument("--radial-table", nargs="+", default=["auto"],
                         choices=["auto", "on", "off"],
-                        help="SchNet's GeoffCalculator(radial_table=...), one series each "
-                             "(auto: on the CPU in float32; rows '+table' / '+network' for on "
-                             "/ off)")
+                        help="GeoffCalculator(radial_table=...) for the models with radial "
+                             "tables (SchNet, NequIP-style, MACE-style), one series each "
+                             "(rows '+table' / '+network' for on / off)")
     parser.add_argument("--edge-pairs", nargs="+", default=["auto"],
                         choices=["auto", "on", "off"], type=str,
                         help="GeoffCalculator(edge_pairs=...), one series each (auto: on the "

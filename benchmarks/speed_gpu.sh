@@ -21,6 +21,8 @@
 # COMPILE=1: each geoff series also through torch.compile (speed.py --compile).
 # EDGE_PAIRS: e.g. "on off": each geoff series with and without edge pairs (speed.py
 # --edge-pairs; the calculator's default "auto" keeps them off on CUDA until measured).
+# RADIAL_TABLE: e.g. "on off": each geoff series with and without radial tables (speed.py
+# --radial-table).
 # EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -151,6 +153,7 @@ run_pass() {
   [ -n "${EDGE_CHUNKS:-}" ] && chunks=(--edge-chunks $EDGE_CHUNKS)
   [ "${COMPILE:-0}" = 1 ] && chunks+=(--compile)
   [ -n "${EDGE_PAIRS:-}" ] && chunks+=(--edge-pairs $EDGE_PAIRS)
+  [ -n "${RADIAL_TABLE:-}" ] && chunks+=(--radial-table $RADIAL_TABLE)
   "$PY" benchmarks/speed.py --device "$DEVICE" --peers "${peers[@]}" "${chunks[@]}" --models "${fam[@]}" \
     --structures ${STRUCTURES:-cu cuzr} --dtypes ${DTYPES:-float32 float64} --sizes "${sizes[@]}" \
     --float64-sizes "${sizes[@]:0:2}" $grow --max-atoms "$MAX_ATOMS" --kernels ${KERNELS:-e3nn cueq} \

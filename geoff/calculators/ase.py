@@ -131,11 +131,13 @@ class GeoffCalculator(Calculator):
             raise ValueError(f"radial_table must be 'auto', True or False, got {radial_table!r}")
         wanted = radial_table
         if radial_table == "auto":  # where measured to pay, and below float32 round-off
-            wanted = self.device.type == "cpu" and self.dtype == torch.float32
+            wanted = self.dtype == torch.float32 and self.device.type in getattr(
+                self.model.representation, "RADIAL_TABLE_AUTO", ())
         self.radial_table = bool(wanted) and tabulate_radial(self.model) > 0
         if radial_table is True and not self.radial_table:
             raise ValueError(f"radial_table=True: {type(self.model.representation).__name__} "
-                             "has no tabulated filters (SchNet has); leave it False")
+                             "has no radial tables (SchNet, NequIP-style and MACE-style have); "
+                             "leave it False")
         if kernels != "e3nn":  # on the frozen copy, in its final device and dtype
             from ..potentials.cueq import with_kernels
 

@@ -212,6 +212,7 @@ class CueqConvolution(Convolution):
         EdgeMessages.__init__(self, conv.edge_chunk)
         self.linear_in, self.tp, self.radial = conv.linear_in, conv.tp, conv.radial
         self.linear_out, self.norm, self.irreps_out = conv.linear_out, conv.norm, conv.irreps_out
+        self.table = conv.table
         weight = next(conv.parameters())
         self.kernel = _kernel(convolution_polynomial(conv.tp), method, weight.dtype,
                               weight.device)
@@ -243,7 +244,7 @@ class CueqConvolution(Convolution):
         n_edges = edge_index.shape[1]
         if edge_pair is None or 0 < self.edge_chunk < n_edges:
             return super().aggregate(nodes, radial_inputs, edges, edge_index, n_nodes, edge_pair)
-        w = self.radial(radial_inputs[0])  # (P, tp.weight_numel)
+        w = self.radial_terms(radial_inputs)[0]  # (P, tp.weight_numel)
         return self.finish([self._fused(w, nodes[0], edges[0], edge_index[0], edge_index[1],
                                         n_nodes, edge_pair)])
 
@@ -336,6 +337,8 @@ def restore(model: nn.Module) -> nn.Module:
                 original = child.__dict__["e3nn_module"]
                 if isinstance(child, CueqSymmetricContraction):
                     original.scalars_only = child.scalars_only
+                else:
+                    original.table = child.table
                 chunk = child.edge_chunk
                 original.edge_chunk = DEFAULT_EDGE_CHUNK if chunk == CUEQ_EDGE_CHUNK else chunk
                 weight = next(child.parameters())  # its own constants follow later .to() calls

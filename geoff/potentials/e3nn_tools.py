@@ -5,7 +5,8 @@
 * ``EdgeEmbedding``: edge vectors -> enveloped spherical harmonics and a Bessel basis;
 * ``EdgeTensorProduct`` and ``Convolution``: the channel-wise ("uvu") tensor-product message
   ``m_i = norm * Linear(sum_j TP(Linear(h_j), u(r_ij) Y(r_ij); R(r_ij)))``, NequIP's
-  interaction and MACE's atomic basis ``A_i``;
+  interaction and MACE's atomic basis ``A_i``; ``tabulate_convolutions``: every ``R(r)``
+  (Bessel basis -> radial MLP) read from a ``RadialTable`` in inference;
 * ``Gate``: e3nn's gated non-linearity;
 * ``ExactConstants``: modules whose Clebsch-Gordan buffers stay exact through dtype changes;
 * ``default_avg_num_neighbors`` and ``E3NN_OPTIONS``: build defaults.
@@ -35,6 +36,7 @@ e3nn basis convention (checked, not assumed): in e3nn 0.6.0 the ``l = 1`` compon
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Dict, List, Optional
@@ -45,6 +47,7 @@ from e3nn import o3
 
 from .chunking import EdgeMessages
 from .layers import BesselBasis, PolynomialCutoff, mlp
+from .radial_table import DEFAULT_POINTS, RadialTable
 from .representation import pair_rows
 
 # Build options for e3nn's code-generated modules (Linear, self-connection products). Their
@@ -334,8 +337,12 @@ class Convolution(EdgeMessages):
         self.linear_out = o3.Linear(self.tp.irreps_out, irreps_out, **E3NN_OPTIONS)
         self.norm = float(norm)
         self.irreps_out = irreps_out
+        self.table: Optional[RadialTable] = None  # R(r) (tabulate_convolutions)
 
     def radial_terms(self, inputs: List[Tensor]) -> List[Tensor]:
+        table = self.table
+        if table is not None and inputs[0].dim() == 1:  # [r (rows,)]: read from the table
+            return [table(inputs[0])]  # (rows, tp.weight_numel)
         return [self.radial(inputs[0])]  # (rows, n_rbf) -> (rows, tp.weight_numel)
 
     def messages(self, nodes: List[Tensor], edges: List[Tensor], senders: Tensor) -> List[Tensor]:
@@ -349,7 +356,8 @@ class Convolution(EdgeMessages):
 
     def forward(self, h: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
                 edge_pair: Optional[Tensor] = None) -> Tensor:
-        """``rbf``: (E, n_rbf), or (P, n_rbf) per pair of reverse edges with ``edge_pair``."""
+        """``rbf``: (E, n_rbf), or (P, n_rbf) per pair of reverse edges with ``edge_pair``;
+        with a table the distances (E,) or (P,) instead."""
         return self.aggregate([self.linear_in(h)], [rbf], [sh], edge_index, h.shape[0],
                               edge_pair)[0]
 
@@ -363,12 +371,56 @@ class EdgeEmbedding(nn.Module):
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.rbf = BesselBasis(cutoff, n_rbf)
         self.envelope = PolynomialCutoff(cutoff)
+        self.tabulated = False  # the convolutions read R(r) from tables (distances, not rbf)
 
     def forward(self, edge_vec: Tensor, graph: Dict[str, Tensor]):
-        """The Bessel basis once per pair of reverse edges when ``graph`` has edge pairs."""
+        """The Bessel basis (E or P, n_rbf), once per pair of reverse edges when ``graph``
+        has edge pairs; the distances (E or P,) instead when the convolutions are tabulated
+        (inference)."""
         r = torch.linalg.norm(edge_vec, dim=-1)  # (E,)
         sh = self.sh(edge_vec) * self.envelope(r).unsqueeze(-1)  # (E, irreps_sh.dim)
+        if self.tabulated and not self.training:
+            return sh, pair_rows(graph, r)  # (E, irreps_sh.dim), (E or P,)
         return sh, self.rbf(pair_rows(graph, r))  # (E, irreps_sh.dim), (E or P, n_rbf)
+
+
+# Tables start here (in units of the cutoff): the Bessel basis is sin(k r) / r, whose float64
+# value at r = 0 is nan; atoms this close never meet in a model's domain.
+_TABLE_START = 1e-3
+
+
+def tabulate_convolutions(module: nn.Module, edges: EdgeEmbedding,
+                          n_points: int = DEFAULT_POINTS, untabulate: bool = False) -> int:
+    """Read every ``Convolution``'s ``R(r) = radial(rbf(r))`` in ``module`` from a
+    ``RadialTable`` (inference): sampled now in float64 on [1e-3 cutoff, cutoff], stored in
+    the model's dtype and device; ``untabulate`` drops them. Returns the count. Training mode
+    runs the networks (``EdgeEmbedding`` then hands out the basis, not distances)."""
+    convolutions = [m for m in module.modules() if isinstance(m, Convolution)]
+    cutoff = edges.rbf.cutoff
+    rbf = copy.deepcopy(edges.rbf).double()
+    for conv in convolutions:
+        if untabulate:
+            conv.table = None
+            continue
+        ref = next(conv.radial.parameters())
+        radial64 = copy.deepcopy(conv.radial).double()
+        conv.table = RadialTable(lambda r, f=radial64: f(rbf(r)), _TABLE_START * cutoff, cutoff,
+                                 n_points, dtype=ref.dtype, device=ref.device)
+    edges.tabulated = not untabulate and len(convolutions) > 0
+    return len(convolutions)
+
+
+class TabulatedRadials:
+    """``tabulate`` / ``untabulate`` for a representation with ``edges`` (``EdgeEmbedding``)
+    and ``Convolution`` layers (NequIP-style, MACE-style); ``tabulate_radial`` calls them."""
+
+    def tabulate(self, n_points: int = DEFAULT_POINTS) -> None:
+        """Each convolution's radial MLP read from a ``RadialTable`` (inference)."""
+        tabulate_convolutions(self, self.edges, n_points)
+
+    def untabulate(self) -> None:
+        """Back to the radial networks (``tabulate`` undone)."""
+        tabulate_convolutions(self, self.edges, untabulate=True)
 
 
 def to_cartesian(x: Tensor, offset: int, mul: int, xyz: Tensor) -> Tensor:

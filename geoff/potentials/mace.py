@@ -73,8 +73,8 @@ from torch import Tensor, nn
 from e3nn import o3
 
 from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstants, block_offset,
-                         cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
-                         to_cartesian)
+                         TabulatedRadials, cartesian_l1_order, default_avg_num_neighbors,
+                         irreps_up_to, to_cartesian)
 from .chunking import RowChunked
 from .representation import LayeredRepresentation, edge_pair, with_pairs
 
@@ -299,7 +299,7 @@ class MACELayer(nn.Module):
         return out  # (N, irreps_out.dim)
 
 
-class MACE(LayeredRepresentation):
+class MACE(TabulatedRadials, LayeredRepresentation):
     """MACE-style representation (see the module docstring).
 
     Args:

@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from e3nn import o3
 
 from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, Gate, block_offset,
-                         cartesian_l1_order, default_avg_num_neighbors, irreps_up_to,
-                         to_cartesian)
+                         TabulatedRadials, cartesian_l1_order, default_avg_num_neighbors,
+                         irreps_up_to, to_cartesian)
 from .representation import LayeredRepresentation, edge_pair, with_pairs
 
 class InteractionBlock(nn.Module):
@@ -78,7 +78,7 @@ class InteractionBlock(nn.Module):
         return x  # (N, irreps_out.dim)
 
 
-class NequIP(LayeredRepresentation):
+class NequIP(TabulatedRadials, LayeredRepresentation):
     """NequIP-style representation (see the module docstring).
 
     Args:

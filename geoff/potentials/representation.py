@@ -75,6 +75,9 @@ class Representation(nn.Module):
     n_layers: int
     is_local: bool
     decomposable = False  # embed / layer / readout available (LayeredRepresentation)
+    # Representations with ``tabulate()`` (radial_table.py): the device types on which
+    # ``GeoffCalculator(radial_table="auto")`` tabulates them in float32 (measured to pay).
+    RADIAL_TABLE_AUTO = ()
 
     def __init__(self, n_scalars: int, n_vectors: int, n_layers: int, is_local: bool = True):
         super().__init__()
