@@ -369,6 +369,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_const", const=["", "+compile"],
                         default=[""], help="each geoff series also through torch.compile "
                         "(GeoffCalculator(compile=True); rows 'geoff NAME+...+compile')")
+    parser.add_argument("--compile-only", dest="compile", action="store_const",
+                        const=["+compile"], help="the compiled series alone")
     parser.add_argument("--radial-table", nargs="+", default=["auto"],
                         choices=["auto", "on", "off"],
                         help="GeoffCalculator(radial_table=...) for the models with radial "

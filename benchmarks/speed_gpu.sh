@@ -18,7 +18,8 @@
 # e.g. nequip alone at its fastest beside geoff's NequIP-style:
 #   OUT=$OUT MODELS=nequip STRUCTURES=cu DTYPES=float32 GROW=0 \
 #     PEERS="nequip_eager nequip_aot nequip_aot_cueq" bash benchmarks/speed_gpu.sh
-# COMPILE=1: each geoff series also through torch.compile (speed.py --compile).
+# COMPILE=1: each geoff series also through torch.compile (speed.py --compile); COMPILE=only:
+# the compiled series alone (--compile-only).
 # EDGE_PAIRS: e.g. "on off": each geoff series with and without edge pairs (speed.py
 # --edge-pairs; the calculator's default "auto" keeps them off on CUDA until measured).
 # RADIAL_TABLE: e.g. "on off": each geoff series with and without radial tables (speed.py
@@ -152,6 +153,7 @@ run_pass() {
   [ -n "${PEERS:-}" ] && read -r -a peers <<< "$PEERS"
   [ -n "${EDGE_CHUNKS:-}" ] && chunks=(--edge-chunks $EDGE_CHUNKS)
   [ "${COMPILE:-0}" = 1 ] && chunks+=(--compile)
+  [ "${COMPILE:-0}" = only ] && chunks+=(--compile-only)
   [ -n "${EDGE_PAIRS:-}" ] && chunks+=(--edge-pairs $EDGE_PAIRS)
   [ -n "${RADIAL_TABLE:-}" ] && chunks+=(--radial-table $RADIAL_TABLE)
   "$PY" benchmarks/speed.py --device "$DEVICE" --peers "${peers[@]}" "${chunks[@]}" --models "${fam[@]}" \

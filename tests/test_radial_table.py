@@ -163,8 +163,11 @@ def test_gpu_table_regathers_and_agrees(name):
     graph = atoms_to_graph(atoms, ref, dtype=torch.float64)
     exact = ref(graph)["forces"]
     cpu = _tabulated(name)(graph)["forces"]
-    gpu_model = _tabulated(name).to("cuda")  # the tables move with the model
-    gpu = gpu_model(atoms_to_graph(atoms, gpu_model, dtype=torch.float64, device="cuda"))
-    torch.testing.assert_close(gpu["forces"].cpu(), cpu, rtol=1e-10, atol=1e-12)
-    scale = float(exact.abs().max())
-    assert float((gpu["forces"].cpu() - exact).abs().max()) <= 1e-7 * scale
+    moved = _tabulated(name).to("cuda")  # the tables move with the model
+    on_gpu = small_model(name).to("cuda")
+    assert tabulate_radial(on_gpu) == 1  # sampled on the CPU, stored on the GPU
+    for gpu_model in (moved, on_gpu):
+        gpu = gpu_model(atoms_to_graph(atoms, gpu_model, dtype=torch.float64, device="cuda"))
+        torch.testing.assert_close(gpu["forces"].cpu(), cpu, rtol=1e-10, atol=1e-12)
+        scale = float(exact.abs().max())
+        assert float((gpu["forces"].cpu() - exact).abs().max()) <= 1e-7 * scale

@@ -397,13 +397,13 @@ def tabulate_convolutions(module: nn.Module, edges: EdgeEmbedding,
     runs the networks (``EdgeEmbedding`` then hands out the basis, not distances)."""
     convolutions = [m for m in module.modules() if isinstance(m, Convolution)]
     cutoff = edges.rbf.cutoff
-    rbf = copy.deepcopy(edges.rbf).double()
+    rbf = copy.deepcopy(edges.rbf).to("cpu", torch.float64)  # sampled on the CPU
     for conv in convolutions:
         if untabulate:
             conv.table = None
             continue
         ref = next(conv.radial.parameters())
-        radial64 = copy.deepcopy(conv.radial).double()
+        radial64 = copy.deepcopy(conv.radial).to("cpu", torch.float64)
         conv.table = RadialTable(lambda r, f=radial64: f(rbf(r)), _TABLE_START * cutoff, cutoff,
                                  n_points, dtype=ref.dtype, device=ref.device)
     edges.tabulated = not untabulate and len(convolutions) > 0

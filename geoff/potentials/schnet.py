@@ -77,9 +77,12 @@ class SchNet(LayeredRepresentation):
         now in float64 on [0, cutoff], stored in the model's dtype and device. Training mode
         and edge masks keep the networks; ``untabulate`` drops the tables."""
         ref = next(self.parameters())
-        rbf, envelope = copy.deepcopy(self.rbf).double(), copy.deepcopy(self.envelope).double()
+        def cpu64(module):  # sampled on the CPU in float64, wherever the model lives
+            return copy.deepcopy(module).to("cpu", torch.float64)
+
+        rbf, envelope = cpu64(self.rbf), cpu64(self.envelope)
         for interaction in self.interactions:
-            filter64 = copy.deepcopy(interaction.filter).double()
+            filter64 = cpu64(interaction.filter)
             interaction.table = RadialTable(
                 lambda r, f=filter64: f(rbf(r)) * envelope(r).unsqueeze(-1), 0.0, self.cutoff,
                 n_points, dtype=ref.dtype, device=ref.device)
