@@ -1,12 +1,15 @@
 """Where one ASE calculator call spends its time: neighbour list, graph, model, the rest.
 
     python benchmarks/profile_calc.py [--sizes 256 864 4000] [--models schnet painn mace]
-        [--threads 2] [--top 8] [--device cuda]
+        [--threads 2] [--top 8] [--device cuda] [--skins 0 1.0] [--md-steps 20]
 
 FCC Cu rattled 0.05 Å, cutoff 5 Å, float32, energy + forces, the hyper-parameters of
 ``speed.py`` (MACE at 64 channels, l_max 3). Prints medians (ms) per part and the torch
 profiler's top operators (self CPU time) at the middle size: of the model call on the CPU,
 of the whole calculator call on CUDA (where the host-side overhead of small systems is).
+With ``--skins``: the median time of one velocity-Verlet step (1 fs, 300 K, ``--md-steps``
+steps, ASE) with ``GeoffCalculator(skin=S)`` per skin, beside the model's time: what an MD
+run pays per step when the neighbour list is reused while no atom moved more than S / 2.
 """
 from __future__ import annotations
 
@@ -34,6 +37,32 @@ def median_ms(fn, repeats=3):
     return 1e3 * float(np.median(out))
 
 
+def md_step_ms(name, atoms, args, skin) -> float:
+    """Median ms of one velocity-Verlet step (1 fs, 300 K) with ``GeoffCalculator(skin=)``."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from geoff.calculators.ase import GeoffCalculator
+    from geoff.potentials import build_model
+
+    torch.manual_seed(0)
+    atoms = atoms.copy()
+    atoms.calc = GeoffCalculator(build_model(name, ["Cu", "Zr"], 5.0, **MODELS[name]),
+                                 device=args.device, skin=skin)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    dyn.run(2)  # warm-up (the first build, allocations)
+    times = []
+    for _ in range(args.md_steps):
+        SYNC[0]()
+        t0 = time.perf_counter()
+        dyn.run(1)
+        SYNC[0]()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 864, 4000])
@@ -41,6 +70,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skins", nargs="*", type=float, default=[],
+                        help="MD-step columns, one per GeoffCalculator(skin=S) (Å)")
+    parser.add_argument("--md-steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -51,9 +83,11 @@ def main():
     from geoff.neighbours import torch_neighbour_list
     from geoff.potentials import build_model
 
+    md_heads = "".join(f" MD step ms, skin {s:g} | step/model, skin {s:g} |"
+                       for s in args.skins)
     print("| model | atoms | matscipy list ms | torch list ms | graph ms | model ms | calc ms "
-          "| list share of calc |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| calc/model |" + md_heads)
+    print("|---|---|---|---|---|---|---|---|" + "---|---|" * len(args.skins))
     for name in args.models:
         torch.manual_seed(0)
         calc = GeoffCalculator(build_model(name, ["Cu", "Zr"], 5.0, **MODELS[name]),
@@ -68,8 +102,10 @@ def main():
             gr = median_ms(lambda: calc.graph(atoms))
             model = median_ms(lambda: calc.run_model(graph)["forces"].sum().item())
             call = median_ms(lambda: calc.calculate(atoms, ["energy", "forces"], ["positions"]))
+            steps = "".join(f" {t:.1f} | {t / model:.2f} |" for t in
+                            (md_step_ms(name, atoms, args, skin) for skin in args.skins))
             print(f"| {name} | {len(atoms)} | {nl:.1f} | {tnl:.1f} | {gr:.1f} | {model:.1f} | "
-                  f"{call:.1f} | {nl / call:.0%} |", flush=True)
+                  f"{call:.1f} | {call / model:.2f} |{steps}", flush=True)
         mid = structure("cu", args.sizes[len(args.sizes) // 2])
         graph = calc.graph(mid)
         activities = [torch.profiler.ProfilerActivity.CPU]

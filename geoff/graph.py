@@ -263,13 +263,19 @@ def atoms_to_graph(
     symbols = _Symbols(atoms.numbers)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    i, j, shifts = _edges(atoms.positions, cell, pbc, cutoff, neighbour_list, device)
+    positions = atoms.positions  # (N, 3) Å; on a device list's device once, in float64
+    on_device = neighbour_list != "matscipy" and (
+        callable(neighbour_list) or neighbour_list == "torch"
+        or torch.device(device).type == "cuda")
+    if on_device:
+        positions = torch.as_tensor(positions, dtype=torch.float64, device=device)
+    i, j, shifts = _edges(positions, cell, pbc, cutoff, neighbour_list, device)
     if min_distance > cutoff:  # the graph's edges do not reach that far
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
-        check_edge_lengths(atoms.positions, i, j, shifts, min_distance, symbols)
+        check_edge_lengths(positions, i, j, shifts, min_distance, symbols)
     graph = {
-        POSITIONS: torch.as_tensor(atoms.positions, dtype=dtype, device=device),
+        POSITIONS: torch.as_tensor(positions, dtype=dtype, device=device),
         SPECIES: torch.as_tensor(z, device=device),
         EDGE_INDEX: torch.stack([torch.as_tensor(i, device=device),
                                  torch.as_tensor(j, device=device)]),

@@ -75,8 +75,10 @@ def shortest_edge(positions: np.ndarray, i: np.ndarray, j: np.ndarray, shifts: n
     if torch.is_tensor(i):  # a list built on the device (torch cell list): reduce it there
         x = torch.as_tensor(positions, dtype=shifts.dtype, device=shifts.device)
         d = torch.linalg.norm(x[j] - x[i] + shifts, dim=1)  # (E,)
-        k = int(torch.argmin(d))
-        return float(d[k]), int(i[k]), int(j[k])
+        k = torch.argmin(d)
+        # one transfer (one wait for the device) instead of one per number
+        found = torch.stack([d[k], i[k].to(d.dtype), j[k].to(d.dtype)]).tolist()
+        return found[0], int(found[1]), int(found[2])
     d = np.linalg.norm(positions[j] - positions[i] + shifts, axis=1)
     k = int(np.argmin(d))
     return float(d[k]), int(i[k]), int(j[k])
@@ -88,7 +90,9 @@ def check_edge_lengths(positions, i, j, shifts, min_distance: float,
     ``min_distance`` (Å). ``i, j, shifts`` is a neighbour list of ``geoff.graph``."""
     if not min_distance or min_distance <= 0:
         return
-    d, a, b = shortest_edge(np.asarray(positions, dtype=np.float64), i, j, shifts)
+    if not torch.is_tensor(positions):  # a device list's positions stay on the device
+        positions = np.asarray(positions, dtype=np.float64)
+    d, a, b = shortest_edge(positions, i, j, shifts)
     if d >= min_distance:
         return
     a, b = min(a, b), max(a, b)

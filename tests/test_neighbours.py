@@ -135,3 +135,25 @@ def test_cache_rebuilds_on_cell_change():
         *neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0), atoms.cell.array)
     with pytest.raises(ValueError, match="skin"):
         NeighbourCache(skin=-1.0)
+
+
+def test_calculator_skin_auto_and_one_transfer():
+    """skin="auto": no cache on the CPU (matscipy), a 0.5 Å one on CUDA; the calculator's
+    results (gathered into one device-to-host copy) keep their shapes and values."""
+    from geoff.calculators.ase import AUTO_SKIN, GeoffCalculator
+
+    model = small_model("painn")
+    assert GeoffCalculator(model, dtype="float64").neighbour_cache is None
+    assert GeoffCalculator(model, dtype="float64", skin=0.3).neighbour_cache.skin == 0.3
+    with pytest.raises(ValueError, match="skin must be"):
+        GeoffCalculator(model, skin="large")
+    if torch.cuda.is_available():
+        assert GeoffCalculator(model, device="cuda").neighbour_cache.skin == AUTO_SKIN
+    atoms = rattled_triclinic(seed=7)
+    atoms.calc = GeoffCalculator(model, dtype="float64")
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    energies = atoms.get_potential_energies()
+    out = model(atoms_to_graph(atoms, model), compute_stress=True)
+    np.testing.assert_allclose(forces, out["forces"].detach().numpy(), rtol=0, atol=1e-13)
+    assert energies.shape == (len(atoms),) and stress.shape == (6,)
+    assert abs(energies.sum() - atoms.get_potential_energy()) < 1e-10

@@ -5,7 +5,7 @@ the stability study all call it.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -30,8 +30,19 @@ def auto_edge_pairs(model: torch.nn.Module, device: torch.device) -> bool:
     return any(type(m).__name__ == "CueqConvolution" for m in model.modules())
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy()
+AUTO_SKIN = 0.5  # Å: skin="auto" on CUDA
+
+
+def _to_numpy(tensors: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """float64 numpy copies of ``tensors`` through ONE device-to-host transfer (on a GPU each
+    transfer waits for the device: one per result cost ~0.1 ms per call at small sizes)."""
+    flat = [t.detach().reshape(-1).to(torch.float64) for t in tensors.values()]
+    host = torch.cat(flat).cpu().numpy() if flat else np.zeros(0)
+    out, start = {}, 0
+    for (key, t), f in zip(tensors.items(), flat):
+        out[key] = host[start:start + f.numel()].reshape(tuple(t.shape))
+        start += f.numel()
+    return out
 
 
 class GeoffCalculator(Calculator):
@@ -49,7 +60,11 @@ class GeoffCalculator(Calculator):
         neighbour_list: ``"auto"`` (a torch cell list on CUDA, matscipy on the CPU),
             ``"matscipy"`` or ``"torch"`` (see ``geoff.graph.atoms_to_graph``).
         skin: Å; > 0 keeps a Verlet list built with ``cutoff + skin`` across calls
-            (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD).
+            (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD): it
+            is rebuilt when an atom moved more than ``skin / 2`` or the cell changed.
+            ``"auto"`` (default): 0.5 Å on CUDA with the torch cell list, where one H200
+            measured an MD step (velocity Verlet, 300 K) at 0.75-0.93x the time of a fresh
+            list per step (SchNet and PaiNN, 864-32k Cu atoms); 0 on the CPU (matscipy).
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
             lower for MACE-style, messages computed twice). ``"auto"`` (default): no
@@ -109,7 +124,7 @@ class GeoffCalculator(Calculator):
 
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
                  forces: Optional[str] = None, check_overlaps: bool = True,
-                 neighbour_list: str = "auto", skin: float = 0.0,
+                 neighbour_list: str = "auto", skin: Union[float, str] = "auto",
                  edge_chunk: Union[int, str, None] = "auto", cuda_graphs=False,
                  kernels: str = "e3nn", compile: bool = False, edge_pairs="auto",
                  radial_table="auto", **kwargs):
@@ -153,6 +168,11 @@ class GeoffCalculator(Calculator):
         if edge_pairs == "auto":  # building pairs for a model that ignores them is waste
             edge_pairs = auto_edge_pairs(self.model, self.device)
         self.edge_pairs = edge_pairs
+        if skin == "auto":
+            skin = AUTO_SKIN if self.device.type == "cuda" and neighbour_list in (
+                "auto", "torch") else 0.0
+        if isinstance(skin, str):
+            raise ValueError(f"skin must be a distance in Å or 'auto', got {skin!r}")
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
 
@@ -185,16 +205,19 @@ class GeoffCalculator(Calculator):
             "forces" in properties or self.model.force_head == "conservative")
         call = self.auto_chunk or self.run_model
         out = call(self.graph(atoms), compute_forces=backward, compute_stress=want_stress)
-        energy = float(out["energy"].detach().sum())
-        self.results["energy"] = self.results["free_energy"] = energy
-        self.results["energies"] = _numpy(out["energies"])
+        wanted = {"energy": out["energy"].detach().sum().reshape(1), "energies": out["energies"]}
         for name in getattr(self.model, "properties", ()):  # per-atom property heads (N,)
-            self.results[name] = _numpy(out[name])
+            wanted[name] = out[name]
         direct = force_key(self.model.force_head, "direct") \
             if self.model.force_head != "conservative" else None
         if direct is not None:
-            self.results["direct_forces"] = _numpy(out[direct])
+            wanted["direct_forces"] = out[direct]
         if self.force_key in out and (backward or self.force_key == direct):
-            self.results["forces"] = _numpy(out[self.force_key])
+            wanted["forces"] = out[self.force_key]
         if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(_numpy(out["stress"][0]))
+            wanted["stress"] = out["stress"][0]
+        results = _to_numpy(wanted)
+        self.results["energy"] = self.results["free_energy"] = float(results.pop("energy")[0])
+        if want_stress:
+            results["stress"] = full_3x3_to_voigt_6_stress(results["stress"])
+        self.results.update(results)
