@@ -63,8 +63,9 @@ class GeoffCalculator(Calculator):
             (``geoff.neighbours.NeighbourCache``, same edges as a fresh build; for MD): it
             is rebuilt when an atom moved more than ``skin / 2`` or the cell changed.
             ``"auto"`` (default): 0.5 Å on CUDA with the torch cell list, where one H200
-            measured an MD step (velocity Verlet, 300 K) at 0.75-0.93x the time of a fresh
-            list per step (SchNet and PaiNN, 864-32k Cu atoms); 0 on the CPU (matscipy).
+            measured an MD step (velocity Verlet, 300 K) at 0.73-0.92x the time of a fresh
+            list per step (SchNet and PaiNN, 864-32k Cu atoms, two runs); 0 on the CPU
+            (matscipy, whose build is cheap there against the model).
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
             lower for MACE-style, messages computed twice). ``"auto"`` (default): no
