@@ -54,6 +54,7 @@ ARCHITECTURE = {"mace128": "mace"}  # the registry name where a row's name is no
 DEFAULT_MODELS = ["schnet", "painn", "nequip", "mace"]
 CUTOFF = 5.0
 TP_MODELS = ("nequip", "mace", "mace128")  # the models --kernels applies to (geoff/potentials/cueq.py)
+SWITCH = {"auto": "auto", "on": True, "off": False}  # --edge-pairs / --radial-table -> calculator
 TABLE_MODELS = ("schnet", "nequip", "mace", "mace128")  # the models --radial-table applies to (geoff/potentials/radial_table.py)
 
 
@@ -139,8 +140,7 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
                         **MODELS[name])
     calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels, compile=compile,
                            edge_chunk="auto" if edge_chunk == "auto" else None,
-                           edge_pairs={"auto": "auto", "on": True, "off": False}[edge_pairs],
-                           radial_table={"auto": "auto", "on": True, "off": False}[radial_table])
+                           edge_pairs=SWITCH[edge_pairs], radial_table=SWITCH[radial_table])
     if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)

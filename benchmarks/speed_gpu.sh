@@ -21,7 +21,7 @@
 # COMPILE=1: each geoff series also through torch.compile (speed.py --compile); COMPILE=only:
 # the compiled series alone (--compile-only).
 # EDGE_PAIRS: e.g. "on off": each geoff series with and without edge pairs (speed.py
-# --edge-pairs; the calculator's default "auto" keeps them off on CUDA until measured).
+# --edge-pairs; the calculator's default "auto" turns them on on CUDA for the cuEq kernels).
 # RADIAL_TABLE: e.g. "on off": each geoff series with and without radial tables (speed.py
 # --radial-table).
 # EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).

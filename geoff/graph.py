@@ -263,13 +263,11 @@ def atoms_to_graph(
     symbols = _Symbols(atoms.numbers)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    positions = atoms.positions  # (N, 3) Å; on a device list's device once, in float64
-    on_device = neighbour_list != "matscipy" and (
-        callable(neighbour_list) or neighbour_list == "torch"
-        or torch.device(device).type == "cuda")
-    if on_device:
+    method = _list_method(neighbour_list, device)
+    positions = atoms.positions  # (N, 3) Å; a device list's: on its device once, in float64
+    if method != "matscipy":
         positions = torch.as_tensor(positions, dtype=torch.float64, device=device)
-    i, j, shifts = _edges(positions, cell, pbc, cutoff, neighbour_list, device)
+    i, j, shifts = _edges(positions, cell, pbc, cutoff, method)
     if min_distance > cutoff:  # the graph's edges do not reach that far
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
@@ -342,22 +340,26 @@ def add_edge_pairs(graph: Graph) -> Graph:
     return out
 
 
-def _edges(positions, cell, pbc, cutoff, method, device):
-    """(i, j, shifts) by the method ``atoms_to_graph`` was asked for (see there)."""
+def _list_method(method, device):
+    """``neighbour_list`` of ``atoms_to_graph`` resolved: "matscipy", "torch" or a callable."""
     if method == "auto":
-        method = "torch" if torch.device(device).type == "cuda" else "matscipy"
+        return "torch" if torch.device(device).type == "cuda" else "matscipy"
+    if method in ("matscipy", "torch") or callable(method):
+        return method
+    raise ValueError(f"neighbour_list must be 'auto', 'matscipy', 'torch' or a callable, "
+                     f"got {method!r}")
+
+
+def _edges(positions, cell, pbc, cutoff, method):
+    """(i, j, shifts) by a resolved ``method``; ``positions`` a float64 tensor on the list's
+    device for "torch" and callables, an array for "matscipy"."""
     if method == "matscipy":
         return neighbour_list(positions, cell, pbc, cutoff)
     if method == "torch":
         from .neighbours import torch_neighbour_list
 
-        x = torch.as_tensor(positions, dtype=torch.float64, device=device)
-        return torch_neighbour_list(x, cell, pbc, cutoff)[:3]
-    if callable(method):
-        return method(torch.as_tensor(positions, dtype=torch.float64, device=device),
-                      cell, pbc, cutoff)
-    raise ValueError(f"neighbour_list must be 'auto', 'matscipy', 'torch' or a callable, "
-                     f"got {method!r}")
+        return torch_neighbour_list(positions, cell, pbc, cutoff)[:3]
+    return method(positions, cell, pbc, cutoff)
 
 
 def batch_graphs(graphs: List[Graph]) -> Graph:

@@ -77,7 +77,7 @@ def shortest_edge(positions: np.ndarray, i: np.ndarray, j: np.ndarray, shifts: n
         d = torch.linalg.norm(x[j] - x[i] + shifts, dim=1)  # (E,)
         k = torch.argmin(d)
         # one transfer (one wait for the device) instead of one per number
-        found = torch.stack([d[k], i[k].to(d.dtype), j[k].to(d.dtype)]).tolist()
+        found = torch.stack([d[k].double(), i[k].double(), j[k].double()]).tolist()  # exact < 2^53
         return found[0], int(found[1]), int(found[2])
     d = np.linalg.norm(positions[j] - positions[i] + shifts, axis=1)
     k = int(np.argmin(d))

@@ -36,7 +36,6 @@ e3nn basis convention (checked, not assumed): in e3nn 0.6.0 the ``l = 1`` compon
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from typing import Dict, List, Optional
@@ -47,7 +46,7 @@ from e3nn import o3
 
 from .chunking import EdgeMessages
 from .layers import BesselBasis, PolynomialCutoff, mlp
-from .radial_table import DEFAULT_POINTS, RadialTable
+from .radial_table import DEFAULT_POINTS, RadialTable, float64_copy
 from .representation import pair_rows
 
 # Build options for e3nn's code-generated modules (Linear, self-connection products). Their
@@ -397,13 +396,13 @@ def tabulate_convolutions(module: nn.Module, edges: EdgeEmbedding,
     runs the networks (``EdgeEmbedding`` then hands out the basis, not distances)."""
     convolutions = [m for m in module.modules() if isinstance(m, Convolution)]
     cutoff = edges.rbf.cutoff
-    rbf = copy.deepcopy(edges.rbf).to("cpu", torch.float64)  # sampled on the CPU
+    rbf = float64_copy(edges.rbf)
     for conv in convolutions:
         if untabulate:
             conv.table = None
             continue
         ref = next(conv.radial.parameters())
-        radial64 = copy.deepcopy(conv.radial).to("cpu", torch.float64)
+        radial64 = float64_copy(conv.radial)
         conv.table = RadialTable(lambda r, f=radial64: f(rbf(r)), _TABLE_START * cutoff, cutoff,
                                  n_points, dtype=ref.dtype, device=ref.device)
     edges.tabulated = not untabulate and len(convolutions) > 0

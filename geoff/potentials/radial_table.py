@@ -22,6 +22,7 @@ is gigabytes, ``_Lookup`` keeps only the intervals and positions and gathers aga
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -103,6 +104,12 @@ class _Lookup(torch.autograd.Function):
         _, a1, a2, a3 = torch.split(a, ctx.width, dim=1)
         slope = a1 + u * (2.0 * a2 + 3.0 * u * a3)  # (rows, C): d f / d u
         return (grad * slope).sum(dim=1, keepdim=True), None, None, None
+
+
+def float64_copy(module: nn.Module) -> nn.Module:
+    """A float64 copy of ``module`` on the CPU, to sample a table from wherever the model
+    lives (its weights untouched)."""
+    return copy.deepcopy(module).to("cpu", torch.float64)
 
 
 def tabulate_radial(model: nn.Module, n_points: int = DEFAULT_POINTS) -> int:

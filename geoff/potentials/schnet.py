@@ -5,7 +5,6 @@ sees no force jumps) instead of the cosine cutoff, and Gaussian bases on [0, cut
 """
 from __future__ import annotations
 
-import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 
 from .chunking import EdgeMessages
 from .layers import GaussianBasis, PolynomialCutoff, mlp
-from .radial_table import DEFAULT_POINTS, RadialTable
+from .radial_table import DEFAULT_POINTS, RadialTable, float64_copy
 from .representation import LayeredRepresentation, edge_pair, pair_rows, with_pairs
 
 
@@ -77,12 +76,9 @@ class SchNet(LayeredRepresentation):
         now in float64 on [0, cutoff], stored in the model's dtype and device. Training mode
         and edge masks keep the networks; ``untabulate`` drops the tables."""
         ref = next(self.parameters())
-        def cpu64(module):  # sampled on the CPU in float64, wherever the model lives
-            return copy.deepcopy(module).to("cpu", torch.float64)
-
-        rbf, envelope = cpu64(self.rbf), cpu64(self.envelope)
+        rbf, envelope = float64_copy(self.rbf), float64_copy(self.envelope)
         for interaction in self.interactions:
-            filter64 = cpu64(interaction.filter)
+            filter64 = float64_copy(interaction.filter)
             interaction.table = RadialTable(
                 lambda r, f=filter64: f(rbf(r)) * envelope(r).unsqueeze(-1), 0.0, self.cutoff,
                 n_points, dtype=ref.dtype, device=ref.device)
