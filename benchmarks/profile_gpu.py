@@ -72,6 +72,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--device", default="cuda", help="cuda (cpu: a dry run)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--shapes", type=int, default=0, metavar="K",
+                        help="also the K operators with the most self device time, by input "
+                             "shapes (which tensor a copy or a matmul moves)")
     args = parser.parse_args(argv)
     call = geoff_call(args) if args.who == "geoff" else peer_call(args)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
     print(f"median {1e3 * np.median(times):.2f} ms, peak {peak:.0f} MiB")
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                 record_shapes=args.shapes > 0) as prof:
         for _ in range(args.calls):
             call()
         sync()
@@ -108,6 +112,14 @@ def main(argv=None) -> int:
         share = 100 * getattr(e, key) / total
         print(f"{share:6.2f} %  {getattr(e, key) / 1e3 / args.calls:8.3f} ms  "
               f"x{e.count // args.calls:<5d} {e.key[:110]}")
+    if args.shapes:
+        print(f"operators by input shapes (top {args.shapes}):")
+        ops = [e for e in prof.key_averages(group_by_input_shape=True)
+               if e.key.startswith("aten::")]
+        for e in sorted(ops, key=lambda e: -getattr(e, key))[: args.shapes]:
+            print(f"{100 * getattr(e, key) / total:6.2f} %  "
+                  f"{getattr(e, key) / 1e3 / args.calls:8.3f} ms  x{e.count // args.calls:<5d} "
+                  f"{e.key} {str(e.input_shapes)[:160]}")
     return 0
 
 

@@ -6,7 +6,7 @@
 #
 # Knobs: ATOMS (32000), PROFILES ("geoff geoff_compile peer"; also geoff_e3nn, and
 # geoff_pairs / geoff_compile_pairs: the same with GeoffCalculator(edge_pairs=True)),
-# MODEL (mace), DEADLINE_S (200).
+# MODEL (mace), DEADLINE_S (200), SHAPES (0: also the top K operators by input shapes).
 # Writes $OUT/profile_<name>.txt and run.log.
 TAG=profile DEFAULT_DEADLINE_S=200
 source "$(dirname "$0")/gpu_call_common.sh"
@@ -37,7 +37,7 @@ for name in ${PROFILES:-geoff geoff_compile peer}; do
   esac
   stamp "profile $name (${budget} s at most)"
   PYTHONPATH="$path" timeout "$budget" "$V" benchmarks/profile_gpu.py "${args[@]}" \
-    --atoms "$ATOMS" > "$RES/profile_$name.txt" 2>&1 || stamp "profile $name exit $?"
+    --atoms "$ATOMS" --shapes "${SHAPES:-0}" > "$RES/profile_$name.txt" 2>&1 || stamp "profile $name exit $?"
   cp -f "$RES/profile_$name.txt" "$OUT/"
   head -4 "$RES/profile_$name.txt"
 done

@@ -25,6 +25,8 @@
 # RADIAL_TABLE: e.g. "on off": each geoff series with and without radial tables (speed.py
 # --radial-table).
 # EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).
+# MODEL_ONLY=1: the model column alone (speed.py --model-only; a peer's ASE call at 131k
+# takes seconds per repeat, which a short deadline cannot spare).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -121,7 +123,7 @@ prepare_nequip_aot() {
       for mods in "$@"; do
         timeout "$left" env PYTHONPATH="$env" "$PY" benchmarks/peers/nequip_package.py \
           --dtype "$dtype" --compile "$DEVICE" --modifiers $mods >>"$RES/nequip_aot.log" 2>&1 \
-          && log "nequip compiled: $(cat "$GEOFF_PEERS/nequip_models/nequip-cuzr-$dtype-$DEVICE-${mods:-e3nn}.nequip.json")" \
+          && log "nequip compiled: $(cat "$GEOFF_PEERS/nequip_models/nequip-cuzr-$dtype-$DEVICE-${mods:-e3nn}-ase-forces.nequip.json")" \
           || log "FAILED: nequip-compile $dtype ${mods:-e3nn} (see nequip_aot.log)" &
       done
       wait
@@ -156,6 +158,7 @@ run_pass() {
   [ "${COMPILE:-0}" = only ] && chunks+=(--compile-only)
   [ -n "${EDGE_PAIRS:-}" ] && chunks+=(--edge-pairs $EDGE_PAIRS)
   [ -n "${RADIAL_TABLE:-}" ] && chunks+=(--radial-table $RADIAL_TABLE)
+  [ "${MODEL_ONLY:-0}" = 1 ] && chunks+=(--model-only)
   "$PY" benchmarks/speed.py --device "$DEVICE" --peers "${peers[@]}" "${chunks[@]}" --models "${fam[@]}" \
     --structures ${STRUCTURES:-cu cuzr} --dtypes ${DTYPES:-float32 float64} --sizes "${sizes[@]}" \
     --float64-sizes "${sizes[@]:0:2}" $grow --max-atoms "$MAX_ATOMS" --kernels ${KERNELS:-e3nn cueq} \

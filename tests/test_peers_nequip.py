@@ -61,9 +61,9 @@ def test_artefact_names_say_dtype_device_kernels_and_changed_hyper(tmp_path):
     assert nequip_package._tag(dict(nequip_package.MATCHED, l_max=1)) == "-l_max1"
     package = tmp_path / "nequip-cuzr-float32.nequip.zip"
     assert nequip_package.compiled_path(package, "cuda", ["enable_CuEquivariance"]).name == \
-        "nequip-cuzr-float32-cuda-enable_CuEquivariance.nequip.pt2"
+        "nequip-cuzr-float32-cuda-enable_CuEquivariance-ase-forces.nequip.pt2"
     assert nequip_package.compiled_path(package, "cpu", []).name == \
-        "nequip-cuzr-float32-cpu-e3nn.nequip.pt2"
+        "nequip-cuzr-float32-cpu-e3nn-ase-forces.nequip.pt2"
 
 
 def _nequip_env(models: Path):
@@ -111,7 +111,7 @@ def test_aot_model_from_a_trained_package_matches_eager_and_times(tmp_path):
     assert got["aot"][0] == pytest.approx(got["eager"][0], rel=1e-5, abs=1e-6)
     np.testing.assert_allclose(got["aot"][1], got["eager"][1], rtol=1e-4, atol=1e-6)
     models = sorted(p.name for p in (tmp_path / "nequip_models").iterdir())
-    assert "nequip-cuzr-float32-l_max1-num_features8-num_layers1-cpu-e3nn.nequip.pt2" in models
+    assert "nequip-cuzr-float32-l_max1-num_features8-num_layers1-cpu-e3nn-ase-forces.nequip.pt2" in models
     assert not [m for m in models if "partial" in m]
 
     spec = dict(n=32, module="nequip_peer", kind="cu", dtype="float32", device="cpu",

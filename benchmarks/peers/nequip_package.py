@@ -1,8 +1,13 @@
 """nequip 0.19's deployable artefacts for ``speed.py --peers``, made offline: a one-epoch
 ``nequip-train`` run at geoff's matched NequIP hyper-parameters (its ``.ckpt``), packed by
 ``nequip-package build`` (a ``.nequip.zip``), then ``nequip-compile --mode aotinductor
---target ase`` (a ``.nequip.pt2`` for ``NequIPCalculator.from_compiled_model``), optionally
-with acceleration modifiers (``enable_CuEquivariance``; CUDA only).
+--target ase-forces`` (a ``.nequip.pt2`` for ``nequip_peer``'s ``NequIPCalculator``),
+optionally with acceleration modifiers (``enable_CuEquivariance``; CUDA only).
+
+``ase-forces`` is nequip's ``ase`` target without the stress output, registered here: the
+rows time energy and forces, as geoff's do, and the stress path's ``torch.linalg.det`` has
+no AOTInductor C shim in torch 2.11, so its model is run by the proxy executor, and loading
+that ``.pt2`` crashed (segfault in ``aoti_load_package``) on the H200 image.
 
     python benchmarks/peers/nequip_package.py                       # package, float32
     python benchmarks/peers/nequip_package.py --compile cuda --modifiers enable_CuEquivariance
@@ -80,13 +85,36 @@ def train_config(dtype: str, hyper: dict) -> dict:
     }
 
 
+FORCES_TARGET = "ase-forces"
+
+
+def forces_target() -> dict:
+    """nequip's ``ase`` compile target minus the stress output (see the module docstring)."""
+    from nequip.data import AtomicDataDict
+    from nequip.scripts._compile_utils import ASE_TARGET
+
+    return dict(ASE_TARGET, output=[k for k in ASE_TARGET["output"]
+                                    if k != AtomicDataDict.STRESS_KEY])
+
+
+def register_forces_target() -> None:
+    from nequip.scripts._compile_utils import register_compile_targets
+
+    register_compile_targets({FORCES_TARGET: forces_target()})
+
+
 def _nequip(script: str, *args, log: Path) -> None:
     """Run ``nequip.scripts.<script>.main`` (the ``nequip-<script>`` CLI) in a subprocess
-    with this interpreter and environment; its output goes to ``log``."""
-    code = f"from nequip.scripts.{script} import main; main()"
+    with this interpreter and environment, ``FORCES_TARGET`` registered; its output goes to
+    ``log``."""
+    here = str(Path(__file__).resolve().parent)
+    code = (f"import sys; sys.path.insert(0, {here!r}); import nequip_package; "
+            f"nequip_package.register_forces_target(); "
+            f"from nequip.scripts.{script} import main; main()")
     with open(log, "a") as out:
-        proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], stdout=out,
-                              stderr=subprocess.STDOUT)
+        # faulthandler: a crash in the compiler (seen on the H200 image) leaves a traceback
+        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code,
+                               *map(str, args)], stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = log.read_text().strip().splitlines()[-3:]
         raise RuntimeError(f"nequip-{script} failed (exit {proc.returncode}); see {log}: "
@@ -119,7 +147,7 @@ def compiled_path(package: Path, device: str, modifiers) -> Path:
     """Where the AOTInductor model of ``package`` for ``device`` and ``modifiers`` goes."""
     accel = "+".join(modifiers) if modifiers else "e3nn"
     stem = package.name[: -len(".nequip.zip")]
-    return package.parent / f"{stem}-{device}-{accel}.nequip.pt2"
+    return package.parent / f"{stem}-{device}-{accel}-{FORCES_TARGET}.nequip.pt2"
 
 
 def compile_aot(package: Path, device: str, modifiers=()) -> tuple:
@@ -130,7 +158,8 @@ def compile_aot(package: Path, device: str, modifiers=()) -> tuple:
     if target.exists() and record.exists():
         return target, json.loads(record.read_text())["compile_s"]
     partial = target.with_name("partial-" + target.name)
-    args = [package, partial, "--mode", "aotinductor", "--device", device, "--target", "ase"]
+    args = [package, partial, "--mode", "aotinductor", "--device", device,
+            "--target", FORCES_TARGET]
     start = time.perf_counter()
     _nequip("compile", *args, *(["--modifiers", *modifiers] if modifiers else []),
             log=target.with_suffix(".log"))

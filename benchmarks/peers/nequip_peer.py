@@ -6,9 +6,10 @@ features, l_max 2, 3 layers, cutoff 5 Å, 8 Bessel functions), random weights (`
 - ``"eager"``: ``NequIPGNNModel(seed=0, ...)`` built in process, run eagerly.
 - ``"aotinductor"``: nequip at its fastest, the way its docs deploy a model: the package
   of ``nequip_package`` (built on first use), ``nequip-compile --mode aotinductor --target
-  ase`` for ``spec["device"]`` with ``spec["modifiers"]`` (e.g. ``["enable_CuEquivariance"]``,
+  ase-forces`` (nequip's ``ase`` target without stress, ``nequip_package.FORCES_TARGET``)
+  for ``spec["device"]`` with ``spec["modifiers"]`` (e.g. ``["enable_CuEquivariance"]``,
   its cuEquivariance tensor-product kernels; CUDA only), loaded by
-  ``NequIPCalculator.from_compiled_model``. Compiled once per dtype, device and modifiers
+  ``NequIPCalculator.from_compiled_model`` for that target. Compiled once per dtype, device and modifiers
   (cached next to the package); the row's ``compile_s`` is what that compile took.
 
 (nequip's ``compile_mode="compile"``, its train-time torch.compile, runs the eager model for
@@ -61,12 +62,19 @@ def _compiled_calculator(spec: dict, options: dict) -> tuple:
     from nequip.integrations.ase import NequIPCalculator
     from nequip.utils.global_state import set_global_state
 
-    from nequip_package import build_package, compile_aot
+    from nequip_package import build_package, compile_aot, forces_target
+
+    class ForcesCalculator(NequIPCalculator):
+        """Loads the ``ase-forces`` model: energies and forces, no stress."""
+
+        @classmethod
+        def _get_aoti_compile_target(cls):
+            return forces_target()
 
     set_global_state()
     package = build_package(spec["dtype"], options["hyper"])
     path, seconds = compile_aot(package, spec["device"], options["modifiers"])
-    calc = NequIPCalculator.from_compiled_model(str(path), device=spec["device"],
+    calc = ForcesCalculator.from_compiled_model(str(path), device=spec["device"],
                                                chemical_species_to_atom_type_map=True)
     return calc, seconds
 

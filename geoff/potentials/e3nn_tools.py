@@ -8,6 +8,7 @@
   interaction and MACE's atomic basis ``A_i``; ``tabulate_convolutions``: every ``R(r)``
   (Bessel basis -> radial MLP) read from a ``RadialTable`` in inference;
 * ``Gate``: e3nn's gated non-linearity;
+* ``SpeciesLinear``: element-dependent linear maps (self-connections, skips);
 * ``ExactConstants``: modules whose Clebsch-Gordan buffers stay exact through dtype changes;
 * ``default_avg_num_neighbors`` and ``E3NN_OPTIONS``: build defaults.
 
@@ -157,6 +158,68 @@ class Gate(nn.Module):
         gates = nn.functional.silu(x[:, n_s : n_s + self.n_gates]) * self.silu_scale  # (N, n_gates)
         gated = x[:, n_s + self.n_gates :] * gates[:, self.gate_index]  # (N, irreps_gated.dim)
         return torch.cat([even, odd, gated], dim=-1)  # (N, irreps_out.dim)
+
+
+class SpeciesLinear(nn.Module):
+    """Element-dependent linear map of irreps, ``(N, irreps_in.dim), (N,) -> (N, irreps_out.dim)``.
+
+    In numbers e3nn's ``FullyConnectedTensorProduct(irreps_in, f"{n_species}x0e",
+    irreps_out)`` on a one-hot species vector (NequIP's self-connection, MACE's skip): the
+    same flat ``weight`` (and ``output_mask``), the same initialisation and checkpoint keys.
+    e3nn evaluates it by building each atom's weight matrix, (N, mul_in, mul_out) per block,
+    then a batched product: at 131k atoms and 64 channels that is a 2 GB copy per block and
+    13 % of a MACE-style call on an H200. Here, when ``n_species * (2l + 1) <= mul_in``, a
+    block is one matrix product against every element's weights, ``(N (2l+1), mul_in) @
+    (mul_in, Z mul_out)``, and each atom keeps its element's columns: Z (2l+1) mul_out
+    floats per atom instead of mul_in mul_out. Other blocks take e3nn's order.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, n_species: int, irreps_out: o3.Irreps):
+        super().__init__()
+        reference = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{n_species}x0e"),
+                                                   irreps_out, **E3NN_OPTIONS)
+        if not reference.instructions:
+            raise ValueError(f"SpeciesLinear: no irrep of {irreps_in} maps to {irreps_out}")
+        self.irreps_in, self.irreps_out = reference.irreps_in1, reference.irreps_out
+        self.n_species = n_species
+        self.weight = reference.weight  # (sum of mul_in Z mul_out,) e3nn's layout
+        self.register_buffer("output_mask", reference.output_mask)  # kept: checkpoint keys
+        in_slices, out_slices = self.irreps_in.slices(), self.irreps_out.slices()
+        # (in start, out start, mul_in, mul_out, 2l+1, weight start, by matmul) per path;
+        # scale: e3nn's path weight times w3j(l, 0, l) = 1 / sqrt(2l + 1)
+        self.paths = []  # TorchScript infers List[List[int]] from the (non-empty) values
+        scales = []
+        w_start = 0
+        for ins in reference.instructions:
+            mul_in, ir = self.irreps_in[ins.i_in1]
+            mul_out = self.irreps_out[ins.i_out].mul
+            by_matmul = int(n_species * ir.dim <= mul_in)
+            self.paths.append([in_slices[ins.i_in1].start, out_slices[ins.i_out].start, mul_in,
+                               mul_out, ir.dim, w_start, by_matmul])
+            scales.append(ins.path_weight / math.sqrt(ir.dim))
+            w_start += mul_in * n_species * mul_out
+        self.scales = scales
+        self.dim_out = self.irreps_out.dim
+
+    def forward(self, x: Tensor, species: Tensor) -> Tensor:
+        n_atoms = x.shape[0]
+        out = torch.zeros((n_atoms, self.dim_out), dtype=x.dtype, device=x.device)
+        for path, scale in zip(self.paths, self.scales):
+            i0, o0, mul_in, mul_out, d, w0, by_matmul = path
+            w = self.weight[w0 : w0 + mul_in * self.n_species * mul_out].view(
+                mul_in, self.n_species, mul_out) * scale  # (u, Z, w)
+            xb = x[:, i0 : i0 + mul_in * d].reshape(n_atoms, mul_in, d)  # (N, u, 2l+1)
+            if by_matmul == 1:
+                y = torch.mm(xb.transpose(1, 2).reshape(n_atoms * d, mul_in),
+                             w.reshape(mul_in, self.n_species * mul_out))  # (N d, Z w)
+                y = y.view(n_atoms, d, self.n_species, mul_out)
+                pick = species.view(n_atoms, 1, 1, 1).expand(n_atoms, d, 1, mul_out)
+                yb = y.gather(2, pick).view(n_atoms, d, mul_out).transpose(1, 2)  # (N, w, d)
+            else:
+                per_atom = w.permute(1, 0, 2).index_select(0, species)  # (N, u, w)
+                yb = torch.bmm(per_atom.transpose(1, 2), xb)  # (N, w, d)
+            out[:, o0 : o0 + mul_out * d] += yb.reshape(n_atoms, mul_out * d)
+        return out  # (N, irreps_out.dim)
 
 
 class ExactConstants(nn.Module):

@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from e3nn import o3
 
 from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstants, block_offset,
-                         TabulatedRadials, cartesian_l1_order, default_avg_num_neighbors,
+                         SpeciesLinear, TabulatedRadials, cartesian_l1_order, default_avg_num_neighbors,
                          irreps_up_to, to_cartesian)
 from .chunking import RowChunked
 from .representation import LayeredRepresentation, edge_pair, with_pairs
@@ -272,14 +272,13 @@ class MACELayer(nn.Module):
         self.linear = o3.Linear(irreps_out, irreps_out, **E3NN_OPTIONS)
         self.skip = None
         if skip:
-            self.skip = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{n_species}x0e"),
-                                                       irreps_out, **E3NN_OPTIONS)
+            self.skip = SpeciesLinear(irreps_in, n_species, irreps_out)
         self.irreps_out = o3.Irreps(irreps_out)
         if self.irreps_out[0].ir != o3.Irrep("0e"):
             raise ValueError(f"MACELayer's irreps_out must start with 0e, got {irreps_out}")
         self.dim_out = self.irreps_out.dim
 
-    def forward(self, h: Tensor, species: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor,
+    def forward(self, h: Tensor, species: Tensor, sh: Tensor, rbf: Tensor,
                 edge_index: Tensor, edge_pair: Optional[Tensor] = None) -> Tensor:
         """(N, irreps_out.dim); the 0e block alone (N, n) when ``product.scalars_only``."""
         A = self.conv(h, sh, rbf, edge_index, edge_pair)  # (N, irreps_A.dim)
@@ -293,7 +292,7 @@ class MACELayer(nn.Module):
         out = self.linear(b)  # (N, irreps_out.dim)
         skip = self.skip
         if skip is not None:
-            out = out + skip(h, one_hot)  # (N, irreps_out.dim)
+            out = out + skip(h, species)  # (N, irreps_out.dim)
         if self.product.scalars_only:
             return out[:, :n]  # (N, n): only the scalars are right
         return out  # (N, irreps_out.dim)
@@ -319,7 +318,7 @@ class MACE(TabulatedRadials, LayeredRepresentation):
 
     Pieces (``representation.py``): state ``{"h": (N, hidden.dim), "scalars": (N, k F)}``;
     ``h`` is exchanged between layers, ``scalars`` collects the atom's ``0e`` channels of
-    every layer. Geometry ``edge_index``, ``species``, ``one_hot`` (N, n_species), ``sh``
+    every layer. Geometry ``edge_index``, ``species`` (N,), ``sh``
     (E, sh.dim, envelope included) and ``rbf`` (E, n_rbf).
     """
 
@@ -372,9 +371,8 @@ class MACE(TabulatedRadials, LayeredRepresentation):
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         species = graph["species"]
         sh, rbf = self.edges(edge_vec, graph)  # (E, sh.dim), (E or P, n_rbf)
-        one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
-        geometry = {"edge_index": graph["edge_index"], "species": species, "one_hot": one_hot,
-                    "sh": sh, "rbf": rbf}
+        geometry = {"edge_index": graph["edge_index"], "species": species, "sh": sh,
+                    "rbf": rbf}
         h = self.embedding(species)  # (N, F), irreps F x 0e
         scalars = torch.zeros((h.shape[0], 0), dtype=h.dtype, device=h.device)  # (N, 0)
         return {"h": h, "scalars": scalars}, with_pairs(graph, geometry)
@@ -385,7 +383,7 @@ class MACE(TabulatedRadials, LayeredRepresentation):
         h, scalars = state["h"], state["scalars"]
         for index, block in enumerate(self.layers):
             if index == k:
-                h = block(h, geometry["species"], geometry["one_hot"], geometry["sh"],
+                h = block(h, geometry["species"], geometry["sh"],
                           geometry["rbf"], geometry["edge_index"],
                           edge_pair(geometry))  # (N, hidden.dim)
                 # 0e block first: this layer's scalars (N, F) join the earlier ones.

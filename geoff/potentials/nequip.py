@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from e3nn import o3
 
-from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, Gate, block_offset,
+from .e3nn_tools import (Convolution, EdgeEmbedding, Gate, SpeciesLinear, block_offset,
                          TabulatedRadials, cartesian_l1_order, default_avg_num_neighbors,
                          irreps_up_to, to_cartesian)
 from .representation import LayeredRepresentation, edge_pair, with_pairs
@@ -63,15 +63,14 @@ class InteractionBlock(nn.Module):
         self.gate = Gate(scalars, gated)
         self.conv = Convolution(irreps_in, irreps_sh, self.gate.irreps_in, n_rbf, radial_hidden,
                                 radial_layers, norm)
-        self.self_connection = o3.FullyConnectedTensorProduct(
-            irreps_in, o3.Irreps(f"{n_species}x0e"), self.gate.irreps_in, **E3NN_OPTIONS)
+        self.self_connection = SpeciesLinear(irreps_in, n_species, self.gate.irreps_in)
         self.irreps_out = self.gate.irreps_out
         self.residual = self.irreps_out == o3.Irreps(irreps_in)
 
-    def forward(self, h: Tensor, one_hot: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
+    def forward(self, h: Tensor, species: Tensor, sh: Tensor, rbf: Tensor, edge_index: Tensor,
                 edge_pair: Optional[Tensor] = None) -> Tensor:
         x = self.conv(h, sh, rbf, edge_index, edge_pair) \
-            + self.self_connection(h, one_hot)  # (N, gate_in.dim)
+            + self.self_connection(h, species)  # (N, gate_in.dim)
         x = self.gate(x)  # (N, irreps_out.dim)
         if self.residual:
             return h + x  # (N, irreps_out.dim)
@@ -94,10 +93,14 @@ class NequIP(TabulatedRadials, LayeredRepresentation):
 
     Pieces (``representation.py``): state ``{"h": (N, irreps.dim)}``, exchanged between
     layers; geometry ``edge_index``, ``sh`` (E, sh.dim, envelope included), ``rbf``
-    (E, n_rbf) and ``one_hot`` (N, n_species) for the self-connections.
+    (E, n_rbf) and ``species`` (N,) for the self-connections.
     """
 
     EDGE_GATE = "sh"  # graph["edge_mask"] multiplies this (representation.py)
+    # radial tables: on one H200 (cuEq + compile + edge pairs, float32, 32k Cu atoms) 0.93x
+    # the model time at 1.33x the peak memory (262 -> 350 KB/atom; edge_chunk="auto" sizes
+    # chunks by free memory); on the 2-core CPU no gain (256 atoms)
+    RADIAL_TABLE_AUTO = ("cuda",)
 
     # A shared hyper-parameter name that does not apply here, and why (read by build_model).
     inapplicable_hparams = {"correlation": "NequIP messages are two-body (one tensor-product "
@@ -141,8 +144,7 @@ class NequIP(TabulatedRadials, LayeredRepresentation):
               edge_vec: Tensor) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         species = graph["species"]
         sh, rbf = self.edges(edge_vec, graph)  # (E, sh.dim), (E or P, n_rbf)
-        one_hot = nn.functional.one_hot(species, self.n_species).to(edge_vec.dtype)  # (N, Z)
-        geometry = {"edge_index": graph["edge_index"], "sh": sh, "rbf": rbf, "one_hot": one_hot}
+        geometry = {"edge_index": graph["edge_index"], "sh": sh, "rbf": rbf, "species": species}
         return {"h": self.embedding(species)}, with_pairs(graph, geometry)  # h (N, F): F x 0e
 
     def layer(self, k: int, state: Dict[str, Tensor],
@@ -151,7 +153,7 @@ class NequIP(TabulatedRadials, LayeredRepresentation):
         h = state["h"]
         for index, block in enumerate(self.blocks):
             if index == k:
-                h = block(h, geometry["one_hot"], geometry["sh"], geometry["rbf"],
+                h = block(h, geometry["species"], geometry["sh"], geometry["rbf"],
                           geometry["edge_index"], edge_pair(geometry))  # (N, irreps.dim)
         return {"h": h}
 
