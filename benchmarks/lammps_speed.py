@@ -37,6 +37,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="exported .pt or checkpoint .ckpt with Cu "
                    "(default: a random-weight schnet with default hyper-parameters)")
+    p.add_argument("--architecture", default=None,
+                   help="without --model: a random-weight model of this architecture at "
+                        "speed.py's hyper-parameters (schnet, painn, nequip, mace); default "
+                        "a random-weight schnet at its default hyper-parameters")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="precision when exporting a checkpoint or the random model (float32)")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 2048],
@@ -58,11 +62,14 @@ def prepare_model(args, workdir: Path):
 
     if args.model is None:
         from geoff.potentials import build_model
+        from speed import ARCHITECTURE, MODELS
 
         torch.manual_seed(0)
-        model = build_model("schnet", species=["Cu"], cutoff=5.0)
-        path = export(model, workdir / "cu_schnet_random.pt", dtype=args.dtype)
-        desc = "random-weight schnet (default hyper-parameters)"
+        name = args.architecture or "schnet"
+        hyper = MODELS[name] if args.architecture else {}
+        model = build_model(ARCHITECTURE.get(name, name), species=["Cu"], cutoff=5.0, **hyper)
+        path = export(model, workdir / f"cu_{name}_random.pt", dtype=args.dtype)
+        desc = f"random-weight {name} ({'speed.py' if hyper else 'default'} hyper-parameters)"
         ase_model = model
     elif args.model.endswith(".pt"):
         path = Path(args.model)
@@ -126,7 +133,7 @@ def run_lammps(path, meta, n, ranks, graph, steps, threads, workdir):
 
 
 class TimedModel:
-    """Forwards everything to the model; times its calls."""
+    """Forwards everything to the model (or a calculator's ``run_model``); times its calls."""
 
     def __init__(self, model):
         self.__dict__["_model"] = model
@@ -156,8 +163,9 @@ def run_ase(model, dtype, n, steps, threads):
         warnings.simplefilter("ignore", DeprecationWarning)
         MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     calc = GeoffCalculator(model, dtype=dtype)
-    timed = TimedModel(calc.model)
-    calc.model = timed
+    # the calculator calls run_model (the model, compiled or graphed as asked), per call
+    timed = TimedModel(calc.run_model)
+    calc.run_model = timed
     atoms.calc = calc
     dyn = VelocityVerlet(atoms, 1.0 * units.fs)
     dyn.run(1)  # warm-up (first call)
