@@ -126,7 +126,14 @@ def _pairs(a: int, b: int, atom_bin, offsets, nb, periodic, count, start, order,
     img = image.reshape(-1, 3)[group]
     vec = wrapped[j] - wrapped[i] + img.double() @ cell_t
     keep = (vec.square().sum(-1) < cutoff * cutoff) & ~((i == j) & (img == 0).all(-1))
-    return i[keep], j[keep], img[keep]
+    return _select(keep, i, j, img)
+
+
+def _select(keep: Tensor, *tensors: Tensor) -> Tuple[Tensor, ...]:
+    """The rows of ``tensors`` where ``keep`` (E,) is true: one ``nonzero`` (one host
+    synchronisation on CUDA) for all of them, where each boolean index would make its own."""
+    rows = keep.nonzero().squeeze(1)
+    return tuple(t.index_select(0, rows) for t in tensors)
 
 
 class NeighbourCache:
@@ -168,4 +175,4 @@ class NeighbourCache:
         shifts = self._images.double() @ torch.as_tensor(cell, device=x.device)
         vec = x[self._j] - x[self._i] + shifts
         keep = vec.square().sum(-1) < cutoff * cutoff
-        return self._i[keep], self._j[keep], shifts[keep]
+        return _select(keep, self._i, self._j, shifts)
