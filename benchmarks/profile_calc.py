@@ -2,6 +2,7 @@
 
     python benchmarks/profile_calc.py [--sizes 256 864 4000] [--models schnet painn mace]
         [--threads 2] [--top 8] [--device cuda] [--skins 0 1.0] [--md-steps 20]
+        [--cuda-graphs auto] [--compile]
 
 FCC Cu rattled 0.05 Å, cutoff 5 Å, float32, energy + forces, the hyper-parameters of
 ``speed.py`` (MACE at 64 channels, l_max 3). Prints medians (ms) per part and the torch
@@ -37,6 +38,12 @@ def median_ms(fn, repeats=3):
     return 1e3 * float(np.median(out))
 
 
+def calculator_options(args) -> dict:
+    """The GeoffCalculator knobs this script's command line sets."""
+    graphs = {"off": False, "auto": "auto", "on": True}[args.cuda_graphs]
+    return {"cuda_graphs": graphs, "compile": args.compile}
+
+
 def md_step_ms(name, atoms, args, skin) -> float:
     """Median ms of one velocity-Verlet step (1 fs, 300 K) with ``GeoffCalculator(skin=)``."""
     from ase import units
@@ -49,7 +56,7 @@ def md_step_ms(name, atoms, args, skin) -> float:
     torch.manual_seed(0)
     atoms = atoms.copy()
     atoms.calc = GeoffCalculator(build_model(name, ["Cu", "Zr"], 5.0, **MODELS[name]),
-                                 device=args.device, skin=skin)
+                                 device=args.device, skin=skin, **calculator_options(args))
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dyn.run(2)  # warm-up (the first build, allocations)
@@ -73,6 +80,9 @@ def main():
     parser.add_argument("--skins", nargs="*", type=float, default=[],
                         help="MD-step columns, one per GeoffCalculator(skin=S) (Å)")
     parser.add_argument("--md-steps", type=int, default=20)
+    parser.add_argument("--cuda-graphs", default="off", choices=["off", "auto", "on"],
+                        help="GeoffCalculator(cuda_graphs=...): off (default), auto, on")
+    parser.add_argument("--compile", action="store_true", help="GeoffCalculator(compile=True)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -91,7 +101,7 @@ def main():
     for name in args.models:
         torch.manual_seed(0)
         calc = GeoffCalculator(build_model(name, ["Cu", "Zr"], 5.0, **MODELS[name]),
-                               device=args.device)
+                               device=args.device, **calculator_options(args))
         for n in args.sizes:
             atoms = structure("cu", n)
             pos, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
