@@ -73,8 +73,8 @@ from torch import Tensor, nn
 from e3nn import o3
 
 from .e3nn_tools import (E3NN_OPTIONS, Convolution, EdgeEmbedding, ExactConstants, block_offset,
-                         SpeciesLinear, TabulatedRadials, cartesian_l1_order, default_avg_num_neighbors,
-                         irreps_up_to, to_cartesian)
+                         SpeciesLinear, TabulatedRadials, cartesian_l1_order,
+                         default_avg_num_neighbors, irreps_up_to, to_cartesian)
 from .chunking import RowChunked
 from .representation import LayeredRepresentation, edge_pair, with_pairs
 
@@ -318,8 +318,8 @@ class MACE(TabulatedRadials, LayeredRepresentation):
 
     Pieces (``representation.py``): state ``{"h": (N, hidden.dim), "scalars": (N, k F)}``;
     ``h`` is exchanged between layers, ``scalars`` collects the atom's ``0e`` channels of
-    every layer. Geometry ``edge_index``, ``species`` (N,), ``sh``
-    (E, sh.dim, envelope included) and ``rbf`` (E, n_rbf).
+    every layer. Geometry ``edge_index``, ``species`` (N,), ``sh`` (E, sh.dim, envelope
+    included) and ``rbf`` (E, n_rbf).
     """
 
     EDGE_GATE = "sh"  # graph["edge_mask"] multiplies this (representation.py)
@@ -383,9 +383,8 @@ class MACE(TabulatedRadials, LayeredRepresentation):
         h, scalars = state["h"], state["scalars"]
         for index, block in enumerate(self.layers):
             if index == k:
-                h = block(h, geometry["species"], geometry["sh"],
-                          geometry["rbf"], geometry["edge_index"],
-                          edge_pair(geometry))  # (N, hidden.dim)
+                h = block(h, geometry["species"], geometry["sh"], geometry["rbf"],
+                          geometry["edge_index"], edge_pair(geometry))  # (N, hidden.dim)
                 # 0e block first: this layer's scalars (N, F) join the earlier ones.
                 scalars = torch.cat([scalars, h[:, : self.n_features]], dim=-1)  # (N, (k+1) F)
         return {"h": h, "scalars": scalars}
