@@ -100,14 +100,17 @@ class GeoffCalculator(Calculator):
             (NequIP-style), 0.88-0.99 (MACE-style) of the per-edge path; one H200,
             MACE-style + cuEq at 32k / 131k atoms 0.85-0.87 of it, at 0.54x the memory.
             The e3nn path on CUDA was not measured with pairs and keeps the per-edge path.
-        radial_table: ``"auto"`` (default), ``True`` or ``False``: read SchNet's filter
-            networks (times the envelope) from a cubic Hermite table of the distance
-            (``geoff.potentials.radial_table``), sampled once from the frozen weights: four
-            coefficients per edge instead of the MLP and its backward pass. In float32 the
-            forces are closer to the float64 networks than the float32 networks' own; in
-            float64 they agree to ~1e-8 relative. ``"auto"``: on the CPU in float32, where
-            the 2-core machine measured 0.81-0.84x the model time at 256-864 atoms; off on
-            CUDA (not measured) and in float64. ``True`` on a model without tables raises.
+        radial_table: ``"auto"`` (default), ``True`` or ``False``: read the distance-only
+            networks (SchNet's filters times the envelope, the NequIP- and MACE-style radial
+            MLPs) from cubic Hermite tables of the distance (``geoff.potentials.radial_table``),
+            sampled once from the frozen weights: four coefficients per edge instead of the
+            MLP and its backward pass. In float32 SchNet's forces are closer to the float64
+            networks than the float32 networks' own; in float64 they agree to ~1e-8
+            relative. ``"auto"``: in float32 on the device types where each representation
+            measured a gain (``RADIAL_TABLE_AUTO``): SchNet on the CPU (0.81-0.84x the model
+            time at 256-864 atoms, 2 cores), NequIP- and MACE-style on CUDA (0.93x and
+            0.83-0.87x on one H200 with cuEq + compile); off elsewhere and in float64.
+            ``True`` on a model without tables raises.
 
     Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å, (N, 3)), ``stress``
     (eV/Å^3, Voigt order xx yy zz yz xz xy, 3D-periodic cells only), ``energies`` (eV per
