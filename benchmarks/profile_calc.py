@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from speed import MODELS, structure
+from speed import MODELS, SWITCH, structure
 
 
 SYNC = [lambda: None]  # torch.cuda.synchronize on CUDA
@@ -40,8 +40,7 @@ def median_ms(fn, repeats=3):
 
 def calculator_options(args) -> dict:
     """The GeoffCalculator knobs this script's command line sets."""
-    graphs = {"off": False, "auto": "auto", "on": True}[args.cuda_graphs]
-    return {"cuda_graphs": graphs, "compile": args.compile}
+    return {"cuda_graphs": SWITCH[args.cuda_graphs], "compile": args.compile}
 
 
 def md_step_ms(name, atoms, args, skin) -> float:

@@ -452,23 +452,20 @@ _TABLE_START = 1e-3
 
 
 def tabulate_convolutions(module: nn.Module, edges: EdgeEmbedding,
-                          n_points: int = DEFAULT_POINTS, untabulate: bool = False) -> int:
+                          n_points: int = DEFAULT_POINTS) -> int:
     """Read every ``Convolution``'s ``R(r) = radial(rbf(r))`` in ``module`` from a
     ``RadialTable`` (inference): sampled now in float64 on [1e-3 cutoff, cutoff], stored in
-    the model's dtype and device; ``untabulate`` drops them. Returns the count. Training mode
-    runs the networks (``EdgeEmbedding`` then hands out the basis, not distances)."""
+    the model's dtype and device. Returns the count. Training mode runs the networks
+    (``EdgeEmbedding`` then hands out the basis, not distances)."""
     convolutions = [m for m in module.modules() if isinstance(m, Convolution)]
     cutoff = edges.rbf.cutoff
     rbf = float64_copy(edges.rbf)
     for conv in convolutions:
-        if untabulate:
-            conv.table = None
-            continue
         ref = next(conv.radial.parameters())
         radial64 = float64_copy(conv.radial)
         conv.table = RadialTable(lambda r, f=radial64: f(rbf(r)), _TABLE_START * cutoff, cutoff,
                                  n_points, dtype=ref.dtype, device=ref.device)
-    edges.tabulated = not untabulate and len(convolutions) > 0
+    edges.tabulated = len(convolutions) > 0
     return len(convolutions)
 
 
@@ -482,7 +479,10 @@ class TabulatedRadials:
 
     def untabulate(self) -> None:
         """Back to the radial networks (``tabulate`` undone)."""
-        tabulate_convolutions(self, self.edges, untabulate=True)
+        for conv in self.modules():
+            if isinstance(conv, Convolution):
+                conv.table = None
+        self.edges.tabulated = False
 
 
 def to_cartesian(x: Tensor, offset: int, mul: int, xyz: Tensor) -> Tensor:
