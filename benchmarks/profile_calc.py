@@ -43,8 +43,11 @@ def calculator_options(args) -> dict:
     return {"cuda_graphs": SWITCH[args.cuda_graphs], "compile": args.compile}
 
 
-def md_step_ms(name, atoms, args, skin) -> float:
-    """Median ms of one velocity-Verlet step (1 fs, 300 K) with ``GeoffCalculator(skin=)``."""
+def md_step_ms(name, atoms, args, skin, profile=False) -> float:
+    """Median ms of one velocity-Verlet step (1 fs, 300 K) with ``GeoffCalculator(skin=)``.
+    ``profile``: also print the step's parts (the calculator's graph on the reused list, its
+    model) and the torch profiler's top operators of one step (host syncs show up as
+    ``cudaStreamSynchronize`` / ``cudaMemcpyAsync``)."""
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
@@ -66,7 +69,27 @@ def md_step_ms(name, atoms, args, skin) -> float:
         dyn.run(1)
         SYNC[0]()
         times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    step = 1e3 * float(np.median(times))
+    if profile:
+        calc = atoms.calc
+        graph_ms = median_ms(lambda: calc.graph(atoms), repeats=5)
+        graph = calc.graph(atoms)
+        model_ms = median_ms(lambda: calc.run_model(graph)["forces"].sum().item(), repeats=5)
+        print(f"\n{name}, {len(atoms)} atoms, MD step with skin {skin:g}: step {step:.2f} ms = "
+              f"graph {graph_ms:.2f} + model {model_ms:.2f} + rest "
+              f"{step - graph_ms - model_ms:.2f} ms (list builds so far: "
+              f"{calc.neighbour_cache.builds if calc.neighbour_cache else 'no cache'})")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if args.device.startswith("cuda"):
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            dyn.run(1)
+            SYNC[0]()
+        print("```")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top,
+                                        max_name_column_width=40))
+        print("```\n")
+    return step
 
 
 def main():
@@ -82,6 +105,8 @@ def main():
     parser.add_argument("--cuda-graphs", default="off", choices=["off", "auto", "on"],
                         help="GeoffCalculator(cuda_graphs=...): off (default), auto, on")
     parser.add_argument("--compile", action="store_true", help="GeoffCalculator(compile=True)")
+    parser.add_argument("--profile-md", action="store_true",
+                        help="with --skins: the first skin's MD step in parts, and profiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -111,8 +136,9 @@ def main():
             gr = median_ms(lambda: calc.graph(atoms))
             model = median_ms(lambda: calc.run_model(graph)["forces"].sum().item())
             call = median_ms(lambda: calc.calculate(atoms, ["energy", "forces"], ["positions"]))
-            steps = "".join(f" {t:.1f} | {t / model:.2f} |" for t in
-                            (md_step_ms(name, atoms, args, skin) for skin in args.skins))
+            steps = "".join(f" {t:.1f} | {t / model:.2f} |" for t in (
+                md_step_ms(name, atoms, args, skin, args.profile_md and k == 0)
+                for k, skin in enumerate(args.skins)))
             print(f"| {name} | {len(atoms)} | {nl:.1f} | {tnl:.1f} | {gr:.1f} | {model:.1f} | "
                   f"{call:.1f} | {call / model:.2f} |{steps}", flush=True)
         mid = structure("cu", args.sizes[len(args.sizes) // 2])

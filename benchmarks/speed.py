@@ -212,7 +212,7 @@ def run_sizes(args, label: str, command, env=None, sizes=None, grow=None) -> lis
             rows.append({"atoms": n, "failed": "deadline"})
             break
         if proc.returncode != 0:
-            rows.append({"atoms": n, "failed": _failure(proc.stderr)})
+            rows.append({"atoms": n, "failed": _failure(proc.stderr, proc.returncode)})
             break
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"  {label} {rows[-1]}", file=sys.stderr, flush=True)
@@ -222,12 +222,14 @@ def run_sizes(args, label: str, command, env=None, sizes=None, grow=None) -> lis
     return rows
 
 
-def _failure(stderr: str) -> str:
-    """Why a size failed, for its table cell: out of memory, or the last stderr line."""
+def _failure(stderr: str, returncode: int = 1) -> str:
+    """Why a size failed, for its table cell: out of memory, a signal (a crash such as a
+    segfault), or the last stderr line."""
     if "out of memory" in stderr.lower() or "OutOfMemory" in stderr:
         return "out of memory"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "no output")[:160].replace("|", "/")
+    last = (lines[-1] if lines else "no output")[:160].replace("|", "/")
+    return f"killed by signal {-returncode}: {last}" if returncode < 0 else last
 
 
 def one(spec: dict) -> None:

@@ -25,6 +25,10 @@
 # RADIAL_TABLE: e.g. "on off": each geoff series with and without radial tables (speed.py
 # --radial-table).
 # EDGE_CHUNKS: geoff's series (speed.py --edge-chunks, e.g. "0 auto"; default auto).
+# PREPARE_ONLY=1: install and build nequip's AOTInductor models, then stop (with a fixed WORK, a
+# second run reuses them: the compile, CPU-bound, can overlap other GPU timing in one call).
+# NEQUIP_SKIP_AOTI_MODEL_CHECK=1 (nequip's own switch): nequip-compile skips loading the model
+# back (that load segfaults on a torch 2.11 image); the row then checks it against eager.
 # MODEL_ONLY=1: the model column alone (speed.py --model-only; a peer's ASE call at 131k
 # takes seconds per repeat, which a short deadline cannot spare).
 set -uo pipefail
@@ -140,6 +144,7 @@ wants nequip aotinductor nequip_aot && aot_variants+=("")
 if [[ " ${MODELS:-nequip} ${PASS2_MODELS:-} " == *" nequip "* ]] && [ ${#aot_variants[@]} -gt 0 ]; then
   prepare_nequip_aot "${aot_variants[@]}"
 fi
+[ "${PREPARE_ONLY:-0}" = 1 ] && { log "PREPARE_ONLY: stop before timing"; exit 0; }
 
 # One speed.py --peers pass: pass <name> <models> <sizes> [grow]; knobs STRUCTURES (cu cuzr),
 # DTYPES (float32 float64), KERNELS (e3nn cueq). PASS2_MODELS/PASS2_SIZES: a second pass

@@ -79,9 +79,32 @@ def _compiled_calculator(spec: dict, options: dict) -> tuple:
     return calc, seconds
 
 
+CHECK_MAX_ATOMS = 32_000  # the AOTInductor model is checked against eager nequip up to here
+
+
+def _check_against_eager(calc, spec: dict, options: dict, atoms) -> float:
+    """max |F_aot - F_eager| (eV/Å) on ``atoms``: the compiled model against nequip's eager
+    model from the same package. nequip-compile makes this check itself unless
+    ``NEQUIP_SKIP_AOTI_MODEL_CHECK`` is set (a torch whose AOTInductor loader crashes in the
+    compiling process can still load the model in a fresh one), so the row keeps it."""
+    from nequip.integrations.ase import NequIPCalculator
+
+    from nequip_package import build_package
+
+    eager = NequIPCalculator._from_saved_model(
+        str(build_package(spec["dtype"], options["hyper"])), device=spec["device"],
+        chemical_species_to_atom_type_map=True)
+    forces = []
+    for c in (calc, eager):
+        c.calculate(atoms, ["energy", "forces"], ["positions"])
+        forces.append(c.results["forces"])
+    return float(abs(forces[0] - forces[1]).max())
+
+
 def prepare(spec: dict):
     """(model call on a prepared graph, NequIPCalculator call, atoms, edges[, extra row
-    fields]): the extra ``compile_s`` for the AOTInductor model."""
+    fields]): the extra ``compile_s`` for the AOTInductor model, and ``max_dF_vs_eager``
+    (eV/Å) up to ``CHECK_MAX_ATOMS``."""
     from nequip.data import AtomicDataDict
 
     from speed import structure
@@ -93,6 +116,8 @@ def prepare(spec: dict):
     else:
         calc = _eager_calculator(spec, options["hyper"])
     atoms = structure(spec["kind"], spec["n"])
+    if options["compile"] == "aotinductor" and len(atoms) <= CHECK_MAX_ATOMS:
+        extra["max_dF_vs_eager"] = _check_against_eager(calc, spec, options, atoms)
     graph = calc.atoms_to_data(atoms)
 
     def model_call():

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Where an MD step's time goes on one GPU, beside the model's own time (issue 12's "ASE call
+# within 1.3x of the model"): benchmarks/profile_calc.py with a 0.5 Å skin for each VARIANT,
+# the first size's step in parts and profiled (--profile-md).
+#
+#   OUT=$OUT bash benchmarks/md_step_gpu.sh      # kind nvidia-h200, carry [".whl"]
+#
+# Knobs: MODELS (schnet painn), SIZES (864 4000), VARIANTS ("eager graphs graphs+compile"),
+# TREES ("."; e.g. ". .before": the same runs from another checkout's geoff, for before /
+# after in one call), TASKSET (e.g. "0-3": pin to these cores while something else runs),
+# DEADLINE_S (480), DEVICE (cpu: a dry run). Results: $OUT/md_step.md, $OUT/run.log.
+cd "$(dirname "$0")/.."
+TAG=md DEFAULT_DEADLINE_S=480
+source benchmarks/gpu_call_common.sh
+trap 'pack_joined md_step.md "MD step vs model ($DEV)" $(cd "$RES" && ls md_*.md 2>/dev/null)' EXIT
+install_whl
+ROOT=$(pwd)
+pin=(); [ -n "${TASKSET:-}" ] && pin=(taskset -c "$TASKSET")
+for tree in ${TREES:-.}; do
+  for variant in ${VARIANTS:-eager graphs graphs+compile}; do
+    flags=(); [[ $variant == *graphs* ]] && flags+=(--cuda-graphs auto)
+    [[ $variant == *compile* ]] && flags+=(--compile)
+    [ "$(left)" -gt 30 ] || { stamp "skipped (deadline): $tree $variant"; continue; }
+    name="md_$(basename "$(cd "$tree" && pwd)")_${variant//+/_}.md"
+    stamp "$tree $variant -> $name"
+    PYTHONPATH="$ROOT/$tree:$ROOT/benchmarks:$WORK/py" timeout "$(left)" \
+      "${pin[@]}" "$V" benchmarks/profile_calc.py --device "$DEV" --models ${MODELS:-schnet painn} \
+      --sizes ${SIZES:-864 4000} --skins 0.5 --profile-md --top 25 --threads 2 "${flags[@]}" \
+      > "$RES/$name" 2>&1
+    stamp "exit $?"
+  done
+done
