@@ -122,3 +122,4 @@ def test_aot_model_from_a_trained_package_matches_eager_and_times(tmp_path):
     row = json.loads(row.stdout.strip().splitlines()[-1])
     assert row["compile_s"] == pytest.approx(got["compile_s"])  # reused, not compiled again
     assert row["atoms"] == 32 and row["model_s"] > 0 and row["calc_s"] > 0
+    assert row["max_dF_vs_eager"] < 1e-4  # the row's own check of the compiled model
