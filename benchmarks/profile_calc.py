@@ -43,11 +43,55 @@ def calculator_options(args) -> dict:
     return {"cuda_graphs": SWITCH[args.cuda_graphs], "compile": args.compile}
 
 
+def md_step_parts(dyn, steps: int) -> dict:
+    """Median ms of an MD step's parts, timed inside real steps: the calculator's graph
+    (neighbour list reuse, checks, tensors), its model call (``auto_chunk`` or
+    ``run_model``), the rest of ``calculate`` (results to numpy), and ASE outside the
+    calculator. Each part ends with a synchronisation, so the parts add up to a little more
+    than an untimed step."""
+    calc = dyn.atoms.calc
+    spent = {}
+
+    def timed(key, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            SYNC[0]()
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
+            return out
+        return wrapper
+
+    saved = calc.graph, calc.calculate, calc.auto_chunk, calc.run_model
+    calc.graph = timed("graph", calc.graph)
+    if calc.auto_chunk is not None:
+        calc.auto_chunk = timed("model", calc.auto_chunk)
+    else:
+        calc.run_model = timed("model", calc.run_model)
+    calc.calculate = timed("calculate", calc.calculate)
+    rows = []
+    try:
+        for _ in range(steps):
+            spent.clear()
+            SYNC[0]()
+            t0 = time.perf_counter()
+            dyn.run(1)
+            SYNC[0]()
+            total = time.perf_counter() - t0
+            rows.append({"step": total, "graph": spent.get("graph", 0.0),
+                         "model": spent.get("model", 0.0),
+                         "calculate rest": spent.get("calculate", 0.0) - spent.get("graph", 0.0)
+                         - spent.get("model", 0.0),
+                         "ASE": total - spent.get("calculate", 0.0)})
+    finally:
+        calc.graph, calc.calculate, calc.auto_chunk, calc.run_model = saved
+    return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
 def md_step_ms(name, atoms, args, skin, profile=False) -> float:
     """Median ms of one velocity-Verlet step (1 fs, 300 K) with ``GeoffCalculator(skin=)``.
-    ``profile``: also print the step's parts (the calculator's graph on the reused list, its
-    model) and the torch profiler's top operators of one step (host syncs show up as
-    ``cudaStreamSynchronize`` / ``cudaMemcpyAsync``)."""
+    ``profile``: also print the step's parts (``md_step_parts``) and the torch profiler's
+    top operators of one step (host syncs show up as ``cudaStreamSynchronize`` /
+    ``cudaMemcpyAsync``)."""
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
@@ -71,14 +115,12 @@ def md_step_ms(name, atoms, args, skin, profile=False) -> float:
         times.append(time.perf_counter() - t0)
     step = 1e3 * float(np.median(times))
     if profile:
+        parts = md_step_parts(dyn, args.md_steps)
         calc = atoms.calc
-        graph_ms = median_ms(lambda: calc.graph(atoms), repeats=5)
-        graph = calc.graph(atoms)
-        model_ms = median_ms(lambda: calc.run_model(graph)["forces"].sum().item(), repeats=5)
-        print(f"\n{name}, {len(atoms)} atoms, MD step with skin {skin:g}: step {step:.2f} ms = "
-              f"graph {graph_ms:.2f} + model {model_ms:.2f} + rest "
-              f"{step - graph_ms - model_ms:.2f} ms (list builds so far: "
-              f"{calc.neighbour_cache.builds if calc.neighbour_cache else 'no cache'})")
+        print(f"\n{name}, {len(atoms)} atoms, MD step with skin {skin:g}: {step:.2f} ms; "
+              "medians of steps timed in parts (synchronised at each part's end): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+              + f" ms (list builds: {calc.neighbour_cache.builds if calc.neighbour_cache else '-'})")
         activities = [torch.profiler.ProfilerActivity.CPU]
         if args.device.startswith("cuda"):
             activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -238,7 +238,9 @@ def atoms_to_graph(
 
     ``neighbour_list``: ``"matscipy"`` (CPU), ``"torch"`` (a cell list on ``device``,
     ``geoff.neighbours``), ``"auto"`` (torch on CUDA, else matscipy) or a callable
-    ``(positions, cell, pbc, cutoff) -> (i, j, shifts)`` such as a ``NeighbourCache``.
+    ``(positions, cell, pbc, cutoff) -> (i, j, shifts)`` such as a ``NeighbourCache``; it
+    may add a fourth item, the shortest edge ``(distance Å, i, j)`` (``inf, -1, -1`` if
+    none), which the overlap check then takes instead of measuring the edges again.
 
     ``edge_pairs``: also the keys ``edge_pair`` and ``pair_first`` (``add_edge_pairs``).
     """
@@ -267,11 +269,12 @@ def atoms_to_graph(
     positions = atoms.positions  # (N, 3) Å; a device list's: on its device once, in float64
     if method != "matscipy":
         positions = torch.as_tensor(positions, dtype=torch.float64, device=device)
-    i, j, shifts = _edges(positions, cell, pbc, cutoff, method)
+    i, j, shifts, *shortest = _edges(positions, cell, pbc, cutoff, method)
     if min_distance > cutoff:  # the graph's edges do not reach that far
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
-        check_edge_lengths(positions, i, j, shifts, min_distance, symbols)
+        check_edge_lengths(positions, i, j, shifts, min_distance, symbols,
+                           shortest=shortest[0] if shortest else None)
     graph = {
         POSITIONS: torch.as_tensor(positions, dtype=dtype, device=device),
         SPECIES: torch.as_tensor(z, device=device),
@@ -351,8 +354,8 @@ def _list_method(method, device):
 
 
 def _edges(positions, cell, pbc, cutoff, method):
-    """(i, j, shifts) by a resolved ``method``; ``positions`` a float64 tensor on the list's
-    device for "torch" and callables, an array for "matscipy"."""
+    """(i, j, shifts[, shortest]) by a resolved ``method``; ``positions`` a float64 tensor on
+    the list's device for "torch" and callables, an array for "matscipy"."""
     if method == "matscipy":
         return neighbour_list(positions, cell, pbc, cutoff)
     if method == "torch":

@@ -142,9 +142,14 @@ class NeighbourCache:
     pbc or number of atoms changed. The edges returned are exactly those of a fresh build
     (a pair within ``cutoff`` now was within ``cutoff + skin`` at the build).
 
-    Call it as ``cache(positions, cell, pbc, cutoff) -> (i, j, shifts)``, tensors on the
-    positions' device; ``atoms_to_graph(..., neighbour_list=cache)`` does. ``builds`` counts
-    the searches done.
+    Call it as ``cache(positions, cell, pbc, cutoff) -> (i, j, shifts, shortest)``, tensors
+    on the positions' device and ``shortest = (distance Å, i, j)`` of the shortest edge kept
+    (``(inf, -1, -1)`` without edges), which spares ``atoms_to_graph``'s overlap check its own
+    pass; ``atoms_to_graph(..., neighbour_list=cache)`` does. ``builds`` counts the searches.
+
+    On a GPU a reused list costs one host synchronisation per call: the moved-too-far flag and
+    the shortest edge come back by an asynchronous copy that the filter's ``nonzero`` waits
+    for anyway (a rebuild costs a second pass).
     """
 
     def __init__(self, skin: float = 1.0):
@@ -155,24 +160,55 @@ class NeighbourCache:
         self._key: Optional[tuple] = None
         self._reference: Optional[Tensor] = None
 
-    def _stale(self, x: Tensor, key: tuple) -> bool:
-        if key != self._key or self._reference is None or self._reference.shape != x.shape:
-            return True
-        moved = (x - self._reference).square().sum(-1).max()
-        return bool(moved > (0.5 * self.skin) ** 2)
+    def _build(self, x: Tensor, cell: np.ndarray, pbc: np.ndarray, cutoff: float, key) -> None:
+        i, j, _, images = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
+        self._i, self._j, self._images = i, j, images
+        self._cell = torch.as_tensor(cell, device=x.device)
+        self._reference, self._key = x.clone(), key
+        self.builds += 1
 
-    def __call__(self, positions, cell, pbc, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    def _filter(self, x: Tensor, cutoff: float, moved: Optional[Tensor]):
+        """(i, j, shifts, shortest, stale) of the list by ``cutoff``; ``stale``: whether
+        ``moved`` (the largest squared displacement, a device scalar) exceeds (skin / 2)^2."""
+        # Images are 0 along non-periodic axes, so the user's cell gives the shifts.
+        shifts = self._images.double() @ self._cell
+        d2 = (x[self._j] - x[self._i] + shifts).square().sum(-1)
+        keep = d2 < cutoff * cutoff
+        # what the host needs, in one small tensor: [moved, shortest d^2, its i, its j]
+        kept_d2 = torch.where(keep, d2, torch.full_like(d2, math.inf))
+        k = torch.argmin(kept_d2) if d2.numel() else None
+        summary = torch.stack([
+            moved if moved is not None else x.new_zeros(()),
+            kept_d2[k] if k is not None else x.new_full((), math.inf),
+            self._i[k].double() if k is not None else x.new_full((), -1.0),
+            self._j[k].double() if k is not None else x.new_full((), -1.0)])
+        if x.is_cuda:  # lands while the nonzero below waits for the device anyway
+            host = torch.empty(4, dtype=torch.float64, pin_memory=True)
+            host.copy_(summary, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host, done = summary, None
+        i, j, shifts = _select(keep, self._i, self._j, shifts)
+        if done is not None:
+            done.synchronize()
+        moved2, d2min, a, b = host.tolist()
+        stale = moved is not None and moved2 > (0.5 * self.skin) ** 2
+        # an empty list, or none kept: inf
+        shortest = (math.sqrt(d2min), int(a), int(b)) if math.isfinite(d2min) and a >= 0 \
+            else (math.inf, -1, -1)
+        return i, j, shifts, shortest, stale
+
+    def __call__(self, positions, cell, pbc, cutoff: float):
         x = torch.as_tensor(positions).detach().to(torch.float64)
         cell = np.asarray(cell, dtype=np.float64)
         pbc = np.asarray(pbc, dtype=bool).reshape(3)
         key = (cell.tobytes(), pbc.tobytes(), float(cutoff))
-        if self._stale(x, key):
-            i, j, _, images = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
-            self._i, self._j, self._images = i, j, images
-            self._reference, self._key = x.clone(), key
-            self.builds += 1
-        # Images are 0 along non-periodic axes, so the user's cell gives the shifts.
-        shifts = self._images.double() @ torch.as_tensor(cell, device=x.device)
-        vec = x[self._j] - x[self._i] + shifts
-        keep = vec.square().sum(-1) < cutoff * cutoff
-        return _select(keep, self._i, self._j, shifts)
+        if key == self._key and self._reference is not None \
+                and self._reference.shape == x.shape:
+            moved = (x - self._reference).square().sum(-1).max()
+            i, j, shifts, shortest, stale = self._filter(x, cutoff, moved)
+            if not stale:
+                return i, j, shifts, shortest
+        self._build(x, cell, pbc, cutoff, key)
+        return self._filter(x, cutoff, None)[:4]

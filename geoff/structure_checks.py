@@ -85,14 +85,17 @@ def shortest_edge(positions: np.ndarray, i: np.ndarray, j: np.ndarray, shifts: n
 
 
 def check_edge_lengths(positions, i, j, shifts, min_distance: float,
-                       symbols: Optional[Sequence[str]] = None) -> None:
+                       symbols: Optional[Sequence[str]] = None, shortest=None) -> None:
     """Raise ``OverlapError`` naming the closest pair if an edge is shorter than
-    ``min_distance`` (Å). ``i, j, shifts`` is a neighbour list of ``geoff.graph``."""
+    ``min_distance`` (Å). ``i, j, shifts`` is a neighbour list of ``geoff.graph``;
+    ``shortest``: its ``shortest_edge`` when the list already found it."""
     if not min_distance or min_distance <= 0:
         return
-    if not torch.is_tensor(positions):  # a device list's positions stay on the device
-        positions = np.asarray(positions, dtype=np.float64)
-    d, a, b = shortest_edge(positions, i, j, shifts)
+    if shortest is None:
+        if not torch.is_tensor(positions):  # a device list's positions stay on the device
+            positions = np.asarray(positions, dtype=np.float64)
+        shortest = shortest_edge(positions, i, j, shifts)
+    d, a, b = shortest
     if d >= min_distance:
         return
     a, b = min(a, b), max(a, b)

@@ -1,5 +1,6 @@
 """The torch cell list against matscipy, and the Verlet cache against fresh builds."""
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -129,12 +130,52 @@ def test_cache_rebuilds_on_cell_change():
     cache(torch.as_tensor(atoms.positions), atoms.cell.array, atoms.pbc, 4.0)
     assert cache.builds == 1
     atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
-    i, j, s = cache(torch.as_tensor(atoms.positions), atoms.cell.array, atoms.pbc, 4.0)
+    i, j, s, _ = cache(torch.as_tensor(atoms.positions), atoms.cell.array, atoms.pbc, 4.0)
     assert cache.builds == 2
     assert edge_set(i, j, s, atoms.cell.array) == edge_set(
         *neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.0), atoms.cell.array)
     with pytest.raises(ValueError, match="skin"):
         NeighbourCache(skin=-1.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cache_shortest_edge_is_the_overlap_checks(device):
+    """The shortest kept edge that the cache hands the overlap check equals a fresh
+    measurement, on a build call, a reuse call, a rebuild and with no edge kept."""
+    from geoff.structure_checks import shortest_edge
+
+    atoms = rattled_triclinic(seed=4)
+    cache = NeighbourCache(skin=1.0)
+    rng = np.random.default_rng(0)
+    for step, jitter in enumerate([0.0, 0.05, 0.05, 1.5]):  # build, reuse, reuse, rebuild
+        atoms.positions += rng.normal(0, jitter, atoms.positions.shape)
+        x = torch.as_tensor(atoms.positions, device=device)
+        i, j, s, (d, a, b) = cache(x, atoms.cell.array, atoms.pbc, 4.0)
+        want_d, want_a, want_b = shortest_edge(x, i, j, s.to(device))
+        assert d == pytest.approx(want_d, rel=1e-12) and {a, b} == {want_a, want_b}
+    assert cache.builds == 2
+    lone = torch.zeros(1, 3, dtype=torch.float64, device=device)  # one atom, no edges
+    assert NeighbourCache(0.5)(lone, np.eye(3) * 20, [False] * 3, 4.0)[3] == (math.inf, -1, -1)
+
+
+def test_overlap_found_through_the_cache_names_the_atoms():
+    from geoff.calculators.ase import GeoffCalculator
+    from geoff.structure_checks import OverlapError
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    calc = GeoffCalculator(small_model("schnet"), skin=0.5, neighbour_list="torch")
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.positions[5] = atoms.positions[3] + [0.1, 0.0, 0.0]  # moved far: a rebuild
+    with pytest.raises(OverlapError, match=r"atoms 3 \(Cu\) and 5 \(Cu\)"):
+        atoms.get_potential_energy()
+    atoms.positions[5] = atoms.positions[3] + [0.6, 0.0, 0.0]
+    atoms.get_potential_energy()  # 0.6 Å: above the 0.5 Å threshold, built again
+    atoms.positions[5] = atoms.positions[3] + [0.4, 0.0, 0.0]  # moved 0.2 < skin / 2: reused
+    builds = calc.neighbour_cache.builds
+    with pytest.raises(OverlapError, match=r"atoms 3 \(Cu\) and 5 \(Cu\)"):
+        atoms.get_potential_energy()
+    assert calc.neighbour_cache.builds == builds
 
 
 def test_calculator_skin_auto_and_one_transfer():
