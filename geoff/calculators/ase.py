@@ -9,7 +9,8 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import (Calculator, PropertyNotImplementedError, all_changes,
+                                       equal)
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..compiled import compiled
@@ -43,6 +44,33 @@ def _to_numpy(tensors: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
         out[key] = host[start:start + f.numel()].reshape(tuple(t.shape))
         start += f.numel()
     return out
+
+
+def system_changes(old, new, tol: float = 1e-15, ignored=()) -> list:
+    """What ASE's ``compare_atoms(old, new, tol, ignored)`` returns, cheaper: each property
+    is first compared exactly (``np.array_equal``, microseconds) and only a property that
+    differs goes through ASE's ``equal`` (``np.allclose`` at ``atol=tol``). ASE runs the
+    allclose on every array for every ``get_forces``, three per velocity-Verlet step: ~0.4 ms
+    a step at 864 atoms, as much as the rest of ASE's step and, on a GPU, a tenth of a small
+    model's."""
+    if old is None:
+        return all_changes[:]
+    check = set(all_changes) - set(ignored)
+    changes = []
+
+    def differs(a, b) -> bool:
+        return not np.array_equal(a, b) and not equal(a, b, atol=tol)
+
+    for prop in ("cell", "pbc"):
+        if prop in check:
+            check.discard(prop)
+            if differs(getattr(old, prop), getattr(new, prop)):
+                changes.append(prop)
+    arrays_old, arrays_new = set(old.arrays), set(new.arrays)
+    changes += check & (arrays_old ^ arrays_new)
+    changes += [p for p in check & arrays_old & arrays_new
+                if differs(old.arrays[p], new.arrays[p])]
+    return changes
 
 
 class GeoffCalculator(Calculator):
@@ -179,6 +207,9 @@ class GeoffCalculator(Calculator):
             raise ValueError(f"skin must be a distance in Å or 'auto', got {skin!r}")
         self.neighbour_cache = NeighbourCache(skin) if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
+
+    def check_state(self, atoms, tol=1e-15):
+        return system_changes(self.atoms, atoms, tol, self.ignored_changes)
 
     def _run(self, graph, **kwargs):
         return self.run_model(graph, **kwargs)  # looked up per call: run_model may be swapped
