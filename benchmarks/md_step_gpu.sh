@@ -7,8 +7,10 @@
 #
 # Knobs: MODELS (schnet painn), SIZES (864 4000), VARIANTS ("eager graphs graphs+compile"),
 # TREES ("."; e.g. ". .before": the same runs from another checkout's geoff, for before /
-# after in one call), TASKSET (e.g. "0-3": pin to these cores while something else runs),
-# DEADLINE_S (480), DEVICE (cpu: a dry run). Results: $OUT/md_step.md, $OUT/run.log.
+# after in one call; they alternate per variant), ROUNDS (1; e.g. 3: A B A B A B, so that
+# a slow spell of the machine does not land on one tree: the same model's time moved 35 %
+# between two sequential passes in the tenth session), TASKSET (e.g. "0-3": pin to these
+# cores while something else runs), DEADLINE_S (480), DEVICE (cpu: a dry run). Results: $OUT/md_step.md, $OUT/run.log.
 cd "$(dirname "$0")/.."
 TAG=md DEFAULT_DEADLINE_S=480
 source benchmarks/gpu_call_common.sh
@@ -16,17 +18,19 @@ trap 'pack_joined md_step.md "MD step vs model ($DEV)" $(cd "$RES" && ls md_*.md
 install_whl
 ROOT=$(pwd)
 pin=(); [ -n "${TASKSET:-}" ] && pin=(taskset -c "$TASKSET")
-for tree in ${TREES:-.}; do
+for round in $(seq 1 "${ROUNDS:-1}"); do
   for variant in ${VARIANTS:-eager graphs graphs+compile}; do
-    flags=(); [[ $variant == *graphs* ]] && flags+=(--cuda-graphs auto)
-    [[ $variant == *compile* ]] && flags+=(--compile)
-    [ "$(left)" -gt 30 ] || { stamp "skipped (deadline): $tree $variant"; continue; }
-    name="md_$(basename "$(cd "$tree" && pwd)")_${variant//+/_}.md"
-    stamp "$tree $variant -> $name"
-    PYTHONPATH="$ROOT/$tree:$ROOT/benchmarks:$WORK/py" timeout "$(left)" \
-      "${pin[@]}" "$V" benchmarks/profile_calc.py --device "$DEV" --models ${MODELS:-schnet painn} \
-      --sizes ${SIZES:-864 4000} --skins 0.5 --profile-md --top 25 --threads 2 "${flags[@]}" \
-      > "$RES/$name" 2>&1
-    stamp "exit $?"
+    for tree in ${TREES:-.}; do
+      flags=(); [[ $variant == *graphs* ]] && flags+=(--cuda-graphs auto)
+      [[ $variant == *compile* ]] && flags+=(--compile)
+      [ "$(left)" -gt 30 ] || { stamp "skipped (deadline): $tree $variant"; continue; }
+      name="md_$(basename "$(cd "$tree" && pwd)")_${variant//+/_}_r$round.md"
+      stamp "$tree $variant -> $name"
+      PYTHONPATH="$ROOT/$tree:$ROOT/benchmarks:$WORK/py" timeout "$(left)" \
+        "${pin[@]}" "$V" benchmarks/profile_calc.py --device "$DEV" \
+        --models ${MODELS:-schnet painn} --sizes ${SIZES:-864 4000} --skins 0.5 --profile-md \
+        --top 25 --threads 2 "${flags[@]}" > "$RES/$name" 2>&1
+      stamp "exit $?"
+    done
   done
 done
