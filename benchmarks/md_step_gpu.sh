@@ -5,7 +5,8 @@
 #
 #   OUT=$OUT bash benchmarks/md_step_gpu.sh      # kind nvidia-h200, carry [".whl"]
 #
-# Knobs: MODELS (schnet painn), SIZES (864 4000), VARIANTS ("eager graphs graphs+compile"),
+# Knobs: MODELS (schnet painn), SIZES (864 4000), VARIANTS ("eager graphs graphs+compile"; a
+# variant naming "keep", e.g. "keep graphs+keep", adds --skin-edges keep),
 # TREES ("."; e.g. ". .before": the same runs from another checkout's geoff, for before /
 # after in one call; they alternate per variant), ROUNDS (1; e.g. 3: A B A B A B, so that
 # a slow spell of the machine does not land on one tree: the same model's time moved 35 %
@@ -23,6 +24,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     for tree in ${TREES:-.}; do
       flags=(); [[ $variant == *graphs* ]] && flags+=(--cuda-graphs auto)
       [[ $variant == *compile* ]] && flags+=(--compile)
+      [[ $variant == *keep* ]] && flags+=(--skin-edges keep)
       [ "$(left)" -gt 30 ] || { stamp "skipped (deadline): $tree $variant"; continue; }
       name="md_$(basename "$(cd "$tree" && pwd)")_${variant//+/_}_r$round.md"
       stamp "$tree $variant -> $name"

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_calc.py [--sizes 256 864 4000] [--models schnet painn mace]
         [--threads 2] [--top 8] [--device cuda] [--skins 0 1.0] [--md-steps 20]
-        [--cuda-graphs auto] [--compile]
+        [--cuda-graphs auto] [--compile] [--skin-edges keep] [--profile-md]
 
 FCC Cu rattled 0.05 Å, cutoff 5 Å, float32, energy + forces, the hyper-parameters of
 ``speed.py`` (MACE at 64 channels, l_max 3). Prints medians (ms) per part and the torch
@@ -41,6 +41,11 @@ def median_ms(fn, repeats=3):
 def calculator_options(args) -> dict:
     """The GeoffCalculator knobs this script's command line sets."""
     return {"cuda_graphs": SWITCH[args.cuda_graphs], "compile": args.compile}
+
+
+def md_options(args) -> dict:
+    """The knobs of the MD-step columns (a skin's list filtered or kept whole)."""
+    return dict(calculator_options(args), skin_edges=args.skin_edges)
 
 
 def md_step_parts(dyn, steps: int) -> dict:
@@ -102,7 +107,7 @@ def md_step_ms(name, atoms, args, skin, profile=False) -> float:
     torch.manual_seed(0)
     atoms = atoms.copy()
     atoms.calc = GeoffCalculator(build_model(name, ["Cu", "Zr"], 5.0, **MODELS[name]),
-                                 device=args.device, skin=skin, **calculator_options(args))
+                                 device=args.device, skin=skin, **md_options(args))
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dyn.run(2)  # warm-up (the first build, allocations)
@@ -147,6 +152,8 @@ def main():
     parser.add_argument("--cuda-graphs", default="off", choices=["off", "auto", "on"],
                         help="GeoffCalculator(cuda_graphs=...): off (default), auto, on")
     parser.add_argument("--compile", action="store_true", help="GeoffCalculator(compile=True)")
+    parser.add_argument("--skin-edges", default="filter", choices=["filter", "keep"],
+                        help="GeoffCalculator(skin_edges=...) in the MD-step columns")
     parser.add_argument("--profile-md", action="store_true",
                         help="with --skins: the first skin's MD step in parts, and profiled")
     args = parser.parse_args()

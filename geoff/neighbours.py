@@ -137,42 +137,51 @@ def _select(keep: Tensor, *tensors: Tensor) -> Tuple[Tensor, ...]:
 
 
 class NeighbourCache:
-    """A Verlet list: edges within ``cutoff + skin``, re-filtered by ``cutoff`` every call and
-    rebuilt only when an atom moved more than ``skin / 2`` (Å) since the build, or the cell,
-    pbc or number of atoms changed. The edges returned are exactly those of a fresh build
-    (a pair within ``cutoff`` now was within ``cutoff + skin`` at the build).
+    """A Verlet list: edges within ``cutoff + skin``, rebuilt only when an atom moved more
+    than ``skin / 2`` (Å) since the build, or the cell, pbc or number of atoms changed.
+
+    ``filter_edges=True`` (default): every call re-filters the list by ``cutoff``, so the
+    edges returned are exactly those of a fresh build (a pair within ``cutoff`` now was
+    within ``cutoff + skin`` at the build). ``filter_edges=False``: the whole list is
+    returned, also the edges between ``cutoff`` and ``cutoff + skin``, whose messages every
+    geoff model's envelope makes exactly zero (``tests/test_skin_edges.py``): the model does
+    more edges ((1 + skin/cutoff)^3, 1.33x at 0.5 / 5 Å) but the list's shape stays fixed
+    between builds and no filtering pass (a ``nonzero`` and three gathers) runs per call.
 
     Call it as ``cache(positions, cell, pbc, cutoff) -> (i, j, shifts, shortest)``, tensors
-    on the positions' device and ``shortest = (distance Å, i, j)`` of the shortest edge kept
-    (``(inf, -1, -1)`` without edges), which spares ``atoms_to_graph``'s overlap check its own
-    pass; ``atoms_to_graph(..., neighbour_list=cache)`` does. ``builds`` counts the searches.
+    on the positions' device and ``shortest = (distance Å, i, j)`` of the shortest edge
+    within ``cutoff`` (``(inf, -1, -1)`` if none), which spares ``atoms_to_graph``'s overlap
+    check its own pass; ``atoms_to_graph(..., neighbour_list=cache)`` does. ``builds``
+    counts the searches.
 
     On a GPU a reused list costs one host synchronisation per call: the moved-too-far flag and
-    the shortest edge come back by an asynchronous copy that the filter's ``nonzero`` waits
-    for anyway (a rebuild costs a second pass).
+    the shortest edge come back together (with the filter: by an asynchronous copy that its
+    ``nonzero`` waits for anyway). A rebuild costs a second pass.
     """
 
-    def __init__(self, skin: float = 1.0):
+    def __init__(self, skin: float = 1.0, filter_edges: bool = True):
         if not skin >= 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.skin = float(skin)
+        self.filter_edges = bool(filter_edges)
         self.builds = 0
         self._key: Optional[tuple] = None
         self._reference: Optional[Tensor] = None
 
     def _build(self, x: Tensor, cell: np.ndarray, pbc: np.ndarray, cutoff: float, key) -> None:
         i, j, _, images = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
-        self._i, self._j, self._images = i, j, images
-        self._cell = torch.as_tensor(cell, device=x.device)
+        # Images are 0 along non-periodic axes, so the user's cell gives the shifts; the cell
+        # is part of the key, so they hold until the next build.
+        self._i, self._j = i, j
+        self._shifts = images.double() @ torch.as_tensor(cell, device=x.device)
         self._reference, self._key = x.clone(), key
         self.builds += 1
 
-    def _filter(self, x: Tensor, cutoff: float, moved: Optional[Tensor]):
-        """(i, j, shifts, shortest, stale) of the list by ``cutoff``; ``stale``: whether
-        ``moved`` (the largest squared displacement, a device scalar) exceeds (skin / 2)^2."""
-        # Images are 0 along non-periodic axes, so the user's cell gives the shifts.
-        shifts = self._images.double() @ self._cell
-        d2 = (x[self._j] - x[self._i] + shifts).square().sum(-1)
+    def _edges(self, x: Tensor, cutoff: float, moved: Optional[Tensor]):
+        """(i, j, shifts, shortest, stale): the list (filtered by ``cutoff`` unless
+        ``filter_edges`` is off); ``stale``: whether ``moved`` (the largest squared
+        displacement since the build, a device scalar) exceeds (skin / 2)^2."""
+        d2 = (x[self._j] - x[self._i] + self._shifts).square().sum(-1)
         keep = d2 < cutoff * cutoff
         # what the host needs, in one small tensor: [moved, shortest d^2, its i, its j]
         kept_d2 = torch.where(keep, d2, torch.full_like(d2, math.inf))
@@ -182,22 +191,25 @@ class NeighbourCache:
             kept_d2[k] if k is not None else x.new_full((), math.inf),
             self._i[k].double() if k is not None else x.new_full((), -1.0),
             self._j[k].double() if k is not None else x.new_full((), -1.0)])
-        if x.is_cuda:  # lands while the nonzero below waits for the device anyway
-            host = torch.empty(4, dtype=torch.float64, pin_memory=True)
-            host.copy_(summary, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+        if not self.filter_edges:
+            edges = self._i, self._j, self._shifts
+            host = summary.tolist()  # the one synchronisation
         else:
-            host, done = summary, None
-        i, j, shifts = _select(keep, self._i, self._j, shifts)
-        if done is not None:
-            done.synchronize()
-        moved2, d2min, a, b = host.tolist()
+            done = None
+            if x.is_cuda:  # lands while the nonzero below waits for the device anyway
+                pinned = torch.empty(4, dtype=torch.float64, pin_memory=True)
+                pinned.copy_(summary, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            edges = _select(keep, self._i, self._j, self._shifts)
+            if done is not None:
+                done.synchronize()
+            host = (pinned if done is not None else summary).tolist()
+        moved2, d2min, a, b = host
         stale = moved is not None and moved2 > (0.5 * self.skin) ** 2
-        # an empty list, or none kept: inf
         shortest = (math.sqrt(d2min), int(a), int(b)) if math.isfinite(d2min) and a >= 0 \
             else (math.inf, -1, -1)
-        return i, j, shifts, shortest, stale
+        return (*edges, shortest, stale)
 
     def __call__(self, positions, cell, pbc, cutoff: float):
         x = torch.as_tensor(positions).detach().to(torch.float64)
@@ -207,8 +219,8 @@ class NeighbourCache:
         if key == self._key and self._reference is not None \
                 and self._reference.shape == x.shape:
             moved = (x - self._reference).square().sum(-1).max()
-            i, j, shifts, shortest, stale = self._filter(x, cutoff, moved)
+            i, j, shifts, shortest, stale = self._edges(x, cutoff, moved)
             if not stale:
                 return i, j, shifts, shortest
         self._build(x, cell, pbc, cutoff, key)
-        return self._filter(x, cutoff, None)[:4]
+        return self._edges(x, cutoff, None)[:4]
