@@ -214,3 +214,53 @@ def test_geoff_md_cli(tmp_path, checkpoints):
     assert code == 3
     metrics = json.loads((tmp_path / "nan" / "metrics.json").read_text())
     assert metrics["failure_reason"] == "nan" and metrics["failure_step"] == 0
+
+
+def test_geoff_md_cli_calculator_options(tmp_path, checkpoints, capsys):
+    """The speed flags reach the calculator, are kept in metrics.json, and what cannot take
+    them says so."""
+    from ase.build import bulk
+
+    from geoff.md.engines import make_calculator
+    from geoff.md.settings import MDSettings, Reference
+
+    structure = tmp_path / "cu.extxyz"
+    (bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)).write(structure)
+    out = tmp_path / "md"
+    code = main(["md", str(checkpoints["both"]), str(structure), "--steps", "6", "--out",
+                 str(out), "--skin", "0.4", "--skin-edges", "keep", "--cuda-graphs", "auto",
+                 "--threads", "1"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["calculator"] == {"skin": 0.4, "skin_edges": "keep",
+                                                 "cuda_graphs": "auto"}
+    settings = MDSettings.from_dict(metrics["settings"])
+    calc = make_calculator(str(checkpoints["both"]), settings)
+    assert calc.neighbour_cache.skin == 0.4 and not calc.neighbour_cache.filter_edges
+
+    assert main(["md", str(checkpoints["both"]), str(structure), "--skin", "thick",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--skin takes a distance in Å or auto, got 'thick'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown calculator options \['warp'\]"):
+        MDSettings(calculator={"warp": 9})
+    with pytest.raises(ValueError, match="reference potential has none"):
+        make_calculator(Reference("emt"), MDSettings(calculator={"compile": True}))
+    assert main(["md", str(checkpoints["both"]), str(structure), "--replicas", "2",
+                 "--kernels", "e3nn", "--steps", "2", "--out", str(tmp_path / "reps")]) == 2
+    assert "batched replicas take cuda_graphs alone" in capsys.readouterr().err
+
+
+def test_study_md_calculator_options_reach_geoff_models_only(tmp_path):
+    from geoff.md.study_config import run_settings
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        TINY, md={"log_every": 2, "calculator": {"skin": 0.3, "skin_edges": "keep"}},
+        models=[{"name": "a", "checkpoint": "a.ckpt"}, {"name": "e", "reference": "emt"}])))
+    cfg = load_config(config)
+    by_name = {m.name: m for m in cfg.models}
+    ensemble = cfg.ensembles[0]
+    geoff_run = run_settings(cfg, by_name["a"], ensemble, 1.0, 0)
+    assert geoff_run.calculator == {"skin": 0.3, "skin_edges": "keep"}
+    assert not by_name["e"].is_geoff
+    assert run_settings(cfg, by_name["e"], ensemble, 1.0, 0).calculator == {}

@@ -64,10 +64,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traj-every", type=int, default=10, help="trajectory frame every N steps")
     p.add_argument("--format", default="extxyz", choices=["extxyz", "traj"],
                    help="trajectory format")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                   help="model precision (default float64; float32 is the fast choice on a "
+                        "GPU, where its energies are still summed in float64)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is usually fastest for small cells)")
+    s = p.add_argument_group(
+        "speed (the calculator's knobs; left out: its defaults, see GeoffCalculator)")
+    s.add_argument("--kernels", choices=["e3nn", "cueq"], default=None,
+                   help="tensor-product kernels of NequIP- and MACE-style models: cueq "
+                        "(cuEquivariance, pip install geoff[cuda]; CUDA) or e3nn")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (pays in runs of more than a few hundred "
+                        "steps: the compile takes tens of seconds)")
+    s.add_argument("--cuda-graphs", choices=["off", "auto", "on"], default=None,
+                   help="captured CUDA graphs for small systems (auto: up to 1,500 atoms)")
+    s.add_argument("--skin", default=None,
+                   help="Verlet-list skin in Å, or auto (0.5 on CUDA, 0 on the CPU)")
+    s.add_argument("--skin-edges", choices=["filter", "keep"], default=None,
+                   help="keep: hand the model the whole Verlet list (exact; for small "
+                        "systems on a GPU)")
     g = p.add_argument_group("failure detection")
     g.add_argument("--max-force", type=float, default=50.0, help="eV/Å (default 50)")
     g.add_argument("--max-temperature-factor", type=float, default=5.0,
@@ -77,6 +94,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "below, at least 0.5 Å; 0 turns the distance checks off)")
     g.add_argument("--check-bonds", action="store_true",
                    help="check bonds also for periodic structures (always on for molecules)")
+
+
+def calculator_options(args) -> dict:
+    """The GeoffCalculator keywords that the command line sets (only those given)."""
+    options = {}
+    if args.kernels is not None:
+        options["kernels"] = args.kernels
+    if args.compile:
+        options["compile"] = True
+    if args.cuda_graphs is not None:
+        options["cuda_graphs"] = {"off": False, "auto": "auto", "on": True}[args.cuda_graphs]
+    if args.skin is not None:
+        try:
+            options["skin"] = args.skin if args.skin == "auto" else float(args.skin)
+        except ValueError:
+            raise ValueError(f"--skin takes a distance in Å or auto, got {args.skin!r}") from None
+    if args.skin_edges is not None:
+        options["skin_edges"] = args.skin_edges
+    return options
 
 
 def _potential(name: str):
@@ -123,7 +159,7 @@ def run(args) -> int:
         timestep_fs=args.dt, steps=args.steps, seed=args.seed, tau_fs=args.tau,
         forces=args.forces, mts_steps=args.mts_steps, log_every=args.log_every,
         traj_every=args.traj_every, trajectory_format=args.format, dtype=args.dtype,
-        device=args.device, failure=criteria)
+        device=args.device, failure=criteria, calculator=calculator_options(args))
     out = Path(args.out)
     if args.replicas or args.temperatures:
         return _run_replicas(args, potential, atoms, settings, out)

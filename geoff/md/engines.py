@@ -64,6 +64,9 @@ def make_calculator(potential, settings: MDSettings):
 
     model, calc = model_or_calculator(potential)
     if model is None:
+        if settings.calculator:
+            raise ValueError(f"calculator options {sorted(settings.calculator)} are geoff's "
+                             "calculator's; a reference potential has none, drop them")
         if settings.forces != "conservative":
             raise ValueError(f"forces={settings.forces!r} needs a geoff model with a direct "
                              "head; a reference calculator has conservative forces only")
@@ -73,7 +76,8 @@ def make_calculator(potential, settings: MDSettings):
                          f"representation, both heads); this one is {model.force_head!r}")
     return GeoffCalculator(model, device=settings.device, dtype=settings.dtype,
                            forces=settings.calculator_forces,
-                           check_overlaps=settings.failure.min_distance != 0)  # 0: user said off
+                           check_overlaps=settings.failure.min_distance != 0,  # 0: user said off
+                           **settings.calculator)
 
 
 def current_forces(atoms) -> Optional[np.ndarray]:

@@ -241,6 +241,11 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
     (``geoff.cuda_graphs``; eager on the CPU).
     """
     settings = settings or MDSettings()
+    other = sorted(set(settings.calculator) - {"cuda_graphs"})
+    if other:
+        raise ValueError(f"batched replicas take cuda_graphs alone of the calculator options "
+                         f"(one batched graph, no ASE calculator); drop {other}")
+    cuda_graphs = settings.calculator.get("cuda_graphs", cuda_graphs)
     model, calc = model_or_calculator(potential)
     if model is None:
         raise EngineUnavailable("batched replicas need a geoff model (an EnergyModel or a "

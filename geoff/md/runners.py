@@ -142,6 +142,9 @@ class LAMMPSRunner(Runner):
             return reason
         if settings.forces == "mts":
             return "multiple time stepping is implemented in the ASE engine only"
+        if settings.calculator:
+            return (f"calculator options {sorted(settings.calculator)} set the ASE engine's "
+                    "calculator; LAMMPS runs the exported model (pair_style geoff): drop them")
         if isinstance(potential, Reference):
             from .references import has_lammps_pair
 

@@ -1,5 +1,6 @@
 """What one MD run does: ``MDSettings`` (ensemble, force mode, T, dt, steps, seed, output
-intervals, failure criteria) and ``Reference`` (a reference potential by name)."""
+intervals, failure criteria, the calculator's speed options) and ``Reference`` (a reference
+potential by name)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,11 @@ from typing import Optional
 from .failure import FailureCriteria
 from .fields import from_dict
 from .integrators import FORCE_MODES, canonical_ensemble
+
+# GeoffCalculator's speed and memory knobs that an MD run may set (``MDSettings.calculator``);
+# its physics (dtype, device, forces, overlap checks) have their own fields.
+CALCULATOR_OPTIONS = ("kernels", "compile", "cuda_graphs", "skin", "skin_edges",
+                      "neighbour_list", "edge_chunk", "edge_pairs", "radial_table")
 
 
 @dataclass
@@ -29,9 +35,16 @@ class MDSettings:
     dtype: str = "float64"
     device: str = "cpu"
     failure: FailureCriteria = field(default_factory=FailureCriteria)
+    # GeoffCalculator keywords (CALCULATOR_OPTIONS), e.g. {"kernels": "cueq", "compile": True}
+    calculator: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.ensemble = canonical_ensemble(self.ensemble)
+        unknown = set(self.calculator) - set(CALCULATOR_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown calculator options {sorted(unknown)}; known: "
+                             f"{list(CALCULATOR_OPTIONS)}")
+        self.calculator = dict(self.calculator)
         if isinstance(self.failure, dict):
             self.failure = FailureCriteria.from_dict(self.failure)
         if self.forces not in FORCE_MODES:
