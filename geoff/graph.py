@@ -240,7 +240,9 @@ def atoms_to_graph(
     ``geoff.neighbours``), ``"auto"`` (torch on CUDA, else matscipy) or a callable
     ``(positions, cell, pbc, cutoff) -> (i, j, shifts)`` such as a ``NeighbourCache``; it
     may add a fourth item, the shortest edge ``(distance Å, i, j)`` (``inf, -1, -1`` if
-    none), which the overlap check then takes instead of measuring the edges again.
+    none), which the overlap check then takes instead of measuring the edges again, and a
+    fifth, a function giving ``edge_pairs`` of its edges (a list kept whole between builds
+    computes them once per build).
 
     ``edge_pairs``: also the keys ``edge_pair`` and ``pair_first`` (``add_edge_pairs``).
     """
@@ -269,7 +271,9 @@ def atoms_to_graph(
     positions = atoms.positions  # (N, 3) Å; a device list's: on its device once, in float64
     if method != "matscipy":
         positions = torch.as_tensor(positions, dtype=torch.float64, device=device)
-    i, j, shifts, *shortest = _edges(positions, cell, pbc, cutoff, method)
+    i, j, shifts, *extra = _edges(positions, cell, pbc, cutoff, method)
+    shortest = extra[:1]
+    pairs = extra[1] if len(extra) > 1 else None
     if min_distance > cutoff:  # the graph's edges do not reach that far
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
@@ -285,6 +289,9 @@ def atoms_to_graph(
         PBC: torch.as_tensor(pbc, device=device).unsqueeze(0),
         BATCH: torch.zeros(len(atoms), dtype=torch.long, device=device),
     }
+    if edge_pairs and pairs is not None:
+        graph[EDGE_PAIR], graph[PAIR_FIRST] = pairs()
+        return graph
     return add_edge_pairs(graph) if edge_pairs else graph
 
 

@@ -148,11 +148,13 @@ class NeighbourCache:
     more edges ((1 + skin/cutoff)^3, 1.33x at 0.5 / 5 Å) but the list's shape stays fixed
     between builds and no filtering pass (a ``nonzero`` and three gathers) runs per call.
 
-    Call it as ``cache(positions, cell, pbc, cutoff) -> (i, j, shifts, shortest)``, tensors
-    on the positions' device and ``shortest = (distance Å, i, j)`` of the shortest edge
-    within ``cutoff`` (``(inf, -1, -1)`` if none), which spares ``atoms_to_graph``'s overlap
-    check its own pass; ``atoms_to_graph(..., neighbour_list=cache)`` does. ``builds``
-    counts the searches.
+    Call it as ``cache(positions, cell, pbc, cutoff) -> (i, j, shifts, shortest[, pairs])``,
+    tensors on the positions' device and ``shortest = (distance Å, i, j)`` of the shortest
+    edge within ``cutoff`` (``(inf, -1, -1)`` if none), which spares ``atoms_to_graph``'s
+    overlap check its own pass; with ``filter_edges=False`` also ``pairs``, a function giving
+    ``geoff.graph.edge_pairs`` of the list, computed once per build.
+    ``atoms_to_graph(..., neighbour_list=cache)`` takes both. ``builds`` counts the
+    searches.
 
     On a GPU a reused list costs one host synchronisation per call: the moved-too-far flag and
     the shortest edge come back together (with the filter: by an asynchronous copy that its
@@ -167,6 +169,15 @@ class NeighbourCache:
         self.builds = 0
         self._key: Optional[tuple] = None
         self._reference: Optional[Tensor] = None
+        self._pair_cache = None
+
+    def _pairs(self):
+        """``edge_pairs`` of the whole list, once per build (``filter_edges=False``)."""
+        if self._pair_cache is None:
+            from .graph import edge_pairs
+
+            self._pair_cache = edge_pairs(torch.stack([self._i, self._j]), self._shifts)
+        return self._pair_cache
 
     def _build(self, x: Tensor, cell: np.ndarray, pbc: np.ndarray, cutoff: float, key) -> None:
         i, j, _, images = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
@@ -175,6 +186,7 @@ class NeighbourCache:
         self._i, self._j = i, j
         self._shifts = images.double() @ torch.as_tensor(cell, device=x.device)
         self._reference, self._key = x.clone(), key
+        self._pair_cache = None
         self.builds += 1
 
     def _edges(self, x: Tensor, cutoff: float, moved: Optional[Tensor]):
@@ -219,8 +231,12 @@ class NeighbourCache:
         if key == self._key and self._reference is not None \
                 and self._reference.shape == x.shape:
             moved = (x - self._reference).square().sum(-1).max()
-            i, j, shifts, shortest, stale = self._edges(x, cutoff, moved)
+            *edges, stale = self._edges(x, cutoff, moved)
             if not stale:
-                return i, j, shifts, shortest
+                return self._with_pairs(edges)
         self._build(x, cell, pbc, cutoff, key)
-        return self._edges(x, cutoff, None)[:4]
+        return self._with_pairs(self._edges(x, cutoff, None)[:4])
+
+    def _with_pairs(self, edges) -> tuple:
+        # a whole list keeps its pairs until the next build; a filtered one has new edges
+        return (*edges, self._pairs) if not self.filter_edges else tuple(edges)

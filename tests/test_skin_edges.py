@@ -61,13 +61,47 @@ def test_unfiltered_cache_returns_the_whole_verlet_list():
     x = torch.as_tensor(atoms.positions)
     filtered, whole = NeighbourCache(0.5), NeighbourCache(0.5, filter_edges=False)
     i, j, s, short = filtered(x, atoms.cell.array, atoms.pbc, 4.0)
-    wi, wj, ws, wshort = whole(x, atoms.cell.array, atoms.pbc, 4.0)
+    wi, wj, ws, wshort, pairs = whole(x, atoms.cell.array, atoms.pbc, 4.0)
     full = torch_neighbour_list(x, atoms.cell.array, atoms.pbc, 4.5)
     assert wi.shape[0] == full[0].shape[0] > i.shape[0]
     assert wshort == pytest.approx(short) and short[0] < 4.0
     moved = x + 0.01
     assert whole(moved, atoms.cell.array, atoms.pbc, 4.0)[0].shape == wi.shape  # reused
     assert whole.builds == 1
+    edge_pair, pair_first = pairs()
+    assert pairs()[0] is edge_pair  # computed once per build
+    assert edge_pair.shape == wi.shape and 2 * pair_first.shape[0] == wi.shape[0]
+
+
+@pytest.mark.parametrize("name", ["mace", "schnet"])
+def test_calculator_keep_with_edge_pairs_computes_pairs_once_per_build(name, monkeypatch):
+    import geoff.graph
+    from ase.build import bulk
+
+    from geoff.calculators.ase import GeoffCalculator
+
+    counted = []
+    real = geoff.graph.edge_pairs
+    monkeypatch.setattr(geoff.graph, "edge_pairs",
+                        lambda *a: (counted.append(1), real(*a))[1])
+    results = {}
+    for mode in ("filter", "keep"):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+        atoms.rattle(0.05, seed=3)
+        calc = GeoffCalculator(small_model(name), dtype="float64", skin=0.5,
+                               neighbour_list="torch", edge_pairs=True, skin_edges=mode)
+        atoms.calc = calc
+        counted.clear()
+        out = []
+        for step in range(4):
+            atoms.positions[step] += 0.02  # moved, within the skin: the list is reused
+            out.append((atoms.get_potential_energy(), atoms.get_forces().copy()))
+        results[mode] = out
+        assert calc.neighbour_cache.builds == 1
+        assert len(counted) == (4 if mode == "filter" else 1)
+    for (e1, f1), (e2, f2) in zip(results["filter"], results["keep"]):
+        assert abs(e1 - e2) <= 1e-12
+        np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-12)
 
 
 def test_calculator_keep_equals_filter_over_md():
