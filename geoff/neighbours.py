@@ -212,7 +212,7 @@ class NeighbourCache:
                 pinned = torch.empty(4, dtype=torch.float64, pin_memory=True)
                 pinned.copy_(summary, non_blocking=True)
                 done = torch.cuda.Event()
-                done.record()
+                done.record(torch.cuda.current_stream(x.device))  # x's device, not the default
             edges = _select(keep, self._i, self._j, self._shifts)
             if done is not None:
                 done.synchronize()
