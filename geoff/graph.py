@@ -361,8 +361,8 @@ def _list_method(method, device):
 
 
 def _edges(positions, cell, pbc, cutoff, method):
-    """(i, j, shifts[, shortest]) by a resolved ``method``; ``positions`` a float64 tensor on
-    the list's device for "torch" and callables, an array for "matscipy"."""
+    """(i, j, shifts[, shortest[, pairs]]) by a resolved ``method``; ``positions`` a float64
+    tensor on the list's device for "torch" and callables, an array for "matscipy"."""
     if method == "matscipy":
         return neighbour_list(positions, cell, pbc, cutoff)
     if method == "torch":

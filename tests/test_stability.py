@@ -256,7 +256,8 @@ def test_study_md_calculator_options_reach_geoff_models_only(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(dict(
         TINY, md={"log_every": 2, "calculator": {"skin": 0.3, "skin_edges": "keep"}},
-        models=[{"name": "a", "checkpoint": "a.ckpt"}, {"name": "e", "reference": "emt"}])))
+        models=[{"name": "a", "checkpoint": "a.ckpt"}, {"name": "e", "reference": "emt"},
+                {"name": "l", "checkpoint": "a.ckpt", "engine": "lammps"}])))
     cfg = load_config(config)
     by_name = {m.name: m for m in cfg.models}
     ensemble = cfg.ensembles[0]
@@ -264,3 +265,4 @@ def test_study_md_calculator_options_reach_geoff_models_only(tmp_path):
     assert geoff_run.calculator == {"skin": 0.3, "skin_edges": "keep"}
     assert not by_name["e"].is_geoff
     assert run_settings(cfg, by_name["e"], ensemble, 1.0, 0).calculator == {}
+    assert run_settings(cfg, by_name["l"], ensemble, 1.0, 0).calculator == {}

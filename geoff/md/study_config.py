@@ -195,7 +195,9 @@ def run_settings(cfg: StudyConfig, model: ModelSpec, ensemble: dict, dt: float,
          "device": cfg.device, "forces": model.forces, "mts_steps": model.mts_steps}
     if time_ps is not None:
         d["steps"] = int(round(float(time_ps) * 1000.0 / dt))
-    if not model.is_geoff:  # md.calculator: geoff's calculator knobs; a reference has none
+    if not model.is_geoff or (model.engine or cfg.engine) != "ase":
+        # md.calculator: the knobs of geoff's ASE calculator; a reference, a foreign
+        # calculator and LAMMPS (which runs the exported model) have none
         d.pop("calculator", None)
     d["failure"] = FailureCriteria.from_dict({**cfg.failure, **(e.get("failure") or {})})
     return MDSettings.from_dict(d)
