@@ -11,13 +11,20 @@
 # after in one call; they alternate per variant), ROUNDS (1; e.g. 3: A B A B A B, so that
 # a slow spell of the machine does not land on one tree: the same model's time moved 35 %
 # between two sequential passes in the tenth session), TASKSET (e.g. "0-3": pin to these
-# cores while something else runs), DEADLINE_S (480), DEVICE (cpu: a dry run). Results: $OUT/md_step.md, $OUT/run.log.
+# cores while something else runs), DEADLINE_S (480), DEVICE (cpu: a dry run). First,
+# where pytest is installed, tests/test_skin_edges.py's GPU and keep tests (the Verlet list's
+# CUDA path against the CPU's). Results: $OUT/md_step.md, $OUT/run.log.
 cd "$(dirname "$0")/.."
 TAG=md DEFAULT_DEADLINE_S=480
 source benchmarks/gpu_call_common.sh
 trap 'pack_joined md_step.md "MD step vs model ($DEV)" $(cd "$RES" && ls md_*.md 2>/dev/null)' EXIT
 install_whl
 ROOT=$(pwd)
+if "$V" -c "import pytest" 2>/dev/null; then  # the GPU paths of the Verlet list, first
+  PYTHONPATH="$ROOT:$WORK/py" timeout 120 "$V" -m pytest -q -p no:cacheprovider \
+    tests/test_skin_edges.py -k "cuda or keep" > "$RES/md_pytest.log" 2>&1
+  stamp "pytest tests/test_skin_edges.py -k 'cuda or keep': exit $? ($(tail -1 "$RES/md_pytest.log"))"
+fi
 pin=(); [ -n "${TASKSET:-}" ] && pin=(taskset -c "$TASKSET")
 for round in $(seq 1 "${ROUNDS:-1}"); do
   for variant in ${VARIANTS:-eager graphs graphs+compile}; do

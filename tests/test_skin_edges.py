@@ -16,7 +16,14 @@ from geoff.potentials import available_models
 from geoff.potentials.radial_table import tabulate_radial
 
 MODELS = sorted(available_models()) + sorted(VARIANTS)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SKIN = 0.7  # Å beyond the 4 Å cutoff of the test models: about twice the edges
+
+
+def edge_set(i, j, shifts) -> set:
+    """{(i, j, shift rounded to 1e-6 Å)} of a neighbour list, on the host."""
+    rounded = np.round(shifts.cpu().numpy(), 6)
+    return {(int(a), int(b), tuple(r)) for a, b, r in zip(i.cpu(), j.cpu(), rounded)}
 
 
 def skin_list(positions, cell, pbc, cutoff):
@@ -56,14 +63,16 @@ def test_edges_beyond_the_cutoff_change_nothing(name, where, tabulated):
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-12, msg=key)
 
 
-def test_unfiltered_cache_returns_the_whole_verlet_list():
+@pytest.mark.parametrize("device", DEVICES)
+def test_unfiltered_cache_returns_the_whole_verlet_list(device):
     atoms = rattled_triclinic(seed=5)
-    x = torch.as_tensor(atoms.positions)
+    x = torch.as_tensor(atoms.positions, device=device)
     filtered, whole = NeighbourCache(0.5), NeighbourCache(0.5, filter_edges=False)
     i, j, s, short = filtered(x, atoms.cell.array, atoms.pbc, 4.0)
     wi, wj, ws, wshort, pairs = whole(x, atoms.cell.array, atoms.pbc, 4.0)
     full = torch_neighbour_list(x, atoms.cell.array, atoms.pbc, 4.5)
     assert wi.shape[0] == full[0].shape[0] > i.shape[0]
+    assert wi.device == x.device and i.device == x.device
     assert wshort == pytest.approx(short) and short[0] < 4.0
     moved = x + 0.01
     assert whole(moved, atoms.cell.array, atoms.pbc, 4.0)[0].shape == wi.shape  # reused
@@ -71,6 +80,24 @@ def test_unfiltered_cache_returns_the_whole_verlet_list():
     edge_pair, pair_first = pairs()
     assert pairs()[0] is edge_pair  # computed once per build
     assert edge_pair.shape == wi.shape and 2 * pair_first.shape[0] == wi.shape[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("filter_edges", [True, False])
+def test_cache_on_cuda_gives_the_cpu_answers(filter_edges):
+    """The GPU path (the moved flag and shortest edge read back with the filter's nonzero,
+    or in one small copy) against the CPU path, over reuses and a rebuild."""
+    atoms = rattled_triclinic(seed=8)
+    caches = {d: NeighbourCache(0.6, filter_edges=filter_edges) for d in ("cpu", "cuda")}
+    rng = np.random.default_rng(1)
+    for jitter in (0.0, 0.05, 0.05, 0.8):
+        atoms.positions += rng.normal(0, jitter, atoms.positions.shape)
+        got = {d: c(torch.as_tensor(atoms.positions, device=d), atoms.cell.array, atoms.pbc,
+                    4.0) for d, c in caches.items()}
+        cpu, gpu = got["cpu"], got["cuda"]
+        assert gpu[3][0] == pytest.approx(cpu[3][0], rel=1e-12)
+        assert edge_set(*gpu[:3]) == edge_set(*cpu[:3])  # same edges, any order
+    assert caches["cuda"].builds == caches["cpu"].builds == 2
 
 
 @pytest.mark.parametrize("name", ["mace", "schnet"])
