@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 LOAD = """
 import sys, torch
 model = torch._inductor.aoti_load_package(sys.argv[1])
@@ -28,10 +30,10 @@ if len(sys.argv) > 2:
 """
 
 
-class Energy(__import__("torch").nn.Module):
-    def __init__(self):
-        import torch
+class Energy(torch.nn.Module):
+    """Per-atom energies (N,) of an MLP over positions (N, 3), and their sum."""
 
+    def __init__(self):
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(),
                                        torch.nn.Linear(64, 1))
@@ -55,8 +57,6 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("packages", nargs="*", type=Path)
     args = parser.parse_args()
-    import torch
-
     print("torch", torch.__version__, "device", args.device, flush=True)
     torch.manual_seed(0)
     model = Energy().to(args.device)

@@ -272,13 +272,11 @@ def atoms_to_graph(
     if method != "matscipy":
         positions = torch.as_tensor(positions, dtype=torch.float64, device=device)
     i, j, shifts, *extra = _edges(positions, cell, pbc, cutoff, method)
-    shortest = extra[:1]
-    pairs = extra[1] if len(extra) > 1 else None
+    shortest, pairs = (extra + [None, None])[:2]  # what the list measured already, if any
     if min_distance > cutoff:  # the graph's edges do not reach that far
         check_overlaps(atoms.positions, cell, pbc, min_distance, symbols)
     else:
-        check_edge_lengths(positions, i, j, shifts, min_distance, symbols,
-                           shortest=shortest[0] if shortest else None)
+        check_edge_lengths(positions, i, j, shifts, min_distance, symbols, shortest=shortest)
     graph = {
         POSITIONS: torch.as_tensor(positions, dtype=dtype, device=device),
         SPECIES: torch.as_tensor(z, device=device),
@@ -289,10 +287,11 @@ def atoms_to_graph(
         PBC: torch.as_tensor(pbc, device=device).unsqueeze(0),
         BATCH: torch.zeros(len(atoms), dtype=torch.long, device=device),
     }
-    if edge_pairs and pairs is not None:
+    if edge_pairs and pairs is not None:  # the list's own, computed once per build
         graph[EDGE_PAIR], graph[PAIR_FIRST] = pairs()
-        return graph
-    return add_edge_pairs(graph) if edge_pairs else graph
+    elif edge_pairs:
+        graph = add_edge_pairs(graph)
+    return graph
 
 
 def edge_pairs(edge_index: Tensor, shifts: Tensor):

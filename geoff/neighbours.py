@@ -205,19 +205,17 @@ class NeighbourCache:
             self._j[k].double() if k is not None else x.new_full((), -1.0)])
         if not self.filter_edges:
             edges = self._i, self._j, self._shifts
-            host = summary.tolist()  # the one synchronisation
-        else:
-            done = None
-            if x.is_cuda:  # lands while the nonzero below waits for the device anyway
-                pinned = torch.empty(4, dtype=torch.float64, pin_memory=True)
-                pinned.copy_(summary, non_blocking=True)
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream(x.device))  # x's device, not the default
+        elif x.is_cuda:  # the summary lands while the filter's nonzero waits for the device
+            pinned = torch.empty(4, dtype=torch.float64, pin_memory=True)
+            pinned.copy_(summary, non_blocking=True)
+            landed = torch.cuda.Event()
+            landed.record(torch.cuda.current_stream(x.device))  # x's device, not the default
             edges = _select(keep, self._i, self._j, self._shifts)
-            if done is not None:
-                done.synchronize()
-            host = (pinned if done is not None else summary).tolist()
-        moved2, d2min, a, b = host
+            landed.synchronize()
+            summary = pinned
+        else:
+            edges = _select(keep, self._i, self._j, self._shifts)
+        moved2, d2min, a, b = summary.tolist()  # without the filter: the one synchronisation
         stale = moved is not None and moved2 > (0.5 * self.skin) ** 2
         shortest = (math.sqrt(d2min), int(a), int(b)) if math.isfinite(d2min) and a >= 0 \
             else (math.inf, -1, -1)

@@ -266,3 +266,14 @@ def test_study_md_calculator_options_reach_geoff_models_only(tmp_path):
     assert not by_name["e"].is_geoff
     assert run_settings(cfg, by_name["e"], ensemble, 1.0, 0).calculator == {}
     assert run_settings(cfg, by_name["l"], ensemble, 1.0, 0).calculator == {}
+
+
+def test_md_calculator_options_are_geoff_calculator_keywords():
+    """MDSettings.calculator's allowed names stay in step with GeoffCalculator's signature
+    (ASE's Calculator would swallow an unknown keyword as a parameter)."""
+    import inspect
+
+    from geoff.calculators.ase import GeoffCalculator
+    from geoff.md.settings import CALCULATOR_OPTIONS
+
+    assert set(CALCULATOR_OPTIONS) <= set(inspect.signature(GeoffCalculator).parameters)
