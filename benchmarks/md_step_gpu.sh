@@ -12,18 +12,24 @@
 # a slow spell of the machine does not land on one tree: the same model's time moved 35 %
 # between two sequential passes in the tenth session), TASKSET (e.g. "0-3": pin to these
 # cores while something else runs), DEADLINE_S (480), DEVICE (cpu: a dry run). First,
-# where pytest is installed, tests/test_skin_edges.py's GPU and keep tests (the Verlet list's
-# CUDA path against the CPU's). Results: $OUT/md_step.md, $OUT/run.log.
+# where pytest is installed (or carried in .whl/), tests/test_skin_edges.py,
+# test_step_graph.py and test_cuda_graphs.py, whose GPU tests check the Verlet list's, the
+# kept Graph's and the captured path's CUDA answers against the CPU's and eager ones.
+# Results: $OUT/md_step.md, $OUT/md_pytest.log, $OUT/run.log.
 cd "$(dirname "$0")/.."
 TAG=md DEFAULT_DEADLINE_S=480
 source benchmarks/gpu_call_common.sh
 trap 'pack_joined md_step.md "MD step vs model ($DEV)" $(cd "$RES" && ls md_*.md 2>/dev/null)' EXIT
 install_whl
 ROOT=$(pwd)
-if "$V" -c "import pytest" 2>/dev/null; then  # the GPU paths of the Verlet list, first
-  PYTHONPATH="$ROOT:$WORK/py" timeout 120 "$V" -m pytest -q -p no:cacheprovider \
-    tests/test_skin_edges.py -k "cuda or keep" > "$RES/md_pytest.log" 2>&1
-  stamp "pytest tests/test_skin_edges.py -k 'cuda or keep': exit $? ($(tail -1 "$RES/md_pytest.log"))"
+# the GPU paths of the Verlet list, the kept Graph and the CUDA-graph buffers, first
+# (pytest travels in .whl/ when the image lacks it)
+if PYTHONPATH="$WORK/py" "$V" -c "import pytest" 2>/dev/null; then
+  PYTHONPATH="$ROOT:$WORK/py" timeout 180 "$V" -m pytest -q -p no:cacheprovider \
+    tests/test_skin_edges.py tests/test_step_graph.py tests/test_cuda_graphs.py \
+    > "$RES/md_pytest.log" 2>&1
+  stamp "pytest skin_edges, step_graph, cuda_graphs: exit $? ($(tail -1 "$RES/md_pytest.log"))"
+  cp -f "$RES/md_pytest.log" "$OUT/" 2>/dev/null
 fi
 pin=(); [ -n "${TASKSET:-}" ] && pin=(taskset -c "$TASKSET")
 for round in $(seq 1 "${ROUNDS:-1}"); do

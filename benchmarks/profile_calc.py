@@ -66,8 +66,20 @@ def md_step_parts(dyn, steps: int) -> dict:
             return out
         return wrapper
 
-    saved = calc.graph, calc.calculate, calc.auto_chunk, calc.run_model
+    class TimedStepGraph:  # a Graph kept between steps (skin_edges="keep"): its call is the graph part
+        def __init__(self, inner):
+            self.inner, self.call = inner, timed("graph", inner)
+
+        def __call__(self, atoms):
+            return self.call(atoms)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    saved = calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph
     calc.graph = timed("graph", calc.graph)
+    if calc.step_graph is not None:
+        calc.step_graph = TimedStepGraph(calc.step_graph)
     if calc.auto_chunk is not None:
         calc.auto_chunk = timed("model", calc.auto_chunk)
     else:
@@ -88,7 +100,7 @@ def md_step_parts(dyn, steps: int) -> dict:
                          - spent.get("model", 0.0),
                          "ASE": total - spent.get("calculate", 0.0)})
     finally:
-        calc.graph, calc.calculate, calc.auto_chunk, calc.run_model = saved
+        calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph = saved
     return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 

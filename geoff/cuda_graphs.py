@@ -14,7 +14,8 @@ to a power of two) and keeps one captured graph per bucket:
   padding structure only in its own row, which is dropped. Checked per model in float64
   against the unpadded call (``tests/test_cuda_graphs.py``).
 * **Static buffers.** Each bucket owns its input tensors (positions, species, batch,
-  edge index, shifts, cell, pbc); a call copies the graph in, fills the padded tail, replays,
+  edge index, shifts, cell, pbc); a call copies the graph in (skipping a tensor that is the
+  very one copied last and unchanged since), fills the padded tail, replays,
   and returns clones of the outputs cut to the real atoms and structures (clones: the graphs
   share one private memory pool, so an output is overwritten by the next replay).
 * **Capture** as torch documents it: warm-up calls on a side stream, then capture on that
@@ -125,6 +126,7 @@ class PaddedInputs:
         self._pad_shifts = zeros(n_edges, 3)
         self._pad_shifts[:, 0] = 2.0 * cutoff + 1.0  # longer than the cutoff: zero messages
         self._last = (-1, -1, -1)  # sizes of the last fill
+        self._sources: Dict[str, Tuple[Tensor, int]] = {}  # key: (tensor, version) copied last
 
     def fits(self, n: int, e: int, b: int) -> bool:
         n_atoms, n_edges, n_structures = self.sizes
@@ -140,26 +142,36 @@ class PaddedInputs:
         n_atoms = self.sizes[0]
         # The tails depend on the sizes only: rewritten when those change (MD: the edges)
         last_n, last_e, last_b = self._last
-        g[POSITIONS][:n].copy_(graph[POSITIONS])
-        g[SPECIES][:n].copy_(graph[SPECIES])
-        g[BATCH][:n].copy_(graph[BATCH])
+        self._copy(graph, POSITIONS, g[POSITIONS][:n])
+        self._copy(graph, SPECIES, g[SPECIES][:n])
+        self._copy(graph, BATCH, g[BATCH][:n])
         if n != last_n or b != last_b:
             g[POSITIONS][n:].zero_()
             g[SPECIES][n:].zero_()
             g[BATCH][n:].fill_(b)  # the padding structure
-        g[EDGE_INDEX][:, :e].copy_(graph[EDGE_INDEX])
-        g[SHIFTS][:e].copy_(graph[SHIFTS])
+        self._copy(graph, EDGE_INDEX, g[EDGE_INDEX][:, :e])
+        self._copy(graph, SHIFTS, g[SHIFTS][:e])
         if e != last_e or n != last_n:
             # padding edges: self-loops spread over the padding atoms (fewer atomic collisions)
             g[EDGE_INDEX][:, e:].copy_((n + self._edge_ids[e:] % (n_atoms - n)).expand(2, -1))
             g[SHIFTS][e:].copy_(self._pad_shifts[e:])
-        g[CELL][:b].copy_(graph[CELL])
-        g[PBC][:b].copy_(graph[PBC])
+        self._copy(graph, CELL, g[CELL][:b])
+        self._copy(graph, PBC, g[PBC][:b])
         if b != last_b:
             g[CELL][b:].zero_()
             g[PBC][b:].zero_()
         self._last = (n, e, b)
         return n, b
+
+    def _copy(self, graph: Graph, key: str, buffer: Tensor) -> None:
+        """``graph[key]`` into ``buffer``, unless the same tensor, unchanged, was copied last
+        (an MD step that keeps its Graph, ``geoff.step_graph``, sends new positions only)."""
+        source = graph[key]
+        last = self._sources.get(key)
+        if last is not None and last[0] is source and last[1] == source._version:
+            return
+        buffer.copy_(source)
+        self._sources[key] = (source, source._version)
 
 
 def _sizes(graph: Graph) -> Tuple[int, int, int]:

@@ -169,6 +169,7 @@ class NeighbourCache:
         self.builds = 0
         self._key: Optional[tuple] = None
         self._reference: Optional[Tensor] = None
+        self._reference_host: Optional[np.ndarray] = None
         self._pair_cache = None
 
     def _pairs(self):
@@ -186,8 +187,39 @@ class NeighbourCache:
         self._i, self._j = i, j
         self._shifts = images.double() @ torch.as_tensor(cell, device=x.device)
         self._reference, self._key = x.clone(), key
+        self._reference_host = None  # made by the first ``holds`` after this build
         self._pair_cache = None
         self.builds += 1
+
+    def holds(self, positions: np.ndarray, cell, pbc, cutoff: float) -> bool:
+        """Whether the list built last still serves ``positions`` (N, 3) Å in ``cell`` and
+        ``pbc`` at ``cutoff``: same cell, pbc, cutoff and atom count, and no atom moved more
+        than ``skin / 2`` since the build (non-finite positions: no). Decided on the host
+        (numpy; microseconds at a few thousand atoms), so that a caller that keeps its Graph
+        between calls (``geoff.step_graph``) need not wait for the device to learn it."""
+        if self._key is None:
+            return False
+        key = (np.asarray(cell, dtype=np.float64).tobytes(),
+               np.asarray(pbc, dtype=bool).reshape(3).tobytes(), float(cutoff))
+        positions = np.asarray(positions, dtype=np.float64)
+        if key != self._key or positions.shape != tuple(self._reference.shape):
+            return False
+        if self._reference_host is None:  # once per build (one device-to-host copy)
+            self._reference_host = self._reference.cpu().numpy()
+        d = positions - self._reference_host
+        moved2 = float(np.max(np.einsum("ij,ij->i", d, d))) if len(d) else 0.0
+        return moved2 <= (0.5 * self.skin) ** 2  # False for NaN
+
+    def shortest_pending(self, x: Tensor) -> Tensor:
+        """``[d^2 Å^2, i, j]`` (float64 (3,), on ``x``'s device, not read back) of the list's
+        shortest edge at positions ``x`` (N, 3) float64; ``[inf, -1, -1]`` without edges.
+        Over the whole list: beyond the cutoff only when no edge is within it, which no
+        overlap threshold below the cutoff mistakes for an overlap."""
+        if self._i.numel() == 0:
+            return torch.tensor([math.inf, -1.0, -1.0], dtype=torch.float64, device=x.device)
+        d2 = (x[self._j] - x[self._i] + self._shifts).square().sum(-1)
+        k = torch.argmin(d2)
+        return torch.stack([d2[k], self._i[k].double(), self._j[k].double()])
 
     def _edges(self, x: Tensor, cutoff: float, moved: Optional[Tensor]):
         """(i, j, shifts, shortest, stale): the list (filtered by ``cutoff`` unless

@@ -83,6 +83,28 @@ def test_refilled_buffers_equal_a_fresh_padding():
             assert torch.equal(inputs.graph[key], value), key
 
 
+def test_fill_skips_only_the_very_tensor_copied_last_and_unchanged():
+    from geoff.cuda_graphs import PaddedInputs
+
+    model = small_model("schnet")
+    one = _graph(model, rattled_triclinic())
+    species = one["species"].clone()
+    graph = {**one, "species": species}
+    inputs = PaddedInputs(64, 2048, 4, model.cutoff, torch.float64, torch.device("cpu"))
+    inputs.fill(graph)
+    buffer = inputs.graph["species"]
+    buffer[0] = 7  # a marker that only a copy overwrites
+    inputs.fill(graph)
+    assert buffer[0] == 7  # the same tensor, unchanged since: not copied again
+    species[0] = 1  # changed in place: copied
+    inputs.fill(graph)
+    assert buffer[0] == 1
+    buffer[0] = 7
+    inputs.fill({**graph, "species": species.clone()})  # equal values, another tensor: copied
+    assert buffer[0] == 1
+    assert torch.equal(inputs.graph["positions"][:len(species)], one["positions"])
+
+
 @pytest.mark.parametrize("name", REFUSED_MODELS)
 def test_refused_models_run_eagerly(name):
     model = small_model(name)
@@ -195,10 +217,11 @@ def _padded_calc(model, **kwargs):
     return calc
 
 
-@pytest.mark.parametrize("skin", [0.0, 0.5])
-def test_calculator_padded_path_in_md_with_skin(skin):
-    """Verlet steps with the padded path (and a neighbour list reused with a skin) follow the
-    eager calculator: edges change between steps, buckets are reused."""
+@pytest.mark.parametrize("skin, skin_edges", [(0.0, "filter"), (0.5, "filter"), (0.5, "keep")])
+def test_calculator_padded_path_in_md_with_skin(skin, skin_edges):
+    """Verlet steps with the padded path (and a neighbour list reused with a skin, filtered
+    or whole with the Graph kept between steps) follow the eager calculator: edges change
+    between steps, buckets are reused."""
     from ase.md.verlet import VelocityVerlet
 
     from geoff.calculators import GeoffCalculator
@@ -206,7 +229,7 @@ def test_calculator_padded_path_in_md_with_skin(skin):
     model = small_model("painn")
     runs = []
     for calc in (GeoffCalculator(model, dtype="float64", skin=skin),
-                 _padded_calc(model, skin=skin)):
+                 _padded_calc(model, skin=skin, skin_edges=skin_edges)):
         atoms = rattled_triclinic()
         atoms.set_momenta(np.random.default_rng(0).normal(0, 3.0, (len(atoms), 3)))
         atoms.calc = calc
@@ -221,6 +244,8 @@ def test_calculator_padded_path_in_md_with_skin(skin):
     np.testing.assert_allclose(f1, f0, rtol=0, atol=1e-10)
     np.testing.assert_allclose(s1, s0, rtol=0, atol=1e-12)
     assert padded.run_model.stats["eager"] == 0 and len(padded.run_model.buckets) >= 2
+    assert (padded.step_graph is not None and padded.step_graph.reused > 0) \
+        == (skin_edges == "keep")
 
 
 def test_calculator_cuda_graphs_option_checked():

@@ -151,6 +151,8 @@ def test_calculator_keep_equals_filter_over_md():
         dyn.run(25)
         trajectories[mode] = frames
         assert calc.neighbour_cache.builds > 1  # rebuilt while the run went on
+        if mode == "keep":  # the Graph kept on the device between steps (geoff.step_graph)
+            assert 0 < calc.step_graph.reused < 26
     for (e1, f1), (e2, f2) in zip(trajectories["filter"], trajectories["keep"]):
         assert abs(e1 - e2) <= 1e-11
         np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-11)

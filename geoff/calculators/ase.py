@@ -22,6 +22,8 @@ from ..potentials.autochunk import AutoChunk
 from ..potentials.chunking import EdgeMessages, set_edge_chunk
 from ..potentials.radial_table import tabulate_radial
 from ..neighbours import NeighbourCache
+from ..step_graph import StepGraph
+from ..structure_checks import overlap_threshold
 
 
 def auto_edge_pairs(model: torch.nn.Module, device: torch.device) -> bool:
@@ -97,9 +99,11 @@ class GeoffCalculator(Calculator):
         skin_edges: with a skin, ``"filter"`` (default) re-filters the Verlet list by the
             cutoff every call; ``"keep"`` hands the model the whole list, whose edges beyond
             the cutoff every geoff model's envelope zeroes exactly (same results): ~1.33x
-            the edges at 0.5 / 5 Å, but no filtering pass and a list shape that stays fixed
-            between rebuilds (CUDA graphs replay the same bucket). Meant for small,
-            launch-bound systems on a GPU; not yet measured there, so not the default.
+            the edges at 0.5 / 5 Å, but the Graph stays on the device between steps
+            (``geoff.step_graph``): a step uploads the positions and nothing else, decides
+            on the host whether the list still holds, and reads the overlap check back with
+            the results, so it waits for the device once. Meant for small, launch-bound
+            systems on a GPU; not yet measured there, so not the default.
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
             lower for MACE-style, messages computed twice). ``"auto"`` (default): no
@@ -219,6 +223,13 @@ class GeoffCalculator(Calculator):
         self.neighbour_cache = NeighbourCache(skin, filter_edges=skin_edges == "filter") \
             if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
+        # a whole Verlet list keeps its edges: the Graph stays on the device between steps
+        self.step_graph = None
+        if self.neighbour_cache is not None and not self.neighbour_cache.filter_edges:
+            threshold = overlap_threshold(self.model) if self.min_distance is None \
+                else self.min_distance
+            self.step_graph = StepGraph(self.neighbour_cache, self.graph, self.model.cutoff,
+                                        threshold, self.dtype, self.device)
 
     def check_state(self, atoms, tol=1e-15):
         return system_changes(self.atoms, atoms, tol, self.ignored_changes)
@@ -251,7 +262,8 @@ class GeoffCalculator(Calculator):
         backward = self.force_key == "forces" and (
             "forces" in properties or self.model.force_head == "conservative")
         call = self.auto_chunk or self.run_model
-        out = call(self.graph(atoms), compute_forces=backward, compute_stress=want_stress)
+        graph, pending = self.step_graph(atoms) if self.step_graph else (self.graph(atoms), None)
+        out = call(graph, compute_forces=backward, compute_stress=want_stress)
         wanted = {"energy": out["energy"].detach().sum().reshape(1), "energies": out["energies"]}
         for name in getattr(self.model, "properties", ()):  # per-atom property heads (N,)
             wanted[name] = out[name]
@@ -263,7 +275,11 @@ class GeoffCalculator(Calculator):
             wanted["forces"] = out[self.force_key]
         if want_stress:
             wanted["stress"] = out["stress"][0]
+        if pending is not None:  # the overlap check of a kept Graph, read with the results
+            wanted["shortest_edge"] = pending
         results = _to_numpy(wanted)
+        if pending is not None:
+            self.step_graph.check(results.pop("shortest_edge"), atoms)
         self.results["energy"] = self.results["free_energy"] = float(results.pop("energy")[0])
         if want_stress:
             results["stress"] = full_3x3_to_voigt_6_stress(results["stress"])
