@@ -164,7 +164,7 @@ def main():
     parser.add_argument("--cuda-graphs", default="off", choices=["off", "auto", "on"],
                         help="GeoffCalculator(cuda_graphs=...): off (default), auto, on")
     parser.add_argument("--compile", action="store_true", help="GeoffCalculator(compile=True)")
-    parser.add_argument("--skin-edges", default="filter", choices=["filter", "keep"],
+    parser.add_argument("--skin-edges", default="filter", choices=["auto", "filter", "keep"],
                         help="GeoffCalculator(skin_edges=...) in the MD-step columns")
     parser.add_argument("--profile-md", action="store_true",
                         help="with --skins: the first skin's MD step in parts, and profiled")

@@ -154,7 +154,7 @@ class NeighbourCache:
     overlap check its own pass; with ``filter_edges=False`` also ``pairs``, a function giving
     ``geoff.graph.edge_pairs`` of the list, computed once per build.
     ``atoms_to_graph(..., neighbour_list=cache)`` takes both. ``builds`` counts the
-    searches.
+    searches; ``build_shortest`` is the shortest edge within the cutoff at the last build.
 
     On a GPU a reused list costs one host synchronisation per call: the moved-too-far flag and
     the shortest edge come back together (with the filter: by an asynchronous copy that its
@@ -171,6 +171,7 @@ class NeighbourCache:
         self._reference: Optional[Tensor] = None
         self._reference_host: Optional[np.ndarray] = None
         self._pair_cache = None
+        self.build_shortest = math.inf  # Å: the shortest edge within the cutoff at the build
 
     def _pairs(self):
         """``edge_pairs`` of the whole list, once per build (``filter_edges=False``)."""
@@ -187,28 +188,30 @@ class NeighbourCache:
         self._i, self._j = i, j
         self._shifts = images.double() @ torch.as_tensor(cell, device=x.device)
         self._reference, self._key = x.clone(), key
-        self._reference_host = None  # made by the first ``holds`` after this build
+        self._reference_host = None  # made by the first ``reuse_displacement`` after it
         self._pair_cache = None
         self.builds += 1
 
-    def holds(self, positions: np.ndarray, cell, pbc, cutoff: float) -> bool:
-        """Whether the list built last still serves ``positions`` (N, 3) Å in ``cell`` and
-        ``pbc`` at ``cutoff``: same cell, pbc, cutoff and atom count, and no atom moved more
-        than ``skin / 2`` since the build (non-finite positions: no). Decided on the host
-        (numpy; microseconds at a few thousand atoms), so that a caller that keeps its Graph
-        between calls (``geoff.step_graph``) need not wait for the device to learn it."""
+    def reuse_displacement(self, positions: np.ndarray, cell, pbc, cutoff: float
+                           ) -> Optional[float]:
+        """The largest displacement (Å) of an atom since the build when the list built last
+        still serves ``positions`` (N, 3) Å in ``cell`` and ``pbc`` at ``cutoff`` (same cell,
+        pbc, cutoff and atom count, no atom moved more than ``skin / 2``), else None (also for
+        non-finite positions). Decided on the host (numpy; microseconds at a few thousand
+        atoms), so that a caller keeping its Graph between calls (``geoff.step_graph``) need
+        not wait for the device to learn it."""
         if self._key is None:
-            return False
+            return None
         key = (np.asarray(cell, dtype=np.float64).tobytes(),
                np.asarray(pbc, dtype=bool).reshape(3).tobytes(), float(cutoff))
         positions = np.asarray(positions, dtype=np.float64)
         if key != self._key or positions.shape != tuple(self._reference.shape):
-            return False
+            return None
         if self._reference_host is None:  # once per build (one device-to-host copy)
             self._reference_host = self._reference.cpu().numpy()
         d = positions - self._reference_host
         moved2 = float(np.max(np.einsum("ij,ij->i", d, d))) if len(d) else 0.0
-        return moved2 <= (0.5 * self.skin) ** 2  # False for NaN
+        return math.sqrt(moved2) if moved2 <= (0.5 * self.skin) ** 2 else None  # NaN: None
 
     def shortest_pending(self, x: Tensor) -> Tensor:
         """``[d^2 Å^2, i, j]`` (float64 (3,), on ``x``'s device, not read back) of the list's
@@ -265,7 +268,9 @@ class NeighbourCache:
             if not stale:
                 return self._with_pairs(edges)
         self._build(x, cell, pbc, cutoff, key)
-        return self._with_pairs(self._edges(x, cutoff, None)[:4])
+        edges = self._edges(x, cutoff, None)[:4]
+        self.build_shortest = edges[3][0]
+        return self._with_pairs(edges)
 
     def _with_pairs(self, edges) -> tuple:
         # a whole list keeps its pairs until the next build; a filtered one has new edges

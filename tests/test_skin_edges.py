@@ -171,7 +171,7 @@ def test_keep_still_refuses_overlaps_and_bad_settings():
     atoms.positions[5] = atoms.positions[3] + [0.1, 0.0, 0.0]
     with pytest.raises(OverlapError, match=r"atoms 3 \(Cu\) and 5 \(Cu\)"):
         atoms.get_potential_energy()
-    with pytest.raises(ValueError, match="skin_edges must be"):
+    with pytest.raises(ValueError, match="skin_edges must be .auto., .filter. or .keep."):
         GeoffCalculator(small_model("schnet"), skin=0.5, skin_edges="mask")
     with pytest.raises(ValueError, match="needs a skin"):
         GeoffCalculator(small_model("schnet"), skin=0.0, skin_edges="keep")

@@ -42,9 +42,25 @@ def test_steps_within_the_skin_send_positions_only():
         graph, pending = calc.step_graph(atoms)
         for key in ("species", "edge_index", "shifts", "cell", "pbc", "batch"):
             assert graph[key] is first[key], key  # the same device tensors, not re-uploaded
-        assert pending is not None and pending.shape == (3,)
+        assert pending is None  # nearest neighbours ~2.5 Å: no overlap within reach
     assert calc.neighbour_cache.builds == 1
-    assert calc.step_graph.reused >= 5
+    assert calc.step_graph.reused >= 5 and calc.step_graph.checked == 0
+
+
+def test_the_overlap_check_runs_where_the_bound_reaches_the_threshold():
+    model = small_model("schnet")
+    record_training_distance(model, 4.2)  # threshold 2.1 Å; Cu neighbours 2.55 Å apart
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    calc = keep_calc(model, skin=1.2)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.positions[0] += [0.1, 0.0, 0.0]  # bound 2.55 - 0.2 Å: no check
+    atoms.get_potential_energy()
+    assert (calc.step_graph.reused, calc.step_graph.checked) == (1, 0)
+    atoms.positions[0] += [0.2, 0.0, 0.0]  # bound 2.55 - 0.6 < 2.1: checked, none found
+    got = atoms.get_potential_energy(), atoms.get_forces()
+    assert (calc.step_graph.reused, calc.step_graph.checked) == (2, 1)
+    assert_same(got, fresh(model, atoms))
 
 
 @pytest.mark.parametrize("change", ["far move", "cell", "species", "atom count"])
@@ -84,7 +100,7 @@ def test_an_overlap_on_a_kept_graph_is_refused_naming_the_atoms():
     atoms.positions[k] -= 0.25 * unit
     with pytest.raises(OverlapError, match=rf"atoms 0 \(Cu\) and {k} \(Cu\) are 2.0\d+ Å apart"):
         atoms.get_forces()
-    assert calc.step_graph.reused == 1 and calc.neighbour_cache.builds == 1
+    assert calc.step_graph.checked == 1 and calc.neighbour_cache.builds == 1
     with pytest.raises(OverlapError):  # asked again: refused again, never a stale result
         atoms.get_potential_energy()
     atoms.positions[:] = start
@@ -102,8 +118,31 @@ def test_no_overlap_check_reads_nothing_back():
 
 
 def test_filtered_lists_have_no_step_graph():
-    calc = GeoffCalculator(small_model("schnet"), skin=0.5, neighbour_list="torch")
-    assert calc.step_graph is None
+    for skin_edges in ("filter", "auto"):  # auto filters on the CPU
+        calc = GeoffCalculator(small_model("schnet"), skin=0.5, neighbour_list="torch",
+                               skin_edges=skin_edges)
+        assert calc.step_graph is None and calc.neighbour_cache.filter_edges
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_auto_keeps_small_systems_whole_and_filters_large_ones(size, monkeypatch):
+    """``skin_edges="auto"`` as on CUDA (the CPU stands in for the device here): the whole
+    list and a kept Graph up to AUTO_KEEP_MAX_ATOMS, the filtered list above."""
+    import geoff.calculators.ase as ase_calc
+
+    monkeypatch.setattr(ase_calc, "AUTO_KEEP_MAX_ATOMS", 100)
+    model = small_model("schnet")
+    calc = keep_calc(model, skin_edges="keep")
+    calc.skin_edges = "auto"  # what the constructor resolves "auto" to on CUDA
+    atoms = rattled_triclinic(seed=9, n=(2, 2, 2) if size == "small" else (5, 5, 5))  # 8, 125
+    atoms.calc = calc
+    for step in range(3):
+        atoms.positions[step] += 0.02
+        got = atoms.get_potential_energy(), atoms.get_forces()
+        assert_same(got, fresh(model, atoms))
+    small = len(atoms) <= 100
+    assert calc.neighbour_cache.filter_edges == (not small)
+    assert calc.step_graph.reused == (2 if small else 0)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
@@ -112,7 +151,8 @@ def test_kept_graph_on_cuda_gives_the_cpu_answers():
     runs = {}
     for device in ("cpu", "cuda"):
         atoms = rattled_triclinic(seed=8)
-        calc = keep_calc(model, device=device)
+        # on CUDA through the default "auto" (8 atoms: kept whole), on the CPU asked for
+        calc = keep_calc(model, device=device, skin_edges="auto" if device == "cuda" else "keep")
         atoms.calc = calc
         rng = np.random.default_rng(2)
         out = []

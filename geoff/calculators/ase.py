@@ -34,6 +34,11 @@ def auto_edge_pairs(model: torch.nn.Module, device: torch.device) -> bool:
 
 
 AUTO_SKIN = 0.5  # Å: skin="auto" on CUDA
+# skin_edges="auto": the whole Verlet list up to this many atoms on CUDA. One H200, velocity
+# Verlet, SchNet and PaiNN (benchmarks/results/eleventh_h200/md_step.md): keeping the list cut
+# the graph part of a step from 0.8-1.8 to 0.4-0.8 ms at 864-4,000 atoms, while the model's
+# 1.33x edges cost nothing measurable at 864 atoms (launch-bound) but +6-20 % from 4,000 on.
+AUTO_KEEP_MAX_ATOMS = 1_500
 
 
 def _to_numpy(tensors: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
@@ -96,14 +101,16 @@ class GeoffCalculator(Calculator):
             measured an MD step (velocity Verlet, 300 K) at 0.73-0.92x the time of a fresh
             list per step (SchNet and PaiNN, 864-32k Cu atoms, two runs); 0 on the CPU
             (matscipy, whose build is cheap there against the model).
-        skin_edges: with a skin, ``"filter"`` (default) re-filters the Verlet list by the
-            cutoff every call; ``"keep"`` hands the model the whole list, whose edges beyond
-            the cutoff every geoff model's envelope zeroes exactly (same results): ~1.33x
-            the edges at 0.5 / 5 Å, but the Graph stays on the device between steps
+        skin_edges: with a skin, ``"filter"`` re-filters the Verlet list by the cutoff every
+            call; ``"keep"`` hands the model the whole list, whose edges beyond the cutoff
+            every geoff model's envelope zeroes exactly (same results): ~1.33x the edges at
+            0.5 / 5 Å, but the Graph stays on the device between steps
             (``geoff.step_graph``): a step uploads the positions and nothing else, decides
-            on the host whether the list still holds, and reads the overlap check back with
-            the results, so it waits for the device once. Meant for small, launch-bound
-            systems on a GPU; not yet measured there, so not the default.
+            on the host whether the list still holds, and checks overlaps only when one is
+            within reach, so it waits for the device once, for the results. ``"auto"``
+            (default): keep on CUDA up to ``AUTO_KEEP_MAX_ATOMS`` (1,500) atoms, where one
+            H200 measured the graph part of a step at half its filtered time and the extra
+            edges cost nothing measurable; filter above that and on the CPU.
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
             lower for MACE-style, messages computed twice). ``"auto"`` (default): no
@@ -169,7 +176,7 @@ class GeoffCalculator(Calculator):
                  neighbour_list: str = "auto", skin: Union[float, str] = "auto",
                  edge_chunk: Union[int, str, None] = "auto", cuda_graphs=False,
                  kernels: str = "e3nn", compile: bool = False, edge_pairs="auto",
-                 radial_table="auto", skin_edges: str = "filter", **kwargs):
+                 radial_table="auto", skin_edges: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.min_distance = None if check_overlaps else 0.0  # None: the model's threshold
         if not isinstance(model, torch.nn.Module):
@@ -215,17 +222,20 @@ class GeoffCalculator(Calculator):
                 "auto", "torch") else 0.0
         if isinstance(skin, str):
             raise ValueError(f"skin must be a distance in Å or 'auto', got {skin!r}")
-        if skin_edges not in ("filter", "keep"):
-            raise ValueError(f"skin_edges must be 'filter' or 'keep', got {skin_edges!r}")
+        if skin_edges not in ("auto", "filter", "keep"):
+            raise ValueError(f"skin_edges must be 'auto', 'filter' or 'keep', got {skin_edges!r}")
         if skin_edges == "keep" and not skin > 0:
             raise ValueError("skin_edges='keep' hands the model a Verlet list, which needs a "
                              f"skin: set skin > 0 Å (e.g. skin=0.5), got skin={skin!r}")
-        self.neighbour_cache = NeighbourCache(skin, filter_edges=skin_edges == "filter") \
+        if skin_edges == "auto":  # the CPU filters (its model time grows with the edges)
+            skin_edges = "auto" if self.device.type == "cuda" else "filter"
+        self.skin_edges = skin_edges
+        self.neighbour_cache = NeighbourCache(skin, filter_edges=skin_edges != "keep") \
             if skin > 0 else None
         self.neighbour_list = self.neighbour_cache or neighbour_list
         # a whole Verlet list keeps its edges: the Graph stays on the device between steps
         self.step_graph = None
-        if self.neighbour_cache is not None and not self.neighbour_cache.filter_edges:
+        if self.neighbour_cache is not None and skin_edges != "filter":
             threshold = overlap_threshold(self.model) if self.min_distance is None \
                 else self.min_distance
             self.step_graph = StepGraph(self.neighbour_cache, self.graph, self.model.cutoff,
@@ -262,6 +272,8 @@ class GeoffCalculator(Calculator):
         backward = self.force_key == "forces" and (
             "forces" in properties or self.model.force_head == "conservative")
         call = self.auto_chunk or self.run_model
+        if self.skin_edges == "auto" and self.neighbour_cache is not None:
+            self.neighbour_cache.filter_edges = len(atoms) > AUTO_KEEP_MAX_ATOMS
         graph, pending = self.step_graph(atoms) if self.step_graph else (self.graph(atoms), None)
         out = call(graph, compute_forces=backward, compute_stress=want_stress)
         wanted = {"energy": out["energy"].detach().sum().reshape(1), "energies": out["energies"]}

@@ -82,9 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="captured CUDA graphs for small systems (auto: up to 1,500 atoms)")
     s.add_argument("--skin", default=None,
                    help="Verlet-list skin in Å, or auto (0.5 on CUDA, 0 on the CPU)")
-    s.add_argument("--skin-edges", choices=["filter", "keep"], default=None,
-                   help="keep: hand the model the whole Verlet list (exact; for small "
-                        "systems on a GPU)")
+    s.add_argument("--skin-edges", choices=["auto", "filter", "keep"], default=None,
+                   help="keep: hand the model the whole Verlet list and keep the graph on "
+                        "the device between steps (exact; pays for small systems on a GPU); "
+                        "auto (default): keep on CUDA up to 1,500 atoms")
     g = p.add_argument_group("failure detection")
     g.add_argument("--max-force", type=float, default=50.0, help="eV/Å (default 50)")
     g.add_argument("--max-temperature-factor", type=float, default=5.0,
