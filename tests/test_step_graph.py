@@ -47,13 +47,19 @@ def test_steps_within_the_skin_send_positions_only():
     assert calc.step_graph.reused >= 5 and calc.step_graph.checked == 0
 
 
-def test_the_overlap_check_runs_where_the_bound_reaches_the_threshold():
+def cu_near_the_threshold():
+    """(model, atoms, calc, energy): FCC Cu whose nearest neighbours (2.55 Å) are close to
+    the model's overlap threshold (2.1 Å), in a kept-Graph calculator with a 1.2 Å skin."""
     model = small_model("schnet")
-    record_training_distance(model, 4.2)  # threshold 2.1 Å; Cu neighbours 2.55 Å apart
+    record_training_distance(model, 4.2)  # threshold 0.5 x 4.2 Å
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     calc = keep_calc(model, skin=1.2)
     atoms.calc = calc
-    atoms.get_potential_energy()
+    return model, atoms, calc, atoms.get_potential_energy()
+
+
+def test_the_overlap_check_runs_where_the_bound_reaches_the_threshold():
+    model, atoms, calc, _ = cu_near_the_threshold()
     atoms.positions[0] += [0.1, 0.0, 0.0]  # bound 2.55 - 0.2 Å: no check
     atoms.get_potential_energy()
     assert (calc.step_graph.reused, calc.step_graph.checked) == (1, 0)
@@ -86,12 +92,7 @@ def test_anything_but_a_small_move_takes_the_full_path(change):
 
 
 def test_an_overlap_on_a_kept_graph_is_refused_naming_the_atoms():
-    model = small_model("schnet")
-    record_training_distance(model, 4.2)  # threshold 2.1 Å; Cu neighbours 2.55 Å apart
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
-    calc = keep_calc(model, skin=1.2)
-    atoms.calc = calc
-    e0 = atoms.get_potential_energy()
+    model, atoms, calc, e0 = cu_near_the_threshold()
     d = atoms.get_distances(0, range(1, len(atoms)), mic=True, vector=True)
     k = 1 + int(np.argmin(np.linalg.norm(d, axis=1)))
     unit = d[k - 1] / np.linalg.norm(d[k - 1])
