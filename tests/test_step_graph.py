@@ -126,24 +126,28 @@ def test_filtered_lists_have_no_step_graph():
 
 
 @pytest.mark.parametrize("size", ["small", "large"])
-def test_auto_keeps_small_systems_whole_and_filters_large_ones(size, monkeypatch):
+@pytest.mark.parametrize("name", ["painn", "schnet"])
+def test_auto_keeps_small_systems_whole_and_filters_large_ones(name, size, monkeypatch):
     """``skin_edges="auto"`` as on CUDA (the CPU stands in for the device here): the whole
-    list and a kept Graph up to AUTO_KEEP_MAX_ATOMS, the filtered list above."""
+    list and a kept Graph up to the limit (``AUTO_KEEP_MAX_ATOMS``, or the representation's
+    own ``SKIN_KEEP_MAX_ATOMS``: SchNet's), the filtered list above."""
     import geoff.calculators.ase as ase_calc
+    from geoff.potentials.schnet import SchNet
 
     monkeypatch.setattr(ase_calc, "AUTO_KEEP_MAX_ATOMS", 100)
-    model = small_model("schnet")
+    monkeypatch.setattr(SchNet, "SKIN_KEEP_MAX_ATOMS", 50)
+    model = small_model(name)
     calc = keep_calc(model, skin_edges="keep")
     calc.skin_edges = "auto"  # what the constructor resolves "auto" to on CUDA
-    atoms = rattled_triclinic(seed=9, n=(2, 2, 2) if size == "small" else (5, 5, 5))  # 8, 125
+    atoms = rattled_triclinic(seed=9, n=(2, 2, 2) if size == "small" else (4, 4, 4))  # 8, 64
     atoms.calc = calc
     for step in range(3):
         atoms.positions[step] += 0.02
         got = atoms.get_potential_energy(), atoms.get_forces()
         assert_same(got, fresh(model, atoms))
-    small = len(atoms) <= 100
-    assert calc.neighbour_cache.filter_edges == (not small)
-    assert calc.step_graph.reused == (2 if small else 0)
+    kept = len(atoms) <= (50 if name == "schnet" else 100)
+    assert calc.neighbour_cache.filter_edges == (not kept)
+    assert calc.step_graph.reused == (2 if kept else 0)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")

@@ -34,10 +34,12 @@ def auto_edge_pairs(model: torch.nn.Module, device: torch.device) -> bool:
 
 
 AUTO_SKIN = 0.5  # Å: skin="auto" on CUDA
-# skin_edges="auto": the whole Verlet list up to this many atoms on CUDA. One H200, velocity
-# Verlet, SchNet and PaiNN (benchmarks/results/eleventh_h200/md_step.md): keeping the list cut
-# the graph part of a step from 0.8-1.8 to 0.4-0.8 ms at 864-4,000 atoms, while the model's
-# 1.33x edges cost nothing measurable at 864 atoms (launch-bound) but +6-20 % from 4,000 on.
+# skin_edges="auto": the whole Verlet list up to this many atoms on CUDA, unless the
+# representation sets its own SKIN_KEEP_MAX_ATOMS. One H200, velocity Verlet, three rounds
+# (benchmarks/results/eleventh_h200/md_step_crossover.md): keeping the list cuts the graph part
+# of a step from 0.8-1.7 to 0.15-0.4 ms, and the model's 1.33x edges cost PaiNN as much at
+# 1,372 atoms (step 0.99x) and more from 2,048 (1.13-1.17x); SchNet, cheaper per edge, gains
+# up to 2,916 atoms (0.87-0.97x) and loses at 4,000 (1.04x).
 AUTO_KEEP_MAX_ATOMS = 1_500
 
 
@@ -115,9 +117,9 @@ class GeoffCalculator(Calculator):
             (``geoff.step_graph``): a step uploads the positions and nothing else, decides
             on the host whether the list still holds, and checks overlaps only when one is
             within reach, so it waits for the device once, for the results. ``"auto"``
-            (default): keep on CUDA up to ``AUTO_KEEP_MAX_ATOMS`` (1,500) atoms, where one
-            H200 measured the graph part of a step at half its filtered time and the extra
-            edges cost nothing measurable; filter above that and on the CPU.
+            (default): keep on CUDA up to ``AUTO_KEEP_MAX_ATOMS`` (1,500) atoms (SchNet:
+            3,000, its ``SKIN_KEEP_MAX_ATOMS``), below which one H200 measured the whole
+            step at or under the filtered one; filter above that and on the CPU.
         edge_chunk: edges per checkpointed chunk (``geoff.potentials.chunking``): larger
             systems keep no per-edge activations for the backward pass (memory per atom ~20x
             lower for MACE-style, messages computed twice). ``"auto"`` (default): no
@@ -280,7 +282,9 @@ class GeoffCalculator(Calculator):
             "forces" in properties or self.model.force_head == "conservative")
         call = self.auto_chunk or self.run_model
         if self.skin_edges == "auto" and self.neighbour_cache is not None:
-            self.neighbour_cache.filter_edges = len(atoms) > AUTO_KEEP_MAX_ATOMS
+            limit = getattr(self.model.representation, "SKIN_KEEP_MAX_ATOMS", None) \
+                or AUTO_KEEP_MAX_ATOMS
+            self.neighbour_cache.filter_edges = len(atoms) > limit
         graph, pending = self.step_graph(atoms) if self.step_graph else (self.graph(atoms), None)
         out = call(graph, compute_forces=backward, compute_stress=want_stress)
         wanted = {"energy": out["energy"].detach().sum().reshape(1), "energies": out["energies"]}

@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--skin-edges", choices=["auto", "filter", "keep"], default=None,
                    help="keep: hand the model the whole Verlet list and keep the graph on "
                         "the device between steps (exact; pays for small systems on a GPU); "
-                        "auto (default): keep on CUDA up to 1,500 atoms")
+                        "auto (default): keep on CUDA up to 1,500 atoms, 3,000 for SchNet")
     g = p.add_argument_group("failure detection")
     g.add_argument("--max-force", type=float, default=50.0, help="eV/Å (default 50)")
     g.add_argument("--max-temperature-factor", type=float, default=5.0,

@@ -78,6 +78,9 @@ class Representation(nn.Module):
     # Representations with ``tabulate()`` (radial_table.py): the device types on which
     # ``GeoffCalculator(radial_table="auto")`` tabulates them in float32 (measured to pay).
     RADIAL_TABLE_AUTO = ()
+    # ``GeoffCalculator(skin_edges="auto")`` on CUDA hands the model the whole Verlet list up
+    # to this many atoms (None: the calculator's ``AUTO_KEEP_MAX_ATOMS``).
+    SKIN_KEEP_MAX_ATOMS = None
 
     def __init__(self, n_scalars: int, n_vectors: int, n_layers: int, is_local: bool = True):
         super().__init__()
