@@ -86,7 +86,7 @@ class StepGraph:
         graph = self.build(atoms)  # checks the overlaps itself
         self._graph, self._builds = graph, self.cache.builds
         self._numbers = np.array(atoms.numbers)
-        return graph, None
+        return dict(graph), None  # a copy: the kept dict never leaves this object
 
     def check(self, pending: np.ndarray, atoms) -> None:
         """Raise ``OverlapError`` if the shortest edge read back (``[d^2, i, j]``) is shorter
