@@ -279,7 +279,7 @@ def test_batched_forces_padded_path_with_a_lost_replica():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("forces", ["conservative", "direct", "mts"])
 def test_md_through_captured_graphs_follows_eager_on_gpu(forces):
-    """The MD harness (`geoff md`'s runner) with `cuda_graphs="auto"` on CUDA, for each force
+    """The MD harness (`geoff md`'s runner) with its CUDA default, `cuda_graphs="auto"`, for each force
     mode (MTS calls the calculator for direct forces alone between conservative calls: two
     buckets per size), follows the eager run step by step; the Graph kept between steps
     (skin_edges="auto" on CUDA) and the padded replays together."""
@@ -289,7 +289,7 @@ def test_md_through_captured_graphs_follows_eager_on_gpu(forces):
 
     model = small_model("painn", force_head="both")
     runs = []
-    for calculator in ({}, {"cuda_graphs": "auto"}):
+    for calculator in ({"cuda_graphs": False}, {}):  # eager, then the harness's CUDA default
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
         atoms.rattle(0.05, seed=1)
         runs.append(run_md(model, atoms, steps=24, forces=forces, mts_steps=3, device="cuda",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
+import torch
 from ase import units
 from ase.calculators.calculator import Calculator
 
@@ -74,10 +75,16 @@ def make_calculator(potential, settings: MDSettings):
     if settings.forces == "mts" and model.force_head != "both":
         raise ValueError("multiple time stepping needs a model with force_head='both' (one "
                          f"representation, both heads); this one is {model.force_head!r}")
+    options = dict(settings.calculator)
+    if torch.device(settings.device).type == "cuda":
+        # MD calls the model thousands of times at one size, where captured graphs pay (an
+        # H200 MD step at 864 atoms: 0.43-0.56x the eager one); GeoffCalculator's own default
+        # stays off, since a script evaluating many sizes would capture a graph per size
+        options.setdefault("cuda_graphs", "auto")
     return GeoffCalculator(model, device=settings.device, dtype=settings.dtype,
                            forces=settings.calculator_forces,
                            check_overlaps=settings.failure.min_distance != 0,  # 0: user said off
-                           **settings.calculator)
+                           **options)
 
 
 def current_forces(atoms) -> Optional[np.ndarray]:
