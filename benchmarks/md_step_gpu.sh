@@ -12,7 +12,7 @@
 # a slow spell of the machine does not land on one tree: the same model's time moved 35 %
 # between two sequential passes in the tenth session), TASKSET (e.g. "0-3": pin to these
 # cores while something else runs), DEADLINE_S (480), DEVICE (cpu: a dry run). First,
-# where pytest is installed (or carried in .whl/), tests/test_skin_edges.py,
+# where pytest is installed (or carried in .whl/), tests/test_neighbours.py, test_skin_edges.py,
 # test_step_graph.py and test_cuda_graphs.py, whose GPU tests check the Verlet list's, the
 # kept Graph's and the captured path's CUDA answers against the CPU's and eager ones.
 # Results: $OUT/md_step.md, $OUT/md_pytest.log, $OUT/run.log.
@@ -26,9 +26,10 @@ ROOT=$(pwd)
 # (pytest travels in .whl/ when the image lacks it)
 if PYTHONPATH="$WORK/py" "$V" -c "import pytest" 2>/dev/null; then
   PYTHONPATH="$ROOT:$WORK/py" timeout 180 "$V" -m pytest -q -p no:cacheprovider \
-    tests/test_skin_edges.py tests/test_step_graph.py tests/test_cuda_graphs.py \
+    tests/test_neighbours.py tests/test_skin_edges.py tests/test_step_graph.py \
+    tests/test_cuda_graphs.py \
     > "$RES/md_pytest.log" 2>&1
-  stamp "pytest skin_edges, step_graph, cuda_graphs: exit $? ($(tail -1 "$RES/md_pytest.log"))"
+  stamp "pytest neighbours, skin_edges, step_graph, cuda_graphs: exit $? ($(tail -1 "$RES/md_pytest.log"))"
   cp -f "$RES/md_pytest.log" "$OUT/" 2>/dev/null
 fi
 pin=(); [ -n "${TASKSET:-}" ] && pin=(taskset -c "$TASKSET")

@@ -7,7 +7,10 @@
 FCC Cu rattled 0.05 Å, cutoff 5 Å, float32, energy + forces, the hyper-parameters of
 ``speed.py`` (MACE at 64 channels, l_max 3). Prints medians (ms) per part and the torch
 profiler's top operators (self CPU time) at the middle size: of the model call on the CPU,
-of the whole calculator call on CUDA (where the host-side overhead of small systems is).
+of a whole calculator call on a new structure on CUDA (where the host-side overhead of small
+systems is). ``calc`` is a call repeated on the same atoms (the list reused); ``new-structure
+calc`` a call on the atoms moved as a whole by 0.6 Å, a different way each call, so that the
+list is built afresh every time, as for a new structure of that size.
 With ``--skins``: the median time of one velocity-Verlet step (1 fs, 300 K, ``--md-steps``
 steps, ASE) with ``GeoffCalculator(skin=S)`` per skin, beside the model's time: what an MD
 run pays per step when the neighbour list is reused while no atom moved more than S / 2.
@@ -38,6 +41,18 @@ def median_ms(fn, repeats=3):
     return 1e3 * float(np.median(out))
 
 
+def translated(atoms):
+    """Copies of ``atoms`` moved as a whole by 0.6 Å along x, y, z in turn, forever: each call
+    on the next one finds every atom moved beyond any skin's half, so the calculator builds
+    its neighbour list afresh, as for a new structure of the same size."""
+    k = 0
+    while True:
+        moved = atoms.copy()
+        moved.positions += 0.6 * np.eye(3)[k % 3]
+        k += 1
+        yield moved
+
+
 def calculator_options(args) -> dict:
     """The GeoffCalculator knobs this script's command line sets."""
     return {"cuda_graphs": SWITCH[args.cuda_graphs], "compile": args.compile}
@@ -46,6 +61,52 @@ def calculator_options(args) -> dict:
 def md_options(args) -> dict:
     """The knobs of the MD-step columns (a skin's list filtered or kept whole)."""
     return dict(calculator_options(args), skin_edges=args.skin_edges)
+
+
+def new_structure_parts(calc, structures, calls: int) -> dict:
+    """Median ms of a new-structure call's parts (``structures``: an iterator such as
+    ``translated``): the list's search (``NeighbourCache._build``), its filter and shortest
+    edge (``_edges``), the rest of the graph (checks, tensors), the model, the rest of
+    ``calculate``; each part synchronised at its end."""
+    cache, spent = calc.neighbour_cache, {}
+    # a kept-Graph calculator reaches its graph through the StepGraph's own reference
+    saved = [(calc.step_graph, "build") if calc.step_graph is not None else (calc, "graph"),
+             (calc, "auto_chunk" if calc.auto_chunk else "run_model")]
+    if cache is not None:
+        saved += [(cache, "_build"), (cache, "_edges")]
+    originals = [(obj, name, getattr(obj, name)) for obj, name in saved]
+    for obj, name, fn in originals:
+        setattr(obj, name, _timed(spent, "graph" if name == "build" else name, fn))
+    rows = []
+    try:
+        for _ in range(calls):
+            spent.clear()
+            SYNC[0]()
+            t0 = time.perf_counter()
+            calc.calculate(next(structures), ["energy", "forces"], ["positions"])
+            SYNC[0]()
+            total = time.perf_counter() - t0
+            lists = spent.get("_build", 0.0) + spent.get("_edges", 0.0)
+            model = spent.get("auto_chunk", 0.0) + spent.get("run_model", 0.0)
+            rows.append({"call": total, "list search": spent.get("_build", 0.0),
+                         "list filter": spent.get("_edges", 0.0),
+                         "graph rest": spent.get("graph", 0.0) - lists, "model": model,
+                         "calculate rest": total - spent.get("graph", 0.0) - model})
+    finally:
+        for obj, name, fn in originals:
+            setattr(obj, name, fn)
+    return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
+def _timed(spent: dict, key: str, fn):
+    """``fn`` adding its synchronised wall time (s) to ``spent[key]``."""
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        out = fn(*a, **k)
+        SYNC[0]()
+        spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
+        return out
+    return wrapper
 
 
 def md_step_parts(dyn, steps: int) -> dict:
@@ -58,13 +119,7 @@ def md_step_parts(dyn, steps: int) -> dict:
     spent = {}
 
     def timed(key, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            SYNC[0]()
-            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
-            return out
-        return wrapper
+        return _timed(spent, key, fn)
 
     class TimedStepGraph:  # a Graph kept between steps (skin_edges="keep"): its call is the graph part
         def __init__(self, inner):
@@ -181,8 +236,8 @@ def main():
     md_heads = "".join(f" MD step ms, skin {s:g} | step/model, skin {s:g} |"
                        for s in args.skins)
     print("| model | atoms | matscipy list ms | torch list ms | graph ms | model ms | calc ms "
-          "| calc/model |" + md_heads)
-    print("|---|---|---|---|---|---|---|---|" + "---|---|" * len(args.skins))
+          "| calc/model | new-structure calc ms | new/model |" + md_heads)
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(args.skins))
     for name in args.models:
         torch.manual_seed(0)
         calc = GeoffCalculator(build_model(name, ["Cu", "Zr"], 5.0, **MODELS[name]),
@@ -197,22 +252,31 @@ def main():
             gr = median_ms(lambda: calc.graph(atoms))
             model = median_ms(lambda: calc.run_model(graph)["forces"].sum().item())
             call = median_ms(lambda: calc.calculate(atoms, ["energy", "forces"], ["positions"]))
+            moved = translated(atoms)  # a new structure per call: the list is built afresh
+            new = median_ms(lambda: calc.calculate(next(moved), ["energy", "forces"],
+                                                   ["positions"]))
+            if args.profile_md:
+                parts = new_structure_parts(calc, moved, 5)
+                print(f"\n{name}, {len(atoms)} atoms, new-structure call in parts (medians, "
+                      "ms): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + "\n",
+                      flush=True)
             steps = "".join(f" {t:.1f} | {t / model:.2f} |" for t in (
                 md_step_ms(name, atoms, args, skin, args.profile_md and k == 0)
                 for k, skin in enumerate(args.skins)))
             print(f"| {name} | {len(atoms)} | {nl:.1f} | {tnl:.1f} | {gr:.1f} | {model:.1f} | "
-                  f"{call:.1f} | {call / model:.2f} |{steps}", flush=True)
+                  f"{call:.1f} | {call / model:.2f} | {new:.1f} | {new / model:.2f} |{steps}",
+                  flush=True)
         mid = structure("cu", args.sizes[len(args.sizes) // 2])
         graph = calc.graph(mid)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if cuda:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
-            if cuda:  # the whole call: host work between the kernels is the overhead
-                calc.calculate(mid, ["energy", "forces"], ["positions"])
+            if cuda:  # a whole new-structure call: host work between kernels is the overhead
+                calc.calculate(next(translated(mid)), ["energy", "forces"], ["positions"])
             else:
                 calc.model(graph)["forces"].sum().item()
-        what = "calculator call" if cuda else "model call"
+        what = "new-structure calculator call" if cuda else "model call"
         print(f"\n{name}, {len(mid)} atoms, {what}, top operators by self CPU time:\n```")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top,
                                         max_name_column_width=40))

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .to_device import to_device
+
 POSITIONS = "positions"
 SPECIES = "species"
 EDGE_INDEX = "edge_index"
@@ -270,7 +272,7 @@ def atoms_to_graph(
     method = _list_method(neighbour_list, device)
     positions = atoms.positions  # (N, 3) Å; a device list's: on its device once, in float64
     if method != "matscipy":
-        positions = torch.as_tensor(positions, dtype=torch.float64, device=device)
+        positions = to_device(positions, device, torch.float64)
     i, j, shifts, *extra = _edges(positions, cell, pbc, cutoff, method)
     shortest, pairs = (extra + [None, None])[:2]  # what the list measured already, if any
     if min_distance > cutoff:  # the graph's edges do not reach that far
@@ -278,13 +280,12 @@ def atoms_to_graph(
     else:
         check_edge_lengths(positions, i, j, shifts, min_distance, symbols, shortest=shortest)
     graph = {
-        POSITIONS: torch.as_tensor(positions, dtype=dtype, device=device),
-        SPECIES: torch.as_tensor(z, device=device),
-        EDGE_INDEX: torch.stack([torch.as_tensor(i, device=device),
-                                 torch.as_tensor(j, device=device)]),
-        SHIFTS: torch.as_tensor(shifts, dtype=dtype, device=device),
-        CELL: torch.as_tensor(cell, dtype=dtype, device=device).unsqueeze(0),
-        PBC: torch.as_tensor(pbc, device=device).unsqueeze(0),
+        POSITIONS: to_device(positions, device, dtype),
+        SPECIES: to_device(z, device),
+        EDGE_INDEX: torch.stack([to_device(i, device), to_device(j, device)]),
+        SHIFTS: to_device(shifts, device, dtype),
+        CELL: to_device(cell, device, dtype).unsqueeze(0),
+        PBC: to_device(pbc, device).unsqueeze(0),
         BATCH: torch.zeros(len(atoms), dtype=torch.long, device=device),
     }
     if edge_pairs and pairs is not None:  # the list's own, computed once per build

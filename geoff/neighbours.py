@@ -18,16 +18,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .to_device import to_device
+
 # Candidate pairs examined at once; bounds the search's memory (about 100 bytes a candidate).
 CANDIDATE_CHUNK = 1 << 24
+NON_FINITE = "the structure has non-finite (NaN or inf) positions"
 
 
 def _search_cell(positions: Tensor, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
     """The cell of the matscipy path (non-periodic axes replaced by vectors spanning the
-    structure), computed from the bounding box alone so that only 6 numbers leave the device."""
+    structure), computed from the bounding box alone so that only 6 numbers leave the device
+    (none for a periodic cell)."""
     from .graph import _neighbour_cell
 
+    if pbc.all():
+        return _neighbour_cell(np.zeros((0, 3)), cell, pbc, cutoff)
     corners = torch.stack([positions.amin(0), positions.amax(0)]).cpu().double().numpy()
+    if not np.isfinite(corners).all():  # NaN and inf reach the bounding box
+        raise ValueError(NON_FINITE)
     return _neighbour_cell(corners, cell, pbc, cutoff)
 
 
@@ -49,84 +57,111 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
     Returns ``(i, j, shifts, images)``: int64 (E,), int64 (E,), float64 (E, 3) Cartesian
     shifts in Å with ``r_ij = x_j - x_i + shifts``, and int64 (E, 3) integer cell images
     (``shifts = images @ cell``).
+
+    A cell list with a padded bin table: every atom looks at the (2 reach + 1)^3 bins around
+    its own, each as a row of ``M`` slots (``M`` = the fullest bin's count). The candidates
+    are then one dense (atoms, bins, M) block, so the search is a few dozen tensor operations
+    and two host synchronisations (the fullest bin, the final ``nonzero``) whatever the size:
+    small systems on a GPU are bound by launches, not by the candidates.
     """
     if not math.isfinite(cutoff) or cutoff <= 0:
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
     if positions.ndim != 2 or positions.shape[1] != 3 or positions.shape[0] == 0:
         raise ValueError(f"positions must be (N, 3) with N >= 1, got {tuple(positions.shape)}")
     device = positions.device
+    n = positions.shape[0]
     x = positions.detach().to(torch.float64)
-    if not torch.isfinite(x).all():
-        raise ValueError("the structure has non-finite (NaN or inf) positions")
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     cell_np = _search_cell(x, np.asarray(cell, dtype=np.float64), pbc, cutoff)
     volume = abs(np.linalg.det(cell_np))
     if pbc.all():
         from .graph import MAX_NEIGHBOURS_PER_ATOM
 
-        expected = x.shape[0] / volume * 4.0 / 3.0 * np.pi * cutoff**3
+        expected = n / volume * 4.0 / 3.0 * np.pi * cutoff**3
         if expected > MAX_NEIGHBOURS_PER_ATOM:
             raise ValueError(
                 f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
                 f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
     heights = volume / np.linalg.norm(np.cross(cell_np[[1, 2, 0]], cell_np[[2, 0, 1]]), axis=1)
-    n_bins = _bins(heights, cutoff, x.shape[0])
+    n_bins = _bins(heights, cutoff, n)
     reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)  # bin offsets to visit
     reach[~pbc] = np.minimum(reach[~pbc], n_bins[~pbc])
+    n_total = int(n_bins.prod())
+    strides = np.array([n_bins[1] * n_bins[2], n_bins[2], 1], dtype=np.int64)
+    offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"),
+                       -1).reshape(-1, 3)  # (K, 3)
+    centre = int(np.flatnonzero((offsets == 0).all(1))[0])
 
-    cell_t = torch.as_tensor(cell_np, device=device)
-    periodic = torch.as_tensor(pbc, device=device)
-    frac = x @ torch.linalg.inv(cell_t)  # (N, 3)
-    # Periodic axes: wrap into [0, 1) and remember the image; others: translate to start at 0.
-    wrap = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
-    frac = frac - wrap
-    frac = torch.where(periodic, frac, frac - frac.amin(0))
+    # the host's numbers go over in two copies (floats, integers) rather than one each
+    floats = to_device(np.concatenate([cell_np, np.linalg.inv(cell_np),
+                                       n_bins[None].astype(np.float64)]), device)
+    cell_t, inverse, nb_f = floats[:3], floats[3:6], floats[6]
+    ints = to_device(np.concatenate([offsets, n_bins[None], strides[None]]), device)
+    offsets_t, nb, strides_t = ints[:-2], ints[-2], ints[-1]
+
+    frac = x @ inverse  # (N, 3)
+    if pbc.all():  # wrap into [0, 1) and remember the image
+        wrap = torch.floor(frac)
+        frac = frac - wrap
+    else:  # periodic axes wrap; the others are translated to start at 0
+        periodic = to_device(pbc, device)
+        wrap = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
+        frac = frac - wrap
+        frac = torch.where(periodic, frac, frac - frac.amin(0))
     wrapped = frac @ cell_t  # (N, 3) positions inside the search cell
-    nb = torch.as_tensor(n_bins, device=device)
-    atom_bin = torch.minimum((frac * nb).long(), nb - 1).clamp_min(0)  # (N, 3)
-    flat = (atom_bin[:, 0] * nb[1] + atom_bin[:, 1]) * nb[2] + atom_bin[:, 2]
+    atom_bin = torch.minimum((frac * nb_f).long(), nb - 1).clamp_min(0)  # (N, 3)
+    flat = (atom_bin * strides_t).sum(1)
     order = torch.argsort(flat)
-    count = torch.bincount(flat, minlength=int(n_bins.prod()))
-    start = torch.cumsum(count, 0) - count
+    count = torch.zeros(n_total + 1, dtype=torch.long, device=device)  # + one empty bin
+    count.index_add_(0, flat, torch.ones_like(flat))
+    # one read-back: the fullest bin, and whether every position was finite (NaN and inf
+    # bin anywhere, so this is the check's place)
+    fullest, finite = torch.stack([count.max(), torch.isfinite(x).all().long()]).tolist()
+    if not finite:
+        raise ValueError(NON_FINITE)
+    # table[b, s]: the s-th atom of bin b, or n (a sentinel whose position is at infinity)
+    sorted_bins = flat[order]
+    rank = torch.arange(n, device=device) - (torch.cumsum(count, 0) - count)[sorted_bins]
+    table = torch.full((n_total + 1, fullest), n, dtype=torch.long, device=device)
+    table[sorted_bins, rank] = order
+    far = torch.cat([wrapped, wrapped.new_full((1, 3), math.inf)])
 
-    ranges = [torch.arange(-r, r + 1, device=device) for r in reach.tolist()]
-    offsets = torch.cartesian_prod(*ranges).reshape(-1, 3)  # (K, 3)
-    per_atom = max(1, int(count.max()) * offsets.shape[0])
-    chunk = max(1, CANDIDATE_CHUNK // per_atom)
-    parts = [
-        _pairs(a, min(a + chunk, x.shape[0]), atom_bin, offsets, nb, periodic, count, start,
-               order, wrapped, cell_t, cutoff)
-        for a in range(0, x.shape[0], chunk)
-    ]
-    i = torch.cat([p[0] for p in parts])
-    j = torch.cat([p[1] for p in parts])
-    image = torch.cat([p[2] for p in parts])
+    k, slots = offsets.shape[0], fullest
+    chunk = max(1, CANDIDATE_CHUNK // (k * slots))
+    parts = [_pairs(a, min(a + chunk, n), atom_bin, offsets_t, nb, pbc, strides_t, table,
+                    far, cell_t, cutoff, centre, n_total) for a in range(0, n, chunk)]
+    i, j, image = (torch.cat(p) if len(parts) > 1 else p[0] for p in zip(*parts))
     # Back from wrapped to the caller's positions: x = wrapped + wrap @ cell.
-    images = image + wrap.long()[i] - wrap.long()[j]
+    wrap = wrap.long()
+    images = image + wrap[i] - wrap[j]
     return i, j, images.double() @ cell_t, images
 
 
-def _pairs(a: int, b: int, atom_bin, offsets, nb, periodic, count, start, order, wrapped,
-           cell_t, cutoff):
+def _pairs(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell_t,
+           cutoff, centre, empty):
     """Pairs (i, j, image of j) with atoms a <= i < b in the wrapped frame, within cutoff."""
-    device = wrapped.device
-    target = atom_bin[a:b, None, :] + offsets[None]  # (n, K, 3)
-    inside = ((target >= 0) & (target < nb)) | periodic  # non-periodic axes do not wrap
-    valid = inside.all(-1)
-    image = torch.div(target, nb, rounding_mode="floor") * periodic  # (n, K, 3)
-    target = target - image * nb
-    flat = (target[..., 0] * nb[1] + target[..., 1]) * nb[2] + target[..., 2]
-    flat = torch.where(valid, flat, torch.zeros_like(flat))
-    n_cand = torch.where(valid, count[flat], torch.zeros_like(flat)).reshape(-1)
-    group = torch.repeat_interleave(torch.arange(n_cand.shape[0], device=device), n_cand)
-    first = torch.cumsum(n_cand, 0) - n_cand
-    rank = torch.arange(group.shape[0], device=device) - first[group]
-    j = order[start[flat.reshape(-1)[group]] + rank]
-    i = a + torch.div(group, offsets.shape[0], rounding_mode="floor")
-    img = image.reshape(-1, 3)[group]
-    vec = wrapped[j] - wrapped[i] + img.double() @ cell_t
-    keep = (vec.square().sum(-1) < cutoff * cutoff) & ~((i == j) & (img == 0).all(-1))
-    return _select(keep, i, j, img)
+    target = atom_bin[a:b, None, :] + offsets  # (n, K, 3) bins to visit
+    image = torch.div(target, nb, rounding_mode="floor")
+    if pbc.all():
+        target = target - image * nb
+    else:  # non-periodic axes do not wrap: a bin beyond the edge is the empty one
+        image = image * to_device(pbc, target.device)
+        target = target - image * nb
+    flat = (target * strides).sum(-1)  # (n, K)
+    if not pbc.all():
+        outside = ((target < 0) | (target >= nb)).any(-1)
+        flat = torch.where(outside, torch.full_like(flat, empty), flat)
+    cand = table[flat]  # (n, K, M) atom indices, the sentinel in empty slots
+    shift = image.double() @ cell_t  # (n, K, 3)
+    d2 = (far[cand] - far[a:b, None, None, :] + shift[:, :, None, :]).square().sum(-1)
+    keep = d2 < cutoff * cutoff
+    # an atom meets itself only in its own bin with no image: the centre offset
+    own = torch.arange(a, b, device=cand.device)[:, None]
+    keep[:, centre, :] &= cand[:, centre, :] != own
+    rows = keep.view(-1).nonzero().squeeze(1)
+    k, m = cand.shape[1], cand.shape[2]
+    return (a + torch.div(rows, k * m, rounding_mode="floor"), cand.view(-1)[rows],
+            image.view(-1, 3)[torch.div(rows, m, rounding_mode="floor")])
 
 
 def _select(keep: Tensor, *tensors: Tensor) -> Tuple[Tensor, ...]:
@@ -182,15 +217,20 @@ class NeighbourCache:
         return self._pair_cache
 
     def _build(self, x: Tensor, cell: np.ndarray, pbc: np.ndarray, cutoff: float, key) -> None:
-        i, j, _, images = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
-        # Images are 0 along non-periodic axes, so the user's cell gives the shifts; the cell
-        # is part of the key, so they hold until the next build.
-        self._i, self._j = i, j
-        self._shifts = images.double() @ torch.as_tensor(cell, device=x.device)
+        # Images are 0 along non-periodic axes, whose rows are all the search cell changes,
+        # so its shifts are the user's cell's; the cell is part of the key, so they hold
+        # until the next build.
+        i, j, shifts, _ = torch_neighbour_list(x, cell, pbc, cutoff + self.skin)
+        self._i, self._j, self._shifts = i, j, shifts
         self._reference, self._key = x.clone(), key
         self._reference_host = None  # made by the first ``reuse_displacement`` after it
         self._pair_cache = None
         self.builds += 1
+
+    def expire(self) -> None:
+        """Forget the list: the next call builds a new one (for a caller that knows it is
+        stale, e.g. from ``reuse_displacement``, without a pass on the device)."""
+        self._key = None
 
     def reuse_displacement(self, positions: np.ndarray, cell, pbc, cutoff: float
                            ) -> Optional[float]:

@@ -32,6 +32,7 @@ from torch import Tensor
 from .graph import POSITIONS, Graph, _Symbols
 from .neighbours import NeighbourCache
 from .structure_checks import check_edge_lengths
+from .to_device import to_device
 
 
 class StepGraph:
@@ -74,7 +75,7 @@ class StepGraph:
             moved = self.cache.reuse_displacement(atoms.positions, atoms.cell.array, atoms.pbc,
                                                   self.cutoff)
         if moved is not None:
-            x = torch.as_tensor(atoms.positions, dtype=torch.float64, device=self.device)
+            x = to_device(atoms.positions, self.device, torch.float64)
             graph = dict(self._graph)
             graph[POSITIONS] = x.to(self.dtype)
             self.reused += 1

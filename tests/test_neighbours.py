@@ -198,3 +198,53 @@ def test_calculator_skin_auto_and_one_transfer():
     np.testing.assert_allclose(forces, out["forces"].detach().numpy(), rtol=0, atol=1e-13)
     assert energies.shape == (len(atoms),) and stress.shape == (6,)
     assert abs(energies.sum() - atoms.get_potential_energy()) < 1e-10
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, True, False), (False,) * 3])
+def test_non_finite_positions_are_refused(pbc, device):
+    atoms = rattled_triclinic(seed=2)
+    for bad in (np.nan, np.inf):
+        positions = atoms.positions.copy()
+        positions[3, 1] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            torch_neighbour_list(torch.as_tensor(positions, device=device), atoms.cell.array,
+                                 pbc, 4.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crowded_and_empty_bins_match_matscipy(device):
+    """The padded bin table is as wide as the fullest bin: a dense cluster beside sparse
+    atoms in a large periodic box leaves most slots empty, which must find nothing."""
+    rng = np.random.default_rng(5)
+    cell = np.diag([30.0, 31.0, 29.0])
+    cluster = rng.normal(scale=1.2, size=(60, 3)) + 10.0
+    sparse = rng.uniform(0, 1, (25, 3)) @ cell
+    positions = np.concatenate([cluster, sparse])
+    for pbc in [(True,) * 3, (False, True, False)]:
+        assert_same_edges(positions, cell, pbc, 3.5, device)
+
+
+def test_calculator_builds_a_new_structure_without_trying_the_old_list():
+    """A new structure (every atom moved beyond skin / 2) is seen to be one on the host, so
+    the list is rebuilt without first being filtered on the device; a small move reuses it."""
+    from geoff.calculators.ase import GeoffCalculator
+
+    atoms = rattled_triclinic(seed=8)
+    calc = GeoffCalculator(small_model("schnet"), dtype="float64", neighbour_list="torch",
+                           skin=0.5, skin_edges="filter")
+    cache = calc.neighbour_cache
+    passes = []
+    edges = cache._edges
+    cache._edges = lambda *a: passes.append(a[2] is not None) or edges(*a)
+    calc.get_forces(atoms)
+    moved = atoms.copy()
+    moved.positions += [0.6, 0.0, 0.0]
+    calc.get_forces(moved)
+    assert cache.builds == 2 and passes == [False, False]  # two builds, no reuse attempt
+    nudged = moved.copy()
+    nudged.positions[0] += [0.05, 0.0, 0.0]
+    forces = calc.get_forces(nudged)
+    assert cache.builds == 2 and passes[-1] is True  # reused: filtered with the moved check
+    fresh = GeoffCalculator(small_model("schnet"), dtype="float64").get_forces(nudged)
+    np.testing.assert_allclose(forces, fresh, rtol=0, atol=1e-12)

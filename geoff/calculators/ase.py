@@ -41,6 +41,11 @@ AUTO_SKIN = 0.5  # Å: skin="auto" on CUDA
 # 1,372 atoms (step 0.99x) and more from 2,048 (1.13-1.17x); SchNet, cheaper per edge, gains
 # up to 2,916 atoms (0.87-0.97x) and loses at 4,000 (1.04x).
 AUTO_KEEP_MAX_ATOMS = 1_500
+# Up to this size a Verlet list's staleness is decided on the host first (numpy, tens of µs),
+# so that a new structure or a big move builds at once instead of first trying the old list
+# on the device (a filtering pass and a synchronisation, wasted); beyond it that pass is
+# cheap beside the model and the host's comparison is not.
+HOST_STALE_CHECK_MAX_ATOMS = 20_000
 
 
 def _to_numpy(tensors: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
@@ -261,6 +266,11 @@ class GeoffCalculator(Calculator):
         return self.model.species
 
     def graph(self, atoms):
+        cache = self.neighbour_cache
+        if cache is not None and len(atoms) <= HOST_STALE_CHECK_MAX_ATOMS and \
+                cache.reuse_displacement(atoms.positions, atoms.cell.array, atoms.pbc,
+                                         self.model.cutoff) is None:
+            cache.expire()
         # edge pairs: the models' distance-only terms once per pair of reverse edges
         return atoms_to_graph(atoms, self.model, dtype=self.dtype, device=self.device,
                               min_distance=self.min_distance,

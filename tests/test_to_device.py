@@ -1,0 +1,61 @@
+"""Host arrays onto the device without a stream synchronisation (``geoff.to_device``), and
+the neighbour search's synchronisations counted on a GPU."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from geoff.neighbours import torch_neighbour_list
+from geoff.to_device import to_device
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_cpu_copies_convert_and_keep_values():
+    a = np.arange(12.0).reshape(4, 3)
+    t = to_device(a, "cpu", torch.float32)
+    assert t.dtype == torch.float32 and t.device.type == "cpu"
+    np.testing.assert_array_equal(t.numpy(), a.astype(np.float32))
+    assert to_device([True, False, True], "cpu").dtype == torch.bool
+    x = torch.ones(3, dtype=torch.float64)
+    assert to_device(x, "cpu", torch.float32).dtype == torch.float32
+
+
+def _syncs(fn):
+    """How many times ``fn`` synchronised the host with the current CUDA stream."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return out, sum("synchroniz" in str(w.message) for w in caught)
+
+
+@CUDA
+def test_cuda_copy_does_not_wait_and_keeps_the_values_it_was_given():
+    a = np.random.default_rng(0).normal(size=(50_000, 3))
+    before = a.copy()
+    busy = torch.randn(4096, 4096, device="cuda")
+    for _ in range(20):  # queue work, so that a synchronising copy would have to wait
+        busy = busy @ busy / 64.0
+    t, syncs = _syncs(lambda: to_device(a, "cuda", torch.float64))
+    a[:] = -1.0  # the copy was staged at the call: changing the array now cannot reach it
+    assert syncs == 0
+    np.testing.assert_array_equal(t.cpu().numpy(), before)
+
+
+@CUDA
+def test_cell_list_synchronises_twice():
+    """The fullest bin (with the finiteness check) and the final ``nonzero``: nothing else
+    waits for the device, whatever the size (one chunk)."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 6)
+    x = torch.as_tensor(atoms.positions, device="cuda")
+    torch_neighbour_list(x, atoms.cell.array, atoms.pbc, 5.5)  # warm-up
+    (i, _, _, _), syncs = _syncs(lambda: torch_neighbour_list(x, atoms.cell.array, atoms.pbc,
+                                                               5.5))
+    assert len(i) > 0 and syncs == 2
