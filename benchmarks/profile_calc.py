@@ -203,6 +203,20 @@ def md_step_ms(name, atoms, args, skin, profile=False) -> float:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top,
                                         max_name_column_width=40))
         print("```\n")
+    if profile and args.cprofile:  # the Python around the model, function by function
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        dyn.run(args.md_steps)
+        SYNC[0]()
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)
+        print(f"{name}, {len(atoms)} atoms, {args.md_steps} MD steps under cProfile "
+              f"(functions by own time):\n```\n{text.getvalue().strip()}\n```\n")
     return step
 
 
@@ -223,6 +237,9 @@ def main():
                         help="GeoffCalculator(skin_edges=...) in the MD-step columns")
     parser.add_argument("--profile-md", action="store_true",
                         help="with --skins: the first skin's MD step in parts, and profiled")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="with --profile-md: also the Python functions of --md-steps "
+                             "steps by their own time (cProfile, --top rows)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")

@@ -22,6 +22,12 @@ from .to_device import to_device
 
 # Candidate pairs examined at once; bounds the search's memory (about 100 bytes a candidate).
 CANDIDATE_CHUNK = 1 << 24
+# Up to this many atoms in a periodic cell at least two cutoffs high, every pair is examined
+# (``_all_pairs``): fewer tensor operations than the cell list, which is what a small system
+# on a GPU waits for ((N, N, 3) float64 temporaries, 100 MB at 2,048 atoms); on a CPU, whose
+# time goes into the arithmetic, only up to a few hundred (2 cores, 864 atoms: both 45 ms).
+ALL_PAIRS_MAX_ATOMS = {"cuda": 2048, "cpu": 512}
+SMALL_PRODUCT = 1 << 16  # rows: see _rows_times
 NON_FINITE = "the structure has non-finite (NaN or inf) positions"
 
 
@@ -83,6 +89,9 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
                 f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
                 f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
     heights = volume / np.linalg.norm(np.cross(cell_np[[1, 2, 0]], cell_np[[2, 0, 1]]), axis=1)
+    if pbc.all() and n <= ALL_PAIRS_MAX_ATOMS.get(device.type, 0) \
+            and np.all(heights >= 2.0 * cutoff):
+        return _all_pairs(x, cell_np, cutoff)
     n_bins = _bins(heights, cutoff, n)
     reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)  # bin offsets to visit
     reach[~pbc] = np.minimum(reach[~pbc], n_bins[~pbc])
@@ -99,7 +108,7 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
     ints = to_device(np.concatenate([offsets, n_bins[None], strides[None]]), device)
     offsets_t, nb, strides_t = ints[:-2], ints[-2], ints[-1]
 
-    frac = x @ inverse  # (N, 3)
+    frac = _rows_times(x, inverse)  # (N, 3)
     if pbc.all():  # wrap into [0, 1) and remember the image
         wrap = torch.floor(frac)
         frac = frac - wrap
@@ -108,17 +117,18 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
         wrap = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
         frac = frac - wrap
         frac = torch.where(periodic, frac, frac - frac.amin(0))
-    wrapped = frac @ cell_t  # (N, 3) positions inside the search cell
+    wrapped = _rows_times(frac, cell_t)  # (N, 3) positions inside the search cell
     atom_bin = torch.minimum((frac * nb_f).long(), nb - 1).clamp_min(0)  # (N, 3)
     flat = (atom_bin * strides_t).sum(1)
     order = torch.argsort(flat)
     count = torch.zeros(n_total + 1, dtype=torch.long, device=device)  # + one empty bin
     count.index_add_(0, flat, torch.ones_like(flat))
-    # one read-back: the fullest bin, and whether every position was finite (NaN and inf
-    # bin anywhere, so this is the check's place)
-    fullest, finite = torch.stack([count.max(), torch.isfinite(x).all().long()]).tolist()
-    if not finite:
+    # one read-back: the fullest bin, and the positions' sum, finite unless one is not (NaN
+    # and inf bin anywhere, so this is the check's place)
+    fullest, total = torch.stack([count.max().double(), x.sum()]).tolist()
+    if not math.isfinite(total):
         raise ValueError(NON_FINITE)
+    fullest = int(fullest)
     # table[b, s]: the s-th atom of bin b, or n (a sentinel whose position is at infinity)
     sorted_bins = flat[order]
     rank = torch.arange(n, device=device) - (torch.cumsum(count, 0) - count)[sorted_bins]
@@ -134,7 +144,56 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
     # Back from wrapped to the caller's positions: x = wrapped + wrap @ cell.
     wrap = wrap.long()
     images = image + wrap[i] - wrap[j]
-    return i, j, images.double() @ cell_t, images
+    return i, j, _rows_times(images.double(), cell_t), images
+
+
+def _rows_times(a: Tensor, m: Tensor) -> Tensor:
+    """``a @ m`` for rows of 3 (``a`` (..., 3), ``m`` (3, 3)): up to ``SMALL_PRODUCT`` rows as
+    a product and a sum, cheaper to launch than a BLAS call; beyond, the BLAS call, which
+    needs no (..., 3, 3) temporary (3.9 GB for the 54M edges of 1M atoms)."""
+    if a.numel() > 3 * SMALL_PRODUCT:
+        return a @ m
+    return (a.unsqueeze(-1) * m).sum(-2)
+
+
+def _read_later(t: Tensor):
+    """A function returning ``t.tolist()``: on CUDA ``t`` is copied to pinned host memory
+    without waiting, and the function waits only for that copy, so a synchronisation the
+    caller makes anyway in between (a ``nonzero``) brings it for free."""
+    if not t.is_cuda:
+        return t.tolist
+    pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    pinned.copy_(t, non_blocking=True)
+    landed = torch.cuda.Event()
+    landed.record(torch.cuda.current_stream(t.device))  # t's device, not the default
+
+    def read():
+        landed.synchronize()
+        return pinned.tolist()
+    return read
+
+
+def _all_pairs(x: Tensor, cell_np: np.ndarray, cutoff: float):
+    """``torch_neighbour_list`` of a periodic cell whose heights are all >= 2 cutoff, by
+    examining every pair under the minimum image. There an edge's fractional components are
+    each below 1/2 in size (|f_k| = |r . b_k| <= |r| / h_k < cutoff / h_k), so the image of j
+    within the cutoff of i, if any, is the one the rounded fractional difference names, and
+    no atom meets its own images. One host synchronisation: the ``nonzero``."""
+    n = x.shape[0]
+    mats = to_device(np.stack([cell_np, np.linalg.inv(cell_np)]), x.device)
+    frac = _rows_times(x, mats[1])
+    d = frac[None, :, :] - frac[:, None, :]  # (N, N, 3): d[i, j] = frac_j - frac_i
+    near = torch.round(d)
+    r = (d - near).view(-1, 3) @ mats[0]  # (N N, 3) Å, one large product
+    keep = (r.square().sum(-1) < cutoff * cutoff).view(n, n)
+    keep.fill_diagonal_(False)
+    total = _read_later(x.sum())  # finite unless a position is not; lands with the nonzero
+    rows = keep.view(-1).nonzero().squeeze(1)
+    if not math.isfinite(total()):
+        raise ValueError(NON_FINITE)
+    i = torch.div(rows, n, rounding_mode="floor")
+    images = near.view(-1, 3)[rows].neg().long()
+    return i, rows - i * n, _rows_times(images.double(), mats[0]), images
 
 
 def _pairs(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell_t,
@@ -152,7 +211,7 @@ def _pairs(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell
         outside = ((target < 0) | (target >= nb)).any(-1)
         flat = torch.where(outside, torch.full_like(flat, empty), flat)
     cand = table[flat]  # (n, K, M) atom indices, the sentinel in empty slots
-    shift = image.double() @ cell_t  # (n, K, 3)
+    shift = _rows_times(image.double(), cell_t)  # (n, K, 3)
     d2 = (far[cand] - far[a:b, None, None, :] + shift[:, :, None, :]).square().sum(-1)
     keep = d2 < cutoff * cutoff
     # an atom meets itself only in its own bin with no image: the centre offset
@@ -278,19 +337,10 @@ class NeighbourCache:
             kept_d2[k] if k is not None else x.new_full((), math.inf),
             self._i[k].double() if k is not None else x.new_full((), -1.0),
             self._j[k].double() if k is not None else x.new_full((), -1.0)])
-        if not self.filter_edges:
-            edges = self._i, self._j, self._shifts
-        elif x.is_cuda:  # the summary lands while the filter's nonzero waits for the device
-            pinned = torch.empty(4, dtype=torch.float64, pin_memory=True)
-            pinned.copy_(summary, non_blocking=True)
-            landed = torch.cuda.Event()
-            landed.record(torch.cuda.current_stream(x.device))  # x's device, not the default
-            edges = _select(keep, self._i, self._j, self._shifts)
-            landed.synchronize()
-            summary = pinned
-        else:
-            edges = _select(keep, self._i, self._j, self._shifts)
-        moved2, d2min, a, b = summary.tolist()  # without the filter: the one synchronisation
+        read = _read_later(summary)  # lands while the filter's nonzero waits for the device
+        edges = (self._i, self._j, self._shifts) if not self.filter_edges \
+            else _select(keep, self._i, self._j, self._shifts)
+        moved2, d2min, a, b = read()  # without the filter: the one synchronisation
         stale = moved is not None and moved2 > (0.5 * self.skin) ** 2
         shortest = (math.sqrt(d2min), int(a), int(b)) if math.isfinite(d2min) and a >= 0 \
             else (math.inf, -1, -1)

@@ -248,3 +248,27 @@ def test_calculator_builds_a_new_structure_without_trying_the_old_list():
     assert cache.builds == 2 and passes[-1] is True  # reused: filtered with the moved check
     fresh = GeoffCalculator(small_model("schnet"), dtype="float64").get_forces(nudged)
     np.testing.assert_allclose(forces, fresh, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("margin", [-0.01, 0.01])
+def test_all_pairs_and_cell_list_agree_with_matscipy(margin, device, monkeypatch):
+    """A periodic cell two cutoffs high (all pairs under the minimum image) and one just
+    below (the cell list), triclinic, both paths against matscipy; the path taken is checked."""
+    import geoff.neighbours as nl
+
+    rng = np.random.default_rng(11)
+    cell = np.array([[9.0, 0.0, 0.0], [2.5, 8.5, 0.0], [-1.5, 2.0, 9.5]])
+    positions = rng.uniform(0, 1, (90, 3)) @ cell
+    volume = abs(np.linalg.det(cell))
+    heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    cutoff = heights.min() / 2.0 - margin  # margin > 0: every height >= 2 cutoff
+    taken = []
+    all_pairs = nl._all_pairs
+    monkeypatch.setattr(nl, "_all_pairs", lambda *a: taken.append(1) or all_pairs(*a))
+    monkeypatch.setattr(nl, "ALL_PAIRS_MAX_ATOMS", {"cpu": 2048, "cuda": 2048})
+    assert_same_edges(positions, cell, (True,) * 3, cutoff, device)
+    assert len(taken) == (1 if margin > 0 else 0)
+    monkeypatch.setattr(nl, "ALL_PAIRS_MAX_ATOMS", {})  # the cell list for the same cell
+    assert_same_edges(positions, cell, (True,) * 3, cutoff, device)
+    assert len(taken) == (1 if margin > 0 else 0)

@@ -26,6 +26,10 @@ def test_cpu_copies_convert_and_keep_values():
 def _syncs(fn):
     """How many times ``fn`` synchronised the host with the current CUDA stream."""
     torch.cuda.synchronize()
+    with warnings.catch_warnings():  # the mode's own "prototype feature" notice (once a process)
+        warnings.simplefilter("ignore")
+        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode("default")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -33,7 +37,7 @@ def _syncs(fn):
             out = fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return out, sum("synchroniz" in str(w.message) for w in caught)
+    return out, sum("called a synchronizing" in str(w.message) for w in caught)
 
 
 @CUDA
@@ -50,12 +54,17 @@ def test_cuda_copy_does_not_wait_and_keeps_the_values_it_was_given():
 
 
 @CUDA
-def test_cell_list_synchronises_twice():
-    """The fullest bin (with the finiteness check) and the final ``nonzero``: nothing else
-    waits for the device, whatever the size (one chunk)."""
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 6)
+@pytest.mark.parametrize("all_pairs", [True, False])
+def test_neighbour_search_synchronises_once_or_twice(all_pairs, monkeypatch):
+    """All pairs: the ``nonzero`` alone (the finiteness check's number lands with it); the
+    cell list: also the fullest bin. Nothing else waits for the device (one chunk)."""
+    import geoff.neighbours as nl
+
+    if not all_pairs:
+        monkeypatch.setattr(nl, "ALL_PAIRS_MAX_ATOMS", {})
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 6)  # 21.7 Å: two cutoffs high
     x = torch.as_tensor(atoms.positions, device="cuda")
     torch_neighbour_list(x, atoms.cell.array, atoms.pbc, 5.5)  # warm-up
     (i, _, _, _), syncs = _syncs(lambda: torch_neighbour_list(x, atoms.cell.array, atoms.pbc,
                                                                5.5))
-    assert len(i) > 0 and syncs == 2
+    assert len(i) == len(atoms) * 54 and syncs == (1 if all_pairs else 2)  # 4 shells: 54
