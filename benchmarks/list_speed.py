@@ -6,7 +6,8 @@ FCC Cu rattled 0.05 Å (``speed.structure``), cutoff 5.5 Å (the calculator's 5 
 0.5 Å skin on CUDA). Prints, per size, the edges, the median ms of a search (synchronised),
 the peak memory it allocated (GPU) and the host synchronisations it made (GPU, counted with
 ``torch.cuda.set_sync_debug_mode``). ``--all-pairs-max N`` sets ``ALL_PAIRS_MAX_ATOMS`` on
-this device (0: the cell list at every size); ``--profile`` adds the torch profiler's table.
+this device (0: the cell list at every size); ``--open`` searches the same atoms as a cluster (no periodic direction); ``--profile``
+adds the torch profiler's table.
 Run it from two checkouts (``PYTHONPATH=...``) for a before / after.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main():
     parser.add_argument("--all-pairs-max", type=int, default=None,
                         help="geoff.neighbours.ALL_PAIRS_MAX_ATOMS for this run (0: the cell "
                              "list at every size)")
+    parser.add_argument("--open", action="store_true",
+                        help="the same atoms with no periodic direction (a cluster)")
     parser.add_argument("--profile", action="store_true",
                         help="print the torch profiler's operators of one search per size")
     args = parser.parse_args()
@@ -50,6 +53,8 @@ def main():
     print(f"| atoms | edges | list ms | peak MB | host syncs |\n|---|---|---|---|---|")
     for n in args.sizes:
         atoms = structure("cu", n)
+        if args.open:
+            atoms.pbc = False
         x = torch.as_tensor(atoms.positions, device=args.device)
 
         def search():

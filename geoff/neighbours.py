@@ -6,6 +6,9 @@ combination, triclinic cells and cells smaller than the cutoff (several periodic
 an atom), but runs wherever the positions are: on a GPU it saves the copy to the host and the
 CPU search that dominate a calculator call at large sizes.
 
+``all_pairs`` examines every pair under the minimum image, for molecules and for periodic
+cells two cutoffs high, also for R replicas at once (``geoff.md.replica_forces``).
+
 ``NeighbourCache`` keeps a list built with ``cutoff + skin`` across MD steps and only
 re-filters it by the cutoff while no atom has moved more than ``skin / 2`` (Verlet list).
 """
@@ -22,8 +25,8 @@ from .to_device import to_device
 
 # Candidate pairs examined at once; bounds the search's memory (about 100 bytes a candidate).
 CANDIDATE_CHUNK = 1 << 24
-# Up to this many atoms in a periodic cell at least two cutoffs high, every pair is examined
-# (``_all_pairs``): fewer tensor operations than the cell list, which is what a small system
+# Up to this many atoms in a periodic cell at least two cutoffs high, or with no periodic
+# direction, every pair is examined (``all_pairs``): fewer tensor operations than the cell list, which is what a small system
 # on a GPU waits for ((N, N, 3) float64 temporaries, 100 MB at 2,048 atoms); on a CPU, whose
 # time goes into the arithmetic, only up to a few hundred (2 cores, 864 atoms: both 45 ms).
 ALL_PAIRS_MAX_ATOMS = {"cuda": 2048, "cpu": 512}
@@ -68,7 +71,9 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
     its own, each as a row of ``M`` slots (``M`` = the fullest bin's count). The candidates
     are then one dense (atoms, bins, M) block, so the search is a few dozen tensor operations
     and two host synchronisations (the fullest bin, the final ``nonzero``) whatever the size:
-    small systems on a GPU are bound by launches, not by the candidates.
+    small systems on a GPU are bound by launches, not by the candidates. Up to
+    ``ALL_PAIRS_MAX_ATOMS`` atoms, a structure with no periodic direction, or a periodic cell
+    two cutoffs high, has every pair examined instead (``all_pairs``: one synchronisation).
     """
     if not math.isfinite(cutoff) or cutoff <= 0:
         raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
@@ -78,6 +83,9 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
     n = positions.shape[0]
     x = positions.detach().to(torch.float64)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    small = n <= ALL_PAIRS_MAX_ATOMS.get(device.type, 0)
+    if small and not pbc.any():  # a molecule: no bounding box to read back
+        return _all_pairs(x, None, cutoff)
     cell_np = _search_cell(x, np.asarray(cell, dtype=np.float64), pbc, cutoff)
     volume = abs(np.linalg.det(cell_np))
     if pbc.all():
@@ -89,8 +97,7 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
                 f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
                 f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
     heights = volume / np.linalg.norm(np.cross(cell_np[[1, 2, 0]], cell_np[[2, 0, 1]]), axis=1)
-    if pbc.all() and n <= ALL_PAIRS_MAX_ATOMS.get(device.type, 0) \
-            and np.all(heights >= 2.0 * cutoff):
+    if small and pbc.all() and np.all(heights >= 2.0 * cutoff):
         return _all_pairs(x, cell_np, cutoff)
     n_bins = _bins(heights, cutoff, n)
     reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)  # bin offsets to visit
@@ -173,27 +180,69 @@ def _read_later(t: Tensor):
     return read
 
 
-def _all_pairs(x: Tensor, cell_np: np.ndarray, cutoff: float):
-    """``torch_neighbour_list`` of a periodic cell whose heights are all >= 2 cutoff, by
-    examining every pair under the minimum image. There an edge's fractional components are
-    each below 1/2 in size (|f_k| = |r . b_k| <= |r| / h_k < cutoff / h_k), so the image of j
-    within the cutoff of i, if any, is the one the rounded fractional difference names, and
-    no atom meets its own images. One host synchronisation: the ``nonzero``."""
-    n = x.shape[0]
-    mats = to_device(np.stack([cell_np, np.linalg.inv(cell_np)]), x.device)
-    frac = _rows_times(x, mats[1])
-    d = frac[None, :, :] - frac[:, None, :]  # (N, N, 3): d[i, j] = frac_j - frac_i
-    near = torch.round(d)
-    r = (d - near).view(-1, 3) @ mats[0]  # (N N, 3) Å, one large product
-    keep = (r.square().sum(-1) < cutoff * cutoff).view(n, n)
-    keep.fill_diagonal_(False)
+def all_pairs_apply(cell, pbc, cutoff: float) -> bool:
+    """Whether ``all_pairs`` is exact for this cell: no periodic direction (a molecule), or
+    periodic in all three with every height (the distance between opposite faces) at least
+    2 ``cutoff``."""
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if not pbc.any():
+        return True
+    if not pbc.all():
+        return False
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    volume = abs(np.linalg.det(cell))
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    return bool(volume > 0 and np.all(volume / areas >= 2.0 * cutoff))
+
+
+def all_pairs(positions: Tensor, cell, pbc, cutoff: float
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Edges within ``cutoff`` (Å) by examining every pair, for cells where
+    ``all_pairs_apply``; returns what ``torch_neighbour_list`` returns.
+
+    ``positions`` (N, 3) Å, or (R, N, 3) for R replicas sharing ``cell`` (3, 3) and ``pbc``
+    (3,): then ``i``, ``j`` index the R N atoms replica after replica, and a replica's atoms
+    meet only each other. In a periodic cell two cutoffs high an edge's fractional components
+    are each below 1/2 in size (|f_k| = |r . b_k| <= |r| / h_k < cutoff / h_k), so the image
+    of j within the cutoff of i, if any, is the one the rounded fractional difference names,
+    and no atom meets its own images. (R, N, N, 3) float64 temporaries; one host
+    synchronisation, the ``nonzero`` (non-finite positions raise ``ValueError``)."""
+    if not all_pairs_apply(cell, pbc, cutoff):
+        raise ValueError("all_pairs needs no periodic direction, or three with every cell "
+                         f"height >= 2 cutoff ({2 * cutoff} Å); use torch_neighbour_list")
+    periodic = bool(np.asarray(pbc, dtype=bool).all())
+    return _all_pairs(positions.detach().to(torch.float64),
+                      np.asarray(cell, dtype=np.float64).reshape(3, 3) if periodic else None,
+                      cutoff)
+
+
+def _all_pairs(x: Tensor, cell_np: Optional[np.ndarray], cutoff: float):
+    """``all_pairs`` of float64 ``x`` (N, 3) or (R, N, 3), checked by the caller; ``cell_np``
+    None: no periodic direction."""
+    x = x.unsqueeze(0) if x.ndim == 2 else x
+    replicas, n = x.shape[0], x.shape[1]
+    periodic = cell_np is not None
+    if periodic:
+        mats = to_device(np.stack([cell_np, np.linalg.inv(cell_np)]), x.device)
+        frac = _rows_times(x, mats[1])
+        d = frac[:, None, :, :] - frac[:, :, None, :]  # (R, N, N, 3): frac_j - frac_i
+        near = torch.round(d)
+        r = (d - near).view(-1, 3) @ mats[0]  # (R N N, 3) Å, one large product
+    else:
+        r = (x[:, None, :, :] - x[:, :, None, :]).view(-1, 3)
+    keep = (r.square().sum(-1) < cutoff * cutoff).view(replicas, n, n)
+    keep.diagonal(dim1=1, dim2=2).fill_(False)
     total = _read_later(x.sum())  # finite unless a position is not; lands with the nonzero
     rows = keep.view(-1).nonzero().squeeze(1)
     if not math.isfinite(total()):
         raise ValueError(NON_FINITE)
-    i = torch.div(rows, n, rounding_mode="floor")
+    first = torch.div(rows, n, rounding_mode="floor")  # replica * n + i
+    j = rows - first * n + torch.div(first, n, rounding_mode="floor") * n
+    if not periodic:
+        zeros = torch.zeros(len(rows), 3, dtype=torch.float64, device=x.device)
+        return first, j, zeros, zeros.long()
     images = near.view(-1, 3)[rows].neg().long()
-    return i, rows - i * n, _rows_times(images.double(), mats[0]), images
+    return first, j, _rows_times(images.double(), mats[0]), images
 
 
 def _pairs(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell_t,

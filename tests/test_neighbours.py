@@ -28,6 +28,20 @@ def edge_set(i, j, shifts, cell):
 
 
 def assert_same_edges(positions, cell, pbc, cutoff, device="cpu"):
+    """The torch list as the calculator runs it, and the cell list alone (for structures
+    small enough that the default examines all pairs), against matscipy."""
+    import geoff.neighbours as nl
+
+    default = nl.ALL_PAIRS_MAX_ATOMS
+    for limits in (default, {}):
+        nl.ALL_PAIRS_MAX_ATOMS = limits
+        try:
+            _assert_same_edges(positions, cell, pbc, cutoff, device)
+        finally:
+            nl.ALL_PAIRS_MAX_ATOMS = default
+
+
+def _assert_same_edges(positions, cell, pbc, cutoff, device):
     ri, rj, rs = neighbour_list(positions, cell, np.array(pbc), cutoff)
     ti, tj, ts, _ = torch_neighbour_list(torch.as_tensor(positions, device=device), cell, pbc,
                                          cutoff)
@@ -267,8 +281,57 @@ def test_all_pairs_and_cell_list_agree_with_matscipy(margin, device, monkeypatch
     all_pairs = nl._all_pairs
     monkeypatch.setattr(nl, "_all_pairs", lambda *a: taken.append(1) or all_pairs(*a))
     monkeypatch.setattr(nl, "ALL_PAIRS_MAX_ATOMS", {"cpu": 2048, "cuda": 2048})
-    assert_same_edges(positions, cell, (True,) * 3, cutoff, device)
+    assert_same_edges(positions, cell, (True,) * 3, cutoff, device)  # and the cell list
     assert len(taken) == (1 if margin > 0 else 0)
-    monkeypatch.setattr(nl, "ALL_PAIRS_MAX_ATOMS", {})  # the cell list for the same cell
-    assert_same_edges(positions, cell, (True,) * 3, cutoff, device)
-    assert len(taken) == (1 if margin > 0 else 0)
+    assert nl.all_pairs_apply(cell, (True,) * 3, cutoff) == (margin > 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_small_molecule_takes_all_pairs_without_a_bounding_box(device, monkeypatch):
+    import geoff.neighbours as nl
+
+    positions = np.random.default_rng(3).uniform(0, 8, (40, 3))
+    monkeypatch.setattr(nl, "_search_cell", lambda *a: pytest.fail("bounding box read"))
+    i, j, shifts, images = torch_neighbour_list(torch.as_tensor(positions, device=device),
+                                                np.zeros((3, 3)), (False,) * 3, 3.0)
+    ri, rj, _ = neighbour_list(positions, np.zeros((3, 3)), np.zeros(3, bool), 3.0)
+    assert set(zip(i.tolist(), j.tolist())) == set(zip(ri.tolist(), rj.tolist()))
+    assert len(i) == len(ri) and not shifts.abs().any() and not images.any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("periodic", [True, False])
+def test_all_pairs_of_replicas_match_matscipy_replica_by_replica(periodic, device):
+    """R replicas at once: a replica's atoms meet only each other, with their own images."""
+    from geoff.neighbours import all_pairs
+
+    rng = np.random.default_rng(5)
+    cell = np.array([[10.0, 0.0, 0.0], [3.0, 9.5, 0.0], [1.0, -2.0, 10.5]])
+    pbc = (periodic,) * 3
+    n, replicas, cutoff = 30, 4, 4.0
+    x = rng.uniform(-0.2, 1.2, (replicas, n, 3)) @ cell  # some atoms outside the cell
+    i, j, shifts, images = (t.cpu().numpy() for t in all_pairs(
+        torch.as_tensor(x, device=device), cell, pbc, cutoff))
+    np.testing.assert_allclose(shifts, images @ cell, atol=1e-12)
+    for r in range(replicas):
+        mine = (i >= r * n) & (i < (r + 1) * n)
+        assert np.all((j[mine] >= r * n) & (j[mine] < (r + 1) * n))
+        ref = edge_set(*neighbour_list(x[r], cell, np.array(pbc), cutoff), cell)
+        got = edge_set(i[mine] - r * n, j[mine] - r * n, shifts[mine], cell)
+        assert got == ref and mine.sum() == len(ref)
+
+
+def test_all_pairs_refuses_cells_where_it_is_not_exact():
+    from geoff.neighbours import all_pairs, all_pairs_apply
+
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    x[1, 0] = 1.0
+    cell = np.eye(3) * 7.0
+    assert all_pairs_apply(cell, (True,) * 3, 3.49) and not all_pairs_apply(cell, (True,) * 3, 3.6)
+    assert not all_pairs_apply(cell, (True, True, False), 1.0)  # a slab: the cell list
+    assert all_pairs_apply(np.zeros((3, 3)), (False,) * 3, 100.0)
+    for pbc, cutoff in [((True,) * 3, 3.6), ((True, False, True), 1.0)]:
+        with pytest.raises(ValueError, match="torch_neighbour_list"):
+            all_pairs(x, cell, pbc, cutoff)
+    with pytest.raises(ValueError, match="non-finite"):
+        all_pairs(torch.tensor([[0.0, 0.0, 0.0], [math.nan, 0.0, 0.0]]), cell, (True,) * 3, 3.0)

@@ -94,6 +94,35 @@ def test_batched_forces_equal_the_calculator(mol_model):
         np.testing.assert_allclose(forces[k], a.get_forces(), atol=1e-12)
 
 
+def test_triclinic_replicas_build_their_edges_on_the_device_and_equal_the_calculator():
+    """A triclinic periodic cell two cutoffs high: all pairs under the minimum image
+    (``geoff.neighbours.all_pairs``), no per-replica matscipy call."""
+    from ase import Atoms
+
+    from geoff.calculators import GeoffCalculator
+
+    model = small_model("schnet", cutoff=3.0)
+    cell = np.array([[7.0, 0.0, 0.0], [2.0, 6.8, 0.0], [-1.0, 1.5, 7.2]])
+    rng = np.random.default_rng(8)
+    atoms = Atoms("Cu16", cell=cell, pbc=True,
+                  scaled_positions=(np.indices((2, 2, 4)).reshape(3, -1).T + 0.25) / [2, 2, 4])
+    atoms.rattle(0.1, seed=1)
+    batched = BatchedForces(model, atoms, dtype="float64")
+    assert batched.on_device
+    batched._edges_on_cpu = lambda *a: pytest.fail("matscipy per replica")
+    pos = np.stack([atoms.positions + rng.normal(0, 0.05, atoms.positions.shape)
+                    for _ in range(3)])
+    pos[2] += cell[0]  # a replica translated by a cell vector: the same energy
+    energy, forces = batched(pos)
+    calc = GeoffCalculator(model, dtype="float64")
+    for k in range(3):
+        a = atoms.copy()
+        a.positions = pos[k]
+        a.calc = calc
+        assert abs(a.get_potential_energy() - energy[k]) < 1e-10
+        np.testing.assert_allclose(forces[k], a.get_forces(), atol=1e-10)
+
+
 def test_a_failing_replica_stops_alone(mol_model, tmp_path):
     """Replica 1 starts with an H atom flying at its carbon (0.5 Å/fs): it must fail at step 1
     on the distance criterion; replicas 0 and 2 (at rest) run on and equal single runs."""

@@ -2,10 +2,10 @@
 (``batch`` (R*N,), ``cell`` (R, 3, 3)) through the one ``EnergyModel``.
 
 Edges are built on the model's device when that is exact and cheap: a molecule (no periodic
-direction) or an orthorhombic fully periodic cell at least twice the cutoff wide, where the
-minimum image is the only image within the cutoff. All N(N-1) pairs of one replica are
-tested at once for all replicas (R N^2 work, which is what a GPU wants for the small systems
-replicas are for). Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per
+direction) or a fully periodic cell, triclinic too, at least two cutoffs high in every
+direction, where the minimum image is the only image within the cutoff
+(``geoff.neighbours.all_pairs``). All N(N-1) pairs of one replica are tested at once for all
+replicas (R N^2 work, which is what a GPU wants for the small systems replicas are for). Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per
 replica on the CPU, the exact list of the single-replica calculator.
 
 Replicas whose positions are not finite are not sent to the model (one blown-up replica must
@@ -22,11 +22,8 @@ import torch
 from ..cuda_graphs import graphed
 from ..graph import atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype
-
-
-def _orthorhombic_wide(cell: np.ndarray, cutoff: float) -> bool:
-    off_diagonal = cell - np.diag(np.diag(cell))
-    return bool(np.all(np.abs(off_diagonal) < 1e-12) and np.all(np.diag(cell) > 2.0 * cutoff))
+from ..neighbours import all_pairs, all_pairs_apply
+from ..to_device import to_device
 
 
 class BatchedForces:
@@ -54,28 +51,13 @@ class BatchedForces:
         self.pbc = np.asarray(atoms.pbc, dtype=bool)
         z = atoms_species(atoms, model.species)
         self.species = torch.as_tensor(z, device=self.device)
-        self.on_device = (not self.pbc.any()) or (
-            self.pbc.all() and _orthorhombic_wide(self.cell, self.cutoff))
-        n = self.n_atoms
-        ii, jj = np.nonzero(~np.eye(n, dtype=bool))
-        self.ii = torch.as_tensor(ii, device=self.device)
-        self.jj = torch.as_tensor(jj, device=self.device)
-        self.box = torch.tensor(np.diag(self.cell).copy(), dtype=self.dtype, device=self.device)
+        self.on_device = all_pairs_apply(self.cell, self.pbc, self.cutoff)
         self._constant_cache: dict = {}
 
     def _edges_on_device(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(edge_index (2, E), shifts (E, 3)) of positions (k, N, 3), all pairs at once."""
-        k, n = pos.shape[0], self.n_atoms
-        vec = pos[:, self.jj] - pos[:, self.ii]  # (k, P, 3)
-        if self.pbc.any():
-            shifts = -torch.round(vec / self.box) * self.box
-            vec = vec + shifts
-        else:
-            shifts = torch.zeros_like(vec)
-        within = (vec * vec).sum(-1) < self.cutoff ** 2  # (k, P)
-        r, p = torch.nonzero(within, as_tuple=True)
-        edge_index = torch.stack([r * n + self.ii[p], r * n + self.jj[p]])
-        return edge_index, shifts[r, p]
+        i, j, shifts, _ = all_pairs(pos, self.cell, self.pbc, self.cutoff)
+        return torch.stack([i, j]), shifts.to(self.dtype)
 
     def _edges_on_cpu(self, positions: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
         edges, shifts = [], []
@@ -89,9 +71,10 @@ class BatchedForces:
     def graph(self, positions: np.ndarray) -> dict:
         """The batched Graph of positions (k, N, 3)."""
         k, n = positions.shape[:2]
-        pos = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
+        exact = to_device(positions, self.device, torch.float64)  # the search's precision
+        pos = exact.to(self.dtype)
         if self.on_device:
-            edge_index, shifts = self._edges_on_device(pos)
+            edge_index, shifts = self._edges_on_device(exact)
         else:
             edge_index, shifts = self._edges_on_cpu(positions)
         return {"positions": pos.reshape(k * n, 3), "edge_index": edge_index, "shifts": shifts,
