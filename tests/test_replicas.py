@@ -79,27 +79,32 @@ def test_replicas_equal_single_runs_periodic(cutoff):
 
 
 def test_batched_forces_equal_the_calculator(mol_model):
-    from geoff.calculators import GeoffCalculator
-
     atoms = ethanol()
     pos = np.stack([atoms.positions + 0.05 * k for k in range(3)])
     pos[1, 0] += 0.1
-    energy, forces = BatchedForces(mol_model, atoms)(pos)
-    calc = GeoffCalculator(mol_model, dtype="float64")
-    for k in range(3):
+    assert_equal_to_the_calculator(mol_model, atoms, pos, BatchedForces(mol_model, atoms)(pos),
+                                   1e-12)
+
+
+def assert_equal_to_the_calculator(model, atoms, pos, batched, tol):
+    """``batched`` (energy (k,), forces (k, N, 3)) of positions ``pos`` equal, replica by
+    replica, the float64 ``GeoffCalculator`` on ``atoms`` moved there."""
+    from geoff.calculators import GeoffCalculator
+
+    energy, forces = batched
+    calc = GeoffCalculator(model, dtype="float64")
+    for k in range(len(pos)):
         a = atoms.copy()
         a.positions = pos[k]
         a.calc = calc
-        assert abs(a.get_potential_energy() - energy[k]) < 1e-12
-        np.testing.assert_allclose(forces[k], a.get_forces(), atol=1e-12)
+        assert abs(a.get_potential_energy() - energy[k]) < tol
+        np.testing.assert_allclose(forces[k], a.get_forces(), atol=tol)
 
 
 def test_triclinic_replicas_build_their_edges_on_the_device_and_equal_the_calculator():
     """A triclinic periodic cell two cutoffs high: all pairs under the minimum image
     (``geoff.neighbours.all_pairs``), no per-replica matscipy call."""
     from ase import Atoms
-
-    from geoff.calculators import GeoffCalculator
 
     model = small_model("schnet", cutoff=3.0)
     cell = np.array([[7.0, 0.0, 0.0], [2.0, 6.8, 0.0], [-1.0, 1.5, 7.2]])
@@ -113,14 +118,7 @@ def test_triclinic_replicas_build_their_edges_on_the_device_and_equal_the_calcul
     pos = np.stack([atoms.positions + rng.normal(0, 0.05, atoms.positions.shape)
                     for _ in range(3)])
     pos[2] += cell[0]  # a replica translated by a cell vector: the same energy
-    energy, forces = batched(pos)
-    calc = GeoffCalculator(model, dtype="float64")
-    for k in range(3):
-        a = atoms.copy()
-        a.positions = pos[k]
-        a.calc = calc
-        assert abs(a.get_potential_energy() - energy[k]) < 1e-10
-        np.testing.assert_allclose(forces[k], a.get_forces(), atol=1e-10)
+    assert_equal_to_the_calculator(model, atoms, pos, batched(pos), 1e-10)
 
 
 def test_a_failing_replica_stops_alone(mol_model, tmp_path):
