@@ -6,9 +6,9 @@ FCC Cu rattled 0.05 Å (``speed.structure``), cutoff 5.5 Å (the calculator's 5 
 0.5 Å skin on CUDA). Prints, per size, the edges, the median ms of a search (synchronised),
 the peak memory it allocated (GPU) and the host synchronisations it made (GPU, counted with
 ``torch.cuda.set_sync_debug_mode``). ``--all-pairs-max N`` sets ``ALL_PAIRS_MAX_ATOMS`` on
-this device (0: the cell list at every size); ``--open`` searches the same atoms as a cluster (no periodic direction); ``--profile``
-adds the torch profiler's table.
-Run it from two checkouts (``PYTHONPATH=...``) for a before / after.
+this device (0: the cell list at every size); ``--open`` searches the same atoms as a
+cluster (no periodic direction); ``--profile`` adds the torch profiler's table. Run it from
+two checkouts (``PYTHONPATH=...``) for a before / after.
 """
 from __future__ import annotations
 

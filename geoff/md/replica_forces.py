@@ -5,8 +5,9 @@ Edges are built on the model's device when that is exact and cheap: a molecule (
 direction) or a fully periodic cell, triclinic too, at least two cutoffs high in every
 direction, where the minimum image is the only image within the cutoff
 (``geoff.neighbours.all_pairs``). All N(N-1) pairs of one replica are tested at once for all
-replicas (R N^2 work, which is what a GPU wants for the small systems replicas are for). Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per
-replica on the CPU, the exact list of the single-replica calculator.
+replicas (R N^2 work, which is what a GPU wants for the small systems replicas are for).
+Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per replica on the
+CPU, the exact list of the single-replica calculator.
 
 Replicas whose positions are not finite are not sent to the model (one blown-up replica must
 not poison the batch): their energies and forces come back NaN, which the failure monitor
