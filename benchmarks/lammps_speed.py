@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,16 +151,15 @@ class TimedModel:
 def run_ase(model, dtype, n, steps, threads):
     from ase import units
     from ase.build import bulk
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md import velocitydistribution as vd
     from ase.md.verlet import VelocityVerlet
 
     from geoff.calculators import GeoffCalculator
 
     torch.set_num_threads(threads)
     atoms = bulk("Cu", "fcc", a=3.615, cubic=True) * (n, n, n)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=300, rng=np.random.default_rng(0))  # ase >= 3.29 name
     calc = GeoffCalculator(model, dtype=dtype)
     # the calculator calls run_model (the model, compiled or graphed as asked), per call
     timed = TimedModel(calc.run_model)

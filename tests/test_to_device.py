@@ -68,3 +68,20 @@ def test_neighbour_search_synchronises_once_or_twice(all_pairs, monkeypatch):
     (i, _, _, _), syncs = _syncs(lambda: torch_neighbour_list(x, atoms.cell.array, atoms.pbc,
                                                                5.5))
     assert len(i) == len(atoms) * 54 and syncs == (1 if all_pairs else 2)  # 4 shells: 54
+
+
+def test_results_come_back_as_float64_arrays_of_their_shapes():
+    from geoff.to_device import to_host
+
+    energy = torch.tensor([-3.25], dtype=torch.float64)
+    forces = torch.randn(5, 3, dtype=torch.float32)
+    stress = torch.randn(3, 3, dtype=torch.float64)
+    out = to_host({"energy": energy, "forces": forces, "stress": stress})
+    assert list(out) == ["energy", "forces", "stress"]
+    assert all(v.dtype == np.float64 for v in out.values())
+    assert out["forces"].shape == (5, 3) and out["stress"].shape == (3, 3)
+    np.testing.assert_array_equal(out["forces"], forces.double().numpy())  # widened exactly
+    np.testing.assert_array_equal(out["energy"], [-3.25])
+    forces.zero_()  # copies, not views of the tensors
+    assert np.abs(out["forces"]).sum() > 0
+    assert to_host({}) == {}

@@ -5,7 +5,7 @@ the stability study all call it.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from ..potentials.radial_table import tabulate_radial
 from ..neighbours import NeighbourCache
 from ..step_graph import StepGraph
 from ..structure_checks import overlap_threshold
+from ..to_device import to_host
 
 
 def auto_edge_pairs(model: torch.nn.Module, device: torch.device) -> bool:
@@ -46,18 +47,6 @@ AUTO_KEEP_MAX_ATOMS = 1_500
 # on the device (a filtering pass and a synchronisation, wasted); beyond it that pass is
 # cheap beside the model and the host's comparison is not.
 HOST_STALE_CHECK_MAX_ATOMS = 20_000
-
-
-def _to_numpy(tensors: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-    """float64 numpy copies of ``tensors`` through ONE device-to-host transfer (on a GPU each
-    transfer waits for the device: one per result cost ~0.1 ms per call at small sizes)."""
-    flat = [t.detach().reshape(-1).to(torch.float64) for t in tensors.values()]
-    host = torch.cat(flat).cpu().numpy() if flat else np.zeros(0)
-    out, start = {}, 0
-    for (key, t), f in zip(tensors.items(), flat):
-        out[key] = host[start:start + f.numel()].reshape(tuple(t.shape))
-        start += f.numel()
-    return out
 
 
 def system_changes(old, new, tol: float = 1e-15, ignored=()) -> list:
@@ -310,7 +299,7 @@ class GeoffCalculator(Calculator):
             wanted["stress"] = out["stress"][0]
         if pending is not None:  # the overlap check of a kept Graph, read with the results
             wanted["shortest_edge"] = pending
-        results = _to_numpy(wanted)
+        results = to_host(wanted)
         if pending is not None:
             self.step_graph.check(results.pop("shortest_edge"), atoms)
         self.results["energy"] = self.results["free_energy"] = float(results.pop("energy")[0])

@@ -24,7 +24,7 @@ from ..cuda_graphs import graphed
 from ..graph import atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype
 from ..neighbours import all_pairs, all_pairs_apply
-from ..to_device import to_device
+from ..to_device import to_device, to_host
 
 
 class BatchedForces:
@@ -104,9 +104,10 @@ class BatchedForces:
         ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
         if len(ok):
             out = self.run_model(self.graph(positions[ok]), compute_forces=backward)
-            energy[ok] = out["energy"].detach().double().cpu().numpy()
+            host = to_host({"energy": out["energy"], **{key: out[key] for key in keys}})
+            energy[ok] = host["energy"]
             for key, array in zip(keys, arrays):
-                array[ok] = out[key].detach().double().cpu().numpy().reshape(len(ok), n, 3)
+                array[ok] = host[key].reshape(len(ok), n, 3)
         return (energy, *arrays)
 
     def __call__(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
