@@ -75,3 +75,41 @@ def receptive_hops(n_layers: int, force_head: str) -> int:
     to ``receptive_hops × cutoff + skin``.
     """
     return int(n_layers) + (1 if force_head == "direct" else 0)
+
+
+def use_radial_tables(model: torch.nn.Module, choice, device, dtype) -> bool:
+    """Tabulate the distance-only networks of an inference copy (``frozen``) as ``choice``
+    asks, and say whether tables are in use. ``"auto"``: in float32 on the device types the
+    representation lists in ``RADIAL_TABLE_AUTO`` (where they were measured to pay, and below
+    float32 round-off); ``True`` on a model without tables raises; ``False``: none."""
+    from .potentials.radial_table import tabulate_radial
+
+    if choice not in ("auto", True, False):
+        raise ValueError(f"radial_table must be 'auto', True or False, got {choice!r}")
+    wanted = choice
+    if choice == "auto":
+        wanted = torch_dtype(dtype) == torch.float32 and torch.device(device).type in getattr(
+            getattr(model, "representation", None), "RADIAL_TABLE_AUTO", ())
+    used = bool(wanted) and tabulate_radial(model) > 0
+    if choice is True and not used:
+        raise ValueError(f"radial_table=True: {type(model.representation).__name__} has no "
+                         "radial tables (SchNet, NequIP-style and MACE-style have); leave it "
+                         "False")
+    return used
+
+
+def use_edge_pairs(model: torch.nn.Module, choice, device) -> bool:
+    """Whether graphs for ``model`` get edge pairs (``geoff.graph.add_edge_pairs``).
+    ``"auto"``: where pairs were measured to pay: on the CPU for models whose message layers
+    read them (``EdgeMessages``), on CUDA for the cuEquivariance kernels (which read each
+    edge's weights from its pair's row); building pairs for a model that ignores them is
+    waste."""
+    from .potentials.chunking import EdgeMessages
+
+    if choice not in ("auto", True, False):
+        raise ValueError(f"edge_pairs must be 'auto', True or False, got {choice!r}")
+    if choice != "auto":
+        return choice
+    if torch.device(device).type == "cpu":
+        return any(isinstance(m, EdgeMessages) for m in model.modules())
+    return any(type(m).__name__ == "CueqConvolution" for m in model.modules())

@@ -151,7 +151,10 @@ def test_calculator_edge_pairs_knob():
 def test_auto_edge_pairs_where_measured():
     """``"auto"``: any model with message layers on the CPU; on CUDA only the cuEq kernels
     (the e3nn path on a GPU was not measured with pairs)."""
-    from geoff.calculators.ase import auto_edge_pairs
+    from geoff.inference import use_edge_pairs
+
+    def auto_edge_pairs(model, device):
+        return use_edge_pairs(model, "auto", device)
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert auto_edge_pairs(small_model("mace"), cpu)
@@ -160,3 +163,5 @@ def test_auto_edge_pairs_where_measured():
     fused = type("CueqConvolution", (torch.nn.Module,), {})()
     holder = torch.nn.Sequential(fused)
     assert auto_edge_pairs(holder, cuda) and not auto_edge_pairs(torch.nn.Linear(1, 1), cuda)
+    assert use_edge_pairs(small_model("mace"), True, cuda)  # asked for: as asked
+    assert not use_edge_pairs(small_model("mace"), False, cpu)

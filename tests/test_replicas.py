@@ -121,6 +121,28 @@ def test_triclinic_replicas_build_their_edges_on_the_device_and_equal_the_calcul
     assert_equal_to_the_calculator(model, atoms, pos, batched(pos), 1e-10)
 
 
+def test_batched_forces_run_the_model_the_calculator_runs():
+    """float32 SchNet on the CPU: radial tables and edge pairs by default, as in
+    ``GeoffCalculator`` (so a batch is not slower per replica for want of them); off when
+    asked; the same numbers as the calculator's float32 call."""
+    from geoff.calculators import GeoffCalculator
+
+    model = small_model("schnet", cutoff=3.0)
+    atoms = cuzr()
+    auto = BatchedForces(model, atoms, dtype="float32")
+    calc = GeoffCalculator(model, dtype="float32")
+    assert (auto.radial_table, auto.edge_pairs) == (calc.radial_table, calc.edge_pairs) \
+        == (True, True)
+    assert "edge_pair" in auto.graph(atoms.positions[None])
+    plain = BatchedForces(model, atoms, dtype="float32", radial_table=False, edge_pairs=False)
+    assert not plain.radial_table and "edge_pair" not in plain.graph(atoms.positions[None])
+    energy, forces = auto(atoms.positions[None])
+    a = atoms.copy()
+    a.calc = calc
+    assert abs(a.get_potential_energy() - energy[0]) < 1e-4 * len(a)
+    np.testing.assert_allclose(forces[0], a.get_forces(), atol=1e-4)
+
+
 def test_a_failing_replica_stops_alone(mol_model, tmp_path):
     """Replica 1 starts with an H atom flying at its carbon (0.5 Å/fs): it must fail at step 1
     on the distance criterion; replicas 0 and 2 (at rest) run on and equal single runs."""

@@ -16,22 +16,14 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ..compiled import compiled
 from ..cuda_graphs import graphed
 from ..graph import atoms_to_graph
-from ..inference import force_key, frozen, torch_dtype
+from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
 from ..cpu_memory import keep_freed_memory
 from ..potentials.autochunk import AutoChunk
-from ..potentials.chunking import EdgeMessages, set_edge_chunk
-from ..potentials.radial_table import tabulate_radial
+from ..potentials.chunking import set_edge_chunk
 from ..neighbours import NeighbourCache
 from ..step_graph import StepGraph
 from ..structure_checks import overlap_threshold
 from ..to_device import to_host
-
-
-def auto_edge_pairs(model: torch.nn.Module, device: torch.device) -> bool:
-    """``edge_pairs="auto"``: where pairs were measured to pay (see ``GeoffCalculator``)."""
-    if device.type == "cpu":
-        return any(isinstance(m, EdgeMessages) for m in model.modules())
-    return any(type(m).__name__ == "CueqConvolution" for m in model.modules())
 
 
 AUTO_SKIN = 0.5  # Å: skin="auto" on CUDA
@@ -194,17 +186,7 @@ class GeoffCalculator(Calculator):
         if self.device.type == "cpu":  # reuse freed memory between calls (geoff.cpu_memory)
             keep_freed_memory()
         self.model = frozen(model, self.device, self.dtype)
-        if radial_table not in ("auto", True, False):
-            raise ValueError(f"radial_table must be 'auto', True or False, got {radial_table!r}")
-        wanted = radial_table
-        if radial_table == "auto":  # where measured to pay, and below float32 round-off
-            wanted = self.dtype == torch.float32 and self.device.type in getattr(
-                self.model.representation, "RADIAL_TABLE_AUTO", ())
-        self.radial_table = bool(wanted) and tabulate_radial(self.model) > 0
-        if radial_table is True and not self.radial_table:
-            raise ValueError(f"radial_table=True: {type(self.model.representation).__name__} "
-                             "has no radial tables (SchNet, NequIP-style and MACE-style have); "
-                             "leave it False")
+        self.radial_table = use_radial_tables(self.model, radial_table, self.device, self.dtype)
         if kernels != "e3nn":  # on the frozen copy, in its final device and dtype
             from ..potentials.cueq import with_kernels
 
@@ -215,11 +197,7 @@ class GeoffCalculator(Calculator):
         self.run_model = graphed(compiled(self.model, compile), cuda_graphs, self.device)
         # "auto": the chunk chosen per call from the free GPU memory, around run_model
         self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
-        if edge_pairs not in ("auto", True, False):
-            raise ValueError(f"edge_pairs must be 'auto', True or False, got {edge_pairs!r}")
-        if edge_pairs == "auto":  # building pairs for a model that ignores them is waste
-            edge_pairs = auto_edge_pairs(self.model, self.device)
-        self.edge_pairs = edge_pairs
+        self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)  # after kernels
         if skin == "auto":
             skin = AUTO_SKIN if self.device.type == "cuda" and neighbour_list in (
                 "auto", "torch") else 0.0

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..cuda_graphs import graphed
-from ..graph import atoms_species, neighbour_list
-from ..inference import force_key, frozen, torch_dtype
+from ..graph import add_edge_pairs, atoms_species, neighbour_list
+from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
 from ..neighbours import all_pairs, all_pairs_apply
 from ..to_device import to_device, to_host
 
@@ -35,14 +35,18 @@ class BatchedForces:
     ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
     ``cuda_graphs`` (``True``/``"auto"``/``False``): run the model through captured CUDA
     graphs, shapes padded to buckets (``geoff.cuda_graphs``); eager on the CPU.
+    ``radial_table`` and ``edge_pairs`` choose as in ``GeoffCalculator`` (``"auto"``: where
+    each was measured to pay), so that a batch runs the model a single run would.
     """
 
     def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative",
-                 cuda_graphs=False):
+                 cuda_graphs=False, radial_table="auto", edge_pairs="auto"):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.key = force_key(model.force_head, forces)
         self.model = frozen(model, self.device, self.dtype)
+        self.radial_table = use_radial_tables(self.model, radial_table, self.device, self.dtype)
+        self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)
         self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
         self.backward = self.key == "forces" and model.force_head != "direct"
         self.force_head = model.force_head
@@ -78,8 +82,9 @@ class BatchedForces:
             edge_index, shifts = self._edges_on_device(exact)
         else:
             edge_index, shifts = self._edges_on_cpu(positions)
-        return {"positions": pos.reshape(k * n, 3), "edge_index": edge_index, "shifts": shifts,
-                **self._constants(k)}
+        graph = {"positions": pos.reshape(k * n, 3), "edge_index": edge_index, "shifts": shifts,
+                 **self._constants(k)}
+        return add_edge_pairs(graph) if self.edge_pairs else graph
 
     def _constants(self, k: int) -> dict:
         """species, cell, pbc and batch of k replicas: built once per k (each is a host copy
