@@ -3,6 +3,7 @@ existing ASE path (``run_md``) with the same seeds, to 1e-10 in positions and en
 replica that fails stops alone, with its step and reason."""
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk, molecule
 
 from conftest import small_model, tiny_cu_study
@@ -141,6 +142,26 @@ def test_batched_forces_run_the_model_the_calculator_runs():
     a.calc = calc
     assert abs(a.get_potential_energy() - energy[0]) < 1e-4 * len(a)
     np.testing.assert_allclose(forces[0], a.get_forces(), atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mace_replicas_on_cuda_take_the_calculators_tables():
+    """float32 MACE-style on CUDA: radial tables by default in both paths, same numbers."""
+    from geoff.calculators import GeoffCalculator
+
+    model = small_model("mace", cutoff=3.0)
+    atoms = cuzr()
+    batched = BatchedForces(model, atoms, device="cuda", dtype="float32")
+    calc = GeoffCalculator(model, device="cuda", dtype="float32")
+    assert batched.radial_table and calc.radial_table
+    pos = np.stack([atoms.positions, atoms.positions + 0.02])
+    energy, forces = batched(pos)
+    for k in range(2):
+        a = atoms.copy()
+        a.positions = pos[k]
+        a.calc = calc
+        assert abs(a.get_potential_energy() - energy[k]) < 1e-4 * len(a)
+        np.testing.assert_allclose(forces[k], a.get_forces(), atol=1e-4)
 
 
 def test_a_failing_replica_stops_alone(mol_model, tmp_path):
