@@ -86,6 +86,38 @@ def test_probe_graph_is_a_compact_subgraph():
     assert bool((probe["edge_index"][0][1:] >= probe["edge_index"][0][:-1]).all())
 
 
+def _replica_batch(model, replicas=6):
+    """``replicas`` copies of a 108-atom Cu cell, each moved a little, as one batch: they
+    overlap in space, as the batched replicas do."""
+    from geoff.graph import batch_graphs
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    graphs = []
+    for r in range(replicas):
+        a = atoms.copy()
+        a.rattle(0.05, seed=r)
+        graphs.append(atoms_to_graph(a, model, dtype=torch.float64))
+    return batch_graphs(graphs)
+
+
+def test_probe_of_a_replica_batch_is_its_first_whole_structures():
+    """A ball would mix the overlapping replicas and keep few edges (the calibration then
+    failed and fell back to fixed chunks); whole structures keep every edge."""
+    model = small_model("schnet")
+    graph = _replica_batch(model)
+    per = int((graph["batch"][graph["edge_index"][0]] == 0).sum())  # edges of one replica
+    probe = probe_graph(graph, int(2.5 * per))
+    assert probe["cell"].shape[0] == 3 and int(probe["batch"].max()) == 2
+    assert probe["positions"].shape[0] == 3 * 108 and probe["edge_index"].shape[1] == 3 * per
+    assert probe["edge_index"].max() < 3 * 108
+    torch.testing.assert_close(probe["positions"], graph["positions"][:3 * 108])
+    fit = calibrate(model, graph, probe_edges=int(1.2 * per),
+                    peak_bytes=lambda m, g, c: 1000 * g["edge_index"].shape[1])
+    assert fit.kept + fit.chunked == pytest.approx(1000.0)
+    one = probe_graph(_cu_graph(model, k=4), 2000)  # one structure: still a ball
+    assert one["cell"].shape[0] == 1 and one["edge_index"].shape[1] < 2 * 2000
+
+
 @pytest.mark.parametrize("sees_chunk", [True, False])
 def test_calibration_recovers_a_linear_memory_law(sees_chunk):
     model = small_model("schnet")

@@ -24,6 +24,8 @@ from ..cuda_graphs import graphed
 from ..graph import add_edge_pairs, atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
 from ..neighbours import all_pairs, all_pairs_apply
+from ..potentials.autochunk import AutoChunk
+from ..potentials.chunking import set_edge_chunk
 from ..to_device import to_device, to_host
 
 
@@ -35,19 +37,25 @@ class BatchedForces:
     ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
     ``cuda_graphs`` (``True``/``"auto"``/``False``): run the model through captured CUDA
     graphs, shapes padded to buckets (``geoff.cuda_graphs``); eager on the CPU.
-    ``radial_table`` and ``edge_pairs`` choose as in ``GeoffCalculator`` (``"auto"``: where
-    each was measured to pay), so that a batch runs the model a single run would.
+    ``radial_table``, ``edge_pairs`` and ``edge_chunk`` choose as in ``GeoffCalculator``
+    (``"auto"``: where each was measured to pay; ``edge_chunk="auto"`` chunks a batch's edges
+    only when the whole batch would not fit in memory), so that a batch runs the model a
+    single run would.
     """
 
     def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative",
-                 cuda_graphs=False, radial_table="auto", edge_pairs="auto"):
+                 cuda_graphs=False, radial_table="auto", edge_pairs="auto", edge_chunk="auto"):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.key = force_key(model.force_head, forces)
         self.model = frozen(model, self.device, self.dtype)
         self.radial_table = use_radial_tables(self.model, radial_table, self.device, self.dtype)
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)
+        if edge_chunk is not None and edge_chunk != "auto":  # None: the model's own default
+            set_edge_chunk(self.model, edge_chunk)
         self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
+        # "auto": the chunk chosen per call from the free memory, around run_model
+        self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
         self.backward = self.key == "forces" and model.force_head != "direct"
         self.force_head = model.force_head
         self.cutoff = float(model.cutoff)
@@ -58,6 +66,9 @@ class BatchedForces:
         self.species = torch.as_tensor(z, device=self.device)
         self.on_device = all_pairs_apply(self.cell, self.pbc, self.cutoff)
         self._constant_cache: dict = {}
+
+    def _run(self, graph, **kwargs):
+        return self.run_model(graph, **kwargs)
 
     def _edges_on_device(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(edge_index (2, E), shifts (E, 3)) of positions (k, N, 3), all pairs at once."""
@@ -108,7 +119,8 @@ class BatchedForces:
         arrays = [np.full((k, n, 3), np.nan) for _ in keys]
         ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
         if len(ok):
-            out = self.run_model(self.graph(positions[ok]), compute_forces=backward)
+            call = self.auto_chunk or self.run_model
+            out = call(self.graph(positions[ok]), compute_forces=backward)
             host = to_host({"energy": out["energy"], **{key: out[key] for key in keys}})
             energy[ok] = host["energy"]
             for key, array in zip(keys, arrays):

@@ -129,7 +129,12 @@ def host_available_bytes() -> int:
 def probe_graph(graph: Dict[str, Tensor], n_edges: int) -> Dict[str, Tensor]:
     """The sub-graph of the atoms nearest the centre of ``graph``'s atoms with about
     ``n_edges`` edges (both ends inside; a compact ball, so its atoms keep most of their
-    neighbours). Keys as ``geoff.graph`` (``n_local`` is dropped: the probe has no ghosts)."""
+    neighbours). A batch of structures smaller than that (replicas, which overlap in space,
+    so that a ball would mix them and keep few edges) gives its first whole structures
+    instead. Keys as ``geoff.graph`` (``n_local`` is dropped: the probe has no ghosts)."""
+    whole = _first_structures(graph, n_edges)
+    if whole is not None:
+        return whole
     positions, edge_index = graph["positions"], graph["edge_index"]
     n_atoms, total = positions.shape[0], edge_index.shape[1]
     # A ball of k atoms keeps fewer than k * E/N edges (its boundary): ask for a bit more.
@@ -147,6 +152,30 @@ def probe_graph(graph: Dict[str, Tensor], n_edges: int) -> Dict[str, Tensor]:
         sub[key] = graph[key]
     if "batch" in graph:
         sub["batch"] = graph["batch"][atoms]
+    return sub
+
+
+def _first_structures(graph: Dict[str, Tensor], n_edges: int) -> Optional[Dict[str, Tensor]]:
+    """The first structures of a batch (atoms in structure order, as ``batch_graphs`` and the
+    replicas lay them out) holding at least ``n_edges`` edges, or None when ``graph`` is one
+    structure, the first structure alone has more than twice ``n_edges`` (a ball of it
+    serves), or the atoms are not in structure order."""
+    batch = graph.get("batch")
+    if batch is None or batch.numel() == 0 or bool((batch[1:] < batch[:-1]).any()):
+        return None
+    edge_index = graph["edge_index"]
+    per_structure = torch.bincount(batch[edge_index[0]], minlength=int(batch[-1]) + 1)
+    if len(per_structure) < 2 or int(per_structure[0]) > 2 * n_edges:
+        return None
+    reached = torch.cumsum(per_structure, 0) >= n_edges
+    m = int(reached.nonzero()[0]) + 1 if bool(reached.any()) else len(per_structure)
+    atoms = int((batch < m).sum())  # structure order: these are the first atoms
+    keep = batch[edge_index[0]] < m
+    sub = {"positions": graph["positions"][:atoms], "species": graph["species"][:atoms],
+           "edge_index": edge_index[:, keep], "shifts": graph["shifts"][keep],
+           "batch": batch[:atoms]}
+    for key in ("cell", "pbc"):
+        sub[key] = graph[key][:m]
     return sub
 
 
