@@ -6,7 +6,7 @@ combination, triclinic cells and cells smaller than the cutoff (several periodic
 an atom), but runs wherever the positions are: on a GPU it saves the copy to the host and the
 CPU search that dominate a calculator call at large sizes.
 
-``all_pairs`` examines every pair under the minimum image, for molecules and for periodic
+``all_pairs`` (``AllPairs``) examines every pair under the minimum image, for molecules and for periodic
 cells two cutoffs high, also for R replicas at once (``geoff.md.replica_forces``).
 
 ``NeighbourCache`` keeps a list built with ``cutoff + skin`` across MD steps and only
@@ -98,9 +98,9 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
             raise ValueError(
                 f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
                 f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
-    heights = volume / np.linalg.norm(np.cross(cell_np[[1, 2, 0]], cell_np[[2, 0, 1]]), axis=1)
+    heights = _heights(cell_np, volume)
     if small and pbc.all() and np.all(heights >= 2.0 * cutoff):
-        return _all_pairs(x, cell_np, cutoff)
+        return _all_pairs(x, _cell_and_inverse(cell_np, device), cutoff)
     n_bins = _bins(heights, cutoff, n)
     reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)  # bin offsets to visit
     reach[~pbc] = np.minimum(reach[~pbc], n_bins[~pbc])
@@ -193,39 +193,61 @@ def all_pairs_apply(cell, pbc, cutoff: float) -> bool:
         return False
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     volume = abs(np.linalg.det(cell))
-    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-    return bool(volume > 0 and np.all(volume / areas >= 2.0 * cutoff))
+    return bool(volume > 0 and np.all(_heights(cell, volume) >= 2.0 * cutoff))
+
+
+def _heights(cell: np.ndarray, volume: float) -> np.ndarray:
+    """(3,) Å: the distance between each pair of opposite faces of ``cell`` (volume / area)."""
+    return volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
 
 
 def all_pairs(positions: Tensor, cell, pbc, cutoff: float
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Edges within ``cutoff`` (Å) by examining every pair, for cells where
-    ``all_pairs_apply``; returns what ``torch_neighbour_list`` returns.
-
-    ``positions`` (N, 3) Å, or (R, N, 3) for R replicas sharing ``cell`` (3, 3) and ``pbc``
-    (3,): then ``i``, ``j`` index the R N atoms replica after replica, and a replica's atoms
-    meet only each other. In a periodic cell two cutoffs high an edge's fractional components
-    are each below 1/2 in size (|f_k| = |r . b_k| <= |r| / h_k < cutoff / h_k), so the image
-    of j within the cutoff of i, if any, is the one the rounded fractional difference names,
-    and no atom meets its own images. (R, N, N, 3) float64 temporaries; one host
-    synchronisation, the ``nonzero`` (non-finite positions raise ``ValueError``)."""
-    if not all_pairs_apply(cell, pbc, cutoff):
-        raise ValueError("all_pairs needs no periodic direction, or three with every cell "
-                         f"height >= 2 cutoff ({2 * cutoff} Å); use torch_neighbour_list")
-    periodic = bool(np.asarray(pbc, dtype=bool).all())
-    return _all_pairs(positions.detach().to(torch.float64),
-                      np.asarray(cell, dtype=np.float64).reshape(3, 3) if periodic else None,
-                      cutoff)
+    ``all_pairs_apply``; returns what ``torch_neighbour_list`` returns. ``AllPairs`` keeps
+    the checked cell for repeated calls (one per MD step)."""
+    return AllPairs(cell, pbc, cutoff, positions.device)(positions)
 
 
-def _all_pairs(x: Tensor, cell_np: Optional[np.ndarray], cutoff: float):
-    """``all_pairs`` of float64 ``x`` (N, 3) or (R, N, 3), checked by the caller; ``cell_np``
-    None: no periodic direction."""
+class AllPairs:
+    """Every pair examined for one cell, ``pbc`` and ``cutoff`` (Å), checked once
+    (``all_pairs_apply``, else ``ValueError``); call with positions (N, 3) Å, or (R, N, 3)
+    for R replicas sharing the cell: then ``i``, ``j`` index the R N atoms replica after
+    replica, and a replica's atoms meet only each other. Returns ``(i, j, shifts, images)``
+    as ``torch_neighbour_list``.
+
+    In a periodic cell two cutoffs high an edge's fractional components are each below 1/2
+    in size (|f_k| = |r . b_k| <= |r| / h_k < cutoff / h_k), so the image of j within the
+    cutoff of i, if any, is the one the rounded fractional difference names, and no atom
+    meets its own images. (R, N, N, 3) float64 temporaries; one host synchronisation, the
+    ``nonzero`` (non-finite positions raise ``ValueError``)."""
+
+    def __init__(self, cell, pbc, cutoff: float, device="cpu"):
+        if not all_pairs_apply(cell, pbc, cutoff):
+            raise ValueError("all_pairs needs no periodic direction, or three with every cell "
+                             f"height >= 2 cutoff ({2 * cutoff} Å); use torch_neighbour_list")
+        self.cutoff = float(cutoff)
+        self.mats = None  # no periodic direction
+        if bool(np.asarray(pbc, dtype=bool).all()):
+            self.mats = _cell_and_inverse(np.asarray(cell, dtype=np.float64).reshape(3, 3),
+                                          torch.device(device))
+
+    def __call__(self, positions: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _all_pairs(positions.detach().to(torch.float64), self.mats, self.cutoff)
+
+
+def _cell_and_inverse(cell_np: np.ndarray, device) -> Tensor:
+    """(2, 3, 3) float64 on ``device``: the cell's rows and its inverse."""
+    return to_device(np.stack([cell_np, np.linalg.inv(cell_np)]), device)
+
+
+def _all_pairs(x: Tensor, mats: Optional[Tensor], cutoff: float):
+    """``AllPairs`` of float64 ``x`` (N, 3) or (R, N, 3), checked by the caller; ``mats``
+    (``_cell_and_inverse``) None: no periodic direction."""
     x = x.unsqueeze(0) if x.ndim == 2 else x
     replicas, n = x.shape[0], x.shape[1]
-    periodic = cell_np is not None
+    periodic = mats is not None
     if periodic:
-        mats = to_device(np.stack([cell_np, np.linalg.inv(cell_np)]), x.device)
         frac = _rows_times(x, mats[1])
         d = frac[:, None, :, :] - frac[:, :, None, :]  # (R, N, N, 3): frac_j - frac_i
         near = torch.round(d)

@@ -4,7 +4,7 @@
 Edges are built on the model's device when that is exact and cheap: a molecule (no periodic
 direction) or a fully periodic cell, triclinic too, at least two cutoffs high in every
 direction, where the minimum image is the only image within the cutoff
-(``geoff.neighbours.all_pairs``). All N(N-1) pairs of one replica are tested at once for all
+(``geoff.neighbours.AllPairs``). All N(N-1) pairs of one replica are tested at once for all
 replicas (R N^2 work, which is what a GPU wants for the small systems replicas are for).
 Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per replica on the
 CPU, the exact list of the single-replica calculator.
@@ -23,7 +23,7 @@ import torch
 from ..cuda_graphs import graphed
 from ..graph import add_edge_pairs, atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
-from ..neighbours import all_pairs, all_pairs_apply
+from ..neighbours import AllPairs, all_pairs_apply
 from ..potentials.autochunk import AutoChunk
 from ..potentials.chunking import set_edge_chunk
 from ..to_device import to_device, to_host
@@ -64,7 +64,10 @@ class BatchedForces:
         self.pbc = np.asarray(atoms.pbc, dtype=bool)
         z = atoms_species(atoms, model.species)
         self.species = torch.as_tensor(z, device=self.device)
-        self.on_device = all_pairs_apply(self.cell, self.pbc, self.cutoff)
+        # all pairs on the model's device where exact (the cell checked once, here)
+        self.all_pairs = AllPairs(self.cell, self.pbc, self.cutoff, self.device) \
+            if all_pairs_apply(self.cell, self.pbc, self.cutoff) else None
+        self.on_device = self.all_pairs is not None
         self._constant_cache: dict = {}
 
     def _run(self, graph, **kwargs):
@@ -72,7 +75,7 @@ class BatchedForces:
 
     def _edges_on_device(self, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(edge_index (2, E), shifts (E, 3)) of positions (k, N, 3), all pairs at once."""
-        i, j, shifts, _ = all_pairs(pos, self.cell, self.pbc, self.cutoff)
+        i, j, shifts, _ = self.all_pairs(pos)
         return torch.stack([i, j]), shifts.to(self.dtype)
 
     def _edges_on_cpu(self, positions: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:

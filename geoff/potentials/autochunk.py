@@ -164,13 +164,14 @@ def _first_structures(graph: Dict[str, Tensor], n_edges: int) -> Optional[Dict[s
     if batch is None or batch.numel() == 0 or bool((batch[1:] < batch[:-1]).any()):
         return None
     edge_index = graph["edge_index"]
-    per_structure = torch.bincount(batch[edge_index[0]], minlength=int(batch[-1]) + 1)
+    edge_structure = batch[edge_index[0]]
+    per_structure = torch.bincount(edge_structure, minlength=int(batch[-1]) + 1)
     if len(per_structure) < 2 or int(per_structure[0]) > 2 * n_edges:
         return None
     reached = torch.cumsum(per_structure, 0) >= n_edges
     m = int(reached.nonzero()[0]) + 1 if bool(reached.any()) else len(per_structure)
     atoms = int((batch < m).sum())  # structure order: these are the first atoms
-    keep = batch[edge_index[0]] < m
+    keep = edge_structure < m
     sub = {"positions": graph["positions"][:atoms], "species": graph["species"][:atoms],
            "edge_index": edge_index[:, keep], "shifts": graph["shifts"][keep],
            "batch": batch[:atoms]}
