@@ -13,6 +13,7 @@ from ase.calculators.calculator import (Calculator, PropertyNotImplementedError,
                                        equal)
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from ..captured_call import SUMMARY, captured_call
 from ..compiled import compiled
 from ..cuda_graphs import graphed
 from ..graph import atoms_to_graph
@@ -194,7 +195,11 @@ class GeoffCalculator(Calculator):
         if edge_chunk is not None and edge_chunk != "auto":  # None: the model's own default
             set_edge_chunk(self.model, edge_chunk)
         # the model itself, or compiled, or captured in CUDA graphs, or both
-        self.run_model = graphed(compiled(self.model, compile), cuda_graphs, self.device)
+        model_fn = compiled(self.model, compile)
+        self.run_model = graphed(model_fn, cuda_graphs, self.device)
+        # small structures on CUDA: the neighbour search captured with the model
+        self.captured_call = captured_call(model_fn, cuda_graphs, self.device, self.dtype,
+                                           self.min_distance)
         # "auto": the chunk chosen per call from the free GPU memory, around run_model
         self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)  # after kernels
@@ -262,8 +267,14 @@ class GeoffCalculator(Calculator):
             limit = getattr(self.model.representation, "SKIN_KEEP_MAX_ATOMS", None) \
                 or AUTO_KEEP_MAX_ATOMS
             self.neighbour_cache.filter_edges = len(atoms) > limit
-        graph, pending = self.step_graph(atoms) if self.step_graph else (self.graph(atoms), None)
-        out = call(graph, compute_forces=backward, compute_stress=want_stress)
+        out = pending = None
+        captured = self.captured_call
+        if captured is not None and captured.takes(atoms):
+            out = captured(atoms, compute_forces=backward, compute_stress=want_stress)
+        if out is None:
+            graph, pending = self.step_graph(atoms) if self.step_graph \
+                else (self.graph(atoms), None)
+            out = call(graph, compute_forces=backward, compute_stress=want_stress)
         wanted = {"energy": out["energy"].detach().sum().reshape(1), "energies": out["energies"]}
         for name in getattr(self.model, "properties", ()):  # per-atom property heads (N,)
             wanted[name] = out[name]
@@ -277,9 +288,14 @@ class GeoffCalculator(Calculator):
             wanted["stress"] = out["stress"][0]
         if pending is not None:  # the overlap check of a kept Graph, read with the results
             wanted["shortest_edge"] = pending
+        if SUMMARY in out:  # the captured search's edge count and shortest edge, likewise
+            wanted[SUMMARY] = out[SUMMARY]
         results = to_host(wanted)
         if pending is not None:
             self.step_graph.check(results.pop("shortest_edge"), atoms)
+        if SUMMARY in results and not captured.check(results.pop(SUMMARY), atoms):
+            # more edges than the bucket held: void; its shape has a larger capacity now
+            return self.calculate(atoms, properties, system_changes)
         self.results["energy"] = self.results["free_energy"] = float(results.pop("energy")[0])
         if want_stress:
             results["stress"] = full_3x3_to_voigt_6_stress(results["stress"])

@@ -1,0 +1,205 @@
+"""The neighbour search captured with the model (geoff/captured_call.py): on the CPU through
+``pad_only`` (the same static buffers, padded search and ``nonzero_static`` compaction, run
+eagerly) against the calculator's usual path; the captured graph itself on a GPU."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from conftest import cluster, small_model
+from geoff.calculators import GeoffCalculator
+from geoff.captured_call import CapturedCall, captured_call
+from geoff.structure_checks import OverlapError, overlap_threshold
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+MODELS = ["schnet", "painn", "egnn", "nequip", "mace", "symgnn"]
+CUTOFF = 4.0  # small_model's
+
+
+def crystal(seed=0):
+    """108 rattled Cu/Zr atoms in a cubic cell 10.8 Å high (>= 2 cutoffs: all pairs apply)."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+    atoms.rattle(0.05, seed=seed)
+    atoms.numbers[::4] = 40
+    return atoms
+
+
+def sheared(seed=0):
+    atoms = crystal(seed)
+    cell = atoms.cell.array.copy()
+    cell[1] += [1.0, 0.0, 0.0]
+    cell[2] += [0.5, -0.4, 0.0]
+    atoms.set_cell(cell, scale_atoms=True)
+    return atoms
+
+
+def _calcs(model, device="cpu", dtype="float64", **kwargs):
+    """(usual path, captured-search path): on the CPU the latter runs ``pad_only``."""
+    usual = GeoffCalculator(model, device=device, dtype=dtype, cuda_graphs=False, **kwargs)
+    captured = GeoffCalculator(model, device=device, dtype=dtype, cuda_graphs=True, **kwargs)
+    if device == "cpu":
+        assert captured.captured_call is None  # nothing to capture on a CPU
+        captured.captured_call = CapturedCall(captured.model, overlap_threshold(model),
+                                              captured.dtype, "cpu", pad_only=True)
+    return usual, captured
+
+
+def _results(calc, atoms, stress=True):
+    atoms = atoms.copy()
+    atoms.calc = calc
+    out = [atoms.get_potential_energy(), atoms.get_forces(), atoms.get_potential_energies()]
+    return out + [atoms.get_stress()] if stress else out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_captured_search_equals_the_usual_path(name):
+    model = small_model(name, species=("Cu", "Zr", "H", "C", "O"))
+    usual, captured = _calcs(model)
+    for atoms in (crystal(), sheared(), molecule("CH3CH2OH"), cluster()):
+        stress = bool(atoms.pbc.all())
+        assert captured.captured_call.takes(atoms)
+        for a, b in zip(_results(usual, atoms, stress), _results(captured, atoms, stress)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert captured.captured_call.stats["calls"] >= 4
+
+
+def test_padding_atoms_and_slots_change_nothing():
+    """One bucket serves structures of different sizes and edge counts; each result equals
+    the usual path's (padding atoms never meet real ones, unused slots carry no message)."""
+    model = small_model("painn")
+    usual, captured = _calcs(model)
+    base = crystal()
+    for n in (108, 104, 97):  # one bucket of 120 atom slots
+        atoms = base[:n]
+        for a, b in zip(_results(usual, atoms), _results(captured, atoms)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert {key[0] for key in captured.captured_call.buckets} == {120}
+
+
+def test_a_denser_structure_regrows_its_bucket_and_is_computed_again():
+    model = small_model("schnet")
+    usual, captured = _calcs(model)
+    dilute = crystal()
+    dilute.set_cell(dilute.cell * 1.15, scale_atoms=True)  # second shell beyond the cutoff
+    _results(captured, dilute, stress=False)
+    cc = captured.captured_call
+    (shape, capacity), = cc.capacity.items()
+    dense = crystal(seed=1)  # 18 neighbours an atom, not 12: more than the bucket holds
+    for a, b in zip(_results(usual, dense, False), _results(captured, dense, False)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert cc.stats["regrown"] == 1 and cc.capacity[shape] > capacity
+
+
+@pytest.mark.parametrize("atoms, why", [
+    (crystal().repeat((1, 1, 1))[:0], "no atoms"),
+    (bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), "cell under two cutoffs"),
+    (bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3), None),
+])
+def test_takes_only_what_all_pairs_serves(atoms, why):
+    cc = CapturedCall(small_model("schnet"), 1.0, torch.float64, "cpu", pad_only=True)
+    assert cc.takes(atoms) == (why is None)
+
+
+def test_slabs_large_and_non_finite_structures_take_the_usual_path():
+    model = small_model("schnet")
+    cc = CapturedCall(model, 1.0, torch.float64, "cpu", max_atoms=100, pad_only=True)
+    slab = crystal()[:100]
+    slab.pbc = (True, True, False)
+    assert not cc.takes(slab)
+    assert not cc.takes(crystal())  # 108 > max_atoms
+    broken = crystal()[:50]
+    broken.positions[3] = np.nan
+    assert not cc.takes(broken)
+    _, captured = _calcs(model)
+    broken.calc = captured
+    with pytest.raises(ValueError, match="non-finite"):  # the usual path's error
+        broken.get_potential_energy()
+
+
+def test_an_overlap_is_refused_naming_the_atoms():
+    _, captured = _calcs(small_model("schnet"))
+    atoms = crystal()
+    atoms.positions[7] = atoms.positions[2] + [0.1, 0.0, 0.0]
+    atoms.calc = captured
+    with pytest.raises(OverlapError, match=r"atoms 2 \(Cu\) and 7 \(Cu\) are 0.1 Å apart"):
+        atoms.get_potential_energy()
+    assert captured.captured_call.stats["calls"] == 1  # refused by the captured path's check
+
+
+def test_unknown_elements_are_refused_as_usual():
+    _, captured = _calcs(small_model("schnet"))
+    atoms = crystal()
+    atoms.numbers[5] = 79
+    atoms.calc = captured
+    with pytest.raises(ValueError, match="Au"):
+        atoms.get_potential_energy()
+
+
+def test_the_option_plumbing():
+    model = small_model("schnet")
+    assert captured_call(model, True, "cpu", torch.float64) is None
+    assert captured_call(model, False, "cuda", torch.float64) is None
+    assert captured_call(small_model("dimenet"), True, "cuda", torch.float64) is None
+    assert GeoffCalculator(model, cuda_graphs=True).captured_call is None  # CPU
+
+
+def _syncs(fn):
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():  # the mode's own notice (once a process)
+        warnings.simplefilter("ignore")
+        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode("default")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return out, sum("called a synchronizing" in str(w.message) for w in caught)
+
+
+@CUDA
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_captured_on_gpu_equals_eager(name, dtype, tol):
+    model = small_model(name, species=("Cu", "Zr", "H", "C", "O"))
+    usual, captured = _calcs(model, device="cuda", dtype=dtype)
+    for atoms in (crystal(), sheared(), crystal(seed=3), molecule("CH3CH2OH")):
+        stress = bool(atoms.pbc.all())
+        for a, b in zip(_results(usual, atoms, stress), _results(captured, atoms, stress)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=tol * max(1.0, np.abs(a).max()))
+    cc = captured.captured_call
+    assert cc.stats["captures"] >= 2 and cc.stats["failed"] == 0
+
+
+@CUDA
+def test_a_new_structure_waits_for_the_device_once():
+    """A structure of a known bucket: copy in, replay, results back (the one wait)."""
+    _, captured = _calcs(small_model("schnet"), device="cuda", dtype="float32")
+    _results(captured, crystal())
+    atoms = crystal(seed=5)
+    atoms.calc = captured
+    _, syncs = _syncs(atoms.get_forces)
+    assert syncs <= 1 and captured.captured_call.stats["captures"] == 1
+
+
+@CUDA
+def test_md_on_gpu_follows_the_usual_path():
+    from ase.md.verlet import VelocityVerlet
+
+    runs = []
+    for calc in _calcs(small_model("painn"), device="cuda"):
+        atoms = crystal()
+        atoms.set_momenta(np.random.default_rng(0).normal(0, 3.0, (len(atoms), 3)))
+        atoms.calc = calc
+        dyn = VelocityVerlet(atoms, timestep=2.0)
+        energies = []
+        for _ in range(5):
+            dyn.run(1)
+            energies.append(atoms.get_potential_energy())
+        runs.append((np.array(energies), atoms.get_forces()))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=0, atol=1e-9)
