@@ -158,9 +158,10 @@ class _Bucket:
             shifts = torch.zeros(self.capacity, 3, dtype=torch.float64, device=b.x.device)
         shifts = torch.where(valid[:, None], shifts, self._pad_shift)
         d2 = torch.where(keep, r2, torch.full_like(r2, math.inf)).view(-1)
-        k = torch.argmin(d2)
-        summary = torch.stack([count.double(), d2[k], torch.div(k, n_slots, rounding_mode="floor")
-                               .double(), (k % n_slots).double()])
+        k = torch.argmin(d2).view(1)  # (1,): a 0-d index would be read on the host
+        summary = torch.cat([count.double().view(1), d2.index_select(0, k),
+                             torch.div(k, n_slots, rounding_mode="floor").double(),
+                             (k % n_slots).double()])
         graph = {POSITIONS: b.x.to(self.dtype), SPECIES: b.species, BATCH: b.batch,
                  EDGE_INDEX: torch.stack([i, j]), SHIFTS: shifts.to(self.dtype), CELL: b.cell,
                  PBC: b.pbc}
