@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from .cuda_graphs import (ATOM_FLOOR, DEFAULT_MAX_BUCKETS, EDGE_FLOOR, PER_STRUC
                           WARMUP_CALLS, bucket_size, takes_chunked_path)
 from .graph import (BATCH, CELL, EDGE_INDEX, MAX_NEIGHBOURS_PER_ATOM, PBC, POSITIONS, SHIFTS,
                     SPECIES, _Symbols, atoms_species)
-from .neighbours import ALL_PAIRS_MAX_ATOMS, all_pairs_apply
+from .neighbours import ALL_PAIRS_MAX_ATOMS, _bins, _heights, all_pairs_apply
 from .structure_checks import check_edge_lengths
 from .to_device import to_device
 
@@ -127,13 +127,98 @@ def _pair_mask(inputs: _Inputs, periodic: bool, cutoff: float
     return keep, r2, near
 
 
-class _Bucket:
-    """One bucket's inputs, capacity and captured graph (search + model)."""
+class _AllPairs:
+    """Every pair of the slots: a molecule, or a periodic cell two cutoffs high.
 
-    def __init__(self, model, inputs: _Inputs, capacity: int, periodic: bool, cutoff: float,
+    ``candidates(inputs)`` -> (keep (C,), r^2 (C,), fullest bin (0-d; 0 here)); then
+    ``edges(inputs, rows)`` -> (i, j, float64 shifts Å) of candidate rows."""
+
+    slots = 0  # bin slots: none
+
+    def __init__(self, periodic: bool, cutoff: float):
+        self.periodic, self.cutoff = periodic, cutoff
+        self._near: Optional[Tensor] = None
+
+    def candidates(self, inputs: _Inputs) -> Tuple[Tensor, Tensor, Tensor]:
+        keep, r2, self._near = _pair_mask(inputs, self.periodic, self.cutoff)
+        return keep.view(-1), r2.view(-1), inputs.n.new_zeros(())
+
+    def edges(self, inputs: _Inputs, rows: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        n = inputs.x.shape[0]
+        i = torch.div(rows, n, rounding_mode="floor")
+        if self._near is None:
+            return i, rows - i * n, inputs.x.new_zeros(len(rows), 3)
+        return i, rows - i * n, self._near.view(-1, 3)[rows].neg() @ inputs.mats[0]
+
+
+class _CellList:
+    """The cell list of ``geoff.neighbours.torch_neighbour_list`` for a fully periodic cell,
+    with fixed shapes: ``n_bins`` and ``reach`` (from the cell, on the host) and ``slots``
+    atoms per bin (the bucket's; a fuller bin is reported through ``candidates``' third
+    value, and its extra atoms are left out, so the call is then redone in a larger bucket)."""
+
+    def __init__(self, layout: tuple, slots: int, n_slots: int, cutoff: float, device):
+        n_bins, reach = np.asarray(layout[0]), np.asarray(layout[1])
+        self.slots, self.cutoff = int(slots), cutoff
+        self.n_total = int(n_bins.prod())
+        offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"),
+                           -1).reshape(-1, 3)
+        self.centre = int(np.flatnonzero((offsets == 0).all(1))[0])
+        self.offsets = torch.as_tensor(offsets, device=device)
+        self.nb = torch.as_tensor(n_bins, device=device)
+        self.strides = torch.as_tensor([n_bins[1] * n_bins[2], n_bins[2], 1], device=device)
+        self.atoms = torch.arange(n_slots, device=device)
+        self._cand = self._image = self._wrap = None
+
+    def candidates(self, inputs: _Inputs) -> Tuple[Tensor, Tensor, Tensor]:
+        x, real, n, m = inputs.x, inputs.real, inputs.x.shape[0], self.slots
+        cell, inverse = inputs.mats[0], inputs.mats[1]
+        frac = x @ inverse
+        wrap = torch.floor(frac)
+        frac = frac - wrap
+        wrapped = frac @ cell
+        atom_bin = torch.minimum((frac * self.nb).long(), self.nb - 1).clamp_min(0)
+        flat = torch.where(real, (atom_bin * self.strides).sum(1), self.n_total)  # padding:
+        order = torch.argsort(flat)  # the spare bin n_total, which no atom visits
+        count = torch.zeros(self.n_total + 1, dtype=torch.long, device=x.device)
+        count.index_add_(0, flat, torch.ones_like(flat))
+        sorted_bins = flat[order]
+        rank = self.atoms - (torch.cumsum(count, 0) - count)[sorted_bins]
+        # table[b, s]: the s-th atom of bin b, or n (the sentinel at infinity); a rank past
+        # the slots goes to a spare column, dropped
+        table = torch.full((self.n_total + 1, m + 1), n, dtype=torch.long, device=x.device)
+        table[sorted_bins, rank.clamp_max(m)] = order
+        table = table[:, :m]
+        far = torch.cat([wrapped, wrapped.new_full((1, 3), math.inf)])
+        target = atom_bin[:, None, :] + self.offsets  # (N, K, 3) bins to visit
+        image = torch.div(target, self.nb, rounding_mode="floor")
+        cand = table[((target - image * self.nb) * self.strides).sum(-1)]  # (N, K, M)
+        shift = (image.double().unsqueeze(-1) * cell).sum(-2)  # (N, K, 3) Å
+        d2 = (far[cand] - wrapped[:, None, None, :] + shift[:, :, None, :]).square().sum(-1)
+        keep = (d2 < self.cutoff * self.cutoff) & real[:, None, None]
+        keep[:, self.centre, :] &= cand[:, self.centre, :] != self.atoms[:, None]
+        # for edges(): the wrap of the sentinel is a spare zero row
+        self._cand, self._image = cand, image
+        self._wrap = torch.cat([wrap.long(), wrap.new_zeros(1, 3, dtype=torch.long)])
+        return keep.view(-1), d2.view(-1), count[:self.n_total].max()
+
+    def edges(self, inputs: _Inputs, rows: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        k, m = self._cand.shape[1], self.slots
+        i = torch.div(rows, k * m, rounding_mode="floor")
+        j = self._cand.view(-1)[rows]
+        # back from the wrapped frame to the caller's positions: x = wrapped + wrap @ cell
+        images = self._image.view(-1, 3)[torch.div(rows, m, rounding_mode="floor")] \
+            + self._wrap[i] - self._wrap[j]
+        return i, j, images.double() @ inputs.mats[0]
+
+
+class _Bucket:
+    """One bucket's inputs, search, capacity and captured graph (search + model)."""
+
+    def __init__(self, model, inputs: _Inputs, search, capacity: int, cutoff: float,
                  dtype: torch.dtype, compute_forces: bool, compute_stress: bool):
-        self.model, self.inputs, self.capacity = model, inputs, capacity
-        self.periodic, self.cutoff, self.dtype = periodic, cutoff, dtype
+        self.model, self.inputs, self.search = model, inputs, search
+        self.capacity, self.cutoff, self.dtype = capacity, cutoff, dtype
         self.flags = (compute_forces, compute_stress)
         device = inputs.x.device
         self._slots = torch.arange(capacity, device=device)
@@ -142,29 +227,29 @@ class _Bucket:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Dict[str, Tensor] = {}
 
-    def _call(self) -> Dict[str, Tensor]:
+    def padded_graph(self) -> Tuple[Dict[str, Tensor], Tensor]:
+        """The search on the inputs: (padded Graph, summary [count, d^2, i, j, fullest])."""
         b, n_slots = self.inputs, self.inputs.x.shape[0]
-        keep, r2, near = _pair_mask(b, self.periodic, self.cutoff)
+        keep, d2, fullest = self.search.candidates(b)
         count = keep.sum()
-        rows = torch.nonzero_static(keep.view(-1), size=self.capacity, fill_value=0).squeeze(1)
+        rows = torch.nonzero_static(keep, size=self.capacity, fill_value=0).squeeze(1)
         valid = self._slots < count
-        i = torch.div(rows, n_slots, rounding_mode="floor")
-        j = rows - i * n_slots
+        i, j, shifts = self.search.edges(b, rows)
         pad = b.n + self._slots % (n_slots - b.n)  # unused slots: spread over padding atoms
         i, j = torch.where(valid, i, pad), torch.where(valid, j, pad)
-        if near is not None:
-            shifts = near.view(-1, 3)[rows].neg() @ b.mats[0]
-        else:
-            shifts = torch.zeros(self.capacity, 3, dtype=torch.float64, device=b.x.device)
         shifts = torch.where(valid[:, None], shifts, self._pad_shift)
-        d2 = torch.where(keep, r2, torch.full_like(r2, math.inf)).view(-1)
+        d2 = torch.where(keep, d2, torch.full_like(d2, math.inf))
         k = torch.argmin(d2).view(1)  # (1,): a 0-d index would be read on the host
-        summary = torch.cat([count.double().view(1), d2.index_select(0, k),
-                             torch.div(k, n_slots, rounding_mode="floor").double(),
-                             (k % n_slots).double()])
+        a, c, _ = self.search.edges(b, k)
+        summary = torch.cat([count.double().view(1), d2.index_select(0, k), a.double(),
+                             c.double(), fullest.double().view(1)])
         graph = {POSITIONS: b.x.to(self.dtype), SPECIES: b.species, BATCH: b.batch,
                  EDGE_INDEX: torch.stack([i, j]), SHIFTS: shifts.to(self.dtype), CELL: b.cell,
                  PBC: b.pbc}
+        return graph, summary
+
+    def _call(self) -> Dict[str, Tensor]:
+        graph, summary = self.padded_graph()
         forces, stress = self.flags
         out = dict(self.model(graph, compute_forces=forces, compute_stress=stress))
         out[SUMMARY] = summary
@@ -201,132 +286,153 @@ class CapturedCall:
         min_distance: the overlap threshold, Å (0: no check); above the cutoff no structure
             is taken (the check would search beyond the graph's edges).
         dtype, device: the model's.
-        max_atoms: larger structures are not taken (``ALL_PAIRS_MAX_ATOMS`` at most).
+        max_atoms: larger structures are not taken (None: no limit).
+        plan: the calculator's ``AutoChunk.chunk_for`` (``edge_chunk="auto"``), asked once
+            per bucket whether its graph fits whole (then it is captured unchunked); None:
+            the model's own ``edge_chunk`` decides.
         pad_only: fill the buckets and run search and model on them eagerly, no capture
             (works on the CPU: how the tests check this path).
 
     ``takes(atoms)`` says (on the host, in microseconds) whether a structure goes this way;
     the outputs are the model's for the real atoms and structure plus ``SUMMARY``, valid
     until the next call; ``check(summary, atoms)`` after reading them back returns False
-    when the structure had more edges than its bucket holds (its results are wrong; the
-    bucket has grown, call again) and raises on an overlap. ``stats`` counts calls,
-    captures, regrown buckets and failed captures (``calls``: replays, or
-    eager runs with ``pad_only``).
+    when the structure had more edges (or a fuller bin) than its bucket holds (its results
+    are void; the bucket has grown, call again) and raises on an overlap. ``stats`` counts
+    calls (replays, or eager runs with ``pad_only``), captures, regrown buckets and failed
+    captures.
     """
 
     def __init__(self, model, min_distance: float, dtype: torch.dtype, device,
-                 max_atoms: int = DEFAULT_MAX_ATOMS, pad_only: bool = False):
+                 max_atoms: Optional[int] = DEFAULT_MAX_ATOMS, plan=None,
+                 pad_only: bool = False):
         self.model, self.dtype, self.device = model, dtype, torch.device(device)
-        self.pad_only = pad_only
+        self.pad_only, self.plan = pad_only, plan
         self.cutoff = float(model.cutoff)
         self.min_distance = float(min_distance)
-        self.max_atoms = min(int(max_atoms), ALL_PAIRS_MAX_ATOMS["cuda"])
+        self.max_atoms = max_atoms
         self.species = list(model.species)
         self.buckets: "OrderedDict[tuple, _Bucket]" = OrderedDict()
-        self.capacity: Dict[tuple, int] = {}  # per bucket without its capacity: the current
+        # per shape (a bucket's key without its capacities): [edge slots, bin slots]
+        self.capacity: Dict[tuple, List[int]] = {}
         self.failed: Dict[tuple, str] = {}
         self.stats = {"calls": 0, "captures": 0, "regrown": 0, "failed": 0}
-        self._cells: Dict[bytes, bool] = {}
+        self._searches: Dict[tuple, Optional[tuple]] = {}
         self._pool = None
         self._stream = None
-        self._last: Optional[Tuple[tuple, int]] = None  # (key, atoms) of the last call
+        self._last: Optional[tuple] = None  # the shape of the last call
+
+    def search_of(self, atoms) -> Optional[tuple]:
+        """``("pairs", periodic)`` (all pairs), ``("cells", n_bins, reach)`` (a cell list of
+        a fully periodic cell) or None (not taken: the usual path, with its checks)."""
+        n = len(atoms)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool).reshape(3)
+        key = (cell.tobytes(), pbc.tobytes(), n)
+        if key not in self._searches:
+            if len(self._searches) > 64:
+                self._searches.clear()
+            self._searches[key] = _search_for(cell, pbc, n, self.cutoff)
+        return self._searches[key]
 
     def takes(self, atoms) -> bool:
         """Whether ``atoms`` goes through the captured search (else the calculator's path)."""
         n = len(atoms)
-        if not 0 < n <= self.max_atoms or self.min_distance > self.cutoff:
+        if n == 0 or (self.max_atoms is not None and n > self.max_atoms) \
+                or self.min_distance > self.cutoff or self.search_of(atoms) is None:
             return False
-        cell = np.asarray(atoms.cell.array, dtype=np.float64)
-        pbc = np.asarray(atoms.pbc, dtype=bool).reshape(3)
-        key = cell.tobytes() + pbc.tobytes()
-        apply = self._cells.get(key)
-        if apply is None:
-            apply = bool(np.isfinite(cell).all()) and all_pairs_apply(cell, pbc, self.cutoff)
-            if len(self._cells) > 64:
-                self._cells.clear()
-            self._cells[key] = apply
-        return apply and bool(np.isfinite(atoms.positions).all())  # else the usual errors
+        return bool(np.isfinite(atoms.positions).all())  # else the usual path's error
 
-    @staticmethod
-    def _shape(atoms, compute_forces: bool, compute_stress: bool) -> tuple:
-        """A bucket's key without its capacity."""
-        return (bucket_size(len(atoms) + 1, ATOM_FLOOR), bool(np.asarray(atoms.pbc).all()),
+    def _shape(self, atoms, compute_forces: bool, compute_stress: bool) -> tuple:
+        """A bucket's key without its capacities."""
+        return (bucket_size(len(atoms) + 1, ATOM_FLOOR), self.search_of(atoms),
                 bool(compute_forces), bool(compute_stress))
 
     def __call__(self, atoms, compute_forces: bool = True, compute_stress: bool = False
                  ) -> Optional[Dict[str, Tensor]]:
         """The outputs, or None when this bucket cannot be captured (the caller runs its
-        usual path; a warning said why once)."""
+        usual path; a warning said why, once)."""
         species = atoms_species(atoms, self.species)
         shape = self._shape(atoms, compute_forces, compute_stress)
         if shape in self.failed:
             return None
-        capacity = self.capacity.get(shape)
-        if capacity is None:
-            capacity = self._sized(atoms, species, shape)
-            if capacity is None:
-                return None
-        key = shape + (capacity,)
+        if shape not in self.capacity and not self._sized(atoms, species, shape):
+            return None
+        key = shape + tuple(self.capacity[shape])
         bucket = self.buckets.get(key) or self._new_bucket(key, atoms, species)
         if bucket is None:
             return None
         self.buckets.move_to_end(key)
         self.stats["calls"] += 1
-        self._last = (shape, len(atoms))
+        self._last = shape
         return bucket.run(atoms, species)
 
-    def _sized(self, atoms, species: np.ndarray, shape: tuple) -> Optional[int]:
-        """The first capacity of ``shape``'s buckets: this structure's edges (one read)."""
+    def _searcher(self, shape: tuple, bin_slots: int):
+        search = shape[1]
+        if search[0] == "pairs":
+            return _AllPairs(search[1], self.cutoff)
+        return _CellList(search[1:], bin_slots, shape[0], self.cutoff, self.device)
+
+    def _sized(self, atoms, species: np.ndarray, shape: tuple) -> bool:
+        """The first capacities of ``shape``'s buckets from this structure (one read)."""
         inputs = _Inputs(shape[0], self.dtype, self.device)
         inputs.fill(atoms, species)
-        count = int(_pair_mask(inputs, shape[1], self.cutoff)[0].sum())
+        bin_slots = 0
+        if shape[1][0] == "cells":  # the fullest bin first: the candidates need its size
+            bin_slots = int(self._searcher(shape, 1).candidates(inputs)[2]) + 1
+        keep, _, fullest = self._searcher(shape, bin_slots).candidates(inputs)
+        count = int(keep.sum())
         if count > MAX_NEIGHBOURS_PER_ATOM * len(atoms):
-            return None  # a unit mistake: the usual path says so
-        self.capacity[shape] = bucket_size(max(int(math.ceil(count * HEADROOM)), 1), EDGE_FLOOR)
-        return self.capacity[shape]
+            self.failed[shape] = "more neighbours than MAX_NEIGHBOURS_PER_ATOM"
+            return False  # a unit mistake: the usual path says so
+        self.capacity[shape] = [_grown(count, EDGE_FLOOR), _grown(bin_slots, 1)
+                                if bin_slots else 0]
+        return True
 
     def _new_bucket(self, key: tuple, atoms, species: np.ndarray) -> Optional[_Bucket]:
-        n_atoms, periodic, forces, stress, capacity = key
-        shape = key[:-1]
+        shape, (capacity, bin_slots) = key[:4], key[4:]
+        n_atoms, _, forces, stress = shape
         if not available():
             self.failed[shape] = "this torch has no torch.nonzero_static"
-        elif takes_chunked_path(self.model, n_atoms, capacity):
-            self.failed[shape] = "the model takes its chunked path at this size (edge_chunk)"
-        if shape in self.failed:
             return None
         while len(self.buckets) >= DEFAULT_MAX_BUCKETS:
             self.buckets.popitem(last=False)
         inputs = _Inputs(n_atoms, self.dtype, self.device)
         inputs.fill(atoms, species)  # warm-up and capture on real numbers
-        bucket = _Bucket(self.model, inputs, capacity, periodic, self.cutoff, self.dtype,
-                         forces, stress)
-        if self.pad_only:
-            self.buckets[key] = bucket
-            return bucket
-        try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-                self._stream = torch.cuda.Stream(device=self.device)
-            bucket.capture(self._pool, self._stream)
-        except Exception as exc:  # never fail: this shape takes the usual path from now on
-            self.failed[shape] = f"{type(exc).__name__}: {exc}"
-            self.stats["failed"] += 1
-            warnings.warn(f"CUDA graph capture of the neighbour search and model failed for "
-                          f"{n_atoms} atoms ({self.failed[shape]}); this size builds its "
-                          "neighbour list outside the graph", RuntimeWarning, stacklevel=3)
+        bucket = _Bucket(self.model, inputs, self._searcher(shape, bin_slots), capacity,
+                         self.cutoff, self.dtype, forces, stress)
+        chunk = self.plan(bucket.padded_graph()[0]) if self.plan is not None else None
+        if chunk or (chunk is None and takes_chunked_path(self.model, n_atoms, capacity)):
+            self.failed[shape] = "the model runs this size in edge chunks (edge_chunk)"
             return None
-        self.stats["captures"] += 1
+        if not self.pad_only:
+            try:
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                    self._stream = torch.cuda.Stream(device=self.device)
+                with _unchunked(self.model, chunk == 0):
+                    bucket.capture(self._pool, self._stream)
+            except Exception as exc:  # never fail: this shape takes the usual path from now on
+                self.failed[shape] = f"{type(exc).__name__}: {exc}"
+                self.stats["failed"] += 1
+                warnings.warn(f"CUDA graph capture of the neighbour search and model failed "
+                              f"for {n_atoms} atoms ({self.failed[shape]}); this size builds "
+                              "its neighbour list outside the graph", RuntimeWarning,
+                              stacklevel=3)
+                return None
+            self.stats["captures"] += 1
         self.buckets[key] = bucket
         return bucket
 
     def check(self, summary: np.ndarray, atoms) -> bool:
-        """After the results came back: False when the structure had more edges than its
-        bucket's capacity (the results are void; the next call uses a larger bucket);
-        raises ``OverlapError`` naming the closest atoms under the threshold."""
-        count, d2, a, b = (float(v) for v in np.asarray(summary).reshape(4))
-        shape, _ = self._last
-        if count > self.capacity[shape]:
-            self.capacity[shape] = bucket_size(int(math.ceil(count * HEADROOM)), EDGE_FLOOR)
+        """After the results came back: False when the structure had more edges or a fuller
+        bin than its bucket holds (the results are void; the next call uses a larger
+        bucket); raises ``OverlapError`` naming the closest atoms under the threshold."""
+        count, d2, a, b, fullest = (float(v) for v in np.asarray(summary).reshape(5))
+        capacity = self.capacity[self._last]
+        if count > capacity[0] or fullest > capacity[1]:
+            capacity[0] = max(capacity[0], _grown(int(count), EDGE_FLOOR))
+            if capacity[1]:
+                capacity[1] = max(capacity[1], _grown(int(fullest), 1))
             self.stats["regrown"] += 1
             return False
         if self.min_distance > 0 and math.isfinite(d2):
@@ -336,13 +442,54 @@ class CapturedCall:
         return True
 
 
+def _grown(count: int, floor: int) -> int:
+    """Slots for ``count`` items: ``HEADROOM`` more, rounded up on the bucket grid."""
+    return bucket_size(max(int(math.ceil(count * HEADROOM)), 1), floor)
+
+
+def _search_for(cell: np.ndarray, pbc: np.ndarray, n: int, cutoff: float) -> Optional[tuple]:
+    """``CapturedCall.search_of`` for a cell, pbc and atom count."""
+    if not np.isfinite(cell).all():
+        return None
+    if n <= ALL_PAIRS_MAX_ATOMS["cuda"] and all_pairs_apply(cell, pbc, cutoff):
+        return ("pairs", bool(pbc.all()))
+    if not pbc.all():
+        return None  # slabs and wires: the usual path (the bounding box sets their bins)
+    volume = abs(np.linalg.det(cell))
+    if not volume > 0 or n / volume * 4.0 / 3.0 * math.pi * cutoff ** 3 \
+            > MAX_NEIGHBOURS_PER_ATOM:
+        return None  # degenerate, or a unit mistake: the usual path's error
+    heights = _heights(cell, volume)
+    n_bins = _bins(heights, cutoff, n)
+    reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)
+    return ("cells", tuple(int(v) for v in n_bins), tuple(int(v) for v in reach))
+
+
+class _unchunked:
+    """Within: the model's chunking modules at ``edge_chunk = 0`` (when ``on``)."""
+
+    def __init__(self, model, on: bool):
+        from .potentials.autochunk import chunking_modules
+
+        self.modules = chunking_modules(model) if on else []
+        self.saved = [m.edge_chunk for m in self.modules]
+
+    def __enter__(self):
+        for m in self.modules:
+            m.edge_chunk = 0
+
+    def __exit__(self, *exc):
+        for m, c in zip(self.modules, self.saved):
+            m.edge_chunk = c
+
+
 def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
-                  min_distance: Optional[float] = None) -> Optional[CapturedCall]:
-    """The ``CapturedCall`` of ``GeoffCalculator(cuda_graphs=...)``, or None: ``True`` takes
-    structures up to ``ALL_PAIRS_MAX_ATOMS["cuda"]`` atoms, ``"auto"`` up to
-    ``DEFAULT_MAX_ATOMS``; ``False``, the CPU, models that cannot be captured
-    (``geoff.cuda_graphs.refusal``) and a torch without ``nonzero_static`` take none.
-    ``min_distance`` None: the model's overlap threshold."""
+                  min_distance: Optional[float] = None, plan=None) -> Optional[CapturedCall]:
+    """The ``CapturedCall`` of ``GeoffCalculator(cuda_graphs=...)``, or None: ``"auto"``
+    takes structures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` of any size; ``False``, the
+    CPU, models that cannot be captured (``geoff.cuda_graphs.refusal``) and a torch without
+    ``nonzero_static`` take none. ``min_distance`` None: the model's overlap threshold;
+    ``plan``: see ``CapturedCall``."""
     from .cuda_graphs import refusal
     from .structure_checks import overlap_threshold
 
@@ -351,5 +498,5 @@ def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
         return None
     if min_distance is None:
         min_distance = overlap_threshold(model)
-    max_atoms = DEFAULT_MAX_ATOMS if cuda_graphs == "auto" else ALL_PAIRS_MAX_ATOMS["cuda"]
-    return CapturedCall(model, min_distance, dtype, device, max_atoms=max_atoms)
+    max_atoms = DEFAULT_MAX_ATOMS if cuda_graphs == "auto" else None
+    return CapturedCall(model, min_distance, dtype, device, max_atoms=max_atoms, plan=plan)

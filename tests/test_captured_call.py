@@ -85,21 +85,64 @@ def test_a_denser_structure_regrows_its_bucket_and_is_computed_again():
     dilute.set_cell(dilute.cell * 1.15, scale_atoms=True)  # second shell beyond the cutoff
     _results(captured, dilute, stress=False)
     cc = captured.captured_call
-    (shape, capacity), = cc.capacity.items()
+    (shape, (edges, _)), = cc.capacity.items()
     dense = crystal(seed=1)  # 18 neighbours an atom, not 12: more than the bucket holds
     for a, b in zip(_results(usual, dense, False), _results(captured, dense, False)):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
-    assert cc.stats["regrown"] == 1 and cc.capacity[shape] > capacity
+    assert cc.stats["regrown"] == 1 and cc.capacity[shape][0] > edges
 
 
-@pytest.mark.parametrize("atoms, why", [
-    (crystal().repeat((1, 1, 1))[:0], "no atoms"),
-    (bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), "cell under two cutoffs"),
-    (bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3), None),
+@pytest.mark.parametrize("atoms, search", [
+    (crystal()[:0], None),  # no atoms
+    (bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3), "pairs"),  # 10.8 Å >= 2 cutoffs
+    (bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), "cells"),  # 7.2 Å: a cell list
+    (bulk("Cu", "fcc", a=3.61), "cells"),  # one atom, a cell smaller than the cutoff
 ])
-def test_takes_only_what_all_pairs_serves(atoms, why):
+def test_takes_all_pairs_cells_and_cell_lists(atoms, search):
     cc = CapturedCall(small_model("schnet"), 1.0, torch.float64, "cpu", pad_only=True)
-    assert cc.takes(atoms) == (why is None)
+    assert cc.takes(atoms) == (search is not None)
+    if search is not None:
+        assert cc.search_of(atoms)[0] == search
+
+
+@pytest.mark.parametrize("name", ["schnet", "painn", "mace"])
+def test_the_captured_cell_list_equals_the_usual_path(name):
+    """Cells under two cutoffs (cubic, sheared, one atom, elongated) and a structure above
+    the all-pairs limit search through the fixed-shape cell list."""
+    model = small_model(name)
+    usual, captured = _calcs(model)
+    small = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    small.rattle(0.05, seed=2)
+    small.numbers[::3] = 40
+    tilted = small.copy()
+    tilted.set_cell(small.cell.array + [[0, 0, 0], [0.8, 0, 0], [0.3, -0.5, 0]],
+                    scale_atoms=True)
+    one = bulk("Cu", "fcc", a=3.61)
+    long = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((1, 1, 7))
+    long.rattle(0.05, seed=3)
+    large = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((9, 9, 8))  # 2,592 atoms
+    large.rattle(0.05, seed=4)
+    for atoms in (small, tilted, one, long, large):
+        assert captured.captured_call.search_of(atoms)[0] == "cells"
+        for a, b in zip(_results(usual, atoms), _results(captured, atoms)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert captured.captured_call.stats["calls"] >= 5
+
+
+def test_a_fuller_bin_regrows_the_bin_slots():
+    model = small_model("schnet")
+    usual, captured = _calcs(model)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 3))
+    atoms.rattle(0.05, seed=0)
+    _results(captured, atoms, stress=False)
+    cc = captured.captured_call
+    (shape, (_, slots)), = cc.capacity.items()
+    crowded = atoms.copy()  # every atom of the cell in one corner region: a full bin
+    crowded.positions = atoms.positions * 0.6 + 0.2
+    crowded.set_cell(atoms.cell)
+    for a, b in zip(_results(usual, crowded, False), _results(captured, crowded, False)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert cc.stats["regrown"] == 1 and cc.capacity[shape][1] > slots
 
 
 def test_slabs_large_and_non_finite_structures_take_the_usual_path():

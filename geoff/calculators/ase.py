@@ -203,11 +203,13 @@ class GeoffCalculator(Calculator):
         # the model itself, or compiled, or captured in CUDA graphs, or both
         model_fn = compiled(self.model, compile)
         self.run_model = graphed(model_fn, cuda_graphs, self.device)
-        # small structures on CUDA: the neighbour search captured with the model
-        self.captured_call = captured_call(model_fn, cuda_graphs, self.device, self.dtype,
-                                           self.min_distance)
         # "auto": the chunk chosen per call from the free GPU memory, around run_model
         self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
+        # on CUDA: the neighbour search captured with the model (asking auto_chunk once per
+        # bucket whether its graph fits unchunked)
+        self.captured_call = captured_call(
+            model_fn, cuda_graphs, self.device, self.dtype, self.min_distance,
+            plan=self.auto_chunk.chunk_for if self.auto_chunk is not None else None)
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)  # after kernels
         if skin == "auto":
             skin = AUTO_SKIN if self.device.type == "cuda" and neighbour_list in (
