@@ -38,16 +38,20 @@ import torch
 from torch import Tensor
 
 from .cuda_graphs import (ATOM_FLOOR, DEFAULT_MAX_BUCKETS, EDGE_FLOOR, PER_STRUCTURE,
-                          WARMUP_CALLS, bucket_size, takes_chunked_path)
+                          CapturePool, bucket_size, takes_chunked_path)
 from .graph import (BATCH, CELL, EDGE_INDEX, MAX_NEIGHBOURS_PER_ATOM, PBC, POSITIONS, SHIFTS,
                     SPECIES, _Symbols, atoms_species)
 from .neighbours import ALL_PAIRS_MAX_ATOMS, _bins, _heights, all_pairs_apply
 from .structure_checks import check_edge_lengths
 from .to_device import to_device
 
-# Up to this many atoms "auto" captures the search with the model: the all-pairs search's
-# (N, N, 3) float64 temporaries stay under ~60 MB and its GPU time under the launches it saves
+# Up to this many atoms "auto" captures the search with the model (as geoff.cuda_graphs
+# captures the model); True up to MAX_ATOMS: one H200 measured new-structure calls 1.1-1.6x
+# faster at 4,000-8,788 atoms (SchNet, PaiNN; speed.md, "Fourteenth session"), while a
+# captured graph keeps its activations in the pool (PaiNN at 32k: tens of GB), and beyond
+# ~10k atoms the search is a small part of the call
 DEFAULT_MAX_ATOMS = 1_500
+MAX_ATOMS = 10_000
 HEADROOM = 1.05  # edge slots beyond the first structure's count (thermal density changes)
 SUMMARY = "search_summary"  # the output key of [count, d^2, i, j]
 
@@ -255,18 +259,6 @@ class _Bucket:
         out[SUMMARY] = summary
         return out
 
-    def capture(self, pool, stream: "torch.cuda.Stream") -> None:
-        """Warm up and capture on ``stream``, as ``geoff.cuda_graphs`` does."""
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_CALLS):
-                self._call()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=stream):
-            outputs = self._call()
-        self.graph, self.outputs = graph, outputs
-
     def run(self, atoms, species: np.ndarray) -> Dict[str, Tensor]:
         n = self.inputs.fill(atoms, species)
         if self.graph is None:  # pad_only
@@ -290,6 +282,8 @@ class CapturedCall:
         plan: the calculator's ``AutoChunk.chunk_for`` (``edge_chunk="auto"``), asked once
             per bucket whether its graph fits whole (then it is captured unchunked); None:
             the model's own ``edge_chunk`` decides.
+        captures: the memory pool to capture into (the calculator's ``GraphedModel``'s,
+            so that the two share their intermediates' memory); None: its own.
         pad_only: fill the buckets and run search and model on them eagerly, no capture
             (works on the CPU: how the tests check this path).
 
@@ -304,7 +298,7 @@ class CapturedCall:
 
     def __init__(self, model, min_distance: float, dtype: torch.dtype, device,
                  max_atoms: Optional[int] = DEFAULT_MAX_ATOMS, plan=None,
-                 pad_only: bool = False):
+                 captures: Optional[CapturePool] = None, pad_only: bool = False):
         self.model, self.dtype, self.device = model, dtype, torch.device(device)
         self.pad_only, self.plan = pad_only, plan
         self.cutoff = float(model.cutoff)
@@ -317,8 +311,7 @@ class CapturedCall:
         self.failed: Dict[tuple, str] = {}
         self.stats = {"calls": 0, "captures": 0, "regrown": 0, "failed": 0}
         self._searches: Dict[tuple, Optional[tuple]] = {}
-        self._pool = None
-        self._stream = None
+        self.captures = captures or CapturePool()
         self._last: Optional[tuple] = None  # the shape of the last call
 
     def search_of(self, atoms) -> Optional[tuple]:
@@ -406,11 +399,9 @@ class CapturedCall:
             return None
         if not self.pad_only:
             try:
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                    self._stream = torch.cuda.Stream(device=self.device)
                 with _unchunked(self.model, chunk == 0):
-                    bucket.capture(self._pool, self._stream)
+                    bucket.graph, bucket.outputs = self.captures.capture(bucket._call,
+                                                                         self.device)
             except Exception as exc:  # never fail: this shape takes the usual path from now on
                 self.failed[shape] = f"{type(exc).__name__}: {exc}"
                 self.stats["failed"] += 1
@@ -484,12 +475,13 @@ class _unchunked:
 
 
 def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
-                  min_distance: Optional[float] = None, plan=None) -> Optional[CapturedCall]:
+                  min_distance: Optional[float] = None, plan=None,
+                  captures: Optional[CapturePool] = None) -> Optional[CapturedCall]:
     """The ``CapturedCall`` of ``GeoffCalculator(cuda_graphs=...)``, or None: ``"auto"``
-    takes structures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` of any size; ``False``, the
-    CPU, models that cannot be captured (``geoff.cuda_graphs.refusal``) and a torch without
-    ``nonzero_static`` take none. ``min_distance`` None: the model's overlap threshold;
-    ``plan``: see ``CapturedCall``."""
+    takes structures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` up to ``MAX_ATOMS``;
+    ``False``, the CPU, models that cannot be captured (``geoff.cuda_graphs.refusal``) and a
+    torch without ``nonzero_static`` take none. ``min_distance`` None: the model's overlap
+    threshold; ``plan``, ``captures``: see ``CapturedCall``."""
     from .cuda_graphs import refusal
     from .structure_checks import overlap_threshold
 
@@ -498,5 +490,6 @@ def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
         return None
     if min_distance is None:
         min_distance = overlap_threshold(model)
-    max_atoms = DEFAULT_MAX_ATOMS if cuda_graphs == "auto" else None
-    return CapturedCall(model, min_distance, dtype, device, max_atoms=max_atoms, plan=plan)
+    max_atoms = DEFAULT_MAX_ATOMS if cuda_graphs == "auto" else MAX_ATOMS
+    return CapturedCall(model, min_distance, dtype, device, max_atoms=max_atoms, plan=plan,
+                        captures=captures)

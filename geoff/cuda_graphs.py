@@ -196,6 +196,34 @@ def unpad(out: Dict[str, Tensor], n_atoms: int, n_structures: int) -> Dict[str, 
             for key, value in out.items()}
 
 
+class CapturePool:
+    """The memory pool and side stream of one owner's captured graphs (a calculator's
+    buckets: never replayed concurrently, each one's outputs read or cloned before the next
+    replay, so they may share the memory of their intermediates)."""
+
+    def __init__(self):
+        self.pool = None
+        self.stream: Optional["torch.cuda.Stream"] = None
+
+    def capture(self, call, device) -> Tuple["torch.cuda.CUDAGraph", Dict[str, Tensor]]:
+        """``call()`` warmed up and captured: (graph, its outputs), as torch documents it:
+        warm-up calls on the side stream, then capture on that stream (lazily created
+        library handles and autograd's stream bookkeeping then belong to it)."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+            self.stream = torch.cuda.Stream(device=device)
+        stream = self.stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_CALLS):
+                call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+            outputs = call()
+        return graph, outputs
+
+
 class _Bucket:
     """One bucket: its static inputs and, on CUDA, the captured graph and its outputs."""
 
@@ -210,19 +238,6 @@ class _Bucket:
     def _call(self) -> Dict[str, Tensor]:
         forces, stress = self.flags
         return self.model(self.inputs.graph, compute_forces=forces, compute_stress=stress)
-
-    def capture(self, pool, stream: "torch.cuda.Stream") -> None:
-        """Warm up and capture on ``stream`` (the same side stream: lazily created library
-        handles and autograd's stream bookkeeping then belong to the capturing stream)."""
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_CALLS):
-                self._call()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=stream):
-            outputs = self._call()
-        self.graph, self.outputs = graph, outputs
 
     def run(self, graph: Graph) -> Dict[str, Tensor]:
         """Outputs of ``graph`` (replayed if captured, else the eager model on the buffers)."""
@@ -261,8 +276,7 @@ class GraphedModel:
         self.buckets: "OrderedDict[tuple, _Bucket]" = OrderedDict()
         self.failed: Dict[tuple, str] = {}
         self.stats = {"replays": 0, "captures": 0, "eager": 0, "failed": 0}
-        self._pool = None
-        self._stream = None
+        self.captures = CapturePool()  # shared with the calculator's CapturedCall
 
     def __call__(self, graph: Graph, compute_forces: bool = True,
                  compute_stress: bool = False) -> Dict[str, Tensor]:
@@ -315,10 +329,7 @@ class GraphedModel:
         if not self.pad_only:
             inputs.fill(graph)  # warm-up and capture on real numbers, not zeros
             try:
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                    self._stream = torch.cuda.Stream(device=device)
-                bucket.capture(self._pool, self._stream)
+                bucket.graph, bucket.outputs = self.captures.capture(bucket._call, device)
             except Exception as exc:  # never fail: this bucket runs eagerly from now on
                 self.failed[key] = f"{type(exc).__name__}: {exc}"
                 self.stats["failed"] += 1

@@ -246,3 +246,22 @@ def test_md_on_gpu_follows_the_usual_path():
         runs.append((np.array(energies), atoms.get_forces()))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=0, atol=1e-9)
     np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=0, atol=1e-9)
+
+
+def test_a_failed_capture_falls_back_to_the_usual_path_once(monkeypatch):
+    import geoff.cuda_graphs as cg
+
+    def broken(self, call, device):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cg.CapturePool, "capture", broken)
+    model = small_model("schnet")
+    usual, captured = _calcs(model)
+    captured.captured_call.pad_only = False  # try to capture (on the CPU: the patched one)
+    with pytest.warns(RuntimeWarning, match="capture of the neighbour search"):
+        results = _results(captured, crystal(), stress=False)
+    for a, b in zip(_results(usual, crystal(), False), results):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    _results(captured, crystal(seed=2), stress=False)  # remembered: no second warning
+    assert captured.captured_call.stats["failed"] == 1
+    assert captured.captured_call.stats["calls"] == 0

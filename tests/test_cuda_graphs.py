@@ -163,10 +163,10 @@ def test_bucket_cap_drops_least_recently_used():
 def test_failed_capture_is_remembered_and_runs_eagerly(monkeypatch):
     import geoff.cuda_graphs as cg
 
-    def broken(self, pool, stream):
+    def broken(self, call, device):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(cg._Bucket, "capture", broken)
+    monkeypatch.setattr(cg.CapturePool, "capture", broken)
     model = small_model("schnet")
     runner = GraphedModel(model)
     runner.pad_only = False

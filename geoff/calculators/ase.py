@@ -209,7 +209,8 @@ class GeoffCalculator(Calculator):
         # bucket whether its graph fits unchunked)
         self.captured_call = captured_call(
             model_fn, cuda_graphs, self.device, self.dtype, self.min_distance,
-            plan=self.auto_chunk.chunk_for if self.auto_chunk is not None else None)
+            plan=self.auto_chunk.chunk_for if self.auto_chunk is not None else None,
+            captures=getattr(self.run_model, "captures", None))
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)  # after kernels
         if skin == "auto":
             skin = AUTO_SKIN if self.device.type == "cuda" and neighbour_list in (
