@@ -1,30 +1,36 @@
-"""A small structure's whole calculator call in one CUDA graph: neighbour search and model.
+"""A structure's whole calculator call in one CUDA graph: neighbour search and model.
 
 ``geoff.cuda_graphs`` captures the model, but a structure the calculator has not seen still
-pays for its neighbour search outside the graph: some 25 kernel launches, a host
-synchronisation (the ``nonzero`` whose edge count sizes the Graph) and the Graph's
-assembly, ~2.6 ms at 864 atoms on an H200 beside a 4.8 ms eager SchNet
-(``benchmarks/results/speed.md``). ``CapturedCall`` moves the search into the graph, for a
-structure that ``geoff.neighbours.all_pairs`` serves (a molecule, or a periodic cell every
-height of which is at least two cutoffs) of up to ``max_atoms`` atoms:
+pays for its neighbour search outside the graph: some 25 kernel launches, one or two host
+synchronisations (the ``nonzero`` whose edge count sizes the Graph; the fullest bin) and the
+Graph's assembly, ~2.6 ms at 864 atoms on an H200 beside a 4.8 ms eager SchNet
+(``benchmarks/results/speed.md``). ``CapturedCall`` moves the search into the graph:
 
-* every pair is examined on the device as ``all_pairs`` does (float64, minimum image), and
-  the edges are compacted by ``torch.nonzero_static`` into a fixed number of slots, the
-  bucket's *capacity*: no host synchronisation, so search and model replay as one graph;
+* a molecule, or a periodic cell every height of which is at least two cutoffs, of up to
+  ``ALL_PAIRS_MAX_ATOMS["cuda"]`` atoms: every pair examined as ``geoff.neighbours.all_pairs``
+  does (float64, minimum image);
+* any other fully periodic cell (small, triclinic, or more atoms): the cell list of
+  ``torch_neighbour_list`` with fixed shapes: bins and reach from the cell (on the host), a
+  fixed number of slots per bin;
+* either way the pairs within the cutoff are compacted by ``torch.nonzero_static`` into a
+  fixed number of edge slots, the bucket's *capacity*: no host synchronisation, so search
+  and model replay as one graph;
 * padding as in ``geoff.cuda_graphs``: padding atoms (species 0, at the origin, a structure
   of their own) are kept out of the search, and each unused edge slot is a self-loop of a
   padding atom with a shift longer than the cutoff, whose message the envelope zeroes: no
   result changes;
-* the edge count and the shortest edge (``[count, d^2, i, j]``) come back with the results
-  in the calculator's one transfer (``check``): a structure with more edges than the
-  capacity makes the bucket grow and the call run again; a shortest edge under the overlap
-  threshold raises the calculator's ``OverlapError`` naming the atoms.
+* the edge count, the shortest edge and the fullest bin (``[count, d^2, i, j, fullest]``)
+  come back with the results in the calculator's one transfer (``check``): more edges than
+  the capacity, or a fuller bin than its slots, makes the bucket grow and the call run
+  again; a shortest edge under the overlap threshold raises the calculator's
+  ``OverlapError`` naming the atoms.
 
-A bucket is (atoms rounded up on the grid of ``geoff.cuda_graphs``, capacity, periodic or
-not, forces, stress); its capacity is the first structure's edge count (read once, when the
-bucket is made) times ``HEADROOM``, rounded up on the same grid. Anything else (a slab, a
-small or large cell, non-finite positions, models that cannot be captured, a failed capture)
-takes the calculator's usual path, whose checks and errors stay as they are.
+A bucket is (atoms rounded up on the grid of ``geoff.cuda_graphs``, the search and its bin
+layout, forces, stress, capacities); its capacities are the first structure's edge count and
+fullest bin (read once, when the bucket is made) times ``HEADROOM``, rounded up on the same
+grid. Slabs and wires, non-finite positions, models that cannot be captured, sizes the
+model would run in edge chunks and failed captures take the calculator's usual path, whose
+checks and errors stay as they are.
 """
 from __future__ import annotations
 

@@ -120,13 +120,12 @@ class GeoffCalculator(Calculator):
             (``geoff.cuda_graphs``): small systems stop paying one launch per kernel.
             ``"auto"`` captures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` at any size; the
             CPU, refused models (DimeNet++, GemNet, FAENet) and failed captures run eagerly.
-            A structure whose neighbours ``all_pairs`` finds (a molecule, or a periodic cell
-            at least two cutoffs high) of up to 1,500 atoms (``"auto"``; 2,048 with
-            ``True``) has its neighbour search captured with the model
+            A molecule or a fully periodic cell of up to 1,500 atoms (``"auto"``; 10,000
+            with ``True``) has its neighbour search captured with the model
             (``geoff.captured_call``): a new structure costs one replay, not a list build
             (one H200, 864 Cu atoms: SchNet 4.2-4.4 -> 2.4-2.5 ms a call, PaiNN 9.3 -> 5.5-5.6,
-            MACE-style 16.2-16.7 -> 13.2-13.3). Results equal the eager ones to float
-            round-off.
+            MACE-style 16.2-16.7 -> 13.2-13.3; ``True`` at 4,000: SchNet 10.9 -> 7.6, PaiNN
+            25.2 -> 20.8). Results equal the eager ones to float round-off.
         kernels: ``"e3nn"`` (default), ``"cueq"`` or ``"auto"``: NequIP-style and MACE-style
             tensor products through NVIDIA cuEquivariance's fused kernels
             (``geoff.potentials.cueq``; ``pip install geoff[cuda]`` plus the ops wheel for
