@@ -2,7 +2,10 @@
 
     python benchmarks/nonzero_static_probe.py   (needs a CUDA device and ase)
 """
-import time, warnings, torch
+import time
+import warnings
+
+import torch
 dev = "cuda"
 print("torch", torch.__version__)
 x = torch.rand(1000, 1000, device=dev) < 0.05
@@ -34,8 +37,7 @@ try:
 except Exception as e:
     print("capture failed:", type(e).__name__, str(e)[:300])
 # padded all-pairs at 864 atoms: eager vs captured
-from ase.build import bulk
-import numpy as np
+from ase.build import bulk  # noqa: E402 (after the CUDA probes)
 atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((6, 6, 6))
 atoms.rattle(0.05, seed=0)
 pos = torch.tensor(atoms.positions, device=dev, dtype=torch.float32)

@@ -47,7 +47,8 @@ from .cuda_graphs import (ATOM_FLOOR, DEFAULT_MAX_BUCKETS, EDGE_FLOOR, PER_STRUC
                           CapturePool, bucket_size, takes_chunked_path)
 from .graph import (BATCH, CELL, EDGE_INDEX, MAX_NEIGHBOURS_PER_ATOM, PBC, POSITIONS, SHIFTS,
                     SPECIES, _Symbols, atoms_species)
-from .neighbours import ALL_PAIRS_MAX_ATOMS, _bins, _heights, all_pairs_apply
+from .neighbours import (ALL_PAIRS_MAX_ATOMS, _heights, all_pairs_apply, cell_list_layout,
+                         too_many_neighbours)
 from .structure_checks import check_edge_lengths
 from .to_device import to_device
 
@@ -453,12 +454,9 @@ def _search_for(cell: np.ndarray, pbc: np.ndarray, n: int, cutoff: float) -> Opt
     if not pbc.all():
         return None  # slabs and wires: the usual path (the bounding box sets their bins)
     volume = abs(np.linalg.det(cell))
-    if not volume > 0 or n / volume * 4.0 / 3.0 * math.pi * cutoff ** 3 \
-            > MAX_NEIGHBOURS_PER_ATOM:
+    if not volume > 0 or too_many_neighbours(n, volume, cutoff):
         return None  # degenerate, or a unit mistake: the usual path's error
-    heights = _heights(cell, volume)
-    n_bins = _bins(heights, cutoff, n)
-    reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)
+    n_bins, reach = cell_list_layout(_heights(cell, volume), pbc, n, cutoff)
     return ("cells", tuple(int(v) for v in n_bins), tuple(int(v) for v in reach))
 
 

@@ -59,6 +59,29 @@ def _bins(heights: np.ndarray, cutoff: float, n_atoms: int) -> np.ndarray:
     return n_bins
 
 
+def too_many_neighbours(n_atoms: int, volume: float, cutoff: float) -> Optional[str]:
+    """The error for a periodic cell whose density gives more than
+    ``MAX_NEIGHBOURS_PER_ATOM`` neighbours within ``cutoff`` (almost certainly a unit
+    mistake that would exhaust memory), or None."""
+    from .graph import MAX_NEIGHBOURS_PER_ATOM
+
+    expected = n_atoms / volume * 4.0 / 3.0 * np.pi * cutoff**3
+    if expected <= MAX_NEIGHBOURS_PER_ATOM:
+        return None
+    return (f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
+            f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
+
+
+def cell_list_layout(heights: np.ndarray, pbc: np.ndarray, n_atoms: int, cutoff: float
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """(bins per axis, bin offsets to visit per axis) of the cell list for a search cell
+    of these ``heights`` (Å)."""
+    n_bins = _bins(heights, cutoff, n_atoms)
+    reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)
+    reach[~pbc] = np.minimum(reach[~pbc], n_bins[~pbc])
+    return n_bins, reach
+
+
 def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Edges within ``cutoff`` (Å) of every atom, on ``positions.device``.
@@ -91,19 +114,13 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
     cell_np = _search_cell(x, np.asarray(cell, dtype=np.float64), pbc, cutoff)
     volume = abs(np.linalg.det(cell_np))
     if pbc.all():
-        from .graph import MAX_NEIGHBOURS_PER_ATOM
-
-        expected = n / volume * 4.0 / 3.0 * np.pi * cutoff**3
-        if expected > MAX_NEIGHBOURS_PER_ATOM:
-            raise ValueError(
-                f"cutoff {cutoff} Å gives about {expected:.0f} neighbours per atom (limit "
-                f"{MAX_NEIGHBOURS_PER_ATOM}); is the cutoff in Å and the cell right?")
+        crowded = too_many_neighbours(n, volume, cutoff)
+        if crowded:
+            raise ValueError(crowded)
     heights = _heights(cell_np, volume)
     if small and pbc.all() and np.all(heights >= 2.0 * cutoff):
         return _all_pairs(x, _cell_and_inverse(cell_np, device), cutoff)
-    n_bins = _bins(heights, cutoff, n)
-    reach = np.ceil(cutoff / (heights / n_bins)).astype(np.int64)  # bin offsets to visit
-    reach[~pbc] = np.minimum(reach[~pbc], n_bins[~pbc])
+    n_bins, reach = cell_list_layout(heights, pbc, n, cutoff)
     n_total = int(n_bins.prod())
     strides = np.array([n_bins[1] * n_bins[2], n_bins[2], 1], dtype=np.int64)
     offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"),

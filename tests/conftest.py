@@ -102,3 +102,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def cuda_syncs(fn):
+    """(fn(), how many times it synchronised the host with the current CUDA stream)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():  # the mode's own "prototype feature" notice (once a process)
+        warnings.simplefilter("ignore")
+        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode("default")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return out, sum("called a synchronizing" in str(w.message) for w in caught)
+
+
+def verlet_run(atoms, calc, steps=5, timestep=2.0, seed=0):
+    """``steps`` velocity-Verlet steps of ``atoms`` (random momenta) with ``calc``:
+    (energies after each step, final forces)."""
+    from ase.md.verlet import VelocityVerlet
+
+    atoms.set_momenta(np.random.default_rng(seed).normal(0, 3.0, (len(atoms), 3)))
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, timestep=timestep)
+    energies = []
+    for _ in range(steps):
+        dyn.run(1)
+        energies.append(atoms.get_potential_energy())
+    return np.array(energies), atoms.get_forces()

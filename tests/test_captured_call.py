@@ -1,14 +1,12 @@
 """The neighbour search captured with the model (geoff/captured_call.py): on the CPU through
 ``pad_only`` (the same static buffers, padded search and ``nonzero_static`` compaction, run
 eagerly) against the calculator's usual path; the captured graph itself on a GPU."""
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
 
-from conftest import cluster, small_model
+from conftest import cluster, cuda_syncs, small_model, verlet_run
 from geoff.calculators import GeoffCalculator
 from geoff.captured_call import CapturedCall, captured_call
 from geoff.structure_checks import OverlapError, overlap_threshold
@@ -188,22 +186,6 @@ def test_the_option_plumbing():
     assert GeoffCalculator(model, cuda_graphs=True).captured_call is None  # CPU
 
 
-def _syncs(fn):
-    torch.cuda.synchronize()
-    with warnings.catch_warnings():  # the mode's own notice (once a process)
-        warnings.simplefilter("ignore")
-        torch.cuda.set_sync_debug_mode("warn")
-        torch.cuda.set_sync_debug_mode("default")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            out = fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return out, sum("called a synchronizing" in str(w.message) for w in caught)
-
-
 @CUDA
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 2e-4)])
@@ -225,25 +207,13 @@ def test_a_new_structure_waits_for_the_device_once():
     _results(captured, crystal(), stress=False)
     atoms = crystal(seed=5)
     atoms.calc = captured
-    _, syncs = _syncs(atoms.get_forces)
+    _, syncs = cuda_syncs(atoms.get_forces)
     assert syncs <= 1 and captured.captured_call.stats["captures"] == 1
 
 
 @CUDA
 def test_md_on_gpu_follows_the_usual_path():
-    from ase.md.verlet import VelocityVerlet
-
-    runs = []
-    for calc in _calcs(small_model("painn"), device="cuda"):
-        atoms = crystal()
-        atoms.set_momenta(np.random.default_rng(0).normal(0, 3.0, (len(atoms), 3)))
-        atoms.calc = calc
-        dyn = VelocityVerlet(atoms, timestep=2.0)
-        energies = []
-        for _ in range(5):
-            dyn.run(1)
-            energies.append(atoms.get_potential_energy())
-        runs.append((np.array(energies), atoms.get_forces()))
+    runs = [verlet_run(crystal(), calc) for calc in _calcs(small_model("painn"), "cuda")]
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=0, atol=1e-9)
     np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=0, atol=1e-9)
 

@@ -1,12 +1,11 @@
 """Host arrays onto the device without a stream synchronisation (``geoff.to_device``), and
 the neighbour search's synchronisations counted on a GPU."""
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from ase.build import bulk
 
+from conftest import cuda_syncs
 from geoff.neighbours import torch_neighbour_list
 from geoff.to_device import to_device
 
@@ -23,23 +22,6 @@ def test_cpu_copies_convert_and_keep_values():
     assert to_device(x, "cpu", torch.float32).dtype == torch.float32
 
 
-def _syncs(fn):
-    """How many times ``fn`` synchronised the host with the current CUDA stream."""
-    torch.cuda.synchronize()
-    with warnings.catch_warnings():  # the mode's own "prototype feature" notice (once a process)
-        warnings.simplefilter("ignore")
-        torch.cuda.set_sync_debug_mode("warn")
-        torch.cuda.set_sync_debug_mode("default")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            out = fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return out, sum("called a synchronizing" in str(w.message) for w in caught)
-
-
 @CUDA
 def test_cuda_copy_does_not_wait_and_keeps_the_values_it_was_given():
     a = np.random.default_rng(0).normal(size=(50_000, 3))
@@ -47,7 +29,7 @@ def test_cuda_copy_does_not_wait_and_keeps_the_values_it_was_given():
     busy = torch.randn(4096, 4096, device="cuda")
     for _ in range(20):  # queue work, so that a synchronising copy would have to wait
         busy = busy @ busy / 64.0
-    t, syncs = _syncs(lambda: to_device(a, "cuda", torch.float64))
+    t, syncs = cuda_syncs(lambda: to_device(a, "cuda", torch.float64))
     a[:] = -1.0  # the copy was staged at the call: changing the array now cannot reach it
     assert syncs == 0
     np.testing.assert_array_equal(t.cpu().numpy(), before)
@@ -65,7 +47,7 @@ def test_neighbour_search_synchronises_once_or_twice(all_pairs, monkeypatch):
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 6)  # 21.7 Å: two cutoffs high
     x = torch.as_tensor(atoms.positions, device="cuda")
     torch_neighbour_list(x, atoms.cell.array, atoms.pbc, 5.5)  # warm-up
-    (i, _, _, _), syncs = _syncs(lambda: torch_neighbour_list(x, atoms.cell.array, atoms.pbc,
+    (i, _, _, _), syncs = cuda_syncs(lambda: torch_neighbour_list(x, atoms.cell.array, atoms.pbc,
                                                                5.5))
     assert len(i) == len(atoms) * 54 and syncs == (1 if all_pairs else 2)  # 4 shells: 54
 
