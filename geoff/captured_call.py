@@ -59,6 +59,12 @@ from .to_device import to_device
 # ~10k atoms the search is a small part of the call
 DEFAULT_MAX_ATOMS = 1_500
 MAX_ATOMS = 10_000
+# Periodic cells two cutoffs high: all pairs (N^2 work, no bins) up to this many atoms, the
+# cell list above. Captured, the cell list's smaller GPU work wins where the eager search's
+# host synchronisations made all pairs win (to 2,048): one H200, two rounds, SchNet and
+# PaiNN equal at 864 atoms, cells 3-18 % faster at 1,372 and 2,048 (new structures and MD
+# steps; speed.md, "Fourteenth session"). Molecules take all pairs up to 2,048.
+PAIRS_MAX_ATOMS = 1_024
 HEADROOM = 1.05  # edge slots beyond the first structure's count (thermal density changes)
 SUMMARY = "search_summary"  # the output key of [count, d^2, i, j]
 
@@ -449,7 +455,8 @@ def _search_for(cell: np.ndarray, pbc: np.ndarray, n: int, cutoff: float) -> Opt
     """``CapturedCall.search_of`` for a cell, pbc and atom count."""
     if not np.isfinite(cell).all():
         return None
-    if n <= ALL_PAIRS_MAX_ATOMS["cuda"] and all_pairs_apply(cell, pbc, cutoff):
+    if (n <= PAIRS_MAX_ATOMS or not pbc.any()) and n <= ALL_PAIRS_MAX_ATOMS["cuda"] \
+            and all_pairs_apply(cell, pbc, cutoff):
         return ("pairs", bool(pbc.all()))
     if not pbc.all():
         return None  # slabs and wires: the usual path (the bounding box sets their bins)
