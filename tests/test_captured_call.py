@@ -192,12 +192,17 @@ def test_the_option_plumbing():
 def test_captured_on_gpu_equals_eager(name, dtype, tol):
     model = small_model(name, species=("Cu", "Zr", "H", "C", "O"))
     usual, captured = _calcs(model, device="cuda", dtype=dtype)
-    for atoms in (crystal(), sheared(), crystal(seed=3), molecule("CH3CH2OH")):
+    small = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)  # under two cutoffs: cell list
+    small.rattle(0.05, seed=1)
+    large = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((9, 9, 8))  # 2,592: cell list
+    large.rattle(0.05, seed=2)
+    for atoms in (crystal(), sheared(), crystal(seed=3), molecule("CH3CH2OH"), small, large):
         stress = bool(atoms.pbc.all())
         for a, b in zip(_results(usual, atoms, stress), _results(captured, atoms, stress)):
             np.testing.assert_allclose(b, a, rtol=0, atol=tol * max(1.0, np.abs(a).max()))
     cc = captured.captured_call
-    assert cc.stats["captures"] >= 2 and cc.stats["failed"] == 0
+    assert cc.stats["captures"] >= 4 and cc.stats["failed"] == 0
+    assert {key[1][0] for key in cc.buckets} == {"pairs", "cells"}
 
 
 @CUDA
