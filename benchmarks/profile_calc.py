@@ -77,6 +77,9 @@ def new_structure_parts(calc, structures, calls: int) -> dict:
     originals = [(obj, name, getattr(obj, name)) for obj, name in saved]
     for obj, name, fn in originals:
         setattr(obj, name, _timed(spent, "graph" if name == "build" else name, fn))
+    if calc.captured_call is not None:  # search and model in one replay (cuda_graphs on)
+        originals.append((calc, "captured_call", calc.captured_call))
+        calc.captured_call = _Timed(calc.captured_call, spent, "captured")
     rows = []
     try:
         for _ in range(calls):
@@ -88,14 +91,30 @@ def new_structure_parts(calc, structures, calls: int) -> dict:
             total = time.perf_counter() - t0
             lists = spent.get("_build", 0.0) + spent.get("_edges", 0.0)
             model = spent.get("auto_chunk", 0.0) + spent.get("run_model", 0.0)
+            captured = spent.get("captured", 0.0)
             rows.append({"call": total, "list search": spent.get("_build", 0.0),
                          "list filter": spent.get("_edges", 0.0),
                          "graph rest": spent.get("graph", 0.0) - lists, "model": model,
-                         "calculate rest": total - spent.get("graph", 0.0) - model})
+                         "captured search + model": captured,
+                         "calculate rest": total - spent.get("graph", 0.0) - model - captured})
     finally:
         for obj, name, fn in originals:
             setattr(obj, name, fn)
     return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
+class _Timed:
+    """A stand-in for ``inner`` whose calls add their synchronised time to ``spent[key]``;
+    its other attributes are ``inner``'s."""
+
+    def __init__(self, inner, spent: dict, key: str):
+        self.inner, self.call = inner, _timed(spent, key, inner)
+
+    def __call__(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def _timed(spent: dict, key: str, fn):
@@ -121,20 +140,13 @@ def md_step_parts(dyn, steps: int) -> dict:
     def timed(key, fn):
         return _timed(spent, key, fn)
 
-    class TimedStepGraph:  # a Graph kept between steps (skin_edges="keep"): its call is the graph part
-        def __init__(self, inner):
-            self.inner, self.call = inner, timed("graph", inner)
-
-        def __call__(self, atoms):
-            return self.call(atoms)
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-    saved = calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph
+    saved = (calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph,
+             calc.captured_call)
     calc.graph = timed("graph", calc.graph)
-    if calc.step_graph is not None:
-        calc.step_graph = TimedStepGraph(calc.step_graph)
+    if calc.step_graph is not None:  # a Graph kept between steps: its call is the graph part
+        calc.step_graph = _Timed(calc.step_graph, spent, "graph")
+    if calc.captured_call is not None:  # search and model in one replay (cuda_graphs on)
+        calc.captured_call = _Timed(calc.captured_call, spent, "captured")
     if calc.auto_chunk is not None:
         calc.auto_chunk = timed("model", calc.auto_chunk)
     else:
@@ -149,13 +161,15 @@ def md_step_parts(dyn, steps: int) -> dict:
             dyn.run(1)
             SYNC[0]()
             total = time.perf_counter() - t0
+            inside = sum(spent.get(k, 0.0) for k in ("graph", "model", "captured"))
             rows.append({"step": total, "graph": spent.get("graph", 0.0),
                          "model": spent.get("model", 0.0),
-                         "calculate rest": spent.get("calculate", 0.0) - spent.get("graph", 0.0)
-                         - spent.get("model", 0.0),
+                         "captured search + model": spent.get("captured", 0.0),
+                         "calculate rest": spent.get("calculate", 0.0) - inside,
                          "ASE": total - spent.get("calculate", 0.0)})
     finally:
-        calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph = saved
+        (calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph,
+         calc.captured_call) = saved
     return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
