@@ -69,9 +69,20 @@ HEADROOM = 1.05  # edge slots beyond the first structure's count (thermal densit
 SUMMARY = "search_summary"  # the output key of [count, d^2, i, j]
 
 
-def available() -> bool:
-    """Whether this torch has ``nonzero_static`` (a sync-free compaction on CUDA)."""
-    return hasattr(torch, "nonzero_static")
+def available(device="cpu") -> bool:
+    """Whether this torch has ``torch.nonzero_static`` on ``device``'s type (a sync-free
+    compaction; CUDA support came after the CPU's): tried once per device type."""
+    kind = torch.device(device).type
+    if kind not in _AVAILABLE:
+        try:
+            torch.nonzero_static(torch.ones(2, dtype=torch.bool, device=device), size=1)
+            _AVAILABLE[kind] = True
+        except (AttributeError, NotImplementedError, RuntimeError):
+            _AVAILABLE[kind] = False
+    return _AVAILABLE[kind]
+
+
+_AVAILABLE: Dict[str, bool] = {}
 
 
 class _Inputs:
@@ -397,8 +408,8 @@ class CapturedCall:
     def _new_bucket(self, key: tuple, atoms, species: np.ndarray) -> Optional[_Bucket]:
         shape, (capacity, bin_slots) = key[:4], key[4:]
         n_atoms, _, forces, stress = shape
-        if not available():
-            self.failed[shape] = "this torch has no torch.nonzero_static"
+        if not available(self.device):
+            self.failed[shape] = "this torch has no torch.nonzero_static on this device"
             return None
         while len(self.buckets) >= DEFAULT_MAX_BUCKETS:
             self.buckets.popitem(last=False)
@@ -496,7 +507,7 @@ def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
     from .cuda_graphs import refusal
     from .structure_checks import overlap_threshold
 
-    if cuda_graphs is False or torch.device(device).type != "cuda" or not available() \
+    if cuda_graphs is False or torch.device(device).type != "cuda" or not available(device) \
             or refusal(model) is not None:
         return None
     if min_distance is None:
