@@ -60,6 +60,7 @@ REFUSED = {
 DEFAULT_MAX_ATOMS = 1_500
 DEFAULT_MAX_BUCKETS = 8
 ATOM_FLOOR, EDGE_FLOOR = 32, 256  # smallest buckets
+CAPTURE_MEMORY_FRACTION = 0.8  # of the free GPU memory a new captured graph may keep
 GROWTH = 1.25  # bucket to bucket: at most 25 % padding
 WARMUP_CALLS = 3
 
@@ -209,15 +210,30 @@ class CapturePool:
         """``call()`` warmed up and captured: (graph, its outputs), as torch documents it:
         warm-up calls on the side stream, then capture on that stream (lazily created
         library handles and autograd's stream bookkeeping then belong to it)."""
+        from .potentials.autochunk import available_bytes
+
+        device = torch.device(device)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
             self.stream = torch.cuda.Stream(device=device)
         stream = self.stream
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_CALLS):
                 call()
         torch.cuda.current_stream().wait_stream(stream)
+        # A graph keeps what its call allocates in the pool: refuse (the caller runs the
+        # size uncaptured) rather than run out of memory inside a capture, which can leave
+        # the process unusable (speed.md, "Fourteenth session")
+        torch.cuda.synchronize(device)
+        need = torch.cuda.max_memory_allocated(device) - before
+        free = available_bytes(device)
+        if need > CAPTURE_MEMORY_FRACTION * free:
+            raise MemoryError(f"a captured graph would keep ~{need / 2**30:.2f} GiB in its pool "
+                              f"with {free / 2**30:.2f} GiB free")
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, stream=stream):
             outputs = call()

@@ -240,3 +240,19 @@ def test_a_failed_capture_falls_back_to_the_usual_path_once(monkeypatch):
     _results(captured, crystal(seed=2), stress=False)  # remembered: no second warning
     assert captured.captured_call.stats["failed"] == 1
     assert captured.captured_call.stats["calls"] == 0
+
+
+@CUDA
+def test_a_capture_that_would_not_fit_in_memory_is_refused_before_it_starts(monkeypatch):
+    """Out of memory inside a capture can leave the process unusable: the free memory is
+    checked after the warm-up, and a graph that would not fit runs uncaptured."""
+    import geoff.potentials.autochunk as autochunk
+
+    monkeypatch.setattr(autochunk, "available_bytes", lambda device: 0)
+    usual, captured = _calcs(small_model("schnet"), device="cuda")
+    with pytest.warns(RuntimeWarning, match="would keep"):
+        results = _results(captured, crystal(), stress=False)
+    for a, b in zip(_results(usual, crystal(), False), results):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert captured.captured_call.stats["failed"] == 1
+    assert captured.captured_call.stats["captures"] == 0
