@@ -256,3 +256,24 @@ def test_a_capture_that_would_not_fit_in_memory_is_refused_before_it_starts(monk
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
     assert captured.captured_call.stats["failed"] == 1
     assert captured.captured_call.stats["captures"] == 0
+
+
+@pytest.mark.parametrize("head", ["direct", "both"])
+def test_direct_force_heads_through_the_captured_search(head):
+    """A direct head's forces, and with "both" the conservative ones too, and an energy-only
+    call (no backward pass: a bucket of its own)."""
+    model = small_model("painn", force_head=head)
+    usual, captured = _calcs(model)
+    for atoms in (crystal(), bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)):
+        out = []
+        for calc in (usual, captured):
+            a = atoms.copy()
+            a.calc = calc
+            energy = a.get_potential_energy()  # energy alone first
+            got = [energy, a.get_forces()]
+            if head == "both":
+                got.append(calc.get_property("direct_forces", a))
+            out.append(got)
+        for a, b in zip(*out):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert {key[1][0] for key in captured.captured_call.buckets} == {"pairs", "cells"}
