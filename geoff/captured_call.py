@@ -66,7 +66,7 @@ MAX_ATOMS = 10_000
 # steps; speed.md, "Fourteenth session"). Molecules take all pairs up to 2,048.
 PAIRS_MAX_ATOMS = 1_024
 HEADROOM = 1.05  # edge slots beyond the first structure's count (thermal density changes)
-SUMMARY = "search_summary"  # the output key of [count, d^2, i, j]
+SUMMARY = "search_summary"  # the output key of [edge count, d^2, i, j, fullest bin]
 
 
 def available(device="cpu") -> bool:
