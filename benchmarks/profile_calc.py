@@ -77,7 +77,7 @@ def new_structure_parts(calc, structures, calls: int) -> dict:
     originals = [(obj, name, getattr(obj, name)) for obj, name in saved]
     for obj, name, fn in originals:
         setattr(obj, name, _timed(spent, "graph" if name == "build" else name, fn))
-    if calc.captured_call is not None:  # search and model in one replay (cuda_graphs on)
+    if getattr(calc, "captured_call", None) is not None:  # search + model in one replay
         originals.append((calc, "captured_call", calc.captured_call))
         calc.captured_call = _Timed(calc.captured_call, spent, "captured")
     rows = []
@@ -140,13 +140,13 @@ def md_step_parts(dyn, steps: int) -> dict:
     def timed(key, fn):
         return _timed(spent, key, fn)
 
-    saved = (calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph,
-             calc.captured_call)
+    captured = getattr(calc, "captured_call", None)  # (absent in trees before it)
+    saved = calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph
     calc.graph = timed("graph", calc.graph)
     if calc.step_graph is not None:  # a Graph kept between steps: its call is the graph part
         calc.step_graph = _Timed(calc.step_graph, spent, "graph")
-    if calc.captured_call is not None:  # search and model in one replay (cuda_graphs on)
-        calc.captured_call = _Timed(calc.captured_call, spent, "captured")
+    if captured is not None:  # search and model in one replay (cuda_graphs on)
+        calc.captured_call = _Timed(captured, spent, "captured")
     if calc.auto_chunk is not None:
         calc.auto_chunk = timed("model", calc.auto_chunk)
     else:
@@ -168,8 +168,9 @@ def md_step_parts(dyn, steps: int) -> dict:
                          "calculate rest": spent.get("calculate", 0.0) - inside,
                          "ASE": total - spent.get("calculate", 0.0)})
     finally:
-        (calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph,
-         calc.captured_call) = saved
+        calc.graph, calc.calculate, calc.auto_chunk, calc.run_model, calc.step_graph = saved
+        if captured is not None:
+            calc.captured_call = captured
     return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 

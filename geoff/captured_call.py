@@ -44,11 +44,13 @@ import torch
 from torch import Tensor
 
 from .cuda_graphs import (ATOM_FLOOR, DEFAULT_MAX_BUCKETS, EDGE_FLOOR, PER_STRUCTURE,
-                          CapturePool, bucket_size, takes_chunked_path)
+                          CapturePool, bucket_size, padding_atoms, padding_shift,
+                          takes_chunked_path)
 from .graph import (BATCH, CELL, EDGE_INDEX, MAX_NEIGHBOURS_PER_ATOM, PBC, POSITIONS, SHIFTS,
                     SPECIES, _Symbols, atoms_species)
-from .neighbours import (ALL_PAIRS_MAX_ATOMS, _heights, all_pairs_apply, cell_list_layout,
-                         too_many_neighbours)
+from .neighbours import (ALL_PAIRS_MAX_ATOMS, _bin_count, _bin_table, _binned, _candidates,
+                         _heights, _pair_mask, _rows_times, _stencil, all_pairs_apply,
+                         cell_list_layout, too_many_neighbours)
 from .structure_checks import check_edge_lengths
 from .to_device import to_device
 
@@ -135,96 +137,71 @@ class _Inputs:
         return n
 
 
-def _pair_mask(inputs: _Inputs, periodic: bool, cutoff: float
-               ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """(keep (N, N) bool, r^2 (N, N) Å^2, rounded fractional differences (N, N, 3) or None)
-    over the bucket's slots: pairs of real atoms within ``cutoff``, as ``all_pairs``."""
-    x = inputs.x
-    n = x.shape[0]
-    near = None
-    if periodic:
-        frac = x @ inputs.mats[1]
-        d = frac[None, :, :] - frac[:, None, :]  # frac_j - frac_i
-        near = torch.round(d)
-        r = (d - near).view(-1, 3) @ inputs.mats[0]
-    else:
-        r = (x[None, :, :] - x[:, None, :]).view(-1, 3)
-    r2 = r.square().sum(-1).view(n, n)
-    keep = (r2 < cutoff * cutoff) & inputs.real[:, None] & inputs.real[None, :]
-    keep.fill_diagonal_(False)
-    return keep, r2, near
-
-
 class _AllPairs:
-    """Every pair of the slots: a molecule, or a periodic cell two cutoffs high.
+    """Every pair of the slots (``geoff.neighbours`` all pairs): a molecule, or a periodic
+    cell two cutoffs high.
 
     ``candidates(inputs)`` -> (keep (C,), r^2 (C,), fullest bin (0-d; 0 here)); then
     ``edges(inputs, rows)`` -> (i, j, float64 shifts Å) of candidate rows."""
-
-    slots = 0  # bin slots: none
 
     def __init__(self, periodic: bool, cutoff: float):
         self.periodic, self.cutoff = periodic, cutoff
         self._near: Optional[Tensor] = None
 
     def candidates(self, inputs: _Inputs) -> Tuple[Tensor, Tensor, Tensor]:
-        keep, r2, self._near = _pair_mask(inputs, self.periodic, self.cutoff)
+        keep, r2, near = _pair_mask(inputs.x[None], inputs.mats if self.periodic else None,
+                                    self.cutoff)
+        self._near = near[0] if near is not None else None
+        keep = keep[0] & inputs.real[:, None] & inputs.real[None, :]  # padding meets nobody
         return keep.view(-1), r2.view(-1), inputs.n.new_zeros(())
+
+    def fullest(self, inputs: _Inputs) -> int:
+        return 0
 
     def edges(self, inputs: _Inputs, rows: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         n = inputs.x.shape[0]
         i = torch.div(rows, n, rounding_mode="floor")
         if self._near is None:
             return i, rows - i * n, inputs.x.new_zeros(len(rows), 3)
-        return i, rows - i * n, self._near.view(-1, 3)[rows].neg() @ inputs.mats[0]
+        return i, rows - i * n, _rows_times(self._near.view(-1, 3)[rows].neg(), inputs.mats[0])
 
 
 class _CellList:
     """The cell list of ``geoff.neighbours.torch_neighbour_list`` for a fully periodic cell,
     with fixed shapes: ``n_bins`` and ``reach`` (from the cell, on the host) and ``slots``
     atoms per bin (the bucket's; a fuller bin is reported through ``candidates``' third
-    value, and its extra atoms are left out, so the call is then redone in a larger bucket)."""
+    value, and its extra atoms are left out, so the call is then redone in a larger bucket).
+    Padding atoms sit in the spare bin, which no atom visits."""
 
     def __init__(self, layout: tuple, slots: int, n_slots: int, cutoff: float, device):
         n_bins, reach = np.asarray(layout[0]), np.asarray(layout[1])
         self.slots, self.cutoff = int(slots), cutoff
         self.n_total = int(n_bins.prod())
-        offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"),
-                           -1).reshape(-1, 3)
-        self.centre = int(np.flatnonzero((offsets == 0).all(1))[0])
+        strides, offsets, self.centre = _stencil(n_bins, reach)
         self.offsets = torch.as_tensor(offsets, device=device)
         self.nb = torch.as_tensor(n_bins, device=device)
-        self.strides = torch.as_tensor([n_bins[1] * n_bins[2], n_bins[2], 1], device=device)
-        self.atoms = torch.arange(n_slots, device=device)
+        self.strides = torch.as_tensor(strides, device=device)
         self._cand = self._image = self._wrap = None
 
+    def _bins(self, inputs: _Inputs):
+        wrap, wrapped, atom_bin, flat = _binned(inputs.x, inputs.mats[0], inputs.mats[1],
+                                                self.nb, self.strides, PERIODIC)
+        flat = torch.where(inputs.real, flat, self.n_total)
+        return wrap, wrapped, atom_bin, flat, _bin_count(flat, self.n_total)
+
+    def fullest(self, inputs: _Inputs) -> int:
+        """The fullest bin's atoms (one read, when a bucket is sized)."""
+        return int(self._bins(inputs)[-1][:self.n_total].max())
+
     def candidates(self, inputs: _Inputs) -> Tuple[Tensor, Tensor, Tensor]:
-        x, real, n, m = inputs.x, inputs.real, inputs.x.shape[0], self.slots
-        cell, inverse = inputs.mats[0], inputs.mats[1]
-        frac = x @ inverse
-        wrap = torch.floor(frac)
-        frac = frac - wrap
-        wrapped = frac @ cell
-        atom_bin = torch.minimum((frac * self.nb).long(), self.nb - 1).clamp_min(0)
-        flat = torch.where(real, (atom_bin * self.strides).sum(1), self.n_total)  # padding:
-        order = torch.argsort(flat)  # the spare bin n_total, which no atom visits
-        count = torch.zeros(self.n_total + 1, dtype=torch.long, device=x.device)
-        count.index_add_(0, flat, torch.ones_like(flat))
-        sorted_bins = flat[order]
-        rank = self.atoms - (torch.cumsum(count, 0) - count)[sorted_bins]
-        # table[b, s]: the s-th atom of bin b, or n (the sentinel at infinity); a rank past
-        # the slots goes to a spare column, dropped
-        table = torch.full((self.n_total + 1, m + 1), n, dtype=torch.long, device=x.device)
-        table[sorted_bins, rank.clamp_max(m)] = order
-        table = table[:, :m]
+        n = inputs.x.shape[0]
+        wrap, wrapped, atom_bin, flat, count = self._bins(inputs)
+        table = _bin_table(flat, count, self.slots, n)
         far = torch.cat([wrapped, wrapped.new_full((1, 3), math.inf)])
-        target = atom_bin[:, None, :] + self.offsets  # (N, K, 3) bins to visit
-        image = torch.div(target, self.nb, rounding_mode="floor")
-        cand = table[((target - image * self.nb) * self.strides).sum(-1)]  # (N, K, M)
-        shift = (image.double().unsqueeze(-1) * cell).sum(-2)  # (N, K, 3) Å
-        d2 = (far[cand] - wrapped[:, None, None, :] + shift[:, :, None, :]).square().sum(-1)
-        keep = (d2 < self.cutoff * self.cutoff) & real[:, None, None]
-        keep[:, self.centre, :] &= cand[:, self.centre, :] != self.atoms[:, None]
+        cand, image, d2, keep = _candidates(0, n, atom_bin, self.offsets, self.nb, PERIODIC,
+                                            self.strides, table, far, inputs.mats[0],
+                                            self.cutoff, self.centre, self.n_total)
+        keep &= inputs.real[:, None, None]
         # for edges(): the wrap of the sentinel is a spare zero row
         self._cand, self._image = cand, image
         self._wrap = torch.cat([wrap.long(), wrap.new_zeros(1, 3, dtype=torch.long)])
@@ -237,7 +214,10 @@ class _CellList:
         # back from the wrapped frame to the caller's positions: x = wrapped + wrap @ cell
         images = self._image.view(-1, 3)[torch.div(rows, m, rounding_mode="floor")] \
             + self._wrap[i] - self._wrap[j]
-        return i, j, images.double() @ inputs.mats[0]
+        return i, j, _rows_times(images.double(), inputs.mats[0])
+
+
+PERIODIC = np.ones(3, dtype=bool)
 
 
 class _Bucket:
@@ -250,8 +230,7 @@ class _Bucket:
         self.flags = (compute_forces, compute_stress)
         device = inputs.x.device
         self._slots = torch.arange(capacity, device=device)
-        self._pad_shift = torch.zeros(3, dtype=torch.float64, device=device)
-        self._pad_shift[0] = 2.0 * cutoff + 1.0  # longer than the cutoff: zero messages
+        self._pad_shift = padding_shift(cutoff, torch.float64, device)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Dict[str, Tensor] = {}
 
@@ -263,7 +242,7 @@ class _Bucket:
         rows = torch.nonzero_static(keep, size=self.capacity, fill_value=0).squeeze(1)
         valid = self._slots < count
         i, j, shifts = self.search.edges(b, rows)
-        pad = b.n + self._slots % (n_slots - b.n)  # unused slots: spread over padding atoms
+        pad = padding_atoms(b.n, n_slots, self._slots)  # the unused slots' self-loops
         i, j = torch.where(valid, i, pad), torch.where(valid, j, pad)
         shifts = torch.where(valid[:, None], shifts, self._pad_shift)
         d2 = torch.where(keep, d2, torch.full_like(d2, math.inf))
@@ -393,11 +372,8 @@ class CapturedCall:
         """The first capacities of ``shape``'s buckets from this structure (one read)."""
         inputs = _Inputs(shape[0], self.dtype, self.device)
         inputs.fill(atoms, species)
-        bin_slots = 0
-        if shape[1][0] == "cells":  # the fullest bin first: the candidates need its size
-            bin_slots = int(self._searcher(shape, 1).candidates(inputs)[2]) + 1
-        keep, _, fullest = self._searcher(shape, bin_slots).candidates(inputs)
-        count = int(keep.sum())
+        bin_slots = self._searcher(shape, 1).fullest(inputs)  # 0 for all pairs
+        count = int(self._searcher(shape, bin_slots).candidates(inputs)[0].sum())
         if count > MAX_NEIGHBOURS_PER_ATOM * len(atoms):
             self.failed[shape] = "more neighbours than MAX_NEIGHBOURS_PER_ATOM"
             return False  # a unit mistake: the usual path says so

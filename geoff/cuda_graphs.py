@@ -69,6 +69,21 @@ PAIR_KEYS = {EDGE_PAIR, PAIR_FIRST}  # optional (graph.add_edge_pairs): not padd
 PER_STRUCTURE = ("energy", "stress", "virial")  # outputs (B, ...); all others are per atom
 
 
+def padding_shift(cutoff: float, dtype: torch.dtype, device) -> Tensor:
+    """(3,) Å: the shift of every padding edge, longer than the cutoff along x, so that
+    the envelope zeroes its message."""
+    shift = torch.zeros(3, dtype=dtype, device=device)
+    shift[0] = 2.0 * cutoff + 1.0
+    return shift
+
+
+def padding_atoms(n, n_atoms: int, slots: Tensor) -> Tensor:
+    """The padding atom (index n .. n_atoms - 1) of each padding edge slot, spread over
+    them (fewer atomic collisions in the sums); ``n``: the real atoms, an int or a 0-d
+    tensor."""
+    return n + slots % (n_atoms - n)
+
+
 def bucket_size(n: int, floor: int, growth: float = GROWTH) -> int:
     """The smallest ``floor * growth**k`` (k >= 0, rounded up to a multiple of 8) >= ``n``."""
     size = floor
@@ -124,8 +139,7 @@ class PaddedInputs:
             EDGE_INDEX: zeros(2, n_edges, dtype=torch.long), SHIFTS: zeros(n_edges, 3),
             CELL: zeros(n_structures, 3, 3), PBC: zeros(n_structures, 3, dtype=torch.bool)}
         self._edge_ids = torch.arange(n_edges, device=device)
-        self._pad_shifts = zeros(n_edges, 3)
-        self._pad_shifts[:, 0] = 2.0 * cutoff + 1.0  # longer than the cutoff: zero messages
+        self._pad_shifts = padding_shift(cutoff, dtype, device).expand(n_edges, 3)
         self._last = (-1, -1, -1)  # sizes of the last fill
         self._sources: Dict[str, Tuple[Tensor, int]] = {}  # key: (tensor, version) copied last
 
@@ -154,7 +168,8 @@ class PaddedInputs:
         self._copy(graph, SHIFTS, g[SHIFTS][:e])
         if e != last_e or n != last_n:
             # padding edges: self-loops spread over the padding atoms (fewer atomic collisions)
-            g[EDGE_INDEX][:, e:].copy_((n + self._edge_ids[e:] % (n_atoms - n)).expand(2, -1))
+            g[EDGE_INDEX][:, e:].copy_(padding_atoms(n, n_atoms, self._edge_ids[e:])
+                                       .expand(2, -1))
             g[SHIFTS][e:].copy_(self._pad_shifts[e:])
         self._copy(graph, CELL, g[CELL][:b])
         self._copy(graph, PBC, g[PBC][:b])

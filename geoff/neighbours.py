@@ -82,6 +82,52 @@ def cell_list_layout(heights: np.ndarray, pbc: np.ndarray, n_atoms: int, cutoff:
     return n_bins, reach
 
 
+def _stencil(n_bins: np.ndarray, reach: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """(strides (3,) of the flat bin index, offsets (K, 3) of the bins to visit, the index
+    of the zero offset) of a cell list's layout."""
+    strides = np.array([n_bins[1] * n_bins[2], n_bins[2], 1], dtype=np.int64)
+    offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"),
+                       -1).reshape(-1, 3)
+    return strides, offsets, int(np.flatnonzero((offsets == 0).all(1))[0])
+
+
+def _binned(x: Tensor, cell_t: Tensor, inverse: Tensor, nb: Tensor, strides: Tensor,
+            pbc: np.ndarray) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(wrap (N, 3) images subtracted, wrapped positions (N, 3) Å inside the search cell,
+    bin (N, 3) and flat bin (N,) of each atom) of float64 positions ``x`` (N, 3)."""
+    frac = _rows_times(x, inverse)
+    if pbc.all():  # wrap into [0, 1) and remember the image
+        wrap = torch.floor(frac)
+        frac = frac - wrap
+    else:  # periodic axes wrap; the others are translated to start at 0
+        periodic = to_device(pbc, x.device)
+        wrap = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
+        frac = frac - wrap
+        frac = torch.where(periodic, frac, frac - frac.amin(0))
+    wrapped = _rows_times(frac, cell_t)
+    atom_bin = torch.minimum((frac * nb).long(), nb - 1).clamp_min(0)
+    return wrap, wrapped, atom_bin, (atom_bin * strides).sum(1)
+
+
+def _bin_count(flat: Tensor, n_total: int) -> Tensor:
+    """(n_total + 1,) atoms per bin, the last one the spare bin that no atom visits."""
+    count = torch.zeros(n_total + 1, dtype=torch.long, device=flat.device)
+    return count.index_add_(0, flat, torch.ones_like(flat))
+
+
+def _bin_table(flat: Tensor, count: Tensor, slots: int, sentinel: int) -> Tensor:
+    """table[b, s] (bins + 1, ``slots``): the s-th atom of bin b, or ``sentinel`` (an atom
+    whose position is at infinity); atoms past ``slots`` in a bin are left out (they go to a
+    spare column, dropped)."""
+    order = torch.argsort(flat)
+    sorted_bins = flat[order]
+    rank = torch.arange(len(flat), device=flat.device) \
+        - (torch.cumsum(count, 0) - count)[sorted_bins]
+    table = torch.full((len(count), slots + 1), sentinel, dtype=torch.long, device=flat.device)
+    table[sorted_bins, rank.clamp_max(slots)] = order
+    return table[:, :slots]
+
+
 def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Edges within ``cutoff`` (Å) of every atom, on ``positions.device``.
@@ -122,44 +168,23 @@ def torch_neighbour_list(positions: Tensor, cell, pbc, cutoff: float
         return _all_pairs(x, _cell_and_inverse(cell_np, device), cutoff)
     n_bins, reach = cell_list_layout(heights, pbc, n, cutoff)
     n_total = int(n_bins.prod())
-    strides = np.array([n_bins[1] * n_bins[2], n_bins[2], 1], dtype=np.int64)
-    offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"),
-                       -1).reshape(-1, 3)  # (K, 3)
-    centre = int(np.flatnonzero((offsets == 0).all(1))[0])
+    strides, offsets, centre = _stencil(n_bins, reach)
 
     # the host's numbers go over in two copies (floats, integers) rather than one each
-    floats = to_device(np.concatenate([cell_np, np.linalg.inv(cell_np),
-                                       n_bins[None].astype(np.float64)]), device)
-    cell_t, inverse, nb_f = floats[:3], floats[3:6], floats[6]
+    floats = to_device(np.concatenate([cell_np, np.linalg.inv(cell_np)]), device)
+    cell_t, inverse = floats[:3], floats[3:6]
     ints = to_device(np.concatenate([offsets, n_bins[None], strides[None]]), device)
     offsets_t, nb, strides_t = ints[:-2], ints[-2], ints[-1]
 
-    frac = _rows_times(x, inverse)  # (N, 3)
-    if pbc.all():  # wrap into [0, 1) and remember the image
-        wrap = torch.floor(frac)
-        frac = frac - wrap
-    else:  # periodic axes wrap; the others are translated to start at 0
-        periodic = to_device(pbc, device)
-        wrap = torch.where(periodic, torch.floor(frac), torch.zeros_like(frac))
-        frac = frac - wrap
-        frac = torch.where(periodic, frac, frac - frac.amin(0))
-    wrapped = _rows_times(frac, cell_t)  # (N, 3) positions inside the search cell
-    atom_bin = torch.minimum((frac * nb_f).long(), nb - 1).clamp_min(0)  # (N, 3)
-    flat = (atom_bin * strides_t).sum(1)
-    order = torch.argsort(flat)
-    count = torch.zeros(n_total + 1, dtype=torch.long, device=device)  # + one empty bin
-    count.index_add_(0, flat, torch.ones_like(flat))
+    wrap, wrapped, atom_bin, flat = _binned(x, cell_t, inverse, nb, strides_t, pbc)
+    count = _bin_count(flat, n_total)
     # one read-back: the fullest bin, and the positions' sum, finite unless one is not (NaN
     # and inf bin anywhere, so this is the check's place)
     fullest, total = torch.stack([count.max().double(), x.sum()]).tolist()
     if not math.isfinite(total):
         raise ValueError(NON_FINITE)
     fullest = int(fullest)
-    # table[b, s]: the s-th atom of bin b, or n (a sentinel whose position is at infinity)
-    sorted_bins = flat[order]
-    rank = torch.arange(n, device=device) - (torch.cumsum(count, 0) - count)[sorted_bins]
-    table = torch.full((n_total + 1, fullest), n, dtype=torch.long, device=device)
-    table[sorted_bins, rank] = order
+    table = _bin_table(flat, count, fullest, n)
     far = torch.cat([wrapped, wrapped.new_full((1, 3), math.inf)])
 
     k, slots = offsets.shape[0], fullest
@@ -258,21 +283,33 @@ def _cell_and_inverse(cell_np: np.ndarray, device) -> Tensor:
     return to_device(np.stack([cell_np, np.linalg.inv(cell_np)]), device)
 
 
-def _all_pairs(x: Tensor, mats: Optional[Tensor], cutoff: float):
-    """``AllPairs`` of float64 ``x`` (N, 3) or (R, N, 3), checked by the caller; ``mats``
-    (``_cell_and_inverse``) None: no periodic direction."""
-    x = x.unsqueeze(0) if x.ndim == 2 else x
+def _pair_mask(x: Tensor, mats: Optional[Tensor], cutoff: float
+               ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """(within the cutoff (R, N, N) bool, squared distances (R, N, N) Å^2, the rounded
+    fractional differences (R, N, N, 3) naming j's image, None without ``mats``) of every
+    pair of float64 ``x`` (R, N, 3), an atom and itself excluded."""
     replicas, n = x.shape[0], x.shape[1]
-    periodic = mats is not None
-    if periodic:
+    near = None
+    if mats is not None:
         frac = _rows_times(x, mats[1])
         d = frac[:, None, :, :] - frac[:, :, None, :]  # (R, N, N, 3): frac_j - frac_i
         near = torch.round(d)
         r = (d - near).view(-1, 3) @ mats[0]  # (R N N, 3) Å, one large product
     else:
         r = (x[:, None, :, :] - x[:, :, None, :]).view(-1, 3)
-    keep = (r.square().sum(-1) < cutoff * cutoff).view(replicas, n, n)
+    r2 = r.square().sum(-1).view(replicas, n, n)
+    keep = r2 < cutoff * cutoff
     keep.diagonal(dim1=1, dim2=2).fill_(False)
+    return keep, r2, near
+
+
+def _all_pairs(x: Tensor, mats: Optional[Tensor], cutoff: float):
+    """``AllPairs`` of float64 ``x`` (N, 3) or (R, N, 3), checked by the caller; ``mats``
+    (``_cell_and_inverse``) None: no periodic direction."""
+    x = x.unsqueeze(0) if x.ndim == 2 else x
+    n = x.shape[1]
+    periodic = mats is not None
+    keep, _, near = _pair_mask(x, mats, cutoff)
     total = _read_later(x.sum())  # finite unless a position is not; lands with the nonzero
     rows = keep.view(-1).nonzero().squeeze(1)
     if not math.isfinite(total()):
@@ -289,6 +326,18 @@ def _all_pairs(x: Tensor, mats: Optional[Tensor], cutoff: float):
 def _pairs(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell_t,
            cutoff, centre, empty):
     """Pairs (i, j, image of j) with atoms a <= i < b in the wrapped frame, within cutoff."""
+    cand, image, _, keep = _candidates(a, b, atom_bin, offsets, nb, pbc, strides, table, far,
+                                       cell_t, cutoff, centre, empty)
+    rows = keep.view(-1).nonzero().squeeze(1)
+    k, m = cand.shape[1], cand.shape[2]
+    return (a + torch.div(rows, k * m, rounding_mode="floor"), cand.view(-1)[rows],
+            image.view(-1, 3)[torch.div(rows, m, rounding_mode="floor")])
+
+
+def _candidates(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell_t,
+                cutoff, centre, empty) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(candidate atoms (n, K, M), bin images (n, K, 3), squared distances (n, K, M) Å^2,
+    within the cutoff (n, K, M)) of atoms a <= i < b: the K bins around each, M slots each."""
     target = atom_bin[a:b, None, :] + offsets  # (n, K, 3) bins to visit
     image = torch.div(target, nb, rounding_mode="floor")
     if pbc.all():
@@ -307,10 +356,7 @@ def _pairs(a: int, b: int, atom_bin, offsets, nb, pbc, strides, table, far, cell
     # an atom meets itself only in its own bin with no image: the centre offset
     own = torch.arange(a, b, device=cand.device)[:, None]
     keep[:, centre, :] &= cand[:, centre, :] != own
-    rows = keep.view(-1).nonzero().squeeze(1)
-    k, m = cand.shape[1], cand.shape[2]
-    return (a + torch.div(rows, k * m, rounding_mode="floor"), cand.view(-1)[rows],
-            image.view(-1, 3)[torch.div(rows, m, rounding_mode="floor")])
+    return cand, image, d2, keep
 
 
 def _select(keep: Tensor, *tensors: Tensor) -> Tuple[Tensor, ...]:

@@ -19,8 +19,7 @@ from ..cuda_graphs import graphed
 from ..graph import atoms_to_graph
 from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
 from ..cpu_memory import keep_freed_memory
-from ..potentials.autochunk import AutoChunk
-from ..potentials.chunking import set_edge_chunk
+from ..potentials.autochunk import edge_chunking
 from ..neighbours import NeighbourCache
 from ..step_graph import StepGraph
 from ..structure_checks import overlap_threshold
@@ -197,13 +196,11 @@ class GeoffCalculator(Calculator):
             from ..potentials.cueq import with_kernels
 
             with_kernels(self.model, kernels, self.device)
-        if edge_chunk is not None and edge_chunk != "auto":  # None: the model's own default
-            set_edge_chunk(self.model, edge_chunk)
         # the model itself, or compiled, or captured in CUDA graphs, or both
         model_fn = compiled(self.model, compile)
         self.run_model = graphed(model_fn, cuda_graphs, self.device)
         # "auto": the chunk chosen per call from the free GPU memory, around run_model
-        self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
+        self.auto_chunk = edge_chunking(self.model, edge_chunk, self._run)
         # on CUDA: the neighbour search captured with the model (asking auto_chunk once per
         # bucket whether its graph fits unchunked)
         self.captured_call = captured_call(

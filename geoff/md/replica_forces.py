@@ -24,8 +24,7 @@ from ..cuda_graphs import graphed
 from ..graph import add_edge_pairs, atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
 from ..neighbours import AllPairs, all_pairs_apply
-from ..potentials.autochunk import AutoChunk
-from ..potentials.chunking import set_edge_chunk
+from ..potentials.autochunk import edge_chunking
 from ..to_device import to_device, to_host
 
 
@@ -51,11 +50,9 @@ class BatchedForces:
         self.model = frozen(model, self.device, self.dtype)
         self.radial_table = use_radial_tables(self.model, radial_table, self.device, self.dtype)
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)
-        if edge_chunk is not None and edge_chunk != "auto":  # None: the model's own default
-            set_edge_chunk(self.model, edge_chunk)
         self.run_model = graphed(self.model, cuda_graphs, self.device)  # or the model itself
         # "auto": the chunk chosen per call from the free memory, around run_model
-        self.auto_chunk = AutoChunk(self.model, self._run) if edge_chunk == "auto" else None
+        self.auto_chunk = edge_chunking(self.model, edge_chunk, self._run)
         self.backward = self.key == "forces" and model.force_head != "direct"
         self.force_head = model.force_head
         self.cutoff = float(model.cutoff)

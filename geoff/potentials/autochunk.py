@@ -353,3 +353,14 @@ class AutoChunk:
         if not self._warned:  # once per calculator: MD calls it every step
             self._warned = True
             warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def edge_chunking(model: nn.Module, edge_chunk, run: Callable) -> Optional[AutoChunk]:
+    """The option ``edge_chunk`` of ``GeoffCalculator`` and ``BatchedForces`` applied to
+    ``model``: ``"auto"`` returns the ``AutoChunk`` to call instead of ``run``; an int sets
+    that many edges per chunk (0: never), None keeps the model's default (both: None)."""
+    if edge_chunk == "auto":
+        return AutoChunk(model, run)
+    if edge_chunk is not None:
+        set_edge_chunk(model, edge_chunk)
+    return None
