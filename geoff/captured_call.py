@@ -25,8 +25,17 @@ Graph's assembly, ~2.6 ms at 864 atoms on an H200 beside a 4.8 ms eager SchNet
   again; a shortest edge under the overlap threshold raises the calculator's
   ``OverlapError`` naming the atoms.
 
+Above ``max_atoms`` (to ``search_max_atoms``) the model's activations would cost more pool
+memory than its launches cost time, so the search is captured alone: after its replay the
+summary is read (the GPU has run only the search: a short wait), overflows and overlaps are
+handled there, and the calculator's usual model call runs on the exact Graph (the real
+atoms and edges, no padding).
+
+A shape (the bucket without its capacities) is captured on its ``capture_after``-th call
+(``"auto"``: the second), so that sizes met once take the usual path and are never captured.
+
 A bucket is (atoms rounded up on the grid of ``geoff.cuda_graphs``, the search and its bin
-layout, forces, stress, capacities); its capacities are the first structure's edge count and
+layout, forces, stress, model in the graph or not, capacities); its capacities are the first structure's edge count and
 fullest bin (read once, when the bucket is made) times ``HEADROOM``, rounded up on the same
 grid. Slabs and wires, non-finite positions, models that cannot be captured, sizes the
 model would run in edge chunks and failed captures take the calculator's usual path, whose
@@ -43,9 +52,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cuda_graphs import (ATOM_FLOOR, DEFAULT_MAX_BUCKETS, EDGE_FLOOR, PER_STRUCTURE,
-                          CapturePool, bucket_size, padding_atoms, padding_shift,
-                          takes_chunked_path)
+from .cuda_graphs import (ATOM_FLOOR, AUTO_CAPTURE_AFTER, DEFAULT_MAX_BUCKETS, EDGE_FLOOR,
+                          PER_STRUCTURE, CapturePool, bucket_size, padding_atoms,
+                          padding_shift, takes_chunked_path)
 from .graph import (BATCH, CELL, EDGE_INDEX, MAX_NEIGHBOURS_PER_ATOM, PBC, POSITIONS, SHIFTS,
                     SPECIES, _Symbols, atoms_species)
 from .neighbours import (ALL_PAIRS_MAX_ATOMS, _bin_count, _bin_table, _binned, _candidates,
@@ -54,13 +63,21 @@ from .neighbours import (ALL_PAIRS_MAX_ATOMS, _bin_count, _bin_table, _binned, _
 from .structure_checks import check_edge_lengths
 from .to_device import to_device
 
-# Up to this many atoms "auto" captures the search with the model (as geoff.cuda_graphs
-# captures the model); True up to MAX_ATOMS: one H200 measured new-structure calls 1.1-1.6x
-# faster at 4,000-8,788 atoms (SchNet, PaiNN; speed.md, "Fourteenth session"), while a
-# captured graph keeps its activations in the pool (PaiNN at 32k: tens of GB), and beyond
-# ~10k atoms the search is a small part of the call
-DEFAULT_MAX_ATOMS = 1_500
+# Up to this many atoms "auto" captures the search with the model, True up to MAX_ATOMS. One
+# H200, new-structure calls and MD steps (speed.md, "Fifteenth session"): the whole call
+# captured beat the search captured alone at 2,048 and 2,916 atoms for SchNet (4.5 against
+# 6.7 ms at 2,048), PaiNN and MACE-style alike, and True measured 1.0-1.2x faster than the
+# usual path at 4,000-8,788 ("Fourteenth session"); but a captured graph keeps the model's
+# activations in the pool (PaiNN at 32k: tens of GB), and beyond ~10k atoms the search is a
+# small part of the call.
+DEFAULT_MAX_ATOMS = 3_000
 MAX_ATOMS = 10_000
+# Above those sizes (to this many atoms) the search alone is captured: the eager search is
+# ~25 launches and two host synchronisations (2-3 ms on an H200 at any size to 32k atoms),
+# up to a third of an eager SchNet call at 4k-8k atoms, while the captured search keeps
+# only its candidate arrays (~0.1 KB per candidate pair) in the pool. Its summary is read
+# after the replay and the model runs eagerly on the exact Graph.
+SEARCH_MAX_ATOMS = 50_000
 # Periodic cells two cutoffs high: all pairs (N^2 work, no bins) up to this many atoms, the
 # cell list above. Captured, the cell list's smaller GPU work wins where the eager search's
 # host synchronisations made all pairs win (to 2,048): one H200, two rounds, SchNet and
@@ -221,11 +238,14 @@ PERIODIC = np.ones(3, dtype=bool)
 
 
 class _Bucket:
-    """One bucket's inputs, search, capacity and captured graph (search + model)."""
+    """One bucket's inputs, search, capacity and captured graph: search + model, or (with
+    ``search_only``) the search alone."""
 
     def __init__(self, model, inputs: _Inputs, search, capacity: int, cutoff: float,
-                 dtype: torch.dtype, compute_forces: bool, compute_stress: bool):
+                 dtype: torch.dtype, compute_forces: bool, compute_stress: bool,
+                 search_only: bool = False):
         self.model, self.inputs, self.search = model, inputs, search
+        self.search_only = search_only
         self.capacity, self.cutoff, self.dtype = capacity, cutoff, dtype
         self.flags = (compute_forces, compute_stress)
         device = inputs.x.device
@@ -256,18 +276,25 @@ class _Bucket:
         return graph, summary
 
     def _call(self) -> Dict[str, Tensor]:
+        """What the graph holds: the model's outputs and the summary (or, search only, the
+        padded Graph's tensors and the summary)."""
         graph, summary = self.padded_graph()
+        if self.search_only:
+            return {**graph, SUMMARY: summary}
         forces, stress = self.flags
         out = dict(self.model(graph, compute_forces=forces, compute_stress=stress))
         out[SUMMARY] = summary
         return out
 
     def run(self, atoms, species: np.ndarray) -> Dict[str, Tensor]:
+        """The outputs for the real atoms and structure (search only: the padded Graph)."""
         n = self.inputs.fill(atoms, species)
         if self.graph is None:  # pad_only
             self.outputs = self._call()
         else:
             self.graph.replay()
+        if self.search_only:
+            return self.outputs
         return {key: value if key == SUMMARY else value[:1] if key in PER_STRUCTURE
                 else value[:n] for key, value in self.outputs.items()}
 
@@ -281,7 +308,14 @@ class CapturedCall:
         min_distance: the overlap threshold, Å (0: no check); above the cutoff no structure
             is taken (the check would search beyond the graph's edges).
         dtype, device: the model's.
-        max_atoms: larger structures are not taken (None: no limit).
+        max_atoms: larger structures are not captured with the model (None: no limit).
+        search_max_atoms: structures above ``max_atoms`` and up to this size have their
+            search captured alone, and ``eager`` runs the model on its padded Graph; None:
+            ``max_atoms`` (larger structures are not taken).
+        eager: ``eager(graph, compute_forces=, compute_stress=) -> outputs``, the
+            calculator's usual model call (edge chunks and all), for those sizes.
+        capture_after: a shape (bucket size, search layout, outputs asked) is captured on
+            its ``capture_after``-th call; the calls before take the usual path.
         plan: the calculator's ``AutoChunk.chunk_for`` (``edge_chunk="auto"``), asked once
             per bucket whether its graph fits whole (then it is captured unchunked); None:
             the model's own ``edge_chunk`` decides.
@@ -301,12 +335,20 @@ class CapturedCall:
 
     def __init__(self, model, min_distance: float, dtype: torch.dtype, device,
                  max_atoms: Optional[int] = DEFAULT_MAX_ATOMS, plan=None,
-                 captures: Optional[CapturePool] = None, pad_only: bool = False):
+                 captures: Optional[CapturePool] = None, pad_only: bool = False,
+                 search_max_atoms: Optional[int] = None, eager=None, capture_after: int = 1):
         self.model, self.dtype, self.device = model, dtype, torch.device(device)
         self.pad_only, self.plan = pad_only, plan
         self.cutoff = float(model.cutoff)
         self.min_distance = float(min_distance)
+        if search_max_atoms is not None and max_atoms is not None \
+                and search_max_atoms > max_atoms and eager is None:
+            raise ValueError("search_max_atoms above max_atoms needs eager (the model call)")
         self.max_atoms = max_atoms
+        self.search_max_atoms = max_atoms if search_max_atoms is None or max_atoms is None \
+            else max(search_max_atoms, max_atoms)
+        self.eager, self.capture_after = eager, int(capture_after)
+        self._seen: Dict[tuple, int] = {}  # calls of shapes not yet sized
         self.species = list(model.species)
         self.buckets: "OrderedDict[tuple, _Bucket]" = OrderedDict()
         # per shape (a bucket's key without its capacities): [edge slots, bin slots]
@@ -333,15 +375,18 @@ class CapturedCall:
     def takes(self, atoms) -> bool:
         """Whether ``atoms`` goes through the captured search (else the calculator's path)."""
         n = len(atoms)
-        if n == 0 or (self.max_atoms is not None and n > self.max_atoms) \
+        if n == 0 or (self.search_max_atoms is not None and n > self.search_max_atoms) \
                 or self.min_distance > self.cutoff or self.search_of(atoms) is None:
             return False
         return bool(np.isfinite(atoms.positions).all())  # else the usual path's error
 
     def _shape(self, atoms, compute_forces: bool, compute_stress: bool) -> tuple:
-        """A bucket's key without its capacities."""
-        return (bucket_size(len(atoms) + 1, ATOM_FLOOR), self.search_of(atoms),
-                bool(compute_forces), bool(compute_stress))
+        """A bucket's key without its capacities; its last item says whether the model is
+        in the graph (else only the search)."""
+        n = len(atoms)
+        return (bucket_size(n + 1, ATOM_FLOOR), self.search_of(atoms),
+                bool(compute_forces), bool(compute_stress),
+                self.max_atoms is None or n <= self.max_atoms)
 
     def __call__(self, atoms, compute_forces: bool = True, compute_stress: bool = False
                  ) -> Optional[Dict[str, Tensor]]:
@@ -351,8 +396,14 @@ class CapturedCall:
         shape = self._shape(atoms, compute_forces, compute_stress)
         if shape in self.failed:
             return None
-        if shape not in self.capacity and not self._sized(atoms, species, shape):
-            return None
+        if shape not in self.capacity:
+            seen = self._seen[shape] = self._seen.get(shape, 0) + 1
+            if seen < self.capture_after:
+                if len(self._seen) > 1024:
+                    self._seen.clear()
+                return None  # the usual path, until the shape comes again
+            if not self._sized(atoms, species, shape):
+                return None
         key = shape + tuple(self.capacity[shape])
         bucket = self.buckets.get(key) or self._new_bucket(key, atoms, species)
         if bucket is None:
@@ -360,7 +411,18 @@ class CapturedCall:
         self.buckets.move_to_end(key)
         self.stats["calls"] += 1
         self._last = shape
-        return bucket.run(atoms, species)
+        out = bucket.run(atoms, species)
+        if not bucket.search_only:
+            return out
+        # The search alone: its summary is read now (the GPU has run only the search, so
+        # this wait costs little) and the model runs on the exact Graph, without the
+        # padding's atoms and spare edge slots (up to a fifth more edges: PaiNN at 4,000
+        # atoms lost more to them than the search gained, speed.md "Fifteenth session")
+        summary = out[SUMMARY].cpu().numpy()
+        if not self.check(summary, atoms):
+            return self(atoms, compute_forces, compute_stress)  # in the regrown bucket
+        graph = _exact(out, len(atoms), int(summary[0]))
+        return self.eager(graph, compute_forces=compute_forces, compute_stress=compute_stress)
 
     def _searcher(self, shape: tuple, bin_slots: int):
         search = shape[1]
@@ -382,8 +444,8 @@ class CapturedCall:
         return True
 
     def _new_bucket(self, key: tuple, atoms, species: np.ndarray) -> Optional[_Bucket]:
-        shape, (capacity, bin_slots) = key[:4], key[4:]
-        n_atoms, _, forces, stress = shape
+        shape, (capacity, bin_slots) = key[:5], key[5:]
+        n_atoms, _, forces, stress, whole = shape
         if not available(self.device):
             self.failed[shape] = "this torch has no torch.nonzero_static on this device"
             return None
@@ -392,11 +454,13 @@ class CapturedCall:
         inputs = _Inputs(n_atoms, self.dtype, self.device)
         inputs.fill(atoms, species)  # warm-up and capture on real numbers
         bucket = _Bucket(self.model, inputs, self._searcher(shape, bin_slots), capacity,
-                         self.cutoff, self.dtype, forces, stress)
-        chunk = self.plan(bucket.padded_graph()[0]) if self.plan is not None else None
-        if chunk or (chunk is None and takes_chunked_path(self.model, n_atoms, capacity)):
-            self.failed[shape] = "the model runs this size in edge chunks (edge_chunk)"
-            return None
+                         self.cutoff, self.dtype, forces, stress, search_only=not whole)
+        chunk = None
+        if whole:  # the model in the graph: unchunked, or not at all
+            chunk = self.plan(bucket.padded_graph()[0]) if self.plan is not None else None
+            if chunk or (chunk is None and takes_chunked_path(self.model, n_atoms, capacity)):
+                self.failed[shape] = "the model runs this size in edge chunks (edge_chunk)"
+                return None
         if not self.pad_only:
             try:
                 with _unchunked(self.model, chunk == 0):
@@ -431,6 +495,14 @@ class CapturedCall:
                                _Symbols(atoms.numbers),
                                shortest=(math.sqrt(d2), int(a), int(b)))
         return True
+
+
+def _exact(padded: Dict[str, Tensor], n_atoms: int, n_edges: int) -> Dict[str, Tensor]:
+    """The Graph of the real atoms and edges of a padded search's outputs (views)."""
+    return {POSITIONS: padded[POSITIONS][:n_atoms], SPECIES: padded[SPECIES][:n_atoms],
+            BATCH: padded[BATCH][:n_atoms],
+            EDGE_INDEX: padded[EDGE_INDEX][:, :n_edges].contiguous(),
+            SHIFTS: padded[SHIFTS][:n_edges], CELL: padded[CELL][:1], PBC: padded[PBC][:1]}
 
 
 def _grown(count: int, floor: int) -> int:
@@ -474,12 +546,15 @@ class _unchunked:
 
 def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
                   min_distance: Optional[float] = None, plan=None,
-                  captures: Optional[CapturePool] = None) -> Optional[CapturedCall]:
+                  captures: Optional[CapturePool] = None, eager=None
+                  ) -> Optional[CapturedCall]:
     """The ``CapturedCall`` of ``GeoffCalculator(cuda_graphs=...)``, or None: ``"auto"``
-    takes structures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` up to ``MAX_ATOMS``;
-    ``False``, the CPU, models that cannot be captured (``geoff.cuda_graphs.refusal``) and a
-    torch without ``nonzero_static`` take none. ``min_distance`` None: the model's overlap
-    threshold; ``plan``, ``captures``: see ``CapturedCall``."""
+    captures search and model up to ``DEFAULT_MAX_ATOMS`` atoms, from a shape's second call
+    (``AUTO_CAPTURE_AFTER``), ``True`` up to ``MAX_ATOMS`` from the first; above those sizes,
+    with ``eager`` given, the search alone up to ``SEARCH_MAX_ATOMS``. ``False``, the CPU,
+    models that cannot be captured (``geoff.cuda_graphs.refusal``) and a torch without
+    ``nonzero_static`` take none. ``min_distance`` None: the model's overlap threshold;
+    ``plan``, ``captures``, ``eager``: see ``CapturedCall``."""
     from .cuda_graphs import refusal
     from .structure_checks import overlap_threshold
 
@@ -488,6 +563,9 @@ def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
         return None
     if min_distance is None:
         min_distance = overlap_threshold(model)
-    max_atoms = DEFAULT_MAX_ATOMS if cuda_graphs == "auto" else MAX_ATOMS
-    return CapturedCall(model, min_distance, dtype, device, max_atoms=max_atoms, plan=plan,
-                        captures=captures)
+    auto = cuda_graphs == "auto"
+    return CapturedCall(model, min_distance, dtype, device,
+                        max_atoms=DEFAULT_MAX_ATOMS if auto else MAX_ATOMS, plan=plan,
+                        captures=captures, eager=eager,
+                        search_max_atoms=SEARCH_MAX_ATOMS if eager is not None else None,
+                        capture_after=AUTO_CAPTURE_AFTER if auto else 1)

@@ -33,6 +33,7 @@ Neighbour lists are not captured: they are built before the call (and reused wit
 """
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from collections import OrderedDict
@@ -58,6 +59,9 @@ REFUSED = {
 # measured on an H200 (benchmarks/results/cuda_graphs_h200): capture pays 1.3-11x up to 864
 # atoms, 0.9-1.3x at 2,048 and nothing at 8,788, so "auto" stops below 2,000
 DEFAULT_MAX_ATOMS = 1_500
+# "auto" captures a bucket on its second call: MD repeats one bucket every step, while a
+# loop over structures of many sizes would capture each once and replay it never
+AUTO_CAPTURE_AFTER = 2
 DEFAULT_MAX_BUCKETS = 8
 ATOM_FLOOR, EDGE_FLOOR = 32, 256  # smallest buckets
 CAPTURE_MEMORY_FRACTION = 0.8  # of the free GPU memory a new captured graph may keep
@@ -224,7 +228,14 @@ class CapturePool:
     def capture(self, call, device) -> Tuple["torch.cuda.CUDAGraph", Dict[str, Tensor]]:
         """``call()`` warmed up and captured: (graph, its outputs), as torch documents it:
         warm-up calls on the side stream, then capture on that stream (lazily created
-        library handles and autograd's stream bookkeeping then belong to it)."""
+        library handles and autograd's stream bookkeeping then belong to it).
+
+        Python's garbage collector is run before and held off during the capture: a
+        collection inside it that frees an older captured graph (a calculator dropped in
+        a reference cycle) destroys that graph's CUDA objects, which invalidates the
+        capture (``operation not permitted when stream is capturing``; seen on an H200 in
+        2 of 48 calculators made in a loop, speed.md "Fifteenth session"). A capture that
+        fails anyway leaves its pool recording, so the next one starts a new pool."""
         from .potentials.autochunk import available_bytes
 
         device = torch.device(device)
@@ -250,8 +261,18 @@ class CapturePool:
             raise MemoryError(f"a captured graph would keep ~{need / 2**30:.2f} GiB in its pool "
                               f"with {free / 2**30:.2f} GiB free")
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-            outputs = call()
+        gc.collect()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                outputs = call()
+        except BaseException:
+            self.pool, self.stream = None, None
+            raise
+        finally:
+            if collecting:
+                gc.enable()
         return graph, outputs
 
 
@@ -290,16 +311,21 @@ class GraphedModel:
         max_buckets: captured graphs kept (least recently used dropped beyond it).
         pad_only: pad to buckets and use the static buffers but run the model eagerly, no
             capture (works on the CPU: how the tests check the padding path).
+        capture_after: a bucket is captured on its ``capture_after``-th call; the calls
+            before run eagerly (``"auto"``: 2, so that sizes met once are never captured).
 
     Call it as the model: it returns the model's outputs for the real atoms and structures.
     ``stats`` counts replays, captures, eager calls and failed captures.
     """
 
     def __init__(self, model, max_atoms: Optional[int] = DEFAULT_MAX_ATOMS,
-                 max_buckets: int = DEFAULT_MAX_BUCKETS, pad_only: bool = False):
+                 max_buckets: int = DEFAULT_MAX_BUCKETS, pad_only: bool = False,
+                 capture_after: int = 1):
         if max_buckets < 1:
             raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
         self.model = model
+        self.capture_after = int(capture_after)
+        self._seen: Dict[tuple, int] = {}  # calls of buckets not yet made
         self.max_atoms = max_atoms
         self.max_buckets = int(max_buckets)
         self.pad_only = pad_only
@@ -317,6 +343,14 @@ class GraphedModel:
             return self.model(graph, compute_forces=compute_forces,
                               compute_stress=compute_stress)
         bucket = self.buckets.get(key)
+        if bucket is None and self.capture_after > 1:
+            seen = self._seen[key] = self._seen.get(key, 0) + 1
+            if seen < self.capture_after:
+                if len(self._seen) > 1024:
+                    self._seen.clear()
+                self.stats["eager"] += 1
+                return self.model(graph, compute_forces=compute_forces,
+                                  compute_stress=compute_stress)
         if bucket is None:
             bucket = self._new_bucket(key, graph)
             if bucket is None:
@@ -376,8 +410,9 @@ class GraphedModel:
 def graphed(model, cuda_graphs, device) -> object:
     """``model`` or a ``GraphedModel`` around it, for the option ``cuda_graphs``.
 
-    ``True``: capture on CUDA at every size; ``"auto"``: on CUDA up to ``DEFAULT_MAX_ATOMS``;
-    ``False``: eager. On the CPU every value runs eagerly (nothing to capture).
+    ``True``: capture on CUDA at every size; ``"auto"``: on CUDA up to ``DEFAULT_MAX_ATOMS``,
+    a bucket on its second call (``AUTO_CAPTURE_AFTER``); ``False``: eager. On the CPU every
+    value runs eagerly (nothing to capture).
     """
     if cuda_graphs not in (True, False, "auto"):
         raise ValueError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}")
@@ -389,4 +424,6 @@ def graphed(model, cuda_graphs, device) -> object:
             warnings.warn(f"cuda_graphs=True: this model runs eagerly ({reason})",
                           RuntimeWarning, stacklevel=3)
         return model
-    return GraphedModel(model, max_atoms=DEFAULT_MAX_ATOMS if cuda_graphs == "auto" else None)
+    auto = cuda_graphs == "auto"
+    return GraphedModel(model, max_atoms=DEFAULT_MAX_ATOMS if auto else None,
+                        capture_after=AUTO_CAPTURE_AFTER if auto else 1)

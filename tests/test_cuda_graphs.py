@@ -160,6 +160,17 @@ def test_bucket_cap_drops_least_recently_used():
     assert list(runner.buckets) == [keys[2], keys[1]]
 
 
+def test_capture_after_runs_a_bucket_eagerly_until_it_repeats():
+    model = small_model("schnet")
+    runner = GraphedModel(model, pad_only=True, capture_after=2)
+    first, second = (_graph(model, rattled_triclinic(seed=s)) for s in (1, 2))
+    _close(runner(first), model(first), ["energy", "forces"])
+    assert not runner.buckets and runner.stats["eager"] == 1
+    _close(runner(second), model(second), ["energy", "forces"])
+    assert len(runner.buckets) == 1 and runner.stats["eager"] == 1
+    assert graphed(model, "auto", "cpu") is model  # the CPU: nothing to capture
+
+
 def test_failed_capture_is_remembered_and_runs_eagerly(monkeypatch):
     import geoff.cuda_graphs as cg
 

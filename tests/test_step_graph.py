@@ -10,7 +10,9 @@ from geoff.structure_checks import OverlapError, record_training_distance
 
 
 def keep_calc(model, **kw):
-    options = dict(dtype="float64", skin=0.8, neighbour_list="torch", skin_edges="keep")
+    # cuda_graphs off: on CUDA "auto" would take the captured search, not the kept Graph
+    options = dict(dtype="float64", skin=0.8, neighbour_list="torch", skin_edges="keep",
+                   cuda_graphs=False)
     options.update(kw)
     return GeoffCalculator(model, **options)
 

@@ -174,7 +174,7 @@ class GeoffCalculator(Calculator):
     def __init__(self, model, device: str = "cpu", dtype: str = "float32",
                  forces: Optional[str] = None, check_overlaps: bool = True,
                  neighbour_list: str = "auto", skin: Union[float, str] = "auto",
-                 edge_chunk: Union[int, str, None] = "auto", cuda_graphs=False,
+                 edge_chunk: Union[int, str, None] = "auto", cuda_graphs="auto",
                  kernels: str = "e3nn", compile: bool = False, edge_pairs="auto",
                  radial_table="auto", skin_edges: str = "auto", **kwargs):
         super().__init__(**kwargs)
@@ -206,7 +206,7 @@ class GeoffCalculator(Calculator):
         self.captured_call = captured_call(
             model_fn, cuda_graphs, self.device, self.dtype, self.min_distance,
             plan=self.auto_chunk.chunk_for if self.auto_chunk is not None else None,
-            captures=getattr(self.run_model, "captures", None))
+            captures=getattr(self.run_model, "captures", None), eager=self._call_model)
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)  # after kernels
         if skin == "auto":
             skin = AUTO_SKIN if self.device.type == "cuda" and neighbour_list in (
@@ -238,6 +238,11 @@ class GeoffCalculator(Calculator):
     def _run(self, graph, **kwargs):
         return self.run_model(graph, **kwargs)  # looked up per call: run_model may be swapped
 
+    def _call_model(self, graph, **kwargs):
+        """The model on a Graph as a call runs it: chunked as ``edge_chunk`` says, captured
+        as ``run_model`` does."""
+        return (self.auto_chunk or self.run_model)(graph, **kwargs)
+
     @property
     def species(self):
         return self.model.species
@@ -267,7 +272,6 @@ class GeoffCalculator(Calculator):
         # backward pass only when its conservative forces are asked for.
         backward = self.force_key == "forces" and (
             "forces" in properties or self.model.force_head == "conservative")
-        call = self.auto_chunk or self.run_model
         if self.skin_edges == "auto" and self.neighbour_cache is not None:
             limit = getattr(self.model.representation, "SKIN_KEEP_MAX_ATOMS", None) \
                 or AUTO_KEEP_MAX_ATOMS
@@ -279,7 +283,7 @@ class GeoffCalculator(Calculator):
         if out is None:
             graph, pending = self.step_graph(atoms) if self.step_graph \
                 else (self.graph(atoms), None)
-            out = call(graph, compute_forces=backward, compute_stress=want_stress)
+            out = self._call_model(graph, compute_forces=backward, compute_stress=want_stress)
         wanted = {"energy": out["energy"].detach().sum().reshape(1), "energies": out["energies"]}
         for name in getattr(self.model, "properties", ()):  # per-atom property heads (N,)
             wanted[name] = out[name]
