@@ -247,7 +247,8 @@ def main():
                         help="MD-step columns, one per GeoffCalculator(skin=S) (Å)")
     parser.add_argument("--md-steps", type=int, default=20)
     parser.add_argument("--cuda-graphs", default="off", choices=["off", "auto", "on"],
-                        help="GeoffCalculator(cuda_graphs=...): off (default), auto, on")
+                        help="GeoffCalculator(cuda_graphs=...): off (this script's "
+                             "default, eager), auto (the calculator's default), on")
     parser.add_argument("--compile", action="store_true", help="GeoffCalculator(compile=True)")
     parser.add_argument("--skin-edges", default="filter", choices=["auto", "filter", "keep"],
                         help="GeoffCalculator(skin_edges=...) in the MD-step columns")

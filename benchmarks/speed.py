@@ -138,9 +138,13 @@ def time_geoff(name: str, kind: str, n_atoms: int, dtype: str, device: str, repe
     torch.manual_seed(0)
     model = build_model(ARCHITECTURE.get(name, name), species=["Cu", "Zr"], cutoff=CUTOFF,
                         **MODELS[name])
+    # eager, as every row of speed.md so far (CUDA graphs, the calculator's default since
+    # the fifteenth session, are timed by profile_calc.py: captured paths pay at the small
+    # sizes, where these rows compare peers' eager calls)
     calc = GeoffCalculator(model, device=device, dtype=dtype, kernels=kernels, compile=compile,
                            edge_chunk="auto" if edge_chunk == "auto" else None,
-                           edge_pairs=SWITCH[edge_pairs], radial_table=SWITCH[radial_table])
+                           edge_pairs=SWITCH[edge_pairs], radial_table=SWITCH[radial_table],
+                           cuda_graphs=False)
     if edge_chunk not in (None, "auto"):
         set_edge_chunk(calc.model, edge_chunk)
     atoms = structure(kind, n_atoms)

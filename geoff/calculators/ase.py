@@ -114,17 +114,23 @@ class GeoffCalculator(Calculator):
             calculator; CUDA out-of-memory calls are retried in smaller chunks;
             ``geoff.potentials.autochunk``); an int: that many edges; 0 = never; None = the
             model's default (``DEFAULT_EDGE_CHUNK``). Results equal to float round-off.
-        cuda_graphs: ``True``, ``"auto"`` or ``False`` (default): on CUDA, run the model
-            through captured CUDA graphs with shapes padded to buckets
-            (``geoff.cuda_graphs``): small systems stop paying one launch per kernel.
-            ``"auto"`` captures up to ``DEFAULT_MAX_ATOMS`` atoms, ``True`` at any size; the
-            CPU, refused models (DimeNet++, GemNet, FAENet) and failed captures run eagerly.
-            A molecule or a fully periodic cell of up to 1,500 atoms (``"auto"``; 10,000
-            with ``True``) has its neighbour search captured with the model
-            (``geoff.captured_call``): a new structure costs one replay, not a list build
-            (one H200, 864 Cu atoms: SchNet 4.2-4.4 -> 2.4-2.5 ms a call, PaiNN 9.3 -> 5.5-5.6,
-            MACE-style 16.2-16.7 -> 13.2-13.3; ``True`` at 4,000: SchNet 10.9 -> 7.6, PaiNN
-            25.2 -> 20.8). Results equal the eager ones to float round-off.
+        cuda_graphs: ``"auto"`` (default), ``True`` or ``False``: on CUDA, replay captured
+            CUDA graphs with shapes padded to buckets (``geoff.cuda_graphs``,
+            ``geoff.captured_call``), so that a call stops paying one launch per kernel and
+            the neighbour search's host synchronisations. ``"auto"``: a molecule or fully
+            periodic cell of up to 3,000 atoms has its neighbour search and model captured
+            as one graph, larger ones (to 50,000) the search alone (the model then runs
+            eagerly on the exact Graph); slabs and wires have the model captured up to
+            1,500 atoms (``DEFAULT_MAX_ATOMS``). A shape is captured on its second call, so
+            a loop over structures of many sizes runs eagerly and MD replays from its second
+            step. ``True``: from the first call, search and model to 10,000 atoms and the
+            model at any size. ``False``: eager. The CPU, refused models (DimeNet++, GemNet,
+            FAENet) and failed captures run eagerly (a failed capture warns once). One H200,
+            a call on a new structure, ``False`` -> ``"auto"``: SchNet 8.6 -> 2.7 ms at
+            864 atoms, 10.8 -> 5.6 at 2,916, 16.0 -> 13.7 at 8,788; PaiNN 11.5 -> 5.5,
+            17.5 -> 13.8, 40.4 -> 36.8. A captured graph keeps its activations in a pool
+            shared by the calculator's graphs; a capture that would take more than 80 % of
+            the free GPU memory is not made. Results equal the eager ones to float round-off.
         kernels: ``"e3nn"`` (default), ``"cueq"`` or ``"auto"``: NequIP-style and MACE-style
             tensor products through NVIDIA cuEquivariance's fused kernels
             (``geoff.potentials.cueq``; ``pip install geoff[cuda]`` plus the ops wheel for

@@ -79,10 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (pays in runs of more than a few hundred "
                         "steps: the compile takes tens of seconds)")
     s.add_argument("--cuda-graphs", choices=["off", "auto", "on"], default=None,
-                   help="captured CUDA graphs, the neighbour search and the model in one "
-                        "replay per step (auto: up to 1,500 atoms, the default on CUDA; on: "
-                        "the model at any size, the search up to 10,000 atoms, which pays "
-                        "at 4k-9k atoms too; off turns them off)")
+                   help="captured CUDA graphs from the second step on (auto, the default: "
+                        "the neighbour search and the model in one replay per step up to "
+                        "3,000 atoms, the search alone up to 50,000; on: both up to 10,000 "
+                        "atoms and the model at any size; off: eager)")
     s.add_argument("--skin", default=None,
                    help="Verlet-list skin in Å, or auto (0.5 on CUDA, 0 on the CPU)")
     s.add_argument("--skin-edges", choices=["auto", "filter", "keep"], default=None,

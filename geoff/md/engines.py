@@ -37,8 +37,6 @@ class EngineUnavailable(RuntimeError):
 
 def model_or_calculator(potential):
     """(model, None) for an EnergyModel/checkpoint, (None, calculator) otherwise."""
-    import torch
-
     if isinstance(potential, torch.nn.Module):
         return potential, None
     if isinstance(potential, (str, os.PathLike)):
@@ -75,12 +73,7 @@ def make_calculator(potential, settings: MDSettings):
     if settings.forces == "mts" and model.force_head != "both":
         raise ValueError("multiple time stepping needs a model with force_head='both' (one "
                          f"representation, both heads); this one is {model.force_head!r}")
-    options = dict(settings.calculator)
-    if torch.device(settings.device).type == "cuda":
-        # MD calls the model thousands of times at one size, where captured graphs pay (an
-        # H200 MD step at 864 atoms: 0.43-0.56x the eager one); GeoffCalculator's own default
-        # stays off, since a script evaluating many sizes would capture a graph per size
-        options.setdefault("cuda_graphs", "auto")
+    options = dict(settings.calculator)  # cuda_graphs: the calculator's "auto" unless set
     return GeoffCalculator(model, device=settings.device, dtype=settings.dtype,
                            forces=settings.calculator_forces,
                            check_overlaps=settings.failure.min_distance != 0,  # 0: user said off
