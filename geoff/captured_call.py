@@ -546,15 +546,16 @@ class _unchunked:
 
 def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
                   min_distance: Optional[float] = None, plan=None,
-                  captures: Optional[CapturePool] = None, eager=None
-                  ) -> Optional[CapturedCall]:
+                  captures: Optional[CapturePool] = None, eager=None,
+                  auto_max_atoms: Optional[int] = None) -> Optional[CapturedCall]:
     """The ``CapturedCall`` of ``GeoffCalculator(cuda_graphs=...)``, or None: ``"auto"``
     captures search and model up to ``DEFAULT_MAX_ATOMS`` atoms, from a shape's second call
     (``AUTO_CAPTURE_AFTER``), ``True`` up to ``MAX_ATOMS`` from the first; above those sizes,
     with ``eager`` given, the search alone up to ``SEARCH_MAX_ATOMS``. ``False``, the CPU,
     models that cannot be captured (``geoff.cuda_graphs.refusal``) and a torch without
     ``nonzero_static`` take none. ``min_distance`` None: the model's overlap threshold;
-    ``plan``, ``captures``, ``eager``: see ``CapturedCall``."""
+    ``plan``, ``captures``, ``eager``: see ``CapturedCall``; ``auto_max_atoms``: the
+    representation's ``CAPTURE_MAX_ATOMS`` (None: ``DEFAULT_MAX_ATOMS``)."""
     from .cuda_graphs import refusal
     from .structure_checks import overlap_threshold
 
@@ -565,7 +566,8 @@ def captured_call(model, cuda_graphs, device, dtype: torch.dtype,
         min_distance = overlap_threshold(model)
     auto = cuda_graphs == "auto"
     return CapturedCall(model, min_distance, dtype, device,
-                        max_atoms=DEFAULT_MAX_ATOMS if auto else MAX_ATOMS, plan=plan,
+                        max_atoms=(auto_max_atoms or DEFAULT_MAX_ATOMS) if auto else MAX_ATOMS,
+                        plan=plan,
                         captures=captures, eager=eager,
                         search_max_atoms=SEARCH_MAX_ATOMS if eager is not None else None,
                         capture_after=AUTO_CAPTURE_AFTER if auto else 1)

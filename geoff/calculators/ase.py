@@ -118,17 +118,19 @@ class GeoffCalculator(Calculator):
             CUDA graphs with shapes padded to buckets (``geoff.cuda_graphs``,
             ``geoff.captured_call``), so that a call stops paying one launch per kernel and
             the neighbour search's host synchronisations. ``"auto"``: a molecule or fully
-            periodic cell of up to 3,000 atoms has its neighbour search and model captured
-            as one graph, larger ones (to 50,000) the search alone (the model then runs
-            eagerly on the exact Graph); slabs and wires have the model captured up to
-            1,500 atoms (``DEFAULT_MAX_ATOMS``). A shape is captured on its second call, so
-            a loop over structures of many sizes runs eagerly and MD replays from its second
-            step. ``True``: from the first call, search and model to 10,000 atoms and the
-            model at any size. ``False``: eager. The CPU, refused models (DimeNet++, GemNet,
-            FAENet) and failed captures run eagerly (a failed capture warns once). One H200,
-            a call on a new structure, ``False`` -> ``"auto"``: SchNet 8.6 -> 2.7 ms at
-            864 atoms, 10.8 -> 5.6 at 2,916, 16.0 -> 13.7 at 8,788; PaiNN 11.5 -> 5.5,
-            17.5 -> 13.8, 40.4 -> 36.8. A captured graph keeps its activations in a pool
+            periodic cell of up to 3,000 atoms (SchNet: 10,000, its ``CAPTURE_MAX_ATOMS``)
+            has its neighbour search and model captured as one graph, larger ones (to
+            50,000) the search alone (the model then runs eagerly on the exact Graph);
+            slabs and wires have the model captured up to 1,500 atoms
+            (``geoff.cuda_graphs.DEFAULT_MAX_ATOMS``). A shape is captured on its second
+            call, so a loop over structures of many sizes runs eagerly and MD replays from
+            its second step. ``True``: from the first call, search and model to 10,000
+            atoms and the model at any size. ``False``: eager. The CPU, refused models
+            (DimeNet++, GemNet, FAENet) and failed captures run eagerly (a failed capture
+            warns once). One H200, a call on a new structure, ``False`` -> ``"auto"``:
+            SchNet 8.6-10.0 -> 2.6-2.7 ms at 864 atoms, 10.8-13.8 -> 5.6-5.8 at 2,916;
+            PaiNN 11.5-19.1 -> 5.5-6.1, 17.5-23.6 -> 13.8-14.2, 40.4-44.1 -> 36.8-38.6 at
+            8,788. A captured graph keeps its activations in a pool
             shared by the calculator's graphs; a capture that would take more than 80 % of
             the free GPU memory is not made. Results equal the eager ones to float round-off.
         kernels: ``"e3nn"`` (default), ``"cueq"`` or ``"auto"``: NequIP-style and MACE-style
@@ -212,7 +214,8 @@ class GeoffCalculator(Calculator):
         self.captured_call = captured_call(
             model_fn, cuda_graphs, self.device, self.dtype, self.min_distance,
             plan=self.auto_chunk.chunk_for if self.auto_chunk is not None else None,
-            captures=getattr(self.run_model, "captures", None), eager=self._call_model)
+            captures=getattr(self.run_model, "captures", None), eager=self._call_model,
+            auto_max_atoms=getattr(self.model.representation, "CAPTURE_MAX_ATOMS", None))
         self.edge_pairs = use_edge_pairs(self.model, edge_pairs, self.device)  # after kernels
         if skin == "auto":
             skin = AUTO_SKIN if self.device.type == "cuda" and neighbour_list in (

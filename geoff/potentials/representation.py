@@ -81,6 +81,10 @@ class Representation(nn.Module):
     # ``GeoffCalculator(skin_edges="auto")`` on CUDA hands the model the whole Verlet list up
     # to this many atoms (None: the calculator's ``AUTO_KEEP_MAX_ATOMS``).
     SKIN_KEEP_MAX_ATOMS = None
+    # ``GeoffCalculator(cuda_graphs="auto")`` captures the neighbour search with the model up
+    # to this many atoms (None: ``geoff.captured_call.DEFAULT_MAX_ATOMS``), the search alone
+    # above.
+    CAPTURE_MAX_ATOMS = None
 
     def __init__(self, n_scalars: int, n_vectors: int, n_layers: int, is_local: bool = True):
         super().__init__()

@@ -61,6 +61,11 @@ class SchNet(LayeredRepresentation):
     # skin_edges="auto" keeps the Verlet list whole up to here on CUDA (cheap per edge: an MD
     # step 0.87-0.97x the filtered one at 1,372-2,916 atoms on one H200, 1.04x at 4,000)
     SKIN_KEEP_MAX_ATOMS = 3_000
+    # cuda_graphs="auto" captures search + model up to here (small activations: ~0.4 MB per
+    # atom in the pool). One H200, a new structure: whole call captured 7.5-7.6 ms at 4,000
+    # atoms and 13.1-13.4 at 8,788 (cuda_graphs=True, fourteenth session), the search alone
+    # 8.5-10.1 and 13.7-16.2 (fifteenth session); speed.md
+    CAPTURE_MAX_ATOMS = 10_000
 
     def __init__(self, n_species: int, cutoff: float = 5.0, n_features: int = 128,
                  n_layers: int = 3, n_rbf: int = 32, activation: str = "ssp"):
