@@ -407,3 +407,94 @@ def test_study_batches_mts_cells(tmp_path):
     for a, b in zip(rows[False], rows[True]):
         assert abs(float(a["T_mean"]) - float(b["T_mean"])) <= 1e-8 * float(a["T_mean"])
     assert len({r["steps_per_s"] for r in rows[True]}) == 1  # one batch
+
+
+def _captured(batched, **kwargs):
+    """``batched`` through ``CapturedReplicas`` run eagerly on its padded buckets (the CPU's
+    stand-in for the captured search and model)."""
+    from geoff.md.replica_capture import CapturedReplicas
+
+    assert batched.captured is None  # the CPU: nothing to capture
+    batched.captured = CapturedReplicas(batched.model, batched.species, batched.cell,
+                                        batched.pbc, batched.dtype, "cpu", pad_only=True,
+                                        **kwargs)
+    return batched
+
+
+@pytest.mark.parametrize("name", ["schnet", "painn", "mace"])
+def test_replicas_through_the_captured_search_equal_the_calculator(name):
+    """The molecule and a triclinic periodic cell against the float64 calculator replica by
+    replica; the molecule stretched first (fewer edges), so that the next batch has more
+    edges than its bucket holds and regrows it."""
+    from ase import Atoms
+
+    model = small_model(name, species=("Cu", "Zr", "C", "H", "O"), cutoff=3.0)
+    rng = np.random.default_rng(3)
+    cell = np.array([[7.0, 0.0, 0.0], [2.0, 6.8, 0.0], [-1.0, 1.5, 7.2]])
+    crystal = Atoms("Cu16", cell=cell, pbc=True,
+                    scaled_positions=(np.indices((2, 2, 4)).reshape(3, -1).T + 0.25) / [2, 2, 4])
+    for atoms in (ethanol(), crystal):
+        batched = _captured(BatchedForces(model, atoms, dtype="float64"))
+        pos = np.stack([atoms.positions + rng.normal(0, 0.05, atoms.positions.shape)
+                        for _ in range(8)])
+        centre = atoms.positions.mean(0)
+        stretched = centre + 1.5 * (pos - centre)
+        for batch in (stretched, pos):
+            assert_equal_to_the_calculator(model, atoms, batch, batched(batch), 1e-10)
+        stats = batched.captured.stats
+        regrown = int(not atoms.pbc.any())  # a cell's density does not change by stretching
+        assert stats["regrown"] == regrown and stats["calls"] == 2 + regrown, stats
+
+
+def test_captured_replicas_take_lost_replicas_and_direct_heads():
+    """A non-finite replica leaves the batch (a smaller replica count: a shape of its own);
+    multiple time stepping's two force sets and the direct head's forward-only call."""
+    model = small_model("painn", species=("C", "H", "O"), cutoff=4.0, force_head="both")
+    atoms = ethanol()
+    usual = BatchedForces(model, atoms, dtype="float64")
+    batched = _captured(BatchedForces(model, atoms, dtype="float64"))
+    pos = np.stack([atoms.positions + 0.03 * k for k in range(3)])
+    pos[1, 2] = np.nan
+    for method in ("__call__", "split", "direct"):
+        for a, b in zip(getattr(usual, method)(pos), getattr(batched, method)(pos)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+    assert np.isnan(batched(pos)[0][1])
+    assert {key[0] for key in batched.captured.buckets} == {2}
+
+
+def test_captured_replicas_capture_after_and_size_limit():
+    model = small_model("schnet", species=("C", "H", "O"), cutoff=4.0)
+    atoms = ethanol()
+    pos = np.stack([atoms.positions] * 2)
+    batched = _captured(BatchedForces(model, atoms, dtype="float64"), capture_after=2)
+    batched(pos)
+    assert batched.captured.stats["calls"] == 0  # first call: the usual path
+    batched(pos)
+    assert batched.captured.stats["calls"] == 1
+    small = _captured(BatchedForces(model, atoms, dtype="float64"), max_atoms=17)
+    small(pos)  # 18 atoms in all: over the limit
+    assert small.captured.stats["calls"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["schnet", "painn", "mace"])
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_captured_replicas_on_gpu_equal_the_usual_path(name, dtype, tol):
+    from ase import Atoms
+
+    model = small_model(name, species=("Cu", "Zr", "C", "H", "O"), cutoff=3.0)
+    cell = np.array([[7.0, 0.0, 0.0], [2.0, 6.8, 0.0], [-1.0, 1.5, 7.2]])
+    crystal = Atoms("Cu16", cell=cell, pbc=True,
+                    scaled_positions=(np.indices((2, 2, 4)).reshape(3, -1).T + 0.25) / [2, 2, 4])
+    rng = np.random.default_rng(4)
+    for atoms in (ethanol(), crystal):
+        usual = BatchedForces(model, atoms, device="cuda", dtype=dtype)
+        captured = BatchedForces(model, atoms, device="cuda", dtype=dtype, cuda_graphs=True)
+        assert captured.captured is not None
+        for _ in range(3):
+            pos = np.stack([atoms.positions + rng.normal(0, 0.05, atoms.positions.shape)
+                            for _ in range(4)])
+            for a, b in zip(usual(pos), captured(pos)):
+                np.testing.assert_allclose(b, a, rtol=0, atol=tol * max(1.0, np.abs(a).max()))
+        stats = captured.captured.stats
+        assert stats["captures"] >= 1 and stats["failed"] == 0, captured.captured.failed

@@ -9,6 +9,10 @@ replicas (R N^2 work, which is what a GPU wants for the small systems replicas a
 Any other cell falls back to ``geoff.graph.neighbour_list`` (matscipy) per replica on the
 CPU, the exact list of the single-replica calculator.
 
+With ``cuda_graphs`` on CUDA, the all-pairs search and the model are captured as one graph
+per replica count (``geoff.md.replica_capture``): a step then waits for the device once, for
+its results.
+
 Replicas whose positions are not finite are not sent to the model (one blown-up replica must
 not poison the batch): their energies and forces come back NaN, which the failure monitor
 reports as ``nan`` for that replica alone.
@@ -20,12 +24,14 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from ..captured_call import SUMMARY
 from ..cuda_graphs import graphed
 from ..graph import add_edge_pairs, atoms_species, neighbour_list
 from ..inference import force_key, frozen, torch_dtype, use_edge_pairs, use_radial_tables
 from ..neighbours import AllPairs, all_pairs_apply
 from ..potentials.autochunk import edge_chunking
 from ..to_device import to_device, to_host
+from .replica_capture import captured_replicas
 
 
 class BatchedForces:
@@ -35,7 +41,9 @@ class BatchedForces:
     Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å);
     ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
     ``cuda_graphs`` (``True``/``"auto"``/``False``): run the model through captured CUDA
-    graphs, shapes padded to buckets (``geoff.cuda_graphs``); eager on the CPU.
+    graphs, shapes padded to buckets (``geoff.cuda_graphs``), and where all pairs apply the
+    search with it (``geoff.md.replica_capture``; ``"auto"`` from a replica count's second
+    call, up to 3,000 atoms in all); eager on the CPU.
     ``radial_table``, ``edge_pairs`` and ``edge_chunk`` choose as in ``GeoffCalculator``
     (``"auto"``: where each was measured to pay; ``edge_chunk="auto"`` chunks a batch's edges
     only when the whole batch would not fit in memory), so that a batch runs the model a
@@ -66,6 +74,11 @@ class BatchedForces:
             if all_pairs_apply(self.cell, self.pbc, self.cutoff) else None
         self.on_device = self.all_pairs is not None
         self._constant_cache: dict = {}
+        # the search captured with the model (CUDA, all pairs)
+        self.captured = captured_replicas(
+            self.model, self.species, self.cell, self.pbc, cuda_graphs, self.dtype,
+            self.device, plan=self.auto_chunk.chunk_for if self.auto_chunk else None,
+            captures=getattr(self.run_model, "captures", None)) if self.on_device else None
 
     def _run(self, graph, **kwargs):
         return self.run_model(graph, **kwargs)
@@ -119,9 +132,16 @@ class BatchedForces:
         arrays = [np.full((k, n, 3), np.nan) for _ in keys]
         ok = np.nonzero(np.isfinite(positions).reshape(k, -1).all(axis=1))[0]
         if len(ok):
-            call = self.auto_chunk or self.run_model
-            out = call(self.graph(positions[ok]), compute_forces=backward)
-            host = to_host({"energy": out["energy"], **{key: out[key] for key in keys}})
+            out = self.captured(positions[ok], backward) if self.captured else None
+            if out is None:
+                call = self.auto_chunk or self.run_model
+                out = call(self.graph(positions[ok]), compute_forces=backward)
+            wanted = {"energy": out["energy"], **{key: out[key] for key in keys}}
+            if SUMMARY in out:  # the captured search's edge count, read with the results
+                wanted[SUMMARY] = out[SUMMARY]
+            host = to_host(wanted)
+            if SUMMARY in host and not self.captured.check(host.pop(SUMMARY)):
+                return self._evaluate(positions, keys, backward)  # more edges than slots
             energy[ok] = host["energy"]
             for key, array in zip(keys, arrays):
                 array[ok] = host[key].reshape(len(ok), n, 3)
