@@ -19,6 +19,10 @@ For every system, model and R it times Langevin (BAOAB) steps:
   no files written; replica-steps actually made per second (a replica that fails stops, and
   the number of failed replicas is printed).
 
+``--cuda-graphs off|auto|on`` (default off, as the rows so far) goes to all three: the
+calculator, ``BatchedForces`` and ``run_replicas`` (on CUDA, ``on`` and ``auto`` capture the
+replicas' search with the model, ``geoff.md.replica_capture``).
+
 Prints a Markdown table and writes the rows as JSON (``--out``).
 """
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ase.build import molecule
 # the timer: wall clock (default), or this process's CPU time (--clock cpu: on a shared CPU
 # machine with one torch thread, the work itself, not the other jobs' load)
 CLOCK = [time.perf_counter]
+GRAPHS = [False]  # --cuda-graphs
 
 
 def ethanol() -> Atoms:
@@ -76,7 +81,7 @@ def time_single(model, atoms, device, dtype, steps):
 
     a = atoms.copy()
     initial_velocities(a, 300.0, 0)
-    a.calc = GeoffCalculator(model, device=device, dtype=dtype)
+    a.calc = GeoffCalculator(model, device=device, dtype=dtype, cuda_graphs=GRAPHS[0])
     dyn = make_integrator(a, "langevin", 0.5, 300.0, 100.0, seed=0)
     for _ in range(2):
         dyn.step()
@@ -98,7 +103,7 @@ def time_batched(model, atoms, device, dtype, replicas, steps):
         a = atoms.copy()
         initial_velocities(a, 300.0, r)
         starts.append(a)
-    forces = BatchedForces(model, atoms, device, dtype)
+    forces = BatchedForces(model, atoms, device, dtype, cuda_graphs=GRAPHS[0])
     integ = make_batched_integrator(
         "langevin", [a.positions for a in starts], [a.get_momenta() for a in starts],
         atoms.get_masses(), forces, 0.5, [300.0] * replicas, 100.0, list(range(replicas)),
@@ -120,10 +125,11 @@ def time_end_to_end(model, atoms, device, dtype, replicas, steps, check_every=1)
     s = MDSettings(ensemble="langevin", timestep_fs=0.5, steps=steps, tau_fs=100.0,
                    device=device, dtype=dtype, log_every=10, traj_every=10 ** 9,
                    failure=FailureCriteria(check_every=check_every))
-    run_replicas(model, atoms, MDSettings(**{**s.to_dict(), "steps": 2}), replicas=replicas)
+    run_replicas(model, atoms, MDSettings(**{**s.to_dict(), "steps": 2}), replicas=replicas,
+                 cuda_graphs=GRAPHS[0])
     _sync(device)
     t0 = CLOCK[0]()
-    results = run_replicas(model, atoms, s, replicas=replicas)
+    results = run_replicas(model, atoms, s, replicas=replicas, cuda_graphs=GRAPHS[0])
     wall = CLOCK[0]() - t0
     return sum(r.steps_done for r in results) / wall, sum(r.failed for r in results)
 
@@ -145,7 +151,10 @@ def main(argv=None):
     p.add_argument("--check-every", type=int, default=1,
                    help="end-to-end column: the failure checks every this many steps")
     p.add_argument("--out", default=None, help="JSON of the rows")
+    p.add_argument("--cuda-graphs", choices=["off", "auto", "on"], default="off",
+                   help="cuda_graphs of the calculator, BatchedForces and run_replicas")
     args = p.parse_args(argv)
+    GRAPHS[0] = {"off": False, "auto": "auto", "on": True}[args.cuda_graphs]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -155,7 +164,8 @@ def main(argv=None):
     where = torch.cuda.get_device_name() if "cuda" in args.device else \
         (platform.processor() or platform.machine())
     head = (f"device {args.device} ({where}), {args.clock} clock, "
-            f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{args.dtype}, cuda_graphs {args.cuda_graphs}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, "
             f"load average before {os.getloadavg()[0]:.2f}")
     print(head)
     print("| system | model | R | single steps/s | batched replica-steps/s | speed-up | "
