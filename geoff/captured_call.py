@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from .cuda_graphs import (ATOM_FLOOR, AUTO_CAPTURE_AFTER, DEFAULT_MAX_BUCKETS, EDGE_FLOOR,
-                          PER_STRUCTURE, CapturePool, bucket_size, padding_atoms,
+                          PER_STRUCTURE, CapturePool, Sightings, bucket_size, padding_atoms,
                           padding_shift, takes_chunked_path)
 from .graph import (BATCH, CELL, EDGE_INDEX, MAX_NEIGHBOURS_PER_ATOM, PBC, POSITIONS, SHIFTS,
                     SPECIES, _Symbols, atoms_species)
@@ -348,7 +348,7 @@ class CapturedCall:
         self.search_max_atoms = max_atoms if search_max_atoms is None or max_atoms is None \
             else max(search_max_atoms, max_atoms)
         self.eager, self.capture_after = eager, int(capture_after)
-        self._seen: Dict[tuple, int] = {}  # calls of shapes not yet sized
+        self.sightings = Sightings(capture_after)  # calls of shapes not yet sized
         self.species = list(model.species)
         self.buckets: "OrderedDict[tuple, _Bucket]" = OrderedDict()
         # per shape (a bucket's key without its capacities): [edge slots, bin slots]
@@ -397,10 +397,7 @@ class CapturedCall:
         if shape in self.failed:
             return None
         if shape not in self.capacity:
-            seen = self._seen[shape] = self._seen.get(shape, 0) + 1
-            if seen < self.capture_after:
-                if len(self._seen) > 1024:
-                    self._seen.clear()
+            if not self.sightings.due(shape):
                 return None  # the usual path, until the shape comes again
             if not self._sized(atoms, species, shape):
                 return None

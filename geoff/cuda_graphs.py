@@ -73,6 +73,23 @@ PAIR_KEYS = {EDGE_PAIR, PAIR_FIRST}  # optional (graph.add_edge_pairs): not padd
 PER_STRUCTURE = ("energy", "stress", "virial")  # outputs (B, ...); all others are per atom
 
 
+class Sightings:
+    """Calls of shapes not captured yet: ``due(key)`` is True from a key's ``after``-th call
+    on (``after`` 1: at once), so that ``"auto"`` captures only what repeats."""
+
+    def __init__(self, after: int = 1):
+        self.after = int(after)
+        self._seen: Dict[tuple, int] = {}
+
+    def due(self, key) -> bool:
+        if self.after <= 1:
+            return True
+        if len(self._seen) > 1024:  # a long screening run's one-off shapes
+            self._seen.clear()
+        seen = self._seen[key] = self._seen.get(key, 0) + 1
+        return seen >= self.after
+
+
 def padding_shift(cutoff: float, dtype: torch.dtype, device) -> Tensor:
     """(3,) Å: the shift of every padding edge, longer than the cutoff along x, so that
     the envelope zeroes its message."""
@@ -325,7 +342,7 @@ class GraphedModel:
             raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
         self.model = model
         self.capture_after = int(capture_after)
-        self._seen: Dict[tuple, int] = {}  # calls of buckets not yet made
+        self.sightings = Sightings(capture_after)  # calls of buckets not yet made
         self.max_atoms = max_atoms
         self.max_buckets = int(max_buckets)
         self.pad_only = pad_only
@@ -343,16 +360,8 @@ class GraphedModel:
             return self.model(graph, compute_forces=compute_forces,
                               compute_stress=compute_stress)
         bucket = self.buckets.get(key)
-        if bucket is None and self.capture_after > 1:
-            seen = self._seen[key] = self._seen.get(key, 0) + 1
-            if seen < self.capture_after:
-                if len(self._seen) > 1024:
-                    self._seen.clear()
-                self.stats["eager"] += 1
-                return self.model(graph, compute_forces=compute_forces,
-                                  compute_stress=compute_stress)
         if bucket is None:
-            bucket = self._new_bucket(key, graph)
+            bucket = self._new_bucket(key, graph) if self.sightings.due(key) else None
             if bucket is None:
                 self.stats["eager"] += 1
                 return self.model(graph, compute_forces=compute_forces,

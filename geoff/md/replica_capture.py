@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..captured_call import SUMMARY, _grown, _unchunked, available
 from ..cuda_graphs import (AUTO_CAPTURE_AFTER, EDGE_FLOOR, PER_STRUCTURE, CapturePool,
-                           padding_atoms, padding_shift, takes_chunked_path)
+                           Sightings, padding_atoms, padding_shift, takes_chunked_path)
 from ..graph import BATCH, CELL, EDGE_INDEX, PBC, POSITIONS, SHIFTS, SPECIES
 from ..neighbours import _cell_and_inverse, _pair_mask, _rows_times
 from ..to_device import to_device
@@ -156,7 +156,7 @@ class CapturedReplicas:
         self.buckets: Dict[tuple, _Bucket] = {}
         self.failed: Dict[tuple, str] = {}
         self.stats = {"calls": 0, "captures": 0, "regrown": 0, "failed": 0}
-        self._seen: Dict[tuple, int] = {}
+        self.sightings = Sightings(capture_after)
         self._last: Optional[tuple] = None
 
     def __call__(self, positions: np.ndarray, compute_forces: bool = True
@@ -167,8 +167,7 @@ class CapturedReplicas:
                                     and k * self.n_atoms > self.max_atoms):
             return None
         if shape not in self.capacity:
-            seen = self._seen[shape] = self._seen.get(shape, 0) + 1
-            if seen < self.capture_after:
+            if not self.sightings.due(shape):
                 return None  # the usual path, until the shape comes again
             self.capacity[shape] = self._first_capacity(positions)
         key = shape + (self.capacity[shape],)
