@@ -454,24 +454,13 @@ class CapturedCall:
                          self.cutoff, self.dtype, forces, stress, search_only=not whole)
         chunk = None
         if whole:  # the model in the graph: unchunked, or not at all
-            chunk = self.plan(bucket.padded_graph()[0]) if self.plan is not None else None
-            if chunk or (chunk is None and takes_chunked_path(self.model, n_atoms, capacity)):
-                self.failed[shape] = "the model runs this size in edge chunks (edge_chunk)"
+            chunk = chunk_plan(self, shape, bucket, n_atoms, capacity)
+            if chunk is False:
                 return None
-        if not self.pad_only:
-            try:
-                with _unchunked(self.model, chunk == 0):
-                    bucket.graph, bucket.outputs = self.captures.capture(bucket._call,
-                                                                         self.device)
-            except Exception as exc:  # never fail: this shape takes the usual path from now on
-                self.failed[shape] = f"{type(exc).__name__}: {exc}"
-                self.stats["failed"] += 1
-                warnings.warn(f"CUDA graph capture of the neighbour search and model failed "
-                              f"for {n_atoms} atoms ({self.failed[shape]}); this size builds "
-                              "its neighbour list outside the graph", RuntimeWarning,
-                              stacklevel=3)
-                return None
-            self.stats["captures"] += 1
+        if not capture_bucket(self, shape, bucket, chunk,
+                              f"of the neighbour search and model for {n_atoms} atoms",
+                              "this size builds its neighbour list outside the graph"):
+            return None
         self.buckets[key] = bucket
         return bucket
 
@@ -500,6 +489,37 @@ def _exact(padded: Dict[str, Tensor], n_atoms: int, n_edges: int) -> Dict[str, T
             BATCH: padded[BATCH][:n_atoms],
             EDGE_INDEX: padded[EDGE_INDEX][:, :n_edges].contiguous(),
             SHIFTS: padded[SHIFTS][:n_edges], CELL: padded[CELL][:1], PBC: padded[PBC][:1]}
+
+
+def chunk_plan(owner, shape: tuple, bucket, n_atoms: int, capacity: int):
+    """For a bucket whose graph holds the model: ``owner.plan``'s edge chunk for its padded
+    graph (0: whole; None: the model's own ``edge_chunk``), or False when the model would run
+    it in chunks (not capturable; ``owner.failed[shape]`` says so)."""
+    chunk = owner.plan(bucket.padded_graph()[0]) if owner.plan is not None else None
+    if chunk or (chunk is None and takes_chunked_path(owner.model, n_atoms, capacity)):
+        owner.failed[shape] = "the model runs this size in edge chunks (edge_chunk)"
+        return False
+    return chunk
+
+
+def capture_bucket(owner, shape: tuple, bucket, chunk, what: str, fallback: str) -> bool:
+    """Capture ``bucket._call`` into ``owner.captures`` (with ``owner.pad_only`` nothing is
+    captured); False after a failure, which never raises: ``owner.failed[shape]`` keeps it
+    (that shape takes the usual path from now on) and one warning says ``what`` failed and
+    the ``fallback``."""
+    if owner.pad_only:
+        return True
+    try:
+        with _unchunked(owner.model, chunk == 0):
+            bucket.graph, bucket.outputs = owner.captures.capture(bucket._call, owner.device)
+    except Exception as exc:
+        owner.failed[shape] = f"{type(exc).__name__}: {exc}"
+        owner.stats["failed"] += 1
+        warnings.warn(f"CUDA graph capture {what} failed ({owner.failed[shape]}); {fallback}",
+                      RuntimeWarning, stacklevel=4)
+        return False
+    owner.stats["captures"] += 1
+    return True
 
 
 def _grown(count: int, floor: int) -> int:

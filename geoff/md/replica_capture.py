@@ -23,16 +23,15 @@ take the usual path.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..captured_call import SUMMARY, _grown, _unchunked, available
+from ..captured_call import SUMMARY, _grown, available, capture_bucket, chunk_plan
 from ..cuda_graphs import (AUTO_CAPTURE_AFTER, EDGE_FLOOR, PER_STRUCTURE, CapturePool,
-                           Sightings, padding_atoms, padding_shift, takes_chunked_path)
+                           Sightings, padding_atoms, padding_shift)
 from ..graph import BATCH, CELL, EDGE_INDEX, PBC, POSITIONS, SHIFTS, SPECIES
 from ..neighbours import _cell_and_inverse, _pair_mask, _rows_times
 from ..to_device import to_device
@@ -196,23 +195,11 @@ class CapturedReplicas:
         bucket.x[:k * self.n_atoms].copy_(to_device(positions.reshape(-1, 3), self.device,
                                                     torch.float64))
         n_atoms = k * self.n_atoms + PADDING_ATOMS
-        chunk = self.plan(bucket.padded_graph()[0]) if self.plan is not None else None
-        if chunk or (chunk is None and takes_chunked_path(self.model, n_atoms, capacity)):
-            self.failed[shape] = "the model runs this size in edge chunks (edge_chunk)"
+        chunk = chunk_plan(self, shape, bucket, n_atoms, capacity)
+        if chunk is False or not capture_bucket(
+                self, shape, bucket, chunk, f"of {k} replicas' neighbour search and model",
+                "they build their edges outside the graph"):
             return None
-        if not self.pad_only:
-            try:
-                with _unchunked(self.model, chunk == 0):
-                    bucket.graph, bucket.outputs = self.captures.capture(bucket._call,
-                                                                         self.device)
-            except Exception as exc:  # never fail: this shape takes the usual path from now on
-                self.failed[shape] = f"{type(exc).__name__}: {exc}"
-                self.stats["failed"] += 1
-                warnings.warn(f"CUDA graph capture of {k} replicas' neighbour search and model "
-                              f"failed ({self.failed[shape]}); they build their edges outside "
-                              "the graph", RuntimeWarning, stacklevel=3)
-                return None
-            self.stats["captures"] += 1
         self.buckets[key] = bucket
         return bucket
 
