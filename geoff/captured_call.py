@@ -176,11 +176,34 @@ class _AllPairs:
         return 0
 
     def edges(self, inputs: _Inputs, rows: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        n = inputs.x.shape[0]
-        i = torch.div(rows, n, rounding_mode="floor")
-        if self._near is None:
-            return i, rows - i * n, inputs.x.new_zeros(len(rows), 3)
-        return i, rows - i * n, _rows_times(self._near.view(-1, 3)[rows].neg(), inputs.mats[0])
+        return pair_edges(rows, inputs.x.shape[0], self._near, inputs.mats)
+
+
+def pair_edges(rows: Tensor, n: int, near: Optional[Tensor], mats: Optional[Tensor]
+               ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(i, j, float64 shifts Å) of flat indices ``rows`` into an (R, N, N) pair mask of
+    ``geoff.neighbours._pair_mask`` (``near``: its rounded fractional differences, None
+    without a cell; ``mats``: the cell and its inverse): atoms numbered replica by replica."""
+    replica = torch.div(rows, n * n, rounding_mode="floor")
+    rest = rows - replica * n * n
+    i = torch.div(rest, n, rounding_mode="floor")
+    first = replica * n
+    if near is None:
+        shifts = torch.zeros(len(rows), 3, dtype=torch.float64, device=rows.device)
+    else:
+        shifts = _rows_times(near.reshape(-1, 3)[rows].neg(), mats[0])
+    return first + i, first + rest - i * n, shifts
+
+
+def padded_edges(i: Tensor, j: Tensor, shifts: Tensor, count: Tensor, slots: Tensor, n_real,
+                 n_atoms: int, pad_shift: Tensor) -> Tuple[Tensor, Tensor]:
+    """(edge_index (2, S), shifts (S, 3)) of ``S`` edge slots whose first ``count`` hold the
+    edges ``i, j, shifts``; the others become self-loops of the padding atoms ``n_real`` ..
+    ``n_atoms - 1`` with ``pad_shift`` (longer than the cutoff: their messages are zero)."""
+    valid = slots < count
+    pad = padding_atoms(n_real, n_atoms, slots)
+    edge_index = torch.stack([torch.where(valid, i, pad), torch.where(valid, j, pad)])
+    return edge_index, torch.where(valid[:, None], shifts, pad_shift)
 
 
 class _CellList:
@@ -260,18 +283,15 @@ class _Bucket:
         keep, d2, fullest = self.search.candidates(b)
         count = keep.sum()
         rows = torch.nonzero_static(keep, size=self.capacity, fill_value=0).squeeze(1)
-        valid = self._slots < count
-        i, j, shifts = self.search.edges(b, rows)
-        pad = padding_atoms(b.n, n_slots, self._slots)  # the unused slots' self-loops
-        i, j = torch.where(valid, i, pad), torch.where(valid, j, pad)
-        shifts = torch.where(valid[:, None], shifts, self._pad_shift)
+        edge_index, shifts = padded_edges(*self.search.edges(b, rows), count, self._slots,
+                                          b.n, n_slots, self._pad_shift)
         d2 = torch.where(keep, d2, torch.full_like(d2, math.inf))
         k = torch.argmin(d2).view(1)  # (1,): a 0-d index would be read on the host
         a, c, _ = self.search.edges(b, k)
         summary = torch.cat([count.double().view(1), d2.index_select(0, k), a.double(),
                              c.double(), fullest.double().view(1)])
         graph = {POSITIONS: b.x.to(self.dtype), SPECIES: b.species, BATCH: b.batch,
-                 EDGE_INDEX: torch.stack([i, j]), SHIFTS: shifts.to(self.dtype), CELL: b.cell,
+                 EDGE_INDEX: edge_index, SHIFTS: shifts.to(self.dtype), CELL: b.cell,
                  PBC: b.pbc}
         return graph, summary
 
@@ -347,7 +367,7 @@ class CapturedCall:
         self.max_atoms = max_atoms
         self.search_max_atoms = max_atoms if search_max_atoms is None or max_atoms is None \
             else max(search_max_atoms, max_atoms)
-        self.eager, self.capture_after = eager, int(capture_after)
+        self.eager = eager
         self.sightings = Sightings(capture_after)  # calls of shapes not yet sized
         self.species = list(model.species)
         self.buckets: "OrderedDict[tuple, _Bucket]" = OrderedDict()
@@ -372,28 +392,38 @@ class CapturedCall:
             self._searches[key] = _search_for(cell, pbc, n, self.cutoff)
         return self._searches[key]
 
-    def takes(self, atoms) -> bool:
-        """Whether ``atoms`` goes through the captured search (else the calculator's path)."""
+    @property
+    def capture_after(self) -> int:
+        return self.sightings.after
+
+    def _search_taken(self, atoms) -> Optional[tuple]:
+        """``search_of(atoms)`` when ``atoms`` goes through the captured search, else None
+        (the calculator's path, with its checks and errors)."""
         n = len(atoms)
         if n == 0 or (self.search_max_atoms is not None and n > self.search_max_atoms) \
-                or self.min_distance > self.cutoff or self.search_of(atoms) is None:
-            return False
-        return bool(np.isfinite(atoms.positions).all())  # else the usual path's error
+                or self.min_distance > self.cutoff:
+            return None
+        search = self.search_of(atoms)
+        if search is None or not np.isfinite(atoms.positions).all():
+            return None  # non-finite positions: the usual path's error
+        return search
 
-    def _shape(self, atoms, compute_forces: bool, compute_stress: bool) -> tuple:
-        """A bucket's key without its capacities; its last item says whether the model is
-        in the graph (else only the search)."""
-        n = len(atoms)
-        return (bucket_size(n + 1, ATOM_FLOOR), self.search_of(atoms),
-                bool(compute_forces), bool(compute_stress),
-                self.max_atoms is None or n <= self.max_atoms)
+    def takes(self, atoms) -> bool:
+        """Whether ``atoms`` goes through the captured search (else the calculator's path)."""
+        return self._search_taken(atoms) is not None
 
     def __call__(self, atoms, compute_forces: bool = True, compute_stress: bool = False
                  ) -> Optional[Dict[str, Tensor]]:
-        """The outputs, or None when this bucket cannot be captured (the caller runs its
-        usual path; a warning said why, once)."""
+        """The outputs, or None when ``atoms`` is not taken (``takes``) or its bucket cannot
+        be captured (the caller runs its usual path; a warning said why, once)."""
+        search = self._search_taken(atoms)
+        if search is None:
+            return None
         species = atoms_species(atoms, self.species)
-        shape = self._shape(atoms, compute_forces, compute_stress)
+        n = len(atoms)
+        # a bucket's key without its capacities; the last item: the model in the graph
+        shape = (bucket_size(n + 1, ATOM_FLOOR), search, bool(compute_forces),
+                 bool(compute_stress), self.max_atoms is None or n <= self.max_atoms)
         if shape in self.failed:
             return None
         if shape not in self.capacity:

@@ -341,7 +341,6 @@ class GraphedModel:
         if max_buckets < 1:
             raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
         self.model = model
-        self.capture_after = int(capture_after)
         self.sightings = Sightings(capture_after)  # calls of buckets not yet made
         self.max_atoms = max_atoms
         self.max_buckets = int(max_buckets)

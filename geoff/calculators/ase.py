@@ -285,10 +285,10 @@ class GeoffCalculator(Calculator):
             limit = getattr(self.model.representation, "SKIN_KEEP_MAX_ATOMS", None) \
                 or AUTO_KEEP_MAX_ATOMS
             self.neighbour_cache.filter_edges = len(atoms) > limit
-        out = pending = None
+        pending = None
         captured = self.captured_call
-        if captured is not None and captured.takes(atoms):
-            out = captured(atoms, compute_forces=backward, compute_stress=want_stress)
+        out = captured(atoms, compute_forces=backward, compute_stress=want_stress) \
+            if captured is not None else None
         if out is None:
             graph, pending = self.step_graph(atoms) if self.step_graph \
                 else (self.graph(atoms), None)

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..captured_call import SUMMARY, _grown, available, capture_bucket, chunk_plan
+from ..captured_call import (SUMMARY, _grown, available, capture_bucket, chunk_plan,
+                             padded_edges, pair_edges)
 from ..cuda_graphs import (AUTO_CAPTURE_AFTER, EDGE_FLOOR, PER_STRUCTURE, CapturePool,
-                           Sightings, padding_atoms, padding_shift)
+                           Sightings, padding_shift)
 from ..graph import BATCH, CELL, EDGE_INDEX, PBC, POSITIONS, SHIFTS, SPECIES
-from ..neighbours import _cell_and_inverse, _pair_mask, _rows_times
+from ..neighbours import _cell_and_inverse, _pair_mask
 from ..to_device import to_device
 
 PADDING_ATOMS = 8  # spread the padding edges' sums over a few atoms (fewer atomic collisions)
@@ -74,21 +75,11 @@ class _Bucket:
         count = keep.sum()
         rows = torch.nonzero_static(keep.view(-1), size=self.capacity,
                                     fill_value=0).squeeze(1)
-        valid = self._slots < count
-        replica = torch.div(rows, n * n, rounding_mode="floor")
-        rest = rows - replica * n * n
-        i = torch.div(rest, n, rounding_mode="floor")
-        j = rest - i * n
-        i, j = replica * n + i, replica * n + j  # the batch's atom indices
-        pad = padding_atoms(real, real + PADDING_ATOMS, self._slots)
-        i, j = torch.where(valid, i, pad), torch.where(valid, j, pad)
-        if near is None:
-            shifts = self.x.new_zeros(self.capacity, 3)
-        else:
-            shifts = _rows_times(near.view(-1, 3)[rows].neg(), owner.mats[0])
-        shifts = torch.where(valid[:, None], shifts, self._pad_shift)
+        edge_index, shifts = padded_edges(*pair_edges(rows, n, near, owner.mats), count,
+                                          self._slots, real, real + PADDING_ATOMS,
+                                          self._pad_shift)
         graph = {POSITIONS: self.x.to(owner.dtype), SPECIES: self.species, BATCH: self.batch,
-                 EDGE_INDEX: torch.stack([i, j]), SHIFTS: shifts.to(owner.dtype),
+                 EDGE_INDEX: edge_index, SHIFTS: shifts.to(owner.dtype),
                  CELL: self.cell, PBC: self.pbc}
         return graph, count.double().view(1)
 
@@ -148,7 +139,7 @@ class CapturedReplicas:
         self.cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
         self.pbc = np.asarray(pbc, dtype=bool).reshape(3)
         self.mats = _cell_and_inverse(self.cell, self.device) if self.pbc.all() else None
-        self.max_atoms, self.capture_after = max_atoms, int(capture_after)
+        self.max_atoms = max_atoms
         self.plan, self.pad_only = plan, pad_only
         self.captures = captures or CapturePool()
         self.capacity: Dict[tuple, int] = {}  # per (k, forces): edge slots
