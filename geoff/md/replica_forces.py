@@ -51,7 +51,7 @@ class BatchedForces:
     """
 
     def __init__(self, model, atoms, device="cpu", dtype="float64", forces="conservative",
-                 cuda_graphs=False, radial_table="auto", edge_pairs="auto", edge_chunk="auto"):
+                 cuda_graphs="auto", radial_table="auto", edge_pairs="auto", edge_chunk="auto"):
         self.device = torch.device(device)
         self.dtype = torch_dtype(dtype)
         self.key = force_key(model.force_head, forces)

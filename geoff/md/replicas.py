@@ -219,7 +219,7 @@ def _integrate(integ, reps, settings: MDSettings, n_dof: int, deadline: Optional
     return wall
 
 
-def batched_forces(model, atoms, settings: MDSettings, cuda_graphs=False):
+def batched_forces(model, atoms, settings: MDSettings, cuda_graphs="auto"):
     """The ``BatchedForces`` of a run (``cuda_graphs``: see ``BatchedForces``)."""
     return BatchedForces(model, atoms, settings.device, settings.dtype,
                          settings.calculator_forces, cuda_graphs=cuda_graphs)
@@ -229,7 +229,7 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
                  replicas: Optional[int] = None, seeds: Optional[Sequence[int]] = None,
                  temperatures: Optional[Sequence[float]] = None,
                  structures: Optional[Sequence] = None,
-                 deadline: Optional[float] = None, cuda_graphs=False) -> List[RunResult]:
+                 deadline: Optional[float] = None, cuda_graphs="auto") -> List[RunResult]:
     """Run the replicas (see the module docstring); one ``RunResult`` per replica.
 
     ``structures``: optional starting structures, one per replica (the same system as
