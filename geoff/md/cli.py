@@ -83,8 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the neighbour search and the model in one replay per step up to "
                         "3,000 atoms, SchNet 10,000, the search alone up to 50,000; on: "
                         "both up to 10,000 atoms and the model at any size; off: eager); "
-                        "with --replicas (off unless given) on and auto capture the "
-                        "replicas' search and model together")
+                        "with --replicas the same choices capture the replicas' search "
+                        "and model together (auto: up to 3,000 atoms in all)")
     s.add_argument("--skin", default=None,
                    help="Verlet-list skin in Å, or auto (0.5 on CUDA, 0 on the CPU)")
     s.add_argument("--skin-edges", choices=["auto", "filter", "keep"], default=None,
