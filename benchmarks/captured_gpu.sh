@@ -19,13 +19,8 @@ source benchmarks/gpu_call_common.sh
 trap 'pack_joined captured.md "Captured paths ($DEV)" $(cd "$RES" && ls cap_*.md 2>/dev/null)' EXIT
 install_whl
 ROOT=$(pwd)
-if PYTHONPATH="$WORK/py" "$V" -c "import pytest" 2>/dev/null; then
-  PYTHONPATH="$ROOT:$WORK/py" timeout 200 "$V" -m pytest -q -p no:cacheprovider -W ignore \
-    tests/test_captured_call.py tests/test_replicas.py tests/test_cuda_graphs.py \
-    tests/test_step_graph.py > "$RES/captured_pytest.log" 2>&1
-  stamp "pytest captured_call, replicas, cuda_graphs, step_graph: exit $? ($(tail -1 "$RES/captured_pytest.log"))"
-  cp -f "$RES/captured_pytest.log" "$OUT/" 2>/dev/null
-fi
+gpu_tests captured_pytest.log 200 tests/test_captured_call.py tests/test_replicas.py \
+  tests/test_cuda_graphs.py tests/test_step_graph.py
 export PYTHONPATH="$ROOT:$ROOT/benchmarks:$WORK/py"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for graphs in auto off; do

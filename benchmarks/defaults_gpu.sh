@@ -16,12 +16,7 @@ source benchmarks/gpu_call_common.sh
 trap 'pack_joined defaults.md "Defaults ($DEV)" $(cd "$RES" && ls def_*.md 2>/dev/null)' EXIT
 install_whl
 ROOT=$(pwd)
-if PYTHONPATH="$WORK/py" "$V" -c "import pytest" 2>/dev/null; then
-  PYTHONPATH="$ROOT:$WORK/py" timeout 150 "$V" -m pytest -q -p no:cacheprovider -W ignore \
-    tests/test_replicas.py tests/test_study_cuda_graphs.py > "$RES/defaults_pytest.log" 2>&1
-  stamp "pytest replicas: exit $? ($(tail -1 "$RES/defaults_pytest.log"))"
-  cp -f "$RES/defaults_pytest.log" "$OUT/" 2>/dev/null
-fi
+gpu_tests defaults_pytest.log 150 tests/test_replicas.py tests/test_study_cuda_graphs.py
 export PYTHONPATH="$ROOT:$ROOT/benchmarks:$WORK/py"
 for graphs in auto on off; do
   [ "$(left)" -gt 60 ] || { stamp "skipped (deadline): replicas $graphs"; continue; }

@@ -4,7 +4,8 @@
 # run), WORK, OUT, RES (everything packed at the end), stamp and left; tees all output to
 # $OUT/run.log; install_whl installs the carried .whl/ wheels, install_cueq the carried
 # cuEquivariance wheels (.peers/cueq/); pack_tables TABLE... (for trap EXIT) copies run.log
-# and the named tables to $OUT and packs $RES; pack_joined joins tables under one title.
+# and the named tables to $OUT and packs $RES; pack_joined joins tables under one title;
+# gpu_tests runs pytest on this tree with the carried wheels.
 set -uo pipefail
 T0=$(date +%s)
 END=$((T0 + ${DEADLINE_S:-$DEFAULT_DEADLINE_S}))
@@ -51,4 +52,14 @@ install_cueq() {  # .peers/cueq/ when carried: *.whl (cuequivariance, cuequivari
   for archive in .peers/cueq/*.tar.xz; do
     [ -f "$archive" ] && { tar -xJf "$archive" -C "$WORK/py" || stamp "WARNING: $archive failed"; }
   done
+}
+gpu_tests() {  # gpu_tests <log name> <timeout s> <pytest args...>: this tree's tests with the
+  # carried wheels (pytest travels in .whl/ when the image lacks it), log to $RES and $OUT
+  local log=$1 limit=$2; shift 2
+  PYTHONPATH="$WORK/py" "$V" -c "import pytest" 2>/dev/null \
+    || { stamp "no pytest here: the tests did not run"; return 0; }
+  PYTHONPATH="$(pwd):$WORK/py" timeout "$limit" "$V" -m pytest -q -p no:cacheprovider -W ignore \
+    "$@" > "$RES/$log" 2>&1
+  stamp "pytest $*: exit $? ($(tail -1 "$RES/$log"))"
+  cp -f "$RES/$log" "$OUT/" 2>/dev/null
 }

@@ -23,15 +23,8 @@ trap 'pack_joined md_step.md "MD step vs model ($DEV)" $(cd "$RES" && ls md_*.md
 install_whl
 ROOT=$(pwd)
 # the GPU paths of the Verlet list, the kept Graph and the CUDA-graph buffers, first
-# (pytest travels in .whl/ when the image lacks it)
-if PYTHONPATH="$WORK/py" "$V" -c "import pytest" 2>/dev/null; then
-  PYTHONPATH="$ROOT:$WORK/py" timeout 180 "$V" -m pytest -q -p no:cacheprovider \
-    tests/test_neighbours.py tests/test_skin_edges.py tests/test_step_graph.py \
-    tests/test_cuda_graphs.py \
-    > "$RES/md_pytest.log" 2>&1
-  stamp "pytest neighbours, skin_edges, step_graph, cuda_graphs: exit $? ($(tail -1 "$RES/md_pytest.log"))"
-  cp -f "$RES/md_pytest.log" "$OUT/" 2>/dev/null
-fi
+gpu_tests md_pytest.log 180 tests/test_neighbours.py tests/test_skin_edges.py \
+  tests/test_step_graph.py tests/test_cuda_graphs.py
 pin=(); [ -n "${TASKSET:-}" ] && pin=(taskset -c "$TASKSET")
 for round in $(seq 1 "${ROUNDS:-1}"); do
   for variant in ${VARIANTS:-eager graphs graphs+compile}; do

@@ -153,16 +153,23 @@ def property_compute_hint(path, meta: Dict[str, Any]) -> str:
 def read_metadata(path) -> Dict[str, Any]:
     """The metadata of an exported file, checked; errors name the problem and the fix."""
     path = Path(path)
+    return _check_metadata(path, _load_script(path)[1])
+
+
+def _load_script(path: Path) -> Tuple[torch.jit.ScriptModule, Any]:
+    """(module on the CPU, its raw metadata text) of ``path``; errors name the fix."""
     if not path.exists():
         raise FileNotFoundError(f"no exported model at {path}")
     extra = {METADATA_FILE: ""}
     _check_export_file(path)
     try:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}); "
+        why = str(exc).splitlines()[0].split(". This is an internal miniz error")[0] \
+            if str(exc) else ""
+        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: {why}); "
                          "make one with `geoff export model.ckpt -o model.pt`") from None
-    return _check_metadata(path, extra[METADATA_FILE])
+    return module, extra[METADATA_FILE]
 
 
 def _check_export_file(path: Path) -> None:
@@ -214,18 +221,8 @@ def load_exported(path, device=None) -> Tuple[torch.jit.ScriptModule, Dict[str, 
     ``device`` defaults to the device the file was exported for.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no exported model at {path}")
-    extra = {METADATA_FILE: ""}
-    _check_export_file(path)
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # noqa: BLE001
-        why = str(exc).splitlines()[0].split(". This is an internal miniz error")[0] \
-            if str(exc) else ""
-        raise ValueError(f"{path} is not a TorchScript file ({exc.__class__.__name__}: {why}); "
-                         "make one with `geoff export model.ckpt -o model.pt`") from None
-    meta = _check_metadata(path, extra[METADATA_FILE])
+    module, text = _load_script(path)
+    meta = _check_metadata(path, text)
     # The metadata must describe the module it travels with.
     checks = {"species": list(getattr(module, "species", meta["species"])),
               "cutoff": float(getattr(module, "cutoff", meta["cutoff"])),
