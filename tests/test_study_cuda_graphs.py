@@ -49,7 +49,7 @@ def test_batched_forces_passes_the_keyword_when_it_exists(model, monkeypatch):
     s = MDSettings(steps=2, failure=NO_CHECKS)
     batched_forces(model, ethanol(), s, "auto")
     batched_forces(model, ethanol(), s, True)
-    batched_forces(model, ethanol(), s, False)  # not asked: not passed (default eager)
+    batched_forces(model, ethanol(), s, False)  # eager, asked for
     assert WithGraphs.seen == ["auto", True, False]
 
 

@@ -40,9 +40,9 @@ class BatchedForces:
     ``forces`` picks the head as in ``GeoffCalculator`` (``"conservative"`` or ``"direct"``).
     Call with positions (k, N, 3) Å (numpy) -> (energy (k,) eV, forces (k, N, 3) eV/Å);
     ``split`` and ``direct`` serve multiple time stepping on a ``force_head="both"`` model.
-    ``cuda_graphs`` (``True``/``"auto"``/``False``): run the model through captured CUDA
-    graphs, shapes padded to buckets (``geoff.cuda_graphs``), and where all pairs apply the
-    search with it (``geoff.md.replica_capture``; ``"auto"`` from a replica count's second
+    ``cuda_graphs`` (``"auto"``, the default, ``True`` or ``False``): run the model through
+    captured CUDA graphs, shapes padded to buckets (``geoff.cuda_graphs``), and where all
+    pairs apply the search with it (``geoff.md.replica_capture``; ``"auto"`` from a replica count's second
     call, up to 3,000 atoms in all); eager on the CPU.
     ``radial_table``, ``edge_pairs`` and ``edge_chunk`` choose as in ``GeoffCalculator``
     (``"auto"``: where each was measured to pay; ``edge_chunk="auto"`` chunks a batch's edges

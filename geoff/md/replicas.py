@@ -237,8 +237,8 @@ def run_replicas(potential, atoms, settings: Optional[MDSettings] = None, output
     when ``settings.velocities == "keep"``). ``output``: a folder (replica r writes under
     ``replica_<r>/``) or one folder per replica. ``deadline``: ``time.time()`` after which
     the batch stops (censored runs; see the module docstring). ``cuda_graphs``
-    (``False``, ``True`` or ``"auto"``): captured CUDA graphs for the force call
-    (``geoff.cuda_graphs``; eager on the CPU).
+    (``"auto"``, the default, ``True`` or ``False``): captured CUDA graphs for the force
+    call (``BatchedForces``; eager on the CPU).
     """
     settings = settings or MDSettings()
     other = sorted(set(settings.calculator) - {"cuda_graphs"})

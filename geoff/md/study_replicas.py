@@ -9,7 +9,7 @@ batch's steps per second of integration: all its replicas advance together).
 
 Cells that cannot be batched (LAMMPS, reference calculators) run one seed at a time as
 before; multiple time stepping is batched (on a ``force_head="both"`` model). The study's
-``md: {cuda_graphs: auto|true|false}`` goes to the batched force call
+``md: {cuda_graphs: auto|true|false}`` (default auto) goes to the batched force call
 (``run_replicas(..., cuda_graphs=...)``); runs that are not batched ignore it.
 
 Wall-clock limits for a study split over processes with a time limit (the failure study on a
